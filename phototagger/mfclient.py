@@ -1,0 +1,50 @@
+"""Finding upstream runs through the Metaflow client, within one @project branch.
+
+Every flow reads its inputs here, never from files on disk, so a user's branch, a test branch
+and production (DESIGN.md) never read each other's data.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+from metaflow import Flow, Run, namespace
+from metaflow.exception import MetaflowNotFound
+
+PROJECT = "photo_tagger"
+
+
+def branch_tag(branch: str) -> str:
+    return f"project_branch:{branch}"
+
+
+def runs_of(flow_name: str, branch: Optional[str], successful_only: bool = True) -> Iterator[Run]:
+    """Runs of `flow_name`, newest first, limited to `branch` (a Metaflow @project branch name).
+
+    Looks across namespaces so runs made by Argo or another user on the same branch are found.
+    """
+    namespace(None)
+    try:
+        flow = Flow(flow_name)
+    except MetaflowNotFound:
+        return
+    tags = [branch_tag(branch)] if branch else []
+    for run in flow.runs(*tags):
+        if not successful_only or run.successful:
+            yield run
+
+
+def latest_successful_run(flow_name: str, branch: Optional[str]) -> Optional[Run]:
+    return next(runs_of(flow_name, branch), None)
+
+
+def resolve_run(flow_name: str, branch: Optional[str], pathspec: str = "") -> Optional[Run]:
+    """The run a flow parameter names (`Flow/123` or `123`), else the latest successful one."""
+    if not pathspec:
+        return latest_successful_run(flow_name, branch)
+    namespace(None)
+    if "/" not in pathspec:
+        pathspec = f"{flow_name}/{pathspec}"
+    run = Run(pathspec)
+    if not run.successful:
+        raise ValueError(f"{pathspec} did not finish successfully; pick a successful run")
+    return run

@@ -1,0 +1,108 @@
+"""The one tag normaliser and the parser for what models really answer.
+
+Ground truth and predictions go through the same `normalise_tags`, so a metric never
+counts "Cat " and "cat" as different tags.
+"""
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from typing import Any, Iterable, NamedTuple
+
+_SPACES = re.compile(r"\s+")
+_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
+_STRIP = " \t\r\n\"'`.,;:!?()[]{}#*-•"
+
+
+def normalise_tag(tag: Any) -> str:
+    """Lower-case, NFKC-fold, collapse inner white space, trim quotes and punctuation."""
+    text = unicodedata.normalize("NFKC", str(tag)).lower()
+    text = text.replace("_", " ")
+    return _SPACES.sub(" ", text).strip(_STRIP)
+
+
+def normalise_tags(tags: Iterable[Any]) -> list[str]:
+    """Normalise each tag, drop empties, keep first-seen order without duplicates."""
+    seen: dict[str, None] = {}
+    for tag in tags or ():
+        norm = normalise_tag(tag)
+        if norm and len(norm) <= 64:
+            seen.setdefault(norm, None)
+    return list(seen)
+
+
+class ParsedTags(NamedTuple):
+    tags: list[str]
+    valid: bool  # the answer was exactly the requested {"tags": [...]} JSON (fences allowed)
+    error: str | None  # "unparseable" when no tag list could be found at all
+
+
+def _tags_from_json(value: Any) -> list[str] | None:
+    if isinstance(value, dict):
+        for key in ("tags", "Tags", "TAGS", "keywords", "labels"):
+            if isinstance(value.get(key), list):
+                return [t for t in value[key] if isinstance(t, (str, int, float))]
+        return None
+    if isinstance(value, list) and all(isinstance(t, (str, int, float)) for t in value):
+        return list(value)
+    return None
+
+
+def _json_candidates(text: str) -> Iterable[str]:
+    """The fenced blocks first, then every balanced {...} or [...] span in the text."""
+    yield from (m.group(1) for m in _FENCE.finditer(text))
+    for opener, closer in ("{}", "[]"):
+        start = text.find(opener)
+        while start != -1:
+            depth = 0
+            for end in range(start, len(text)):
+                if text[end] == opener:
+                    depth += 1
+                elif text[end] == closer:
+                    depth -= 1
+                    if depth == 0:
+                        yield text[start : end + 1]
+                        break
+            start = text.find(opener, start + 1)
+
+
+def parse_tags(text: str | None) -> ParsedTags:
+    """Find the tag list in a model's answer.
+
+    Accepts `{"tags": [...]}` (valid), and, marked not valid, the same inside prose, a bare
+    JSON list, other key names, or a comma/newline separated list as the last resort.
+    """
+    text = (text or "").strip()
+    if not text:
+        return ParsedTags([], False, "unparseable")
+    stripped = _FENCE.sub(lambda m: m.group(1), text).strip()
+    try:
+        whole = json.loads(stripped)
+    except ValueError:
+        whole = None
+    if isinstance(whole, dict) and isinstance(whole.get("tags"), list):
+        return ParsedTags(normalise_tags(_tags_from_json(whole) or []), True, None)
+    found = _tags_from_json(whole) if whole is not None else None
+    if found is None:
+        for candidate in _json_candidates(text):
+            try:
+                found = _tags_from_json(json.loads(candidate))
+            except ValueError:
+                continue
+            if found is not None:
+                break
+    if found is None:
+        found = _loose_list(text)
+    if not found:
+        return ParsedTags([], False, "unparseable")
+    return ParsedTags(normalise_tags(found), False, None)
+
+
+def _loose_list(text: str) -> list[str]:
+    """'cat, dog, tree' or a bulleted list: short items only, prose is not a tag list."""
+    body = text.split(":", 1)[1] if ":" in text.splitlines()[0] else text
+    items = [i for i in re.split(r"[,\n;]", body) if i.strip()]
+    if len(items) < 2 or any(len(i.split()) > 4 for i in items):
+        return []
+    return items
