@@ -1,0 +1,81 @@
+"""EvaluationFlow: rank the models on every batch they have tagged, as a dashboard card."""
+from metaflow import FlowSpec, Parameter, card, current, project, step, trigger_on_finish
+
+from phototagger import card as dashboard
+from phototagger import evals
+from phototagger.mfclient import latest_successful_run, runs_of
+
+SOURCE_FLOWS = ("PromptModels", "PromptCustomModels")
+
+
+@trigger_on_finish(flows=list(SOURCE_FLOWS))
+@project(name="photo_tagger")
+class EvaluationFlow(FlowSpec):
+    """Fold the prompt flows' per-photo events into one model ranking and render it as a card.
+
+    1) Load the events and the list of folded runs from this flow's previous successful run of
+       the same project branch (or start empty with --rebuild).
+    2) Read the log events of PromptModels and PromptCustomModels runs not folded before (plus the
+       latest PromptCustomModels run's `models_eval` where its log lacks events) and fold them in,
+       a rerun of a batch replacing the earlier answers.
+    3) Build the `evals` table and render the dashboard card: ranking, recall vs latency chart and
+       per-photo drill-down.
+    """
+
+    rebuild = Parameter(
+        "rebuild",
+        type=bool,
+        default=False,
+        help="Set to true to refold all history instead of starting from the previous EvaluationFlow run.",
+    )
+    title = Parameter("title", default=dashboard.DEFAULT_TITLE, help="Title shown at the top of the dashboard card.")
+
+    @step
+    def start(self):
+        """Load the accumulated state of the previous successful run of this branch, so this run reads only
+        the prompt runs that finished since; with --rebuild, start from nothing and refold everything."""
+        previous = None if self.rebuild else latest_successful_run(current.flow_name, current.branch_name)
+        if previous and "events" not in previous.data:
+            previous = None  # a run from before the event log existed: refold everything
+        self.folded_runs = list(previous.data.folded_runs) if previous else []
+        self.events = list(previous.data.events) if previous else []
+        print(f"Starting from {len(self.events)} events of {len(self.folded_runs)} folded runs"
+              + (f" ({previous.pathspec})." if previous else "."))
+        self.next(self.collect)
+
+    @step
+    def collect(self):
+        """Read the stdout event lines of every successful prompt run of this branch not folded before, oldest
+        first, fill in from the latest PromptCustomModels run's `models_eval` whatever its log lacks, and fold
+        the new events into the accumulated ones."""
+        folded = set(self.folded_runs)
+        new_runs = sorted(
+            (run for flow in SOURCE_FLOWS for run in runs_of(flow, current.branch_name) if run.pathspec not in folded),
+            key=lambda run: run.created_at,
+        )
+        latest_custom = latest_successful_run("PromptCustomModels", current.branch_name)
+        new_events = []
+        for pathspec, events in evals.read_runs(new_runs, fill_from=latest_custom and latest_custom.pathspec):
+            print(f"{pathspec}: {len(events)} events")
+            new_events += events
+        self.events = evals.fold_events(self.events, new_events)
+        self.folded_runs = self.folded_runs + [run.pathspec for run in new_runs]
+        self.next(self.end)
+
+    @card(type="html", id="dashboard", timeout=600)
+    @step
+    def end(self):
+        """Build the ranking table and render the dashboard into `html`, which the html card shows as it is."""
+        self.evals = evals.build_evals(self.events)
+        self.html = dashboard.render_dashboard(self.evals, self.events, title=self.title)
+        best = evals.best_model(self.evals)
+        if best:
+            row = self.evals["rows"][0]
+            print(f"Best model: {best} (avg recall {row[2]:.1f}%, error {row[4]:.1f}%, {row[1] or 0:.0f} ms/photo)")
+        else:
+            print("No model results yet: run promptmodels.py (after updatephotos.py), then this flow again.")
+        print(f"Dashboard: python evalsflow.py card get {current.run_id}/end dashboard.html")
+
+
+if __name__ == "__main__":
+    EvaluationFlow()

@@ -1,0 +1,167 @@
+import base64
+import io
+import re
+import threading
+import time
+import xml.etree.ElementTree as ET
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from PIL import Image
+
+from phototagger import card, evals
+from phototagger.metrics import score_photo
+
+EVIL = "<script>alert('x')</script>"
+
+
+def png(path, size=(640, 480), colour=(200, 120, 40)):
+    Image.new("RGB", size, colour).save(path)
+    return str(path)
+
+
+def event(model, photo, image_url, truth, tags=(), error=None, latency=100.0, batch="101", date="2024-05-06"):
+    provider, name = model.split(":", 1)
+    result = {"photo_id": photo, "provider": provider, "model": name, "tags": [] if error else list(tags),
+              "error": error, "valid": not error, "latency_ms": latency, **score_photo(truth, [] if error else tags)}
+    return evals.make_event(result, {"id": photo, "ground_truth_tags": list(truth), "image_url": image_url},
+                            batch_id=batch, batch_date=date, source_flow="PromptModels", source_run="1")
+
+
+@pytest.fixture
+def dashboard(tmp_path):
+    cat = png(tmp_path / "cat.png")
+    missing = str(tmp_path / "gone.jpg")
+    events = [
+        event("openai:gpt-4o-mini", "p-cat", cat, ["cat", "pet"], ["cat", "pet"], latency=900),
+        event("openai:gpt-4o-mini", "p-gone", missing, ["tree"], ["tree"], latency=1100),
+        event("knn:jec", "p-cat", cat, ["cat", "pet"], ["cat", "sofa"], latency=12),
+        event("knn:jec", "p-gone", missing, ["tree"], ["sky"], latency=8),
+        event("prior:tag-prior", "p-cat", cat, ["cat", "pet"], [EVIL, "dog"], latency=0.5),
+        event("prior:tag-prior", "p-gone", missing, ["tree"], error="no_history"),
+        event("together:<b>evil</b>", "p-cat", cat, ["cat", "pet"], error="rate_limited", latency=None),
+    ]
+    table = evals.build_evals(events)
+    return table, events, card.render_dashboard(table, events, title=f"Dash {EVIL}")
+
+
+def test_table_has_every_model_row_best_first(dashboard):
+    table, _, page = dashboard
+    rendered = re.findall(r'<tr data-model="([^"]*)"', page)
+    assert rendered == [card.html.escape(r[0]) for r in table["rows"]]
+    assert rendered[:3] == ["openai:gpt-4o-mini", "knn:jec", "prior:tag-prior"]
+    for header in table["headers"]:
+        assert f">{header}</th>" in page
+
+
+def test_recall_cells_are_shaded_by_decile_higher_is_stronger(dashboard):
+    _, _, page = dashboard
+    assert '<td class="rec d9"' in page  # gpt-4o-mini: 100
+    assert '<td class="rec d2"' in page  # knn: 25 over valid answers
+    assert '<td class="rec none">' in page  # the rate-limited model has no valid answer
+    assert [card.decile(v) for v in (0, 9.9, 10, 55, 99.9, 100, None)] == [0, 0, 1, 5, 9, 9, None]
+    colours = re.findall(r"\.d(\d)\{background:#([0-9a-f]{6})", page)
+    darkness = [sum(int(c[i:i + 2], 16) for i in (0, 2, 4)) for _, c in colours]
+    assert darkness == sorted(darkness, reverse=True)  # higher decile, darker (stronger) colour
+
+
+def test_text_from_models_photos_and_users_is_escaped(dashboard):
+    _, _, page = dashboard
+    assert EVIL not in page and "<b>evil</b>" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert "together:&lt;b&gt;evil&lt;/b&gt;" in page
+
+
+def test_page_is_self_contained(dashboard):
+    _, _, page = dashboard
+    lowered = page.lower()
+    assert "<script" not in lowered
+    assert "<link" not in lowered
+    assert "@import" not in lowered
+    assert "url(" not in lowered
+    assert "http" not in lowered  # no external image, font, style or namespace URL at all
+
+
+def test_chart_is_well_formed_svg_with_a_labelled_point_per_model(dashboard):
+    table, _, page = dashboard
+    svg = ET.fromstring(re.search(r"<svg.*?</svg>", page, re.DOTALL).group(0))
+    plotted = [r[0] for r in table["rows"] if r[1] is not None and r[2] is not None]
+    assert len(svg.findall(".//circle")) == len(plotted) == 3
+    texts = [t.text for t in svg.iter("text")]
+    assert "Avg recall (%)" in texts
+    assert any(t and t.startswith("Avg latency per photo (ms") for t in texts)
+    assert {card.short_name(m) for m in plotted} <= set(texts)
+    assert "Not plotted" in page and "together:&lt;b&gt;evil&lt;/b&gt;" in page
+
+
+def test_thumbnails_are_small_embedded_jpegs_with_placeholder_for_missing_images(dashboard):
+    _, _, page = dashboard
+    uris = re.findall(r'<img class="thumb" src="data:image/jpeg;base64,([^"]+)"', page)
+    assert len(uris) == 1  # one photo with a readable image
+    with Image.open(io.BytesIO(base64.b64decode(uris[0]))) as img:
+        assert img.format == "JPEG" and max(img.size) <= card.THUMB_PX
+    assert 'title="image unavailable"' in page
+
+
+def test_drilldown_marks_hits_misses_and_error_classes(dashboard):
+    _, _, page = dashboard
+    assert '<span class="chip hit" title="in ground truth">sofa</span>' not in page
+    assert '<span class="chip hit" title="in ground truth">cat</span>' in page
+    assert '<span class="chip miss" title="not in ground truth">sofa</span>' in page
+    assert '<span class="chip errc">rate_limited</span>' in page
+    assert '<span class="chip errc">no_history</span>' in page
+    assert '<span class="chip gt">pet</span>' in page
+
+
+@pytest.fixture
+def image_server():
+    buf = io.BytesIO()
+    Image.new("RGB", (800, 600), (10, 90, 200)).save(buf, "JPEG")
+    body = buf.getvalue()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/slow.jpg":
+                time.sleep(1.5)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_thumbnail_is_fetched_from_an_http_url(image_server):
+    uri = card.thumbnail_data_uri(f"{image_server}/photo.jpg", timeout_s=2)
+    assert uri.startswith("data:image/jpeg;base64,")
+
+
+def test_slow_image_source_delays_the_dashboard_only_by_the_budget(image_server):
+    fast, slow = f"{image_server}/photo.jpg", f"{image_server}/slow.jpg"
+    started = time.monotonic()
+    thumbs = card.thumbnails([fast, slow], timeout_s=5, budget_s=0.5)
+    assert time.monotonic() - started < 1.2
+    assert thumbs[fast].startswith("data:image/jpeg") and thumbs[slow] is None
+
+
+def test_drilldown_shows_newest_batches_only_and_says_so(tmp_path):
+    events = [event("knn:jec", f"p{i}", "", ["cat"], ["cat"], batch=str(i), date=f"2024-05-0{i}") for i in range(1, 6)]
+    page = card.render_dashboard(evals.build_evals(events), events, drilldown_batches=2)
+    assert page.count('<details class="batch"') == 2
+    assert '<details class="batch" open><summary>5 (05-05)' in page
+    assert "3 older batches" in page
+
+
+def test_empty_dashboard_renders_with_hints():
+    page = card.render_dashboard(evals.build_evals([]), [])
+    assert "No model results yet" in page and "No photos yet" in page
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")

@@ -1,0 +1,195 @@
+import io
+import json
+
+from phototagger import evals
+from phototagger.metrics import score_photo
+
+
+def event(model="prior:tag-prior", photo="p1", batch="101", date="2024-05-06", truth=("cat", "pet"), tags=("cat",),
+          error=None, latency=10.0, cost=None, run="7"):
+    provider, name = model.split(":", 1)
+    scores = score_photo(truth, [] if error else tags)
+    result = {"photo_id": photo, "provider": provider, "model": name, "tags": [] if error else list(tags),
+              "raw": "", "valid": not error, "error": error, "latency_ms": latency, "cost_usd": cost, **scores}
+    photo_rec = {"id": photo, "ground_truth_tags": list(truth), "image_url": f"/photos/{photo}.jpg"}
+    return evals.make_event(result, photo_rec, batch_id=batch, batch_date=date, source_flow="PromptModels",
+                            source_run=run)
+
+
+def test_logged_events_parse_back_unchanged():
+    buf = io.StringIO()
+    logger = evals.EvalsLogger(buf)
+    sent = [event(photo="p1"), event(photo="p2", error="timeout")]
+    for e in sent:
+        logger.log(e)
+    assert buf.getvalue().count("\n") == 2
+    assert all(line.startswith(evals.EVENT_PREFIX) for line in buf.getvalue().splitlines())
+    assert evals.parse_events(buf.getvalue().splitlines()) == sent
+
+
+def test_logger_writes_to_current_stdout_by_default(capsys):
+    evals.EvalsLogger().log(event())
+    assert capsys.readouterr().out.startswith(evals.EVENT_PREFIX)
+
+
+def test_parser_skips_garbage_partial_lines_and_other_output():
+    good = evals.EVENT_PREFIX + json.dumps(event(photo="p9"))
+    lines = [
+        "Loading model...",
+        "",
+        good[: len(good) // 2],  # cut off by a crash
+        evals.EVENT_PREFIX + "not json at all",
+        evals.EVENT_PREFIX + json.dumps(["a", "list"]),
+        evals.EVENT_PREFIX + json.dumps({"photo_id": "x"}),  # no model
+        "2024-05-06 12:00:00 [task 3] " + good,  # a collector's prefix before the marker
+        "\x00\xff binary noise",
+    ]
+    events = evals.parse_events(lines)
+    assert [e["photo_id"] for e in events] == ["p9"]
+
+
+def test_parser_accepts_a_whole_log_as_one_string_and_derives_model_key():
+    text = "hello\n" + evals.EVENT_PREFIX + json.dumps({"photo_id": "p1", "provider": "knn", "model": "jec"}) + "\nbye"
+    (parsed,) = evals.parse_events([text])
+    assert parsed["model_key"] == "knn:jec"
+
+
+def test_table_headers_and_cells():
+    events = [
+        event(photo="p1", tags=("cat", "pet"), latency=10.0, cost=0.001),
+        event(photo="p2", tags=("dog",), latency=30.0, cost=0.002),
+    ]
+    table = evals.build_evals(events)
+    assert table["headers"] == ["Model", "Avg Latency (ms)", "Avg Recall", "Recall (all photos)", "Error %",
+                                "Cost (USD)", "101 (05-06)"]
+    assert table["rows"] == [["prior:tag-prior", 20.0, 50.0, 50.0, 0.0, 0.003, "50.0 (2)"]]
+
+
+def test_batch_labels_use_short_id_and_month_day_ordered_by_date_then_id():
+    events = [
+        event(batch="argo-photo-tagger-abcdef123456", date="2024-06-01T10:00:00Z"),
+        event(batch="12", date="2024-05-06"),
+        event(batch="9", date="2024-05-06"),
+    ]
+    headers = evals.build_evals(events)["headers"]
+    assert headers[len(evals.FIXED_HEADERS):] == ["9 (05-06)", "12 (05-06)", "123456 (06-01)"]
+
+
+def test_rows_are_sorted_by_avg_recall_best_first_and_models_without_batch_get_empty_cell():
+    events = [
+        event(model="prior:tag-prior", tags=("cat",)),
+        event(model="knn:jec", tags=("cat", "pet")),
+        event(model="openai:gpt-4o-mini", tags=("car",)),
+        event(model="knn:jec", photo="p2", batch="202", date="2024-05-07", tags=("cat",)),
+    ]
+    table = evals.build_evals(events)
+    assert [r[0] for r in table["rows"]] == ["knn:jec", "prior:tag-prior", "openai:gpt-4o-mini"]
+    assert table["rows"][0][-2:] == ["100.0 (1)", "50.0 (1)"]
+    assert table["rows"][1][-2:] == ["50.0 (1)", ""]
+
+
+def test_rerun_of_the_same_batch_keeps_the_latest_answer():
+    first = event(photo="p1", tags=("dog",), run="7")
+    rerun = event(photo="p1", tags=("cat", "pet"), run="8")
+    table = evals.build_evals([first, event(photo="p2", tags=("cat",)), rerun])
+    assert table["rows"][0][2] == 75.0
+    assert table["rows"][0][-1] == "75.0 (2)"
+
+
+def test_errors_count_in_error_pct_and_as_zero_in_recall_over_all_photos():
+    events = [
+        event(photo="p1", tags=("cat", "pet")),
+        event(photo="p2", tags=("cat",)),
+        event(photo="p3", error="rate_limited"),
+        event(photo="p4", error="timeout"),
+    ]
+    (row,) = evals.build_evals(events)["rows"]
+    model, latency, avg_recall, recall_all, error_pct = row[:5]
+    assert avg_recall == 75.0  # over the two valid answers
+    assert recall_all == 37.5  # (100 + 50 + 0 + 0) / 4
+    assert error_pct == 50.0
+    assert row[-1] == "75.0 (2)"
+
+
+def test_model_with_only_errors_ranks_last_with_no_recall():
+    events = [event(model="openai:gpt-4o", error="auth"), event(model="prior:tag-prior", tags=("dog",))]
+    rows = evals.build_evals(events)["rows"]
+    assert [r[0] for r in rows] == ["prior:tag-prior", "openai:gpt-4o"]
+    assert rows[1][2] is None and rows[1][-1] == "n/a (0)"
+    assert evals.best_model({"headers": [], "rows": rows}) == "prior:tag-prior"
+
+
+def test_empty_events_give_an_empty_table():
+    table = evals.build_evals([])
+    assert table == {"headers": evals.FIXED_HEADERS, "rows": []}
+    assert evals.best_model(table) is None
+
+
+def test_fold_replaces_rerun_events_and_keeps_others():
+    old = [event(photo="p1", tags=("dog",)), event(photo="p2")]
+    new = [event(photo="p1", tags=("cat",), run="9"), event(photo="p3")]
+    folded = evals.fold_events(old, new)
+    assert [(e["photo_id"], e["source_run"]) for e in folded] == [("p2", "7"), ("p1", "9"), ("p3", "7")]
+
+
+def test_cell_recall_reads_numbers_and_batch_cells():
+    assert evals.cell_recall(42.5) == 42.5
+    assert evals.cell_recall("61.3 (8)") == 61.3
+    assert evals.cell_recall("n/a (0)") is None
+    assert evals.cell_recall("") is None
+    assert evals.cell_recall(None) is None
+
+
+class FakeTask:
+    def __init__(self, lines):
+        self.lines = lines
+
+    def loglines(self, stream):
+        assert stream == "stdout"
+        return [(None, line) for line in self.lines]
+
+
+def test_events_from_run_reads_every_task_of_every_step():
+    e1, e2 = event(photo="p1"), event(photo="p2", model="knn:jec")
+    run = [
+        [FakeTask(["starting"])],
+        [FakeTask([evals.EVENT_PREFIX + json.dumps(e1)]), FakeTask(["x", evals.EVENT_PREFIX + json.dumps(e2)])],
+    ]
+    assert evals.events_from_run(run) == [e1, e2]
+
+
+def test_models_eval_artifact_becomes_events_and_fills_only_missing_ones():
+    models_eval = {
+        "batch_id": "101",
+        "batch_date": "2024-05-06",
+        "photos": {"p1": {"id": "p1", "ground_truth_tags": ["cat"], "image_url": "u1"}},
+        "results": {"finetuned:qwen": [{"photo_id": "p1", "provider": "finetuned", "model": "qwen", "tags": ["cat"],
+                                        "recall": 100.0, "precision": 100.0, "f1": 100.0, "error": None}]},
+    }
+    (rebuilt,) = evals.events_from_models_eval(models_eval, "PromptCustomModels", "55")
+    assert rebuilt["model_key"] == "finetuned:qwen"
+    assert rebuilt["ground_truth_tags"] == ["cat"] and rebuilt["image_url"] == "u1"
+    assert rebuilt["batch_id"] == "101" and rebuilt["source_run"] == "55"
+    assert evals.missing_events([rebuilt], [rebuilt]) == []
+    assert evals.missing_events([], [rebuilt]) == [rebuilt]
+
+
+class FakeRun(list):
+    def __init__(self, pathspec, steps, artifacts):
+        super().__init__(steps)
+        self.pathspec, self.id = pathspec, pathspec.split("/")[1]
+        self.data = type("Data", (dict,), {"__getattr__": dict.__getitem__})(artifacts)
+
+
+def test_read_runs_fills_from_the_named_runs_artifact_only_what_its_log_lacks():
+    logged = event(model="finetuned:qwen", photo="p1")
+    models_eval = {"batch_id": "101", "batch_date": "2024-05-06",
+                   "photos": {p: {"id": p, "ground_truth_tags": ["cat"]} for p in ("p1", "p2")},
+                   "results": {"finetuned:qwen": [{"photo_id": p, "provider": "finetuned", "model": "qwen", "tags": ["cat"],
+                                                   "recall": 100.0, "precision": 100.0, "f1": 100.0} for p in ("p1", "p2")]}}
+    log = [[FakeTask([evals.EVENT_PREFIX + json.dumps(logged)])]]
+    runs = [FakeRun("PromptCustomModels/5", log, {"models_eval": models_eval}),
+            FakeRun("PromptCustomModels/6", log, {"models_eval": models_eval})]
+    read = dict(evals.read_runs(runs, fill_from="PromptCustomModels/6"))
+    assert [e["photo_id"] for e in read["PromptCustomModels/5"]] == ["p1"]
+    assert [(e["photo_id"], e["source_run"]) for e in read["PromptCustomModels/6"]] == [("p1", "7"), ("p2", "6")]
