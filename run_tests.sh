@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Sets up .venv (first time: a few minutes) and runs the whole test suite offline on the CPU:
+# unit and integration tests under tests/, then the end-to-end flow runs in test_pipeline.py.
+# Extra arguments go to pytest, e.g. ./run_tests.sh -k sources
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/ensure_venv.sh
+targets=(tests)
+[ -f test_pipeline.py ] && targets+=(test_pipeline.py)
+set +e
+python -m pytest "${targets[@]}" "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+    echo "run_tests.sh: pytest collected no tests" >&2
+    exit 1
+fi
+exit "$rc"

@@ -1,0 +1,51 @@
+import pytest
+
+from phototagger.tags import normalise_tag, normalise_tags, parse_tags
+
+
+def test_normaliser_folds_case_space_and_punctuation():
+    assert normalise_tag("  Golden_Retriever. ") == "golden retriever"
+    assert normalise_tag("Ｃａｔ") == "cat"  # full-width folds to ASCII
+    assert normalise_tag('"sky"') == "sky"
+
+
+def test_normalise_tags_dedupes_in_first_seen_order_and_drops_empties():
+    assert normalise_tags(["Cat", "cat ", "", "  ", "Dog", "CAT"]) == ["cat", "dog"]
+
+
+@pytest.mark.parametrize(
+    "answer, tags, valid",
+    [
+        ('{"tags": ["Cat", "pet", "indoor"]}', ["cat", "pet", "indoor"], True),
+        ('```json\n{"tags": ["cat", "pet"]}\n```', ["cat", "pet"], True),
+        ('Sure! Here are the tags:\n{"tags": ["beach", "sea"]}\nHope this helps.', ["beach", "sea"], False),
+        ('["mountain", "snow", "sky"]', ["mountain", "snow", "sky"], False),
+        ('{"keywords": ["car", "road"]}', ["car", "road"], False),
+        ("Tags: cat, kitten, whiskers", ["cat", "kitten", "whiskers"], False),
+        ("- coffee\n- cup\n- saucer", ["coffee", "cup", "saucer"], False),
+        ('{"tags": []}', [], True),
+    ],
+)
+def test_parser_accepts_what_models_really_return(answer, tags, valid):
+    parsed = parse_tags(answer)
+    assert parsed.tags == tags
+    assert parsed.valid is valid
+    assert parsed.error is None
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "",
+        None,
+        "I am sorry, but I cannot help with identifying the contents of this image right now.",
+        '{"description": "a cat on a sofa"}',
+    ],
+)
+def test_parser_marks_answers_without_a_tag_list_unparseable(answer):
+    parsed = parse_tags(answer)
+    assert parsed.tags == [] and parsed.valid is False and parsed.error == "unparseable"
+
+
+def test_parser_normalises_and_dedupes_model_tags():
+    assert parse_tags('{"tags": ["Sky", "sky", " Blue Sky "]}').tags == ["sky", "blue sky"]
