@@ -1,0 +1,230 @@
+"""Tags out: a model's results become sidecars, CSV and JSONL; errors are reported, never written."""
+from __future__ import annotations
+
+import csv
+import json
+import xml.etree.ElementTree as ET
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import export_tags
+from phototagger import export
+
+NS = {"rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#", "dc": "http://purl.org/dc/elements/1.1/"}
+MODEL = "knn:jec"
+
+
+def subjects(path: Path) -> list[str]:
+    return [li.text for li in ET.parse(path).getroot().findall("rdf:RDF/rdf:Description/dc:subject/rdf:Bag/rdf:li", NS)]
+
+
+def make_image(path: Path, colour=(200, 120, 40)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (16, 16), colour).save(path)
+    return path
+
+
+def models_eval_for(photos: dict[str, str], results: dict[str, list[tuple[str, list[str], str | None]]]) -> dict:
+    """A models_eval artifact: photo id -> image (a URL, or a file of the folder source), and
+    model -> (photo id, tags, error) triples."""
+    return {
+        "batch_id": "1712345678",
+        "batch_date": "2026-05-01",
+        "photos": {pid: {"id": pid, "image_url": image, "ground_truth_tags": [], "source": "unsplash" if "://" in image else "folder"}
+                   for pid, image in photos.items()},
+        "results": {
+            model: [{"photo_id": pid, "provider": model.split(":")[0], "model": model.split(":", 1)[1], "tags": tags, "error": error}
+                    for pid, tags, error in rows]
+            for model, rows in results.items()
+        },
+    }
+
+
+@pytest.fixture
+def batch(tmp_path):
+    """Two local photos (one the model failed on) and one URL photo."""
+    beach = make_image(tmp_path / "photos" / "beach.jpg")
+    cat = make_image(tmp_path / "photos" / "cat.jpg")
+    models_eval = models_eval_for(
+        {"p-beach": str(beach), "p-cat": str(cat), "u-1": "https://images.example.com/photo-1?w=800"},
+        {
+            MODEL: [("p-beach", ["sea", "sand"], None), ("p-cat", [], "timeout"), ("u-1", ["city", "night"], None)],
+            "prior:tag-prior": [("p-beach", ["sky"], None), ("p-cat", ["sky"], None), ("u-1", ["sky"], None)],
+        },
+    )
+    return models_eval, tmp_path
+
+
+def test_export_writes_sidecars_next_to_local_images_and_by_id_for_urls(batch):
+    models_eval, tmp_path = batch
+    tagset = export.tags_from_models_eval(models_eval, MODEL, "PromptModels/1712345678")
+    report = export.export(tagset, export.ExportOptions(out_dir=tmp_path / "out"))
+    assert subjects(tmp_path / "photos" / "beach.jpg.xmp") == ["sea", "sand"]
+    assert subjects(tmp_path / "out" / "u-1.xmp") == ["city", "night"]
+    assert [c.path.name for c in report.sidecars] == ["beach.jpg.xmp", "u-1.xmp"]
+
+
+def test_an_errored_photo_is_reported_and_never_written_as_empty_tags(batch):
+    models_eval, tmp_path = batch
+    tagset = export.tags_from_models_eval(models_eval, MODEL, "PromptModels/1712345678")
+    report = export.export(tagset, export.ExportOptions(out_dir=tmp_path / "out"))
+    assert not (tmp_path / "photos" / "cat.jpg.xmp").exists()
+    assert [(s.photo_id, s.reason) for s in tagset.skipped] == [("p-cat", "model error: timeout")]
+    assert "p-cat" not in (tmp_path / "out" / "tags.csv").read_text(encoding="utf-8")
+    assert "p-cat" not in (tmp_path / "out" / "tags.jsonl").read_text(encoding="utf-8")
+    assert any("skipped p-cat" in line and "timeout" in line for line in export.report_lines(tagset, report))
+
+
+def test_csv_and_jsonl_hold_one_row_per_tagged_photo(batch):
+    models_eval, tmp_path = batch
+    tagset = export.tags_from_models_eval(models_eval, MODEL, "PromptModels/1712345678")
+    export.export(tagset, export.ExportOptions(out_dir=tmp_path / "out", csv_path=tmp_path / "t.csv", jsonl_path=tmp_path / "t.jsonl"))
+    with (tmp_path / "t.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert rows == [
+        ["photo_id", "image", "tags", "model"],
+        ["p-beach", str(tmp_path / "photos" / "beach.jpg"), "sea;sand", MODEL],
+        ["u-1", "https://images.example.com/photo-1?w=800", "city;night", MODEL],
+    ]
+    records = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert records[0] == {"photo_id": "p-beach", "image": str(tmp_path / "photos" / "beach.jpg"), "tags": ["sea", "sand"],
+                          "model": MODEL, "source": "PromptModels/1712345678"}
+    assert [r["photo_id"] for r in records] == ["p-beach", "u-1"]
+
+
+def test_export_merges_into_an_existing_sidecar_keeping_its_rating(batch):
+    models_eval, tmp_path = batch
+    sidecar = tmp_path / "photos" / "beach.xmp"
+    sidecar.write_text(
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmp:Rating="4"/></rdf:RDF></x:xmpmeta>',
+        encoding="utf-8",
+    )
+    tagset = export.tags_from_models_eval(models_eval, MODEL, "PromptModels/1712345678")
+    export.export(tagset, export.ExportOptions(out_dir=tmp_path / "out", xmp_naming="basename"))
+    description = ET.parse(sidecar).getroot().find("rdf:RDF/rdf:Description", NS)
+    assert description.get("{http://ns.adobe.com/xap/1.0/}Rating") == "4"
+    assert subjects(sidecar) == ["sea", "sand"]
+
+
+def test_two_images_sharing_a_basename_sidecar_are_not_merged_into_one(tmp_path):
+    jpg, png = make_image(tmp_path / "a.jpg"), make_image(tmp_path / "a.png")
+    models_eval = models_eval_for({"j": str(jpg), "p": str(png)}, {MODEL: [("j", ["red"], None), ("p", ["blue"], None)]})
+    tagset = export.tags_from_models_eval(models_eval, MODEL, "run")
+    report = export.export(tagset, export.ExportOptions(out_dir=tmp_path / "out", xmp_naming="basename"))
+    assert subjects(tmp_path / "a.xmp") == ["red"]
+    assert [(f.photo_id, "--xmp-naming fullname" in f.reason) for f in report.sidecar_failures] == [("p", True)]
+
+
+def test_a_dry_run_writes_no_file(batch):
+    models_eval, tmp_path = batch
+    tagset = export.tags_from_models_eval(models_eval, MODEL, "run")
+    report = export.export(tagset, export.ExportOptions(out_dir=tmp_path / "out", dry_run=True))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "photos" / "beach.jpg.xmp").exists()
+    assert "2 would be created" in "\n".join(export.report_lines(tagset, report))
+
+
+def test_a_model_missing_from_the_run_names_the_models_it_holds(batch):
+    models_eval, _ = batch
+    with pytest.raises(export.ExportError, match=r"holds no results of openai:gpt-4o.*knn:jec, prior:tag-prior"):
+        export.tags_from_models_eval(models_eval, "openai:gpt-4o", "PromptModels/1")
+
+
+def test_the_best_model_is_the_first_row_of_the_dashboard():
+    evals = {
+        "headers": ["Model", "Avg Latency (ms)", "Avg Recall", "Recall (all photos)", "Error %", "Cost (USD)", "345678 (05-01)"],
+        "rows": [["knn:jec", 12.0, 41.5, 40.0, 0.0, 0.0, "41.5 (8)"], ["prior:tag-prior", 1.0, 20.0, 20.0, 0.0, 0.0, "20.0 (8)"]],
+    }
+    assert export.choose_model(None, evals, "user.me") == "knn:jec"
+    assert export.choose_model("prior:tag-prior", evals, "user.me") == "prior:tag-prior"
+    assert export.dashboard_models(evals) == ["knn:jec", "prior:tag-prior"]
+
+
+def test_without_a_dashboard_the_error_says_how_to_get_one():
+    with pytest.raises(export.ExportError, match=r"No EvaluationFlow run on branch user.me.*evalsflow.py run.*--model"):
+        export.choose_model(None, None, "user.me")
+    with pytest.raises(export.ExportError, match="provider:model"):
+        export.choose_model("gpt-4o", None, "user.me")
+
+
+class FakeData(dict):
+    """What a Metaflow client Run's `.data` offers here: `in` and attribute access."""
+
+    __getattr__ = dict.__getitem__
+
+
+class FakeRun:
+    def __init__(self, pathspec: str, minutes: int, models_eval: dict | None):
+        self.pathspec = pathspec
+        self.created_at = datetime(2026, 5, 1) + timedelta(minutes=minutes)
+        self.data = FakeData(models_eval=models_eval) if models_eval is not None else FakeData()
+
+
+def test_tags_come_from_the_newest_run_holding_the_model():
+    runs = [
+        FakeRun("PromptCustomModels/9", 30, models_eval_for({}, {"finetuned:qwen": []})),
+        FakeRun("PromptModels/8", 20, None),
+        FakeRun("PromptModels/7", 10, models_eval_for({}, {MODEL: [], "prior:tag-prior": []})),
+        FakeRun("PromptModels/6", 0, models_eval_for({}, {MODEL: []})),
+    ]
+    run, _ = export.latest_run_with_model(runs, MODEL)
+    assert run.pathspec == "PromptModels/7"
+    missing, seen = export.latest_run_with_model(runs, "openai:gpt-4o")
+    assert missing is None and seen == {"finetuned:qwen", MODEL, "prior:tag-prior"}
+
+
+def test_folder_export_prompts_the_model_on_each_image(tmp_path):
+    folder = tmp_path / "trip"
+    make_image(folder / "one.png", (250, 10, 10))
+    make_image(folder / "sub" / "two.png", (10, 10, 250))
+    history = [{"id": f"h{i}", "image_url": str(make_image(tmp_path / "h" / f"{i}.png")), "ground_truth_tags": ["sunset", "sky"]}
+               for i in range(3)]
+    tagset = export.tags_from_folder(str(folder), "prior:tag-prior", "Tag this photo.", history=history, use_cache=False, progress=False)
+    export.export(tagset, export.ExportOptions(out_dir=tmp_path / "out"))
+    assert tagset.source == f"folder:{folder}" and not tagset.skipped
+    assert sorted(subjects(folder / "one.png.xmp")) == ["sky", "sunset"]
+    assert sorted(subjects(folder / "sub" / "two.png.xmp")) == ["sky", "sunset"]
+
+
+def test_cli_reports_every_failed_photo_and_exits_non_zero(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    make_image(tmp_path / "trip" / "one.png")
+    code = export_tags.main(["--folder", str(tmp_path / "trip"), "--model", "prior:tag-prior", "--branch", "test.nothing", "--no-cache"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "model error: no_history" in out and "no photo has a result to export" in err
+    assert not (tmp_path / "trip" / "one.png.xmp").exists()
+
+
+def test_a_finetuned_model_is_sent_to_promptcustommodels_for_a_folder(tmp_path):
+    with pytest.raises(export.ExportError, match="promptcustommodels.py run"):
+        export.tags_from_folder(str(tmp_path), "finetuned:qwen2.5-vl-3b-lora", "Tag this photo.")
+
+
+def test_cli_names_the_fix_for_a_missing_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = export_tags.main(["--folder", str(tmp_path / "nowhere"), "--model", MODEL, "--branch", "test.nothing"])
+    assert code == 1
+    assert "Photo folder not found" in capsys.readouterr().err
+
+
+def test_cli_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit):
+        export_tags.main(["--help"])
+    text = capsys.readouterr().out
+    for option in ("--model", "--run", "--folder", "--out", "--xmp-naming", "--csv", "--jsonl", "--no-xmp", "--dry-run", "--tag-prefix"):
+        assert option in text
+
+
+def test_only_the_users_own_files_get_sidecars_beside_them(tmp_path):
+    image = make_image(tmp_path / "x.jpg")
+    options = export.ExportOptions(out_dir=tmp_path / "o", xmp_naming="basename")
+    own = export.TaggedPhoto("id/1", str(image), ["a"], source="folder")
+    assert export.sidecar_for(own, options) == tmp_path / "x.xmp"
+    packaged = export.TaggedPhoto("demo-chelsea", str(image), ["a"], source="demo")
+    assert export.sidecar_for(packaged, options) == tmp_path / "o" / "demo-chelsea.xmp"
+    gone = export.TaggedPhoto("id/1", str(tmp_path / "gone.jpg"), ["a"], source="folder")
+    assert export.sidecar_for(gone, options) == tmp_path / "o" / "id_1.xmp"
