@@ -1,0 +1,102 @@
+"""UpdatePhotos: the incremental logic on its own, then the flow itself through Metaflow's Runner."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import SimpleNamespace
+
+from phototagger import ingest
+from phototagger.records import Photo
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def photo(photo_id: str, *tags: str) -> Photo:
+    return Photo(id=photo_id, image_url=f"/photos/{photo_id}.jpg", ground_truth_tags=list(tags), source="demo")
+
+
+def test_first_run_delivers_everything_it_fetched():
+    batch = ingest.plan_batch(ingest.delivered_before(None), [photo("a", "cat"), photo("b")])
+
+    assert list(batch.unseen) == ["a", "b"]
+    assert batch.history == {} and batch.seen_ids == ["a", "b"]
+
+
+def test_next_run_skips_the_previous_batch_and_its_history():
+    previous = {"history": {"a": photo("a")}, "unseen": {"b": photo("b")}}
+    history = ingest.delivered_before(previous)
+    batch = ingest.plan_batch(history, [photo("b"), photo("c"), photo("a"), photo("d")])
+
+    assert list(history) == ["a", "b"]
+    assert list(batch.unseen) == ["c", "d"]
+    assert list(batch.history) == ["a", "b"] and batch.seen_ids == ["a", "b", "c", "d"]
+
+
+def test_reset_starts_from_an_empty_history():
+    previous = {"history": {"a": photo("a")}, "unseen": {"b": photo("b")}}
+    assert ingest.delivered_before(previous, reset=True) == {}
+
+
+def test_a_photo_fetched_twice_is_delivered_once():
+    batch = ingest.plan_batch({}, [photo("a", "cat"), photo("a", "dog")])
+    assert list(batch.unseen) == ["a"] and batch.unseen["a"]["ground_truth_tags"] == ["cat"]
+
+
+def test_previous_state_reads_the_runs_artifacts():
+    run = SimpleNamespace(data=SimpleNamespace(history={"a": photo("a")}, unseen={"b": photo("b")}))
+    assert ingest.previous_state(run) == {"history": {"a": photo("a")}, "unseen": {"b": photo("b")}}
+    assert ingest.previous_state(None) is None
+
+
+def test_batch_date_is_the_utc_date():
+    late_evening_in_new_york = datetime(2024, 3, 1, 22, 30, tzinfo=timezone(timedelta(hours=-5)))
+    assert ingest.batch_date(late_evening_in_new_york) == "2024-03-02"
+
+
+def test_summary_says_what_arrived_and_what_is_seen():
+    batch = ingest.plan_batch({"a": photo("a")}, [photo("b", "cat"), photo("c")])
+    lines = ingest.summary_lines("demo", batch, ["Stopped at the rate limit."])
+
+    assert lines == [
+        "2 new photos from demo (1 with ground-truth tags).",
+        "3 photos seen in total on this branch (1 before this run).",
+        "Notes: Stopped at the rate limit.",
+    ]
+    assert "| b | cat |" in ingest.summary_markdown("demo", batch, [])
+
+
+def test_empty_batch_summary_says_there_is_nothing_to_do():
+    batch = ingest.plan_batch({"a": photo("a")}, [photo("a")])
+    lines = ingest.summary_lines("demo", batch, [])
+
+    assert batch.unseen == {}
+    assert lines[0] == "No new photos from demo: an empty batch, downstream flows have nothing to do."
+    assert lines[2] == "Notes: none."
+
+
+def test_updatephotos_delivers_new_photos_each_run_then_an_empty_batch(tmp_path, monkeypatch):
+    from metaflow import Runner
+
+    env = {"METAFLOW_USER": "test", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path)}
+    monkeypatch.setenv("USER", "test")  # the client in this process needs a user name, even as root in CI
+
+    def run_once():
+        runner = Runner(str(REPO / "updatephotos.py"), show_output=False, env=env, cwd=str(tmp_path))
+        with runner.run(source="demo") as running:
+            assert running.status == "successful", running.stderr
+            return running.run, running.stdout
+
+    first, _ = run_once()
+    second, _ = run_once()
+    third, third_out = run_once()
+
+    first_ids, second_ids = set(first.data.unseen), set(second.data.unseen)
+    assert len(first_ids) == len(second_ids) == 9 and not first_ids & second_ids
+    assert set(second.data.history) == first_ids
+    assert sorted(second.data.seen_ids) == sorted(first_ids | second_ids)
+    assert second.data.batch_id == second.id and len(second.data.batch_date) == 10
+    assert second.data.source_name == "demo" and second.data.notes == []
+    assert "project_branch:user.test" in second.tags
+
+    assert third.data.unseen == {} and len(third.data.seen_ids) == 18
+    assert "No new photos from demo" in third_out

@@ -1,0 +1,88 @@
+"""UpdatePhotos: ingest the next batch of photos with ground-truth tags.
+
+    python updatephotos.py run                                  # Unsplash if client_id is set, else the demo set
+    python updatephotos.py run --source unsplash:search:beach
+    python updatephotos.py run --source folder:/data/photos --batch-size 200
+    python updatephotos.py run --reset-existing true            # start over on this branch
+"""
+from metaflow import FlowSpec, Parameter, card, current, project, schedule, step
+from metaflow.cards import Markdown
+
+from phototagger import ingest, mfclient
+from phototagger.sources import SPECS, resolve_source
+
+
+@project(name="photo_tagger")
+@schedule(hourly=True)
+class UpdatePhotos(FlowSpec):
+    """Deliver photos that no earlier run of this project branch has delivered.
+
+    1) Read what the previous successful run of this branch delivered (its `history` and
+       `unseen`), unless --reset-existing starts over.
+    2) Fetch up to --batch-size photos from --source that are not among them, with their
+       normalised ground-truth tags, and store them as `unseen` for the downstream flows.
+    3) Print a short summary and render it on a card; an empty batch ends the run cleanly.
+    """
+
+    source = Parameter(
+        "source",
+        default="auto",
+        help="Where photos come from: " + ", ".join(SPECS) + ". 'auto' is unsplash when client_id is set, else demo.",
+    )
+    batch_size = Parameter(
+        "batch-size",
+        default=0,
+        type=int,
+        help="Most new photos to deliver in this run; 0 uses the source's default (demo: half the set).",
+    )
+    reset_existing = Parameter(
+        "reset-existing",
+        default=False,
+        type=bool,
+        help="Forget what earlier runs of this branch delivered and start over (--reset-existing true).",
+    )
+
+    @step
+    def start(self):
+        """Check the source spec (and key) before anything else, then read the previous successful
+        run of this project branch through the Metaflow client: the photos it and the runs before
+        it delivered form `history`, so this run can skip them without reading every earlier run."""
+        if self.batch_size < 0:
+            raise ValueError("--batch-size must be 0 (the source's default) or a positive number of photos")
+        self.source_name = resolve_source(self.source).name
+        self.notes = []
+        previous = None
+        if self.reset_existing:
+            self.notes.append("Started over (--reset-existing): earlier batches of this branch are not excluded.")
+        else:
+            previous = mfclient.latest_successful_run(ingest.UPDATE_FLOW, current.branch_name)
+        self.history = ingest.delivered_before(ingest.previous_state(previous), self.reset_existing)
+        self.next(self.fetch)
+
+    @step
+    def fetch(self):
+        """Ask the source for up to --batch-size photos not in `history` and keep the new ones as
+        `unseen`, labelled with this run's id and date so the dashboard can show them as a batch."""
+        source = resolve_source(self.source)
+        photos = source.fetch(set(self.history), self.batch_size or source.default_batch_size)
+        batch = ingest.plan_batch(self.history, photos)
+        self.unseen = batch.unseen
+        self.seen_ids = batch.seen_ids
+        self.notes = self.notes + source.notes
+        self.batch_id = str(current.run_id)
+        self.batch_date = ingest.batch_date()
+        self.next(self.end)
+
+    @card(type="blank")
+    @step
+    def end(self):
+        """Print what this run delivered (an empty batch is a normal, successful outcome: downstream
+        flows see `unseen == {}` and have nothing to do) and show the same on the run's card."""
+        batch = ingest.Batch(self.unseen, self.history, self.seen_ids)
+        for line in ingest.summary_lines(self.source_name, batch, self.notes):
+            print(line)
+        current.card.append(Markdown(ingest.summary_markdown(self.source_name, batch, self.notes)))
+
+
+if __name__ == "__main__":
+    UpdatePhotos()
