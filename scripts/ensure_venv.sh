@@ -14,8 +14,12 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; 
     echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
-# Metaflow needs a user name; CI and containers run as root with no USER set.
-export METAFLOW_USER="${METAFLOW_USER:-${USER:-$(id -un 2>/dev/null || echo photo-tagger)}}"
-export USER="${USER:-$METAFLOW_USER}"
+# Metaflow needs a user name other than root; CI and containers run as root with no USER set.
+if [ -z "${METAFLOW_USER:-}" ]; then
+    METAFLOW_USER="${USER:-$(id -un 2>/dev/null || true)}"
+    [ -n "$METAFLOW_USER" ] && [ "$METAFLOW_USER" != root ] || METAFLOW_USER=photo-tagger
+fi
+export METAFLOW_USER
+[ -n "${USER:-}" ] && [ "$USER" != root ] || export USER="$METAFLOW_USER"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TRANSFORMERS_OFFLINE="${TRANSFORMERS_OFFLINE:-1}"
 export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The quick baseline loop, offline, on the built-in demo photos (18 photos, three batches of 6):
+#   (UpdatePhotos -> PromptModels) x 3 -> EvaluationFlow
+# Each batch is scored with the earlier ones as history, as hourly runs would: on the first batch the
+# offline baselines (prior, knn) have nothing to learn from yet and are skipped, so the dashboard
+# shows the second and third batches. No key and no network are needed: models whose key is not
+# exported are skipped with one line.
+# Each demo gets its own Metaflow project branch, so it never mixes with your own runs and can be
+# run again. Set up on first use: .venv from requirements.txt.
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/ensure_venv.sh
+
+branch="demo$(date -u +%Y%m%d%H%M%S)"
+flow() { python "$1" --branch "$branch" run "${@:2}"; }
+
+echo "== Photo Tagger demo on project branch test.$branch"
+for batch in 1 2 3; do
+    echo "== Batch $batch"
+    flow updatephotos.py --source demo --batch-size 6
+    flow promptmodels.py
+done
+flow evalsflow.py --title "Photo Tagger demo"
+
+run_id=$(python - "$branch" <<'PY'
+import sys
+from phototagger.mfclient import latest_successful_run
+print(latest_successful_run("EvaluationFlow", "test." + sys.argv[1]).id)
+PY
+)
+python evalsflow.py card get "$run_id/end" dashboard.html >/dev/null
+echo
+echo "== Done. The dashboard card of EvaluationFlow/$run_id is in $(pwd)/dashboard.html"
+echo "   Open it in a browser, or write it again with:"
+echo "     .venv/bin/python evalsflow.py card get $run_id/end dashboard.html"
+echo "   or browse every card with: .venv/bin/python evalsflow.py card server"

@@ -1,0 +1,124 @@
+"""End-to-end: the flows run through Metaflow's Runner, as a user runs them, in a temporary datastore.
+
+1) The quick baseline loop offline on the demo photos (what ./run_demo.sh does).
+2) The same loop against local servers that speak the Unsplash and OpenAI/Together wire formats,
+   with fake keys exported as a user would, and a scan that the keys landed nowhere.
+3) The full loop: PrepareVLMData -> FineTuneVLM on a tiny Qwen2.5-VL built from config ->
+   PromptCustomModels -> EvaluationFlow, with the fine-tuned row on the dashboard.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from metaflow import Runner
+
+from tests.fakes.openai_server import FakeOpenAIServer
+from tests.fakes.unsplash_server import FakeUnsplashServer, sample_photos
+
+ROOT = Path(__file__).resolve().parent
+KEYS = ("client_id", "openai_api", "togetherai_api")
+
+
+@pytest.fixture
+def flow_env(tmp_path, monkeypatch):
+    """A private datastore and response cache; no vendor key unless a test sets one."""
+    monkeypatch.setenv("USER", "ci")  # the client in this process needs a user name, even as root
+    return {
+        "METAFLOW_USER": "ci",
+        "USER": "ci",
+        "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path),
+        "PHOTOTAGGER_CACHE_DIR": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        **{key: "" for key in KEYS},
+    }
+
+
+def run_flow(flow_file: str, env: dict, **params):
+    """Run one flow to completion; return (Run, stdout). A failed run fails the test with its stderr."""
+    with Runner(str(ROOT / flow_file), show_output=False, env=env, cwd=str(ROOT)).run(**params) as running:
+        assert running.status == "successful", f"{flow_file} failed:\n{running.stderr[-4000:]}"
+        return running.run, running.stdout
+
+
+def dashboard(run) -> tuple[dict, str]:
+    return run.data.evals, run.data.html
+
+
+def rows_by_model(evals: dict) -> dict[str, dict]:
+    return {row[0]: dict(zip(evals["headers"], row)) for row in evals["rows"]}
+
+
+def test_baseline_loop_offline_on_demo_photos(flow_env):
+    run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
+    _, first_out = run_flow("promptmodels.py", flow_env)
+    assert "skipped" in first_out.lower()  # no key here, and no history yet for the baselines
+    second, _ = run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
+    scored, _ = run_flow("promptmodels.py", flow_env)
+    third, _ = run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
+    run_flow("promptmodels.py", flow_env)
+    evals_run, out = run_flow("evalsflow.py", flow_env)
+
+    assert not set(second.data.unseen) & set(third.data.unseen), "a second UpdatePhotos run repeats no photo"
+    results = scored.data.models_eval["results"]
+    assert set(results) == {"prior:tag-prior", "knn:jec"}
+    assert all(len(r) == len(second.data.unseen) for r in results.values()), "every photo gets a record"
+    assert set(scored.data.skipped_models) >= {"openai:gpt-4o-mini"}
+
+    evals, html = dashboard(evals_run)
+    rows = rows_by_model(evals)
+    assert set(rows) == {"prior:tag-prior", "knn:jec"}
+    batch_cols = [h for h in evals["headers"] if h.endswith(")") and "(" in h and h[-6:-1].count("-") == 1]
+    assert len(batch_cols) == 2, evals["headers"]
+    assert [row[0] for row in evals["rows"]] == sorted(rows, key=lambda m: -(rows[m]["Avg Recall"] or 0))
+    for model in rows:
+        assert f'data-model="{model}"' in html
+    assert "card get" in out
+
+
+def test_baseline_loop_against_unsplash_and_openai_wire_formats(flow_env):
+    keys = {"client_id": "unsplash-key-5ecret", "openai_api": "sk-openai-5ecret", "togetherai_api": "tg-together-5ecret"}
+    photos = sample_photos(8)
+    with FakeUnsplashServer(photos, key=keys["client_id"]) as unsplash, FakeOpenAIServer() as llm:
+        truth = {f"/images/{p['id']}": [t.strip().lower() for t in p["tags"]] for p in photos}
+
+        def answer(request: dict) -> str:
+            url = next(
+                part["image_url"]["url"]
+                for msg in request["messages"] if isinstance(msg["content"], list)
+                for part in msg["content"] if part.get("type") == "image_url"
+            )
+            tags = next((t for needle, t in truth.items() if needle in url), [])
+            # The OpenAI model finds every tag, the Together models only the first one.
+            return json.dumps({"tags": tags if request["model"].startswith("gpt") else tags[:1]})
+
+        llm.answer_fn = answer
+        env = {
+            **flow_env,
+            **keys,
+            "UNSPLASH_API_URL": unsplash.base_url,
+            "OPENAI_BASE_URL": llm.base_url,
+            "TOGETHER_BASE_URL": llm.root_url,
+        }
+        update, _ = run_flow("updatephotos.py", env, source="unsplash", batch_size=8)
+        prompted, prompt_out = run_flow("promptmodels.py", env)
+        evals_run, _ = run_flow("evalsflow.py", env)
+
+    assert len(update.data.unseen) == 8 and update.data.source_name == "unsplash"
+    results = prompted.data.models_eval["results"]
+    vendor = [k for k in results if k.split(":")[0] in ("openai", "together")]
+    assert len(vendor) == 3 and all(len(results[k]) == 8 for k in vendor)
+    assert all(r["recall"] == 100.0 and r["valid"] for r in results["openai:gpt-4o-mini"])
+    evals, html = dashboard(evals_run)
+    assert evals["rows"][0][0] == "openai:gpt-4o-mini", "best model first"
+    assert "prior:tag-prior" in prompted.data.skipped_models  # first batch: nothing to learn from yet
+
+    leaked = [
+        where
+        for where, text in (("promptmodels stdout", prompt_out), ("card", html), ("artifacts", repr(prompted.data.models_eval)))
+        for key in keys.values()
+        if key in text
+    ]
+    assert not leaked, f"a key leaked into: {leaked}"
