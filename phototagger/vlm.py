@@ -1,0 +1,161 @@
+"""Qwen2.5-VL plumbing shared by curation, training and inference.
+
+One place decides how big an image gets (the processor's pixel caps), how an image is read,
+how the model is loaded (4-bit NF4 or not) and how a photo becomes chat tokens, so the fine-tuned
+model is prompted at inference exactly as it was trained.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from PIL import Image, UnidentifiedImageError
+
+from phototagger.http import ImageFetchError, fetch_image_bytes
+
+logger = logging.getLogger(__name__)
+
+PATCH_FACTOR = 28  # patch 14 x spatial merge 2: one image token covers 28x28 pixels
+# Caps for Qwen2.5-VL-3B: 128 to 256 image tokens per photo (448x448 -> 256). Enough for tagging,
+# and they keep a batch of 4 inside a 24 GB card when training 4-bit; the processor enforces them.
+DEFAULT_MIN_PIXELS = 128 * PATCH_FACTOR * PATCH_FACTOR
+DEFAULT_MAX_PIXELS = 256 * PATCH_FACTOR * PATCH_FACTOR
+DEFAULT_BASE_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
+ASSISTANT_HEADER = "<|im_start|>assistant\n"  # Qwen chat template: what precedes every assistant answer
+END_OF_TURN = "<|im_end|>"
+
+
+def load_processor(path: str | Path, min_pixels: int = DEFAULT_MIN_PIXELS, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
+    """The model's AutoProcessor with the image processor capped to [min_pixels, max_pixels]."""
+    from transformers import AutoProcessor
+
+    if min_pixels > max_pixels:
+        raise ValueError(f"min_pixels ({min_pixels}) is larger than max_pixels ({max_pixels}); swap or fix them")
+    processor = AutoProcessor.from_pretrained(str(path))
+    if not hasattr(processor, "image_processor"):
+        raise ValueError(
+            f"{path} has no image processor (AutoProcessor gave {type(processor).__name__}); "
+            "point --base-model at a Qwen2.5-VL checkpoint with preprocessor_config.json"
+        )
+    processor.image_processor.size = {"shortest_edge": int(min_pixels), "longest_edge": int(max_pixels)}
+    return processor
+
+
+def saved_pixel_caps(path: str | Path) -> tuple[int, int] | None:
+    """The (min_pixels, max_pixels) a saved processor (e.g. next to an adapter) was capped to, if any."""
+    config = Path(path) / "processor_config.json"
+    if not config.is_file():
+        return None
+    size = json.loads(config.read_text()).get("image_processor", {}).get("size") or {}
+    if "shortest_edge" in size and "longest_edge" in size:
+        return int(size["shortest_edge"]), int(size["longest_edge"])
+    return None
+
+
+def image_token_count(width: int, height: int, min_pixels: int = DEFAULT_MIN_PIXELS, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """How many <|image_pad|> tokens a width x height photo costs under the pixel caps."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    h, w = smart_resize(height, width, factor=PATCH_FACTOR, min_pixels=min_pixels, max_pixels=max_pixels)
+    return (h // PATCH_FACTOR) * (w // PATCH_FACTOR)
+
+
+def load_image(location: str, max_side: int | None = None) -> Image.Image:
+    """An RGB PIL image from a URL or local path (bounded fetch), optionally shrunk to max_side.
+
+    Raises http.ImageFetchError (class bad_image) when the bytes are not a decodable image.
+    """
+    data = fetch_image_bytes(location)
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageFetchError(f"image could not be decoded ({type(exc).__name__}): {location}") from exc
+    image = image.convert("RGB")
+    if max_side and max(image.size) > max_side:
+        image.thumbnail((max_side, max_side))
+    return image
+
+
+def max_side_for(max_pixels: int) -> int:
+    """The longest side photos are shrunk to before the processor: keeps memory small for any aspect up
+    to 4:1 without changing what the processor's own resize produces by more than resampling noise.
+
+    Training and inference both load images with `load_image(location, max_side_for(max_pixels))`.
+    """
+    return 2 * math.isqrt(max_pixels)
+
+
+def user_message(prompt_text: str, image: Any) -> dict:
+    """The user turn, as DESIGN.md's training example has it: prompt text, then the image."""
+    return {"role": "user", "content": [{"type": "text", "text": prompt_text}, {"type": "image", "image": image}]}
+
+
+def encode_chats(
+    processor: Any,
+    conversations: Sequence[list[dict]],
+    images: Sequence[Image.Image],
+    *,
+    add_generation_prompt: bool,
+    padding_side: str = "right",
+) -> dict:
+    """Batch tensors (input_ids, attention_mask, pixel_values, image_grid_thw) for chats with one image each.
+
+    Training passes user+assistant turns; inference passes the user turn with a generation prompt,
+    which renders to exactly the training text up to the answer.
+    """
+    texts = [
+        processor.apply_chat_template(list(chat), tokenize=False, add_generation_prompt=add_generation_prompt)
+        for chat in conversations
+    ]
+    return processor(text=texts, images=list(images), padding=True, padding_side=padding_side, return_tensors="pt")
+
+
+def compute_dtype() -> Any:
+    """bf16 where the GPU supports it, else fp32 (fp16 overflows in Qwen's vision tower)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def quantization_config(quantize: str) -> Any:
+    """BitsAndBytesConfig for QLoRA (NF4, double quantisation), or None for full precision."""
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "none":
+        return None
+    if quantize != "4bit":
+        raise ValueError(f"quantize must be '4bit' or 'none', got {quantize!r}")
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype(),
+    )
+
+
+def load_model(path: str | Path, quantize: str = "4bit", **kwargs: Any) -> Any:
+    """Qwen2.5-VL for conditional generation, 4-bit NF4 or full precision, on GPU when there is one."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    options: dict[str, Any] = {"dtype": compute_dtype(), "quantization_config": quantization_config(quantize)}
+    if torch.cuda.is_available():
+        options["device_map"] = "auto"
+    options.update(kwargs)
+    model = AutoModelForImageTextToText.from_pretrained(str(path), **options)
+    logger.info("loaded %s (%s) on %s", path, quantize, model.device)
+    return model
+
+
+def pixel_caps_note(min_pixels: int, max_pixels: int) -> str:
+    """A one-line description of the caps for cards and logs."""
+    lo, hi = min_pixels // (PATCH_FACTOR**2), max_pixels // (PATCH_FACTOR**2)
+    side = int(math.sqrt(max_pixels))
+    return f"{lo}-{hi} image tokens per photo (about {side}x{side} pixels at most)"

@@ -1,0 +1,143 @@
+"""PromptCustomModels: tag the newest batch of photos with the fine-tuned Qwen2.5-VL and score it.
+
+    python promptcustommodels.py run                                  # latest FineTuneVLM adapter, latest batch
+    python promptcustommodels.py run --finetune-run FineTuneVLM/12 --update-run UpdatePhotos/34
+    python promptcustommodels.py run --base-model /models/qwen2.5-vl-3b   # base not where it was trained
+    python promptcustommodels.py run --with kubernetes                # the evaluate step asks for one GPU
+
+The results have the shape of PromptModels' (`models_eval`, one event per photo on stdout), so
+EvaluationFlow shows the fine-tuned model next to the vendor models.
+"""
+from collections import Counter
+from pathlib import PurePosixPath
+
+from metaflow import FlowSpec, Parameter, current, project, resources, step, trigger_on_finish
+
+from phototagger.batch import DEFAULT_MAX_ERROR_SHARE, ErrorBudgetExceeded, budget_problems, run_summary_lines
+from phototagger.evals import model_key
+from phototagger.metrics import summarise
+from phototagger.mfclient import resolve_run, runs_of
+
+
+@project(name="photo_tagger")
+@trigger_on_finish(flow="FineTuneVLM")
+class PromptCustomModels(FlowSpec):
+    """Evaluate the fine-tuned model exactly like the vendor models.
+
+    1) Read the newest adapter from the latest successful FineTuneVLM run of this branch that
+       trained one (or --finetune-run), and the unseen photos of the latest UpdatePhotos run (or
+       --update-run), leaving out any photo the adapter was trained on.
+    2) Prompt every photo with the `finetuned` provider (base + adapter, batched greedy generation)
+       and the prompt the model was trained with; score, and log one event per photo.
+    3) Store `models_eval` (PromptModels' shape) and `summaries`; print a three-line summary and fail
+       if the error budget was broken.
+    """
+
+    finetune_run = Parameter(
+        "finetune-run", default="", help="FineTuneVLM run whose adapter to evaluate (pathspec or run id); default: the latest that trained one."
+    )
+    update_run = Parameter(
+        "update-run", default="", help="UpdatePhotos run whose unseen photos to tag (pathspec or run id); default: the latest successful one."
+    )
+    base_model = Parameter("base-model", default="", help="Base model path or hub id; default: the one the adapter was trained on.")
+    batch_size = Parameter("batch-size", default=8, type=int, help="Photos per generate call on the GPU.")
+    max_new_tokens = Parameter("max-new-tokens", default=128, type=int, help="Longest answer, in tokens.")
+    max_error_share = Parameter(
+        "max-error-share", default=DEFAULT_MAX_ERROR_SHARE, type=float, help="Fail the run when the share of failed or unparseable answers is above this."
+    )
+
+    @step
+    def start(self):
+        """Find the adapter and the photo batch through the Metaflow client; photos that were training
+        examples of the adapter's dataset are left out so the score measures unseen photos only. No
+        adapter yet (every FineTuneVLM run had an empty dataset) ends the run cleanly."""
+        update = resolve_run("UpdatePhotos", current.branch_name, self.update_run)
+        if update is None:
+            raise RuntimeError(
+                f"No successful UpdatePhotos run on branch {current.branch_name}: "
+                "run `python updatephotos.py run` first, or pass --update-run UpdatePhotos/<run id>"
+            )
+        self.update_run_pathspec = update.pathspec
+        self.batch_id = str(update.data.batch_id)
+        self.batch_date = update.data.batch_date
+        self.photos, self.excluded_trained_ids, self.finetune_meta, self.model_name = {}, [], None, ""
+        finetune = self._finetune_run()
+        if finetune is None:
+            print(f"Nothing to evaluate: no FineTuneVLM run on branch {current.branch_name} has trained an adapter yet "
+                  "(run `python prepare_vlm_data.py run` on tagged photos, then `python finetune_vlm.py run`).")
+            self.next(self.evaluate)
+            return
+        self.finetune_run_pathspec = finetune.pathspec
+        self.finetune_meta = dict(finetune.data.finetune_meta)
+        dataset = resolve_run("PrepareVLMData", None, self.finetune_meta["dataset_run"])
+        trained_on = {example.get("photo_id") for example in dataset.data.train_examples}
+        unseen = dict(update.data.unseen)
+        self.excluded_trained_ids = sorted(pid for pid in unseen if pid in trained_on)
+        self.photos = {pid: photo for pid, photo in unseen.items() if pid not in trained_on}
+        base = self.base_model or self.finetune_meta["base_model"]
+        self.model_name = f"{PurePosixPath(base.rstrip('/')).name}-lora-{finetune.id}"
+        if self.excluded_trained_ids:
+            print(f"Leaving out {len(self.excluded_trained_ids)} photos the adapter was trained on.")
+        if not self.photos:
+            print(f"Nothing to do: {update.pathspec} has no photos the adapter has not seen.")
+        else:
+            print(f"Tagging {len(self.photos)} photos of batch {self.batch_id} ({self.batch_date}) "
+                  f"with finetuned:{self.model_name} from {finetune.pathspec}.")
+        self.next(self.evaluate)
+
+    def _finetune_run(self):
+        """The FineTuneVLM run named by --finetune-run, else the newest of this branch that trained an adapter."""
+        if self.finetune_run:
+            run = resolve_run("FineTuneVLM", current.branch_name, self.finetune_run)
+            if not run.data.finetune_meta:
+                raise RuntimeError(f"{run.pathspec} trained no adapter (its dataset was empty); pick another run")
+            return run
+        return next((run for run in runs_of("FineTuneVLM", current.branch_name) if run.data.finetune_meta), None)
+
+    @resources(gpu=1, memory=24000)
+    @step
+    def evaluate(self):
+        """Unpack the adapter next to its processor, load base + adapter once, and prompt every photo in
+        batches through `batch.prompt_photos`, which scores each answer and logs one event per photo."""
+        self.results = []
+        if self.photos:
+            import tempfile
+
+            from phototagger.batch import prompt_photos
+            from phototagger.evals import EvalsLogger
+            from phototagger.prompter import Prompter
+            from phototagger.train import unpack_adapter
+
+            meta = self.finetune_meta
+            finetune = resolve_run("FineTuneVLM", None, self.finetune_run_pathspec)
+            with tempfile.TemporaryDirectory(prefix="adapter-") as adapter_dir:
+                unpack_adapter(finetune.data.adapter_files, adapter_dir)
+                prompter = Prompter(
+                    "finetuned", self.model_name, base_model=self.base_model or meta["base_model"], adapter_path=adapter_dir,
+                    quantize=meta["quantize"], min_pixels=meta["min_pixels"], max_pixels=meta["max_pixels"],
+                    max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                )
+                self.results = prompt_photos(
+                    prompter, list(self.photos.values()), meta["prompt_text"], batch_size=self.batch_size,
+                    logger=EvalsLogger(), batch_id=self.batch_id, batch_date=self.batch_date,
+                    source_flow=current.flow_name, source_run=current.run_id,
+                )
+        self.next(self.end)
+
+    @step
+    def end(self):
+        """Store `models_eval` as PromptModels does, print the summary, and fail clearly past the error budget."""
+        results = {model_key("finetuned", self.model_name): self.results} if self.results else {}
+        self.models_eval = {"batch_id": self.batch_id, "batch_date": self.batch_date, "photos": self.photos, "results": results}
+        self.summaries = {k: summarise(rows) for k, rows in results.items()}
+        self.skipped_models = {}
+        for line in run_summary_lines(self.models_eval, self.summaries, self.skipped_models):
+            print(line)
+        problems = budget_problems(results, self.max_error_share)
+        if problems:
+            counts = sum((Counter(p["counts"]) for p in problems.values()), Counter())
+            raise ErrorBudgetExceeded("\n".join(p["message"] for p in problems.values()), counts)
+
+
+if __name__ == "__main__":
+    PromptCustomModels()

@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny random Qwen2.5-VL (built once per session) and a few coloured photos."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 190, 40), "blue": (30, 40, 210), "yellow": (235, 225, 20)}
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight Qwen2.5-VL (200k parameters) with tokenizer, chat template and processor."""
+    from phototagger.random_qwen import build_random_qwen
+
+    return build_random_qwen(tmp_path_factory.mktemp("tiny-qwen"), size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def colour_photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One small PNG per colour, in two sizes so batches need padding: name -> path."""
+    root = tmp_path_factory.mktemp("photos")
+    paths = {}
+    for i, (name, rgb) in enumerate(COLOURS.items()):
+        path = root / f"{name}.png"
+        Image.new("RGB", (64, 48) if i % 2 else (112, 112), rgb).save(path)
+        paths[name] = path
+    return paths
+
+
+def chat_example(photo_id: str, image: str, tags: list[str], prompt: str = "Tag this photo.") -> dict:
+    """A training example in DESIGN.md's format."""
+    return {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": prompt}, {"type": "image", "image": image}]},
+            {"role": "assistant", "content": [{"type": "text", "text": json.dumps({"tags": tags})}]},
+        ],
+        "ground_truth_tags": tags,
+        "photo_id": photo_id,
+    }
+
+
+@pytest.fixture(scope="session")
+def make_chat_example():
+    """The example builder, for tests that need their own answers."""
+    return chat_example
+
+
+@pytest.fixture(scope="session")
+def colour_examples(colour_photos: dict[str, Path]) -> list[dict]:
+    """One training example per colour photo; the answer is the colour and "plain colour"."""
+    return [chat_example(name, str(path), [name, "plain colour"]) for name, path in colour_photos.items()]
