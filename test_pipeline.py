@@ -122,3 +122,32 @@ def test_baseline_loop_against_unsplash_and_openai_wire_formats(flow_env):
         if key in text
     ]
     assert not leaked, f"a key leaked into: {leaked}"
+
+
+def test_full_loop_puts_the_finetuned_model_on_the_dashboard(flow_env, tmp_path):
+    from phototagger.random_qwen import build_random_qwen
+
+    base = build_random_qwen(tmp_path / "tiny-qwen", size="tiny")
+    first, _ = run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
+    newest, _ = run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
+    dataset, _ = run_flow("prepare_vlm_data.py", flow_env)
+    trained, _ = run_flow(
+        "finetune_vlm.py", flow_env, base_model=str(base), max_steps=2, batch_size=2, grad_accum=1, epochs=1,
+        output_dir=str(tmp_path / "checkpoints"),
+    )
+    # A random tiny model answers gibberish: every answer is unparseable, which the error budget would stop.
+    custom, _ = run_flow("promptcustommodels.py", flow_env, max_error_share=1.0)
+    evals_run, _ = run_flow("evalsflow.py", flow_env)
+
+    train_ids = {ex["photo_id"] for ex in dataset.data.train_examples + dataset.data.validation_examples}
+    assert train_ids and train_ids <= set(first.data.unseen), "only the earlier batch trains"
+    assert not train_ids & set(newest.data.unseen), "the newest batch is held out for evaluation"
+    assert trained.data.adapter_files and trained.data.finetune_meta["base_model"] == str(base)
+    assert len(trained.data.finetune_meta["train_loss"]) >= 1
+
+    (key,) = custom.data.models_eval["results"]
+    assert key.startswith("finetuned:")
+    assert len(custom.data.models_eval["results"][key]) == len(newest.data.unseen)
+    evals, html = dashboard(evals_run)
+    assert key in rows_by_model(evals)
+    assert f'data-model="{key}"' in html
