@@ -71,9 +71,14 @@ class EvaluationFlow(FlowSpec):
         best = evals.best_model(self.evals)
         if best:
             row = self.evals["rows"][0]
-            print(f"Best model: {best} (avg recall {row[2]:.1f}%, error {row[4]:.1f}%, {row[1] or 0:.0f} ms/photo)")
+            latency = f"{row[1]:.0f} ms/photo" if row[1] is not None else "every answer from the cache"
+            print(f"Best model: {best} (avg recall {row[2]:.1f}%, error {row[4]:.1f}%, {latency})")
         else:
-            print("No model results yet: run promptmodels.py (after updatephotos.py), then this flow again.")
+            print(
+                "No model has a valid answer yet: run promptmodels.py (after updatephotos.py), then this flow again."
+                if not self.evals["rows"]
+                else "No model has a valid answer yet: see the Error % column and the drill-down on the card."
+            )
         print(f"Dashboard: python evalsflow.py card get {current.run_id}/end dashboard.html")
 
 
