@@ -1,0 +1,139 @@
+"""PromptModels: tag the newest batch of photos with every configured model and score the answers.
+
+    python promptmodels.py run                                       # all models of models.json
+    python promptmodels.py run --models prior,knn                    # only some (keys or providers)
+    python promptmodels.py --config model-list my_models.json run    # another model list
+    python promptmodels.py --config prices my_prices.json run        # another price table
+
+prompt.txt, models.json and prices.json are Metaflow Configs: edit them or pass your own file.
+prices.json holds list prices (USD per 1M tokens) published by OpenAI and Together AI in 2025;
+they are editable, and a model missing from the table is shown without a cost.
+"""
+from collections import Counter
+
+from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
+
+from phototagger.batch import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_ERROR_SHARE,
+    ErrorBudgetExceeded,
+    ModelSkipped,
+    budget_problems,
+    make_prompter,
+    prompt_config,
+    prompt_photos,
+    run_summary_lines,
+    select_models,
+)
+from phototagger.cache import make_cache
+from phototagger.evals import EvalsLogger, model_key
+from phototagger.metrics import summarise
+from phototagger.mfclient import resolve_run
+
+
+@project(name="photo_tagger")
+@trigger_on_finish(flow="UpdatePhotos")
+class PromptModels(FlowSpec):
+    """Tag a batch of photos with several vision-language models and score them against ground truth.
+
+    1) Read the unseen batch (and the earlier photos, for the offline baselines) from the latest
+       successful UpdatePhotos run of this branch, or the run given by --update-run.
+    2) One branch per model in models.json: prompt every photo (bounded adaptive concurrency,
+       response cache, retries), score, price, and log one event per photo for EvaluationFlow.
+       A model that cannot run here (no API key; a baseline on the first batch) is skipped with one line.
+    3) Join: store `models_eval`, `summaries` and `skipped_models`, and check the error budget.
+    4) End: print a three-line summary; fail if a model broke the error budget.
+    """
+
+    prompt = Config("prompt", default="prompt.txt", parser=prompt_config, help="Plain-text prompt file.")
+    model_list = Config("model-list", default="models.json", help="JSON list of models to prompt (see models.json).")
+    prices = Config("prices", default="prices.json", help="JSON price table, USD per 1M tokens (see prices.json).")
+
+    update_run = Parameter(
+        "update-run", default="", help="UpdatePhotos run to read (pathspec or run id); default: the latest successful one of this branch."
+    )
+    concurrency = Parameter(
+        "concurrency", default=DEFAULT_CONCURRENCY, type=int, help="Most calls in flight per model (a model's own 'concurrency' in models.json wins)."
+    )
+    no_cache = Parameter("no-cache", default=False, type=bool, is_flag=True, help="Call every model again instead of reusing cached answers.")
+    max_error_share = Parameter(
+        "max-error-share", default=DEFAULT_MAX_ERROR_SHARE, type=float, help="Fail the run when a model's share of failed calls is above this."
+    )
+    only_models = Parameter("models", default="", help="Comma-separated model keys or providers to run (e.g. prior,knn); default: all.")
+
+    @step
+    def start(self):
+        """Find the UpdatePhotos run through the Metaflow client and take its unseen photos and history.
+        An empty batch is not an error: every model branch then has nothing to do and the run ends cleanly."""
+        run = resolve_run("UpdatePhotos", current.branch_name, self.update_run)
+        if run is None:
+            raise RuntimeError(
+                f"No successful UpdatePhotos run on branch {current.branch_name}: "
+                "run `python updatephotos.py run` first, or pass --update-run UpdatePhotos/<run id>"
+            )
+        self.update_run_pathspec = run.pathspec
+        self.photos = dict(run.data.unseen)
+        self.history = dict(run.data.history)
+        self.batch_id = str(run.data.batch_id)
+        self.batch_date = run.data.batch_date
+        self.models = select_models(self.model_list.to_dict(), self.only_models)
+        if not self.photos:
+            print(f"Nothing to do: {run.pathspec} delivered no new photos.")
+        else:
+            print(f"Prompting {len(self.models)} models on {len(self.photos)} photos of batch {self.batch_id} ({self.batch_date}).")
+        self.next(self.prompt_model, foreach="models")
+
+    @step
+    def prompt_model(self):
+        """Prompt every photo of the batch with one model through `batch.prompt_photos`, which keeps one
+        result per photo whatever happens to the call, reuses cached answers and logs the events."""
+        entry = self.input
+        self.model_key = model_key(entry["provider"], entry["model"])
+        self.results, self.skip_reason = [], None
+        if self.photos:
+            try:
+                prompter = make_prompter(entry, list(self.history.values()))
+            except ModelSkipped as exc:
+                self.skip_reason = str(exc)
+                print(f"Skipping {self.model_key}: {exc}")
+            else:
+                self.results = prompt_photos(
+                    prompter,
+                    list(self.photos.values()),
+                    self.prompt.text,
+                    concurrency=entry.get("concurrency") or self.concurrency,
+                    cache=make_cache(not self.no_cache),
+                    prices=self.prices.to_dict(),
+                    logger=EvalsLogger(),
+                    batch_id=self.batch_id,
+                    batch_date=self.batch_date,
+                    source_flow=current.flow_name,
+                    source_run=current.run_id,
+                )
+        self.next(self.join)
+
+    @step
+    def join(self, inputs):
+        """Gather the models' results into `models_eval`, summarise each model, list the skipped ones,
+        and note which models broke the error budget (the run fails in `end`, after these are stored)."""
+        self.merge_artifacts(inputs, include=["photos", "batch_id", "batch_date", "update_run_pathspec"])
+        self.skipped_models = {i.model_key: i.skip_reason for i in inputs if i.skip_reason}
+        results = {i.model_key: i.results for i in inputs if not i.skip_reason and i.results}
+        self.models_eval = {"batch_id": self.batch_id, "batch_date": self.batch_date, "photos": self.photos, "results": results}
+        self.summaries = {key: summarise(rows) for key, rows in results.items()}
+        self.budget_errors = budget_problems(results, self.max_error_share)
+        self.next(self.end)
+
+    @card(type="default")
+    @step
+    def end(self):
+        """Print what was prompted, the best model and what it cost; fail clearly if a model broke the error budget."""
+        for line in run_summary_lines(self.models_eval, self.summaries, self.skipped_models):
+            print(line)
+        if self.budget_errors:
+            counts = sum((Counter(p["counts"]) for p in self.budget_errors.values()), Counter())
+            raise ErrorBudgetExceeded("\n".join(p["message"] for p in self.budget_errors.values()), counts)
+
+
+if __name__ == "__main__":
+    PromptModels()

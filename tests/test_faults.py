@@ -1,0 +1,145 @@
+"""The fault suite (issue 4): the real Prompter and prompt_photos against the fake OpenAI server.
+
+For every fault the contract is the same: N photos in gives N result records out, in order, the
+failed photo carries the right error class, the others are unharmed, and the error budget decides.
+"""
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+from PIL import Image
+
+from phototagger.batch import ErrorBudgetExceeded, ModelSkipped, check_error_budget, make_prompter, prompt_photos
+from phototagger.limiter import AdaptiveLimiter
+from phototagger.prompter import Prompter, RetryPolicy
+from tests.fakes.openai_server import FakeOpenAIServer
+
+KEY = "sk-fault-suite-0000"
+FAST_RETRY = RetryPolicy(max_attempts=2, base_delay_s=0.01, max_delay_s=2.0, jitter=0.0)
+N = 4
+
+
+def png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 40, 40)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.setenv("openai_api", KEY)
+    with FakeOpenAIServer(images={f"p{i}.png": png() for i in range(N)}, tags_by_image={"p": ["red", "square"]}) as fake:
+        yield fake
+
+
+def photos(server, names=None):
+    names = names or [f"p{i}.png" for i in range(N)]
+    return [{"id": f"photo{i}", "image_url": server.image_url(name), "ground_truth_tags": ["red", "square"]}
+            for i, name in enumerate(names)]
+
+
+def prompter(server, retry=FAST_RETRY, **options):
+    options.setdefault("timeout_s", 2.0)
+    return Prompter("openai", "gpt-4o-mini", retry=retry, base_url=server.base_url, **options)
+
+
+def errors(results):
+    return [r["error"] for r in results]
+
+
+PERSISTENT_FAULTS = [
+    ("rate_limit", "rate_limited"),
+    ("rate_limit_no_header", "rate_limited"),
+    ("server_error", "server_error"),
+    ("unavailable", "server_error"),
+    ("reset", "connection"),
+    ("truncated", "server_error"),
+    ("non_json", "server_error"),
+    ("prose", "unparseable"),
+    ("auth", "auth"),
+    ("bad_image", "bad_image"),
+]
+
+
+@pytest.mark.parametrize("fault,error_class", PERSISTENT_FAULTS, ids=[f for f, _ in PERSISTENT_FAULTS])
+def test_a_photo_that_always_fails_is_recorded_with_its_class_and_the_rest_succeed(server, fault, error_class):
+    server.fault_by_image = {"p1.png": fault}
+    results = prompt_photos(prompter(server), photos(server), "tag", concurrency=4, progress=False)
+    assert [r["photo_id"] for r in results] == [f"photo{i}" for i in range(N)]
+    assert errors(results) == [None, error_class, None, None]
+    assert results[1]["recall"] == 0.0 and results[0]["recall"] == 100.0
+    assert KEY not in results[1]["raw"]
+
+
+def test_a_hanging_call_times_out_per_call_and_does_not_hold_up_the_others(server):
+    server.fault_by_image = {"p2.png": "hang"}
+    started = time.monotonic()
+    results = prompt_photos(prompter(server, timeout_s=0.4), photos(server), "tag", concurrency=4, progress=False)
+    assert errors(results) == [None, None, "timeout", None]
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("fault", ["rate_limit_no_header", "server_error", "unavailable", "reset", "truncated", "non_json", "hang"])
+def test_a_transient_fault_is_retried_and_the_photo_succeeds(server, fault):
+    server.faults = [fault]
+    results = prompt_photos(prompter(server, timeout_s=0.4), photos(server), "tag", concurrency=1, progress=False)
+    assert errors(results) == [None] * N and server.calls == N + 1
+
+
+def test_rate_limit_honours_retry_after_and_halves_concurrency(server):
+    limiter = AdaptiveLimiter(4)
+    server.faults = ["rate_limit"]
+    started = time.monotonic()
+    results = prompt_photos(prompter(server, limiter=limiter), photos(server), "tag", concurrency=4, progress=False)
+    assert errors(results) == [None] * N
+    assert time.monotonic() - started >= 1.0  # the fake sends Retry-After: 1
+    assert limiter.rate_limited == 1 and limiter.limit == 2
+
+
+@pytest.mark.parametrize("name", ["missing", "notimage", "huge"])
+@pytest.mark.parametrize("inline", [False, True], ids=["url-to-api", "fetched-by-us"])
+def test_an_image_that_404s_is_not_an_image_or_is_50mb_is_a_bad_image(server, name, inline):
+    results = prompt_photos(prompter(server, inline_images=inline), photos(server, ["p0.png", name, "p2.png"]), "tag",
+                            progress=False)
+    assert errors(results) == [None, "bad_image", None]
+
+
+def test_a_local_image_that_is_missing_is_a_bad_image_without_a_call(server, tmp_path):
+    items = [{"id": "gone", "image_url": str(tmp_path / "gone.jpg"), "ground_truth_tags": ["red"]}]
+    (result,) = prompt_photos(prompter(server), items, "tag", progress=False)
+    assert result["error"] == "bad_image" and server.calls == 0
+
+
+def test_an_empty_batch_makes_no_calls_and_no_records(server):
+    assert prompt_photos(prompter(server), [], "tag", concurrency=4, progress=False) == []
+    assert server.calls == 0
+
+
+def test_a_missing_key_stops_the_model_before_any_call_and_names_the_variable(server, monkeypatch):
+    monkeypatch.delenv("openai_api")
+    with pytest.raises(ModelSkipped, match="export openai_api="):
+        make_prompter({"provider": "openai", "model": "gpt-4o-mini", "base_url": server.base_url})
+    assert server.calls == 0
+
+
+def test_a_rejected_key_fails_every_photo_as_auth_and_breaks_the_error_budget(server):
+    server.require_key = "sk-the-right-one"
+    results = prompt_photos(prompter(server), photos(server), "tag", concurrency=4, progress=False)
+    assert errors(results) == ["auth"] * N and server.calls == N  # auth is not retried
+    with pytest.raises(ErrorBudgetExceeded) as failed:
+        check_error_budget(results, 0.2)
+    assert failed.value.counts == {"auth": N} and KEY not in str(failed.value)
+
+
+def test_error_budget_tolerates_one_failure_in_five_and_fails_on_two(server):
+    names = [f"p{i % N}.png" for i in range(5)]
+    server.fault_by_image = {"p1.png": "bad_image"}
+    one_bad = prompt_photos(prompter(server), photos(server, names), "tag", progress=False)
+    assert len(one_bad) == 5 and errors(one_bad).count("bad_image") == 1
+    check_error_budget(one_bad, 0.2)
+    server.fault_by_image = {"p1.png": "bad_image", "p2.png": "prose"}
+    two_bad = prompt_photos(prompter(server), photos(server, names), "tag", progress=False)
+    with pytest.raises(ErrorBudgetExceeded, match="2 of 5 calls failed"):
+        check_error_budget(two_bad, 0.2)

@@ -1,0 +1,179 @@
+"""No API key lands in a result, event, log line, exception message, cache entry, artifact or card.
+
+Known fake keys go to the fake OpenAI server, which echoes the key back in its 401 message (as
+OpenAI does), so the keys really travel through the code before everything is scanned for them.
+"""
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from phototagger.batch import ErrorBudgetExceeded, check_error_budget, prompt_photos
+from phototagger.cache import LocalCacheBackend, ResponseCache
+from phototagger.evals import EvalsLogger
+from phototagger.prompter import Prompter, RetryPolicy
+from tests.fakes.openai_server import FakeOpenAIServer
+
+ROOT = Path(__file__).resolve().parent.parent
+OPENAI_KEY = "sk-test-OPENAI-0123456789abcdef"
+TOGETHER_KEY = "tgp-test-TOGETHER-fedcba9876543210"
+KEYS = (OPENAI_KEY, TOGETHER_KEY)
+COLOURS = {"red": (220, 30, 30), "green": (30, 190, 40), "blue": (30, 40, 210), "yellow": (235, 225, 20)}
+
+
+def png(rgb) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def leaked(text: str) -> list[str]:
+    return [key for key in KEYS if key in text]
+
+
+def test_keys_stay_out_of_results_events_logs_errors_and_cache(monkeypatch, tmp_path, caplog, capsys):
+    monkeypatch.setenv("openai_api", OPENAI_KEY)
+    monkeypatch.setenv("togetherai_api", TOGETHER_KEY)
+    caplog.set_level(logging.DEBUG)
+    events = io.StringIO()
+    cache = ResponseCache(LocalCacheBackend(tmp_path / "cache"))
+    photos = [{"id": name, "image_url": f"https://img.example/{name}.png", "ground_truth_tags": [name]} for name in COLOURS]
+    texts = []
+    with FakeOpenAIServer(tags_by_image={name: [name] for name in COLOURS}) as server:
+        server.fault_by_image = {"green": "auth", "blue": "server_error"}
+        for provider, base_url in (("openai", server.base_url), ("together", server.root_url)):
+            prompter = Prompter(provider, "vision-model", retry=RetryPolicy(max_attempts=2, base_delay_s=0.01), base_url=base_url)
+            results = prompt_photos(prompter, photos, "tag", cache=cache, logger=EvalsLogger(events), progress=False)
+            assert [r["error"] for r in results] == [None, "auth", "server_error", None]
+            with pytest.raises(ErrorBudgetExceeded) as failed:
+                check_error_budget(results, 0.2)
+            texts += [json.dumps(results), str(failed.value), repr(prompter.settings())]
+        sent = {headers.get("authorization") for _, headers, _ in server.requests}
+    assert sent == {f"Bearer {OPENAI_KEY}", f"Bearer {TOGETHER_KEY}"}  # the keys really went out
+    captured = capsys.readouterr()
+    texts += [events.getvalue(), caplog.text, captured.out, captured.err]
+    texts += [p.read_text() for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert "Incorrect API key provided: ***" in events.getvalue()  # the echo was there, and scrubbed
+    assert leaked("\n".join(texts)) == []
+
+
+# -- the flows, end to end ---------------------------------------------------------------------
+
+# Read back in a child process: Metaflow fixes its datastore root when first imported, so this
+# process's client could be looking at another datastore. Cards are scanned as files (_scan_files).
+SCAN_RUNS = """
+import json, sys
+from metaflow import Run, namespace
+keys = json.loads(sys.argv[1])
+namespace(None)
+hits, texts = [], {}
+for pathspec in sys.argv[2:]:
+    for step in Run(pathspec):
+        for task in step:
+            for name, text in (("stdout", task.stdout), ("stderr", task.stderr)):
+                texts[f"{task.pathspec} {name}"] = text or ""
+            for artifact in task:
+                texts[f"{task.pathspec} artifact {artifact.id}"] = repr(artifact.data)
+join = Run(sys.argv[3])["join"].task.data
+print(json.dumps({
+    "hits": [where for where, text in texts.items() if any(k in text for k in keys)],
+    "skipped": sorted(join.skipped_models),
+    "results": join.models_eval["results"],
+}))
+"""
+
+
+def _scan_files(root: Path) -> list[str]:
+    """Every file under `root`, gunzipped where compressed (Metaflow's artifact blobs): the paths holding a key."""
+    hits = []
+    for path in root.rglob("*"):
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        if data[:2] == b"\x1f\x8b":
+            try:
+                data = gzip.decompress(data)
+            except (OSError, EOFError):
+                pass
+        if any(key.encode() in data for key in KEYS):
+            hits.append(str(path))
+    return hits
+
+
+def test_flow_runs_leave_no_key_in_artifacts_logs_cards_or_the_datastore(tmp_path, monkeypatch):
+    from metaflow import Runner
+
+    monkeypatch.setenv("USER", "secrets-test")  # the Runner resolves each run's namespace in this process
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, rgb in COLOURS.items():
+        (photos / f"{name}.png").write_bytes(png(rgb))
+    (photos / "tags.json").write_text(json.dumps({f"{name}.png": [name, "plain colour"] for name in COLOURS}))
+    env = {
+        "USER": "secrets-test",
+        "METAFLOW_USER": "secrets-test",
+        "METAFLOW_DEFAULT_DATASTORE": "local",
+        "METAFLOW_DEFAULT_METADATA": "local",
+        "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path / "datastore"),
+        "METAFLOW_HOME": str(tmp_path / "mfhome"),
+        "PHOTOTAGGER_CACHE_DIR": str(tmp_path / "cache"),
+        "openai_api": OPENAI_KEY,
+        "togetherai_api": TOGETHER_KEY,
+        "PYTHONPATH": str(ROOT),
+    }
+    configs = [("prompt", str(ROOT / "prompt.txt")), ("prices", str(ROOT / "prices.json"))]
+    # Local photos travel as data URIs: the fake server tells them apart by their base64 bytes.
+    b64 = {name: base64.b64encode(png(rgb)).decode() for name, rgb in COLOURS.items()}
+    outputs, runs = [], []
+    with FakeOpenAIServer(tags_by_image={b64[name]: [name, "plain colour"] for name in COLOURS}) as server:
+        server.fault_by_image = {b64["green"]: "auth"}  # a 401 that echoes the key, as OpenAI does
+        models = {"models": [
+            {"provider": "openai", "model": "gpt-4o-mini", "base_url": server.base_url, "timeout_s": 5},
+            {"provider": "together", "model": "Qwen/Qwen2.5-VL-72B-Instruct", "base_url": server.root_url, "timeout_s": 5},
+            {"provider": "openai-compatible", "model": "local-vlm"},  # no base URL: skipped
+            {"provider": "prior", "model": "tag-prior"},  # first batch, no history: skipped
+        ]}
+        for flow, options, params in (
+            ("updatephotos.py", {}, {"source": f"folder:{photos}"}),
+            ("promptmodels.py", {"config": configs, "config_value": [("model-list", models)]}, {"max_error_share": 0.5}),
+            ("evalsflow.py", {}, {}),
+        ):
+            with Runner(str(ROOT / flow), show_output=False, cwd=str(tmp_path), env=env, **options).run(**params) as done:
+                assert done.status == "successful", done.stderr[-3000:]
+                outputs += [done.stdout, done.stderr]
+                runs.append(done.run.pathspec)
+        sent = {h.get("authorization") for _, h, _ in server.requests}
+    assert sent == {f"Bearer {OPENAI_KEY}", f"Bearer {TOGETHER_KEY}"}  # the keys really went out
+
+    child = subprocess.run([sys.executable, "-c", SCAN_RUNS, json.dumps(KEYS), *runs], env={**os.environ, **env},
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-3000:]
+    scan = json.loads(child.stdout.strip().splitlines()[-1])
+    assert scan["skipped"] == ["openai-compatible:local-vlm", "prior:tag-prior"]
+    assert sorted(scan["results"]) == ["openai:gpt-4o-mini", "together:Qwen/Qwen2.5-VL-72B-Instruct"]
+    for rows in scan["results"].values():
+        assert sorted(r["error"] or "" for r in rows) == ["", "", "", "auth"]
+        assert sorted(r["recall"] for r in rows) == [0.0, 100.0, 100.0, 100.0]
+    assert "***" in json.dumps(scan["results"])  # the echoed key was there, and scrubbed
+    assert scan["hits"] == []
+    assert [i for i, text in enumerate(outputs) if leaked(text or "")] == []
+    cards = [p.name for p in tmp_path.rglob("*.html")]
+    assert len(cards) >= 3, cards  # UpdatePhotos, PromptModels and the dashboard
+    assert _scan_files(tmp_path) == []  # datastore, cards, metadata, response cache
+
+
+def test_the_file_scan_finds_a_key_inside_a_compressed_blob(tmp_path):
+    (tmp_path / "blob").write_bytes(gzip.compress(f"headers: Bearer {OPENAI_KEY}".encode()))
+    (tmp_path / "clean.txt").write_text("Incorrect API key provided: ***")
+    assert _scan_files(tmp_path) == [str(tmp_path / "blob")]
