@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from . import mfclient, xmp
-from .batch import DEFAULT_CONCURRENCY, make_prompter, prompt_photos
+from .batch import DEFAULT_CONCURRENCY, ModelSkipped, make_prompter, prompt_photos
 from .cache import make_cache
 from .evals import best_model, model_key
 from .http import is_url
@@ -280,7 +280,10 @@ def tags_from_folder(
     if not photos:
         raise ExportError(f"No images found under {folder} (looked for .jpg, .jpeg, .png, .webp, .tif, .tiff)")
     entry = model_entry(model, models_config)
-    prompter = make_prompter(entry, list(history))
+    try:
+        prompter = make_prompter(entry, list(history))
+    except ModelSkipped as exc:
+        raise ExportError(f"{model} cannot tag {folder} here: {exc}") from None
     results = prompt_photos(
         prompter,
         photos,

@@ -190,13 +190,29 @@ def test_folder_export_prompts_the_model_on_each_image(tmp_path):
 
 
 def test_cli_reports_every_failed_photo_and_exits_non_zero(tmp_path, monkeypatch, capsys):
+    from tests.fakes.openai_server import FakeOpenAIServer
+
+    monkeypatch.chdir(tmp_path)
+    make_image(tmp_path / "trip" / "one.png")
+    with FakeOpenAIServer() as server:
+        server.fault_by_image = {"data:image": "bad_image"}
+        monkeypatch.setenv("OPENAI_COMPATIBLE_BASE_URL", server.base_url)
+        code = export_tags.main(
+            ["--folder", str(tmp_path / "trip"), "--model", "openai-compatible:local-vlm", "--branch", "test.nothing", "--no-cache"]
+        )
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "model error: bad_image" in out and "no photo has a result to export" in err
+    assert not (tmp_path / "trip" / "one.png.xmp").exists()
+
+
+def test_cli_says_why_a_baseline_without_history_cannot_tag_a_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     make_image(tmp_path / "trip" / "one.png")
     code = export_tags.main(["--folder", str(tmp_path / "trip"), "--model", "prior:tag-prior", "--branch", "test.nothing", "--no-cache"])
-    out, err = capsys.readouterr()
+    err = capsys.readouterr().err
     assert code == 1
-    assert "model error: no_history" in out and "no photo has a result to export" in err
-    assert not (tmp_path / "trip" / "one.png.xmp").exists()
+    assert "prior:tag-prior cannot tag" in err and "no earlier batch to learn from" in err
 
 
 def test_a_finetuned_model_is_sent_to_promptcustommodels_for_a_folder(tmp_path):
