@@ -16,7 +16,7 @@ from metaflow import FlowSpec, Parameter, current, project, resources, step, tri
 from phototagger.batch import DEFAULT_MAX_ERROR_SHARE, ErrorBudgetExceeded, budget_problems, run_summary_lines
 from phototagger.evals import model_key
 from phototagger.metrics import summarise
-from phototagger.mfclient import resolve_run, runs_of
+from phototagger.mfclient import resolve_run, runs_of, scored_update_run
 
 
 @project(name="photo_tagger")
@@ -42,6 +42,9 @@ class PromptCustomModels(FlowSpec):
     base_model = Parameter("base-model", default="", help="Base model path or hub id; default: the one the adapter was trained on.")
     batch_size = Parameter("batch-size", default=8, type=int, help="Photos per generate call on the GPU.")
     max_new_tokens = Parameter("max-new-tokens", default=128, type=int, help="Longest answer, in tokens.")
+    no_cache = Parameter(
+        "no-cache", default=False, type=bool, is_flag=True, help="Generate every answer again instead of reusing cached answers of this adapter."
+    )
     max_error_share = Parameter(
         "max-error-share", default=DEFAULT_MAX_ERROR_SHARE, type=float, help="Fail the run when the share of failed or unparseable answers is above this."
     )
@@ -51,12 +54,7 @@ class PromptCustomModels(FlowSpec):
         """Find the adapter and the photo batch through the Metaflow client; photos that were training
         examples of the adapter's dataset are left out so the score measures unseen photos only. No
         adapter yet (every FineTuneVLM run had an empty dataset) ends the run cleanly."""
-        update = resolve_run("UpdatePhotos", current.branch_name, self.update_run)
-        if update is None:
-            raise RuntimeError(
-                f"No successful UpdatePhotos run on branch {current.branch_name}: "
-                "run `python updatephotos.py run` first, or pass --update-run UpdatePhotos/<run id>"
-            )
+        update = scored_update_run(current.branch_name, self.update_run)
         self.update_run_pathspec = update.pathspec
         self.batch_id = str(update.data.batch_id)
         self.batch_date = update.data.batch_date
@@ -104,6 +102,7 @@ class PromptCustomModels(FlowSpec):
             import tempfile
 
             from phototagger.batch import prompt_photos
+            from phototagger.cache import make_cache
             from phototagger.evals import EvalsLogger
             from phototagger.prompter import Prompter
             from phototagger.train import unpack_adapter
@@ -119,7 +118,7 @@ class PromptCustomModels(FlowSpec):
                 )
                 self.results = prompt_photos(
                     prompter, list(self.photos.values()), meta["prompt_text"], batch_size=self.batch_size,
-                    logger=EvalsLogger(), batch_id=self.batch_id, batch_date=self.batch_date,
+                    cache=make_cache(not self.no_cache), logger=EvalsLogger(), batch_id=self.batch_id, batch_date=self.batch_date,
                     source_flow=current.flow_name, source_run=current.run_id,
                 )
         self.next(self.end)

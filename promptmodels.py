@@ -28,7 +28,7 @@ from phototagger.batch import (
 from phototagger.cache import make_cache
 from phototagger.evals import EvalsLogger, model_key
 from phototagger.metrics import summarise
-from phototagger.mfclient import resolve_run
+from phototagger.mfclient import scored_update_run
 
 
 @project(name="photo_tagger")
@@ -65,12 +65,7 @@ class PromptModels(FlowSpec):
     def start(self):
         """Find the UpdatePhotos run through the Metaflow client and take its unseen photos and history.
         An empty batch is not an error: every model branch then has nothing to do and the run ends cleanly."""
-        run = resolve_run("UpdatePhotos", current.branch_name, self.update_run)
-        if run is None:
-            raise RuntimeError(
-                f"No successful UpdatePhotos run on branch {current.branch_name}: "
-                "run `python updatephotos.py run` first, or pass --update-run UpdatePhotos/<run id>"
-            )
+        run = scored_update_run(current.branch_name, self.update_run)
         self.update_run_pathspec = run.pathspec
         self.photos = dict(run.data.unseen)
         self.history = dict(run.data.history)

@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,9 +127,10 @@ def test_baseline_loop_against_unsplash_and_openai_wire_formats(flow_env):
 
 
 def test_full_loop_puts_the_finetuned_model_on_the_dashboard(flow_env, tmp_path):
-    from phototagger.random_qwen import build_random_qwen
-
-    base = build_random_qwen(tmp_path / "tiny-qwen", size="tiny")
+    # Built in a child process, as run_demo.sh does: torch imported after Metaflow's client has run in
+    # this process can trip over Metaflow's vendored typing_extensions.
+    base = tmp_path / "tiny-qwen"
+    subprocess.run([sys.executable, "-m", "phototagger.random_qwen", str(base), "--size", "tiny"], cwd=ROOT, check=True)
     first, _ = run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
     newest, _ = run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
     dataset, _ = run_flow("prepare_vlm_data.py", flow_env)

@@ -48,3 +48,14 @@ def resolve_run(flow_name: str, branch: Optional[str], pathspec: str = "") -> Op
     if not run.successful:
         raise ValueError(f"{pathspec} did not finish successfully; pick a successful run")
     return run
+
+
+def scored_update_run(branch: Optional[str], pathspec: str = "") -> Run:
+    """The UpdatePhotos run whose unseen batch a prompt flow scores: the one named, else the latest."""
+    run = resolve_run("UpdatePhotos", branch, pathspec)
+    if run is None:
+        raise RuntimeError(
+            f"No successful UpdatePhotos run on branch {branch}: "
+            "run `python updatephotos.py run` first, or pass --update-run UpdatePhotos/<run id>"
+        )
+    return run
