@@ -21,7 +21,7 @@ from .evals import EvalsLogger, make_event, model_key
 from .limiter import AdaptiveLimiter
 from .metrics import Summary, score_photo
 from .prompter import Prompter
-from .providers import MissingKeyError
+from .providers import MissingKeyError, provider_class
 from .records import ModelResult, Photo
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 DEFAULT_CONCURRENCY = 4
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_MAX_ERROR_SHARE = 0.2
-HISTORY_PROVIDERS = frozenset({"prior", "knn"})  # offline baselines that learn from earlier batches
 ENTRY_FIELDS = frozenset({"provider", "model", "concurrency"})  # models.json fields that are not provider options
 
 
@@ -237,7 +236,7 @@ def make_prompter(entry: Mapping[str, Any], history: Sequence[Photo] = ()) -> Pr
     """
     key = model_key(entry["provider"], entry["model"])
     options = {k: v for k, v in entry.items() if k not in ENTRY_FIELDS}
-    if entry["provider"] in HISTORY_PROVIDERS:
+    if provider_class(entry["provider"]).learns_from_history:
         if not history:
             raise ModelSkipped("no earlier batch to learn from yet; it is scored from the next batch on")
         options["history"] = list(history)

@@ -11,6 +11,7 @@ from .base import (
     ProviderError,
     known_providers,
     make_provider,
+    provider_class,
     register_lazy_provider,
     register_provider,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "ProviderError",
     "known_providers",
     "make_provider",
+    "provider_class",
     "register_lazy_provider",
     "register_provider",
 ]

@@ -56,6 +56,7 @@ class Provider:
     """A model backend. Subclasses set `name`, take `model` plus their options, implement `complete`."""
 
     name: str = ""
+    learns_from_history: bool = False  # an offline baseline built with `history=` (earlier photos)
 
     def __init__(self, model: str):
         self.model = model
@@ -114,8 +115,8 @@ def known_providers() -> list[str]:
     return sorted(set(_REGISTRY) | set(_LAZY))
 
 
-def make_provider(name: str, model: str, **options: Any) -> Provider:
-    """Build the provider registered as `name`; an unknown name fails with the known ones."""
+def provider_class(name: str) -> type[Provider]:
+    """The class registered as `name` (importing a lazy one); an unknown name fails with the known ones."""
     if name not in _REGISTRY and name in _LAZY:
         try:
             importlib.import_module(_LAZY[name])
@@ -123,4 +124,9 @@ def make_provider(name: str, model: str, **options: Any) -> Provider:
             raise ImportError(f"provider {name!r} needs packages that are not installed ({exc}): pip install -r requirements.txt") from exc
     if name not in _REGISTRY:
         raise ValueError(f"unknown provider {name!r}; known providers: {', '.join(known_providers())}")
-    return _REGISTRY[name](model, **options)
+    return _REGISTRY[name]
+
+
+def make_provider(name: str, model: str, **options: Any) -> Provider:
+    """Build the provider registered as `name`."""
+    return provider_class(name)(model, **options)

@@ -31,6 +31,8 @@ HISTORY_LOADERS = 8  # parallel image reads when knn first computes the history'
 class _HistoryBaseline(Provider):
     """Shared by the baselines: the tagged history, tag statistics, and self-exclusion."""
 
+    learns_from_history = True
+
     def __init__(self, model: str, *, history: Iterable[Photo] = (), n_tags: Optional[int] = None):
         super().__init__(model)
         self.history: list[Photo] = []
