@@ -106,10 +106,24 @@ def prompt_photos(
     return [r for r in results if r is not None]
 
 
+class _LogLines:
+    """tqdm's output as whole lines, for logs that are not a terminal (Metaflow task logs, CI)."""
+
+    def write(self, text: str) -> None:
+        text = text.strip("\r\n")
+        if text:
+            print(text, file=sys.stderr, flush=True)
+
+    def flush(self) -> None:
+        pass
+
+
 def _progress_bar(total: int, label: str, progress: bool) -> tqdm:
-    """A bar with done/total, rate and errors; off when asked or when stderr is not a terminal (CI, Metaflow logs)."""
-    enabled = progress and total > 0 and sys.stderr.isatty()
-    return tqdm(total=total, desc=label, unit="photo", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+    """A bar with done/total, rate and errors: live on a terminal, else a line every 15 s (and at the end)."""
+    enabled = progress and total > 0
+    if sys.stderr.isatty():
+        return tqdm(total=total, desc=label, unit="photo", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, desc=label, unit="photo", disable=not enabled, file=_LogLines(), mininterval=15, ncols=100, ascii=True)
 
 
 def _cache_key(cache: Optional[ResponseCache], settings: Mapping[str, Any], prompt_text: str, photo: Photo) -> Optional[str]:

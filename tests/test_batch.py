@@ -183,8 +183,15 @@ def test_empty_batch_gives_no_records_and_no_calls():
     assert prompter.calls == []
 
 
-def test_progress_bar_on_a_non_terminal_stays_quiet(capsys):
-    run(ScriptedPrompter(), photos(3), progress=True)
+def test_progress_on_a_non_terminal_is_whole_lines_with_done_and_errors(capsys):
+    run(ScriptedPrompter({"p0": "rate_limited"}), photos(3), progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and "\r" not in "".join(lines)
+    assert "3/3" in lines[-1] and "errors=1" in lines[-1]
+
+
+def test_progress_off_prints_nothing(capsys):
+    run(ScriptedPrompter(), photos(3), progress=False)
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out == ""
 
