@@ -79,6 +79,10 @@ def test_baseline_loop_offline_on_demo_photos(flow_env):
         assert f'data-model="{model}"' in html
     assert "card get" in out
 
+    again, _ = run_flow("evalsflow.py", flow_env)
+    assert again.data.folded_runs == evals_run.data.folded_runs, "nothing new to fold"
+    assert len(again.data.events) == len(evals_run.data.events) and again.data.evals == evals
+
 
 def test_baseline_loop_against_unsplash_and_openai_wire_formats(flow_env):
     keys = {"client_id": "unsplash-key-5ecret", "openai_api": "sk-openai-5ecret", "togetherai_api": "tg-together-5ecret"}
@@ -154,3 +158,20 @@ def test_full_loop_puts_the_finetuned_model_on_the_dashboard(flow_env, tmp_path)
     evals, html = dashboard(evals_run)
     assert key in rows_by_model(evals)
     assert f'data-model="{key}"' in html
+
+
+def test_a_model_past_its_error_budget_fails_the_run_but_keeps_every_record(flow_env):
+    photos = sample_photos(4)
+    with FakeUnsplashServer(photos, key="unsplash-key") as unsplash, FakeOpenAIServer() as llm:
+        llm.answer_fn = lambda request: "I'd rather describe this lovely picture in a few sentences instead."
+        env = {**flow_env, "client_id": "unsplash-key", "openai_api": "sk-test", "UNSPLASH_API_URL": unsplash.base_url,
+               "OPENAI_BASE_URL": llm.base_url}
+        run_flow("updatephotos.py", env, source="unsplash", batch_size=4)
+        with Runner(str(ROOT / "promptmodels.py"), show_output=False, env=env, cwd=str(ROOT)).run(models="openai") as running:
+            status, run = running.status, running.run
+
+    assert status == "failed"
+    message = run["end"].task.stderr
+    assert "openai:gpt-4o-mini" in message and "unparseable" in message
+    stored = run["join"].task.data.models_eval["results"]["openai:gpt-4o-mini"]
+    assert [r["error"] for r in stored] == ["unparseable"] * 4, "the failed run still stored one record per photo"
