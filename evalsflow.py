@@ -35,8 +35,6 @@ class EvaluationFlow(FlowSpec):
         """Load the accumulated state of the previous successful run of this branch, so this run reads only
         the prompt runs that finished since; with --rebuild, start from nothing and refold everything."""
         previous = None if self.rebuild else latest_successful_run(current.flow_name, current.branch_name)
-        if previous and "events" not in previous.data:
-            previous = None  # a run from before the event log existed: refold everything
         self.folded_runs = list(previous.data.folded_runs) if previous else []
         self.events = list(previous.data.events) if previous else []
         print(f"Starting from {len(self.events)} events of {len(self.folded_runs)} folded runs"
