@@ -12,7 +12,6 @@ from typing import Any, Mapping, NamedTuple, Optional
 from .records import ModelResult
 
 
-
 class Price(NamedTuple):
     input_per_1m: float  # USD per 1M prompt tokens (images included, as the API counts them)
     output_per_1m: float  # USD per 1M completion tokens

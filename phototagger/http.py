@@ -8,10 +8,12 @@ from __future__ import annotations
 import base64
 import mimetypes
 import os
+import threading
 from pathlib import Path
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
 DEFAULT_TIMEOUT_S = 20.0
@@ -50,12 +52,15 @@ def session(retries: int = 4, backoff: float = 0.5) -> requests.Session:
 
 
 _SESSION: requests.Session | None = None
+_SESSION_LOCK = threading.Lock()
 
 
 def shared_session() -> requests.Session:
+    """The process's one session; first asked for from worker threads, so built under a lock."""
     global _SESSION
-    if _SESSION is None:
-        _SESSION = session()
+    with _SESSION_LOCK:
+        if _SESSION is None:
+            _SESSION = session()
     return _SESSION
 
 
@@ -97,10 +102,15 @@ def fetch_image_bytes(
                     raise ImageFetchError(f"image larger than {max_bytes} bytes: {location}")
                 chunks.append(chunk)
             return b"".join(chunks)
-    except requests.Timeout as exc:
-        raise ImageFetchError(f"image fetch timed out after {timeout_s}s: {location}", "timeout") from exc
     except requests.RequestException as exc:
+        if _timed_out(exc):
+            raise ImageFetchError(f"image fetch timed out after {timeout_s}s: {location}", "timeout") from exc
         raise ImageFetchError(f"image fetch failed ({type(exc).__name__}): {location}") from exc
+
+
+def _timed_out(exc: requests.RequestException) -> bool:
+    """A stall while streaming the body reaches us as ConnectionError(ReadTimeoutError), not Timeout."""
+    return isinstance(exc, requests.Timeout) or any(isinstance(arg, ReadTimeoutError) for arg in exc.args)
 
 
 def image_mime(location: str, data: bytes) -> str:

@@ -66,7 +66,9 @@ class _HistoryBaseline(Provider):
         return max(1, int(median(len(self.tags_by_id[pid]) for pid in others) + 0.5))
 
     def _frequency(self, tag: str, photo_id: Optional[str]) -> int:
-        return len(self.photos_with_tag.get(tag, set()) - {photo_id})
+        """History photos with `tag`, the asked photo left out; a sort key, so no set copy."""
+        with_tag = self.photos_with_tag.get(tag, ())
+        return len(with_tag) - (photo_id in with_tag)
 
     def settings(self) -> dict[str, Any]:
         digest = hashlib.sha256(

@@ -31,7 +31,7 @@ class Source(Protocol):
         ...
 
 
-def _rank(provenance: str) -> float:
+def provenance_rank(provenance: str) -> float:
     """A human's tag beats an AI's; between AI tags the higher confidence wins."""
     if provenance == "user":
         return float("inf")
@@ -51,7 +51,7 @@ def collect_tags(pairs: Iterable[tuple[Any, str]]) -> dict[str, str]:
     collected: dict[str, str] = {}
     for raw, provenance in pairs:
         for tag in normalise_tags([raw]):
-            if tag not in collected or _rank(provenance) > _rank(collected[tag]):
+            if tag not in collected or provenance_rank(provenance) > provenance_rank(collected[tag]):
                 collected[tag] = provenance
     return collected
 

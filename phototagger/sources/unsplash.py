@@ -211,15 +211,18 @@ def unsplash_photo_id(unsplash_id: str) -> str:
     return f"unsplash-{unsplash_id}"
 
 
+def unsplash_attribution(name: Optional[str], link: Optional[str]) -> str:
+    """The credit line; the API and the Lite dataset must give the same photo the same one."""
+    attribution = f"Photo by {name} on Unsplash" if name else "Photo on Unsplash"
+    return f"{attribution} ({link.strip()})" if link else attribution
+
+
 def photo_from_api(item: dict[str, Any]) -> Photo:
     """A Photo from an Unsplash photo object (the detail call's, which carries `tags`)."""
     user = item.get("user") or {}
     name = user.get("name") or user.get("username")
     profile = (user.get("links") or {}).get("html")
     tags = collect_tags((t.get("title"), "user") for t in item.get("tags") or [] if isinstance(t, dict))
-    attribution = f"Photo by {name} on Unsplash" if name else "Photo on Unsplash"
-    if profile:
-        attribution += f" ({profile})"
     return make_photo(
         unsplash_photo_id(item["id"]),
         (item.get("urls") or {}).get("regular", ""),
@@ -230,5 +233,5 @@ def photo_from_api(item: dict[str, Any]) -> Photo:
         width=to_int(item.get("width")),
         height=to_int(item.get("height")),
         photographer=name,
-        attribution=attribution,
+        attribution=unsplash_attribution(name, profile),
     )

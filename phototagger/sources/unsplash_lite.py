@@ -24,8 +24,8 @@ from typing import Iterator
 from urllib.parse import parse_qsl
 
 from ..records import Photo
-from .base import SourceError, collect_tags, make_photo, to_int, utc_iso
-from .unsplash import unsplash_photo_id
+from .base import SourceError, collect_tags, make_photo, provenance_rank, to_int, utc_iso
+from .unsplash import unsplash_attribution, unsplash_photo_id
 
 OPTIONS = ("min_confidence", "user_only")
 _TRUE = frozenset({"t", "true", "1", "yes"})
@@ -96,17 +96,11 @@ class UnsplashLiteSource:
     def _keeps(self, provenance: str) -> bool:
         if provenance == "user":
             return True
-        if self.user_only:
-            return False
-        confidence = float(provenance[3:]) if provenance.startswith("ai:") else 0.0
-        return confidence >= self.min_confidence
+        return not self.user_only and provenance_rank(provenance) >= self.min_confidence
 
     def _photo(self, row: dict[str, str], keywords: list[tuple[str, str]]) -> Photo:
         names = (row.get(c) or "" for c in ("photographer_first_name", "photographer_last_name"))
         name = " ".join(n.strip() for n in names if n.strip()) or (row.get("photographer_username") or "").strip() or None
-        attribution = f"Photo by {name} on Unsplash" if name else "Photo on Unsplash"
-        if row.get("photo_url"):
-            attribution += f" ({row['photo_url'].strip()})"
         return make_photo(
             unsplash_photo_id(row["photo_id"].strip()),
             (row.get("photo_image_url") or "").strip(),
@@ -117,7 +111,7 @@ class UnsplashLiteSource:
             width=to_int(row.get("photo_width")),
             height=to_int(row.get("photo_height")),
             photographer=name,
-            attribution=attribution,
+            attribution=unsplash_attribution(name, row.get("photo_url")),
         )
 
     def _parts(self, table: str) -> list[Path]:
