@@ -18,10 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Fast sanity check of a PrepareVLMData dataset (exit code 1 on problems).")
     diagnose.add_dataset_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        dataset = diagnose.load_dataset(args.run, args.branch)
-    except (LookupError, ValueError) as exc:
-        print(f"PROBLEM {exc}")
+    dataset = diagnose.load_dataset_or_report(args)
+    if dataset is None:
         return 1
     return diagnose.run_check(dataset)
 

@@ -21,10 +21,8 @@ def load_processor(path: str, dataset: dict) -> tuple[Any, str]:
     """The processor with the dataset's pixel caps, or None and the reason token lengths are skipped."""
     if not path:
         return None, "no --processor given: pass a Qwen2.5-VL path or hub id to measure them"
-    min_pixels = dataset.get("min_pixels") or vlm.DEFAULT_MIN_PIXELS
-    max_pixels = dataset.get("max_pixels") or vlm.DEFAULT_MAX_PIXELS
     try:
-        return vlm.load_processor(path, min_pixels, max_pixels), ""
+        return vlm.load_processor(path, *diagnose.pixel_caps(dataset)), ""
     except (OSError, ValueError, ImportError) as exc:
         return None, f"processor {path} unavailable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
 
@@ -36,10 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default="", metavar="PATH", help="also write the report as JSON to PATH")
     parser.add_argument("--top", type=int, default=20, help="how many of the most frequent tags to list")
     args = parser.parse_args(argv)
-    try:
-        dataset = diagnose.load_dataset(args.run, args.branch)
-    except (LookupError, ValueError) as exc:
-        print(f"PROBLEM {exc}")
+    dataset = diagnose.load_dataset_or_report(args)
+    if dataset is None:
         return 1
     processor, note = load_processor(args.processor, dataset)
     report = diagnose.diagnose(dataset, processor, note, top=args.top)

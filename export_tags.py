@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from phototagger import export
+from phototagger import export, mfclient
 from phototagger.batch import prompt_config
 from phototagger.providers.base import ProviderError
 from phototagger.sources.base import SourceError
@@ -98,7 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         dry_run=args.dry_run,
     )
     try:
-        branch = args.branch or export.default_branch()
+        branch = args.branch or mfclient.user_branch()
         tagset = collect_tags(args, branch)
         report = export.export(tagset, options)
     except (export.ExportError, SourceError, ProviderError, ValueError) as exc:

@@ -67,13 +67,13 @@ class FineTuneVLM(FlowSpec):
                 f"No successful PrepareVLMData run on branch {current.branch_name}: "
                 "run `python prepare_vlm_data.py run` first, or pass --dataset-run PrepareVLMData/<run id>"
             )
-        data = run.data
-        self.dataset = {
-            "pathspec": run.pathspec, "prompt_text": data.prompt_text, "prompt_hash": data.prompt_hash,
-            "train_examples": len(data.train_examples), "validation_examples": len(data.validation_examples),
-        }
+        data = run.data  # each attribute read loads the artifact again: read each once
         self.train_examples = list(data.train_examples)
         self.validation_examples = list(data.validation_examples)
+        self.dataset = {
+            "pathspec": run.pathspec, "prompt_text": data.prompt_text, "prompt_hash": data.prompt_hash,
+            "train_examples": len(self.train_examples), "validation_examples": len(self.validation_examples),
+        }
         self.min_pixels, self.max_pixels, self.seed = data.min_pixels, data.max_pixels, data.seed
         if not self.train_examples:
             print(f"Nothing to train: {run.pathspec} has no training examples. Ingest photos with tags "

@@ -55,21 +55,21 @@ class PromptCustomModels(FlowSpec):
         examples of the adapter's dataset are left out so the score measures unseen photos only. No
         adapter yet (every FineTuneVLM run had an empty dataset) ends the run cleanly."""
         update = scored_update_run(current.branch_name, self.update_run)
+        update_data = update.data  # a client Run lists its artifacts anew on every `.data`
         self.update_run_pathspec = update.pathspec
-        self.batch_id = str(update.data.batch_id)
-        self.batch_date = update.data.batch_date
-        self.photos, self.excluded_trained_ids, self.finetune_meta, self.model_name = {}, [], None, ""
-        finetune = self._finetune_run()
+        self.batch_id = str(update_data.batch_id)
+        self.batch_date = update_data.batch_date
+        self.photos, self.excluded_trained_ids, self.model_name = {}, [], ""
+        finetune, self.finetune_meta = self._finetune_run()
         if finetune is None:
             print(f"Nothing to evaluate: no FineTuneVLM run on branch {current.branch_name} has trained an adapter yet "
                   "(run `python prepare_vlm_data.py run` on tagged photos, then `python finetune_vlm.py run`).")
             self.next(self.evaluate)
             return
         self.finetune_run_pathspec = finetune.pathspec
-        self.finetune_meta = dict(finetune.data.finetune_meta)
         dataset = resolve_run("PrepareVLMData", None, self.finetune_meta["dataset_run"])
         trained_on = {example.get("photo_id") for example in dataset.data.train_examples}
-        unseen = dict(update.data.unseen)
+        unseen = dict(update_data.unseen)
         self.excluded_trained_ids = sorted(pid for pid in unseen if pid in trained_on)
         self.photos = {pid: photo for pid, photo in unseen.items() if pid not in trained_on}
         base = self.base_model or self.finetune_meta["base_model"]
@@ -84,13 +84,19 @@ class PromptCustomModels(FlowSpec):
         self.next(self.evaluate)
 
     def _finetune_run(self):
-        """The FineTuneVLM run named by --finetune-run, else the newest of this branch that trained an adapter."""
+        """(run, its finetune_meta): the FineTuneVLM run named by --finetune-run, else the newest of this
+        branch that trained an adapter; (None, None) when none has."""
         if self.finetune_run:
             run = resolve_run("FineTuneVLM", current.branch_name, self.finetune_run)
-            if not run.data.finetune_meta:
+            meta = run.data.finetune_meta
+            if not meta:
                 raise RuntimeError(f"{run.pathspec} trained no adapter (its dataset was empty); pick another run")
-            return run
-        return next((run for run in runs_of("FineTuneVLM", current.branch_name) if run.data.finetune_meta), None)
+            return run, dict(meta)
+        for run in runs_of("FineTuneVLM", current.branch_name):
+            meta = run.data.finetune_meta
+            if meta:
+                return run, dict(meta)
+        return None, None
 
     @resources(gpu=1, memory=24000)
     @step

@@ -16,7 +16,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 from PIL import Image, ImageOps
 
-from .evals import FIXED_HEADERS, EvalEvent, batches_of, cell_recall, fold_events
+from .evals import FIXED_HEADERS, EvalEvent, batches_of, best_model, cell_recall, fold_events
 from .http import ImageFetchError, data_uri, fetch_image_bytes
 from .tags import normalise_tag
 
@@ -174,7 +174,7 @@ def _model_colours(models: Sequence[str]) -> dict[str, str]:
 
 def _kpis(evals: Mapping[str, list], events: list[EvalEvent]) -> str:
     rows = evals.get("rows") or []
-    best = rows[0] if rows and rows[0][2] is not None else None
+    best = rows[0] if best_model(evals) is not None else None
     photos = {(e.get("batch_id", ""), e["photo_id"]) for e in events}
     errors = sum(1 for e in events if e.get("error"))
     tiles = [

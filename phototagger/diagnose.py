@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Mapping, Optional, Sequence, TextIO
 
 from . import curate, vlm
+from .mfclient import resolve_run, user_branch
 from .http import ImageFetchError
 
 SPLITS = ("train_examples", "validation_examples")
@@ -33,19 +33,6 @@ DATASET_ARTIFACTS = (
 CHUNK = 32  # images held in memory at once while diagnosing
 
 
-def default_branch() -> str:
-    """The branch `@project` gives a run without --branch or --production: `user.<name>`, named by Metaflow itself."""
-    from metaflow.plugins.project_decorator import format_name
-    from metaflow.util import get_username
-
-    from .mfclient import PROJECT
-
-    user = os.environ.get("METAFLOW_OWNER") or get_username()
-    if not user:
-        raise ValueError("Unknown user: export METAFLOW_USER=<your name>, or pass --branch (e.g. --branch user.ci)")
-    return format_name(curate.DATASET_FLOW, PROJECT, False, None, user)[1]
-
-
 def dataset_artifacts(run: Any) -> dict[str, Any]:
     """The artifacts of a PrepareVLMData run (a client Run) that the checks read, plus its pathspec as `run`."""
     data = run.data
@@ -62,9 +49,7 @@ def load_dataset(pathspec: str = "", branch: str = "") -> dict[str, Any]:
     """The artifacts of the PrepareVLMData run `pathspec`, or of the branch's latest successful one."""
     from metaflow.exception import MetaflowNotFound
 
-    from .mfclient import resolve_run
-
-    branch = branch or default_branch()
+    branch = branch or user_branch()
     try:
         run = resolve_run(curate.DATASET_FLOW, branch, pathspec)
     except MetaflowNotFound as exc:
@@ -75,6 +60,20 @@ def load_dataset(pathspec: str = "", branch: str = "") -> dict[str, Any]:
             "or pass --run PrepareVLMData/<id> or --branch"
         )
     return dataset_artifacts(run)
+
+
+def load_dataset_or_report(args: argparse.Namespace) -> Optional[dict[str, Any]]:
+    """The dataset --run/--branch (add_dataset_arguments) name, or None once the reason is printed."""
+    try:
+        return load_dataset(args.run, args.branch)
+    except (LookupError, ValueError) as exc:
+        print(f"PROBLEM {exc}")
+        return None
+
+
+def pixel_caps(dataset: Mapping[str, Any]) -> tuple[int, int]:
+    """The (min_pixels, max_pixels) the dataset was built for, the defaults where it does not say."""
+    return int(dataset.get("min_pixels") or vlm.DEFAULT_MIN_PIXELS), int(dataset.get("max_pixels") or vlm.DEFAULT_MAX_PIXELS)
 
 
 # ---------------------------------------------------------------- fast checks
@@ -267,8 +266,7 @@ def diagnose(dataset: Mapping[str, Any], processor: Any = None, processor_note: 
     examples = train + validation
     split_of = {e["photo_id"]: "train" for e in train} | {e["photo_id"]: "validation" for e in validation}
     settings = dataset.get("curation_settings") or {}
-    min_pixels = int(dataset.get("min_pixels") or vlm.DEFAULT_MIN_PIXELS)
-    max_pixels = int(dataset.get("max_pixels") or vlm.DEFAULT_MAX_PIXELS)
+    min_pixels, max_pixels = pixel_caps(dataset)
     rows = image_report(examples, int(settings.get("min_side") or curate.DEFAULT_MIN_SIDE), min_pixels, max_pixels, processor)
     loaded = [r for r in rows if "error" not in r]
 

@@ -95,16 +95,6 @@ class ExportReport:
 # -- which model ----------------------------------------------------------------------------------
 
 
-def default_branch() -> str:
-    """The @project branch a plain `python flow.py run` of this user writes to: `user.<name>`."""
-    from metaflow.util import get_username
-
-    user = get_username()
-    if not user:
-        raise ExportError("Cannot tell your Metaflow user name: export METAFLOW_USER=<name>, or pass --branch (e.g. --branch prod)")
-    return f"user.{user}"
-
-
 def split_model_key(key: str) -> tuple[str, str]:
     """("openai", "gpt-4o-mini") from "openai:gpt-4o-mini"; a model name may hold more colons."""
     provider, _, model = key.partition(":")
@@ -177,20 +167,27 @@ def prompt_runs(branch: str) -> Iterator[Any]:
 
 
 def models_eval_of(run: Any) -> Optional[Mapping[str, Any]]:
-    return run.data.models_eval if "models_eval" in run.data else None
+    data = run.data  # a client Run lists its artifacts anew on every `.data`
+    return data.models_eval if "models_eval" in data else None
 
 
 def latest_run_with_model(runs: Iterable[Any], model: str) -> tuple[Optional[Any], set[str]]:
     """The first of `runs` whose `models_eval` holds `model`, and the models seen on the way."""
+    run, _, seen = _first_models_eval_with(runs, model)
+    return run, seen
+
+
+def _first_models_eval_with(runs: Iterable[Any], model: str) -> tuple[Optional[Any], Optional[Mapping[str, Any]], set[str]]:
+    """`latest_run_with_model` plus the `models_eval` it read, so the caller does not load it again."""
     seen: set[str] = set()
     for run in runs:
         models_eval = models_eval_of(run)
         held = set((models_eval or {}).get("results") or {})
         if model in held:
-            return run, seen | held
+            return run, models_eval, seen | held
         log.info("%s holds no results of %s; looking at older runs", run.pathspec, model)
         seen |= held
-    return None, seen
+    return None, None, seen
 
 
 def resolve_prompt_run(pathspec: str, branch: str) -> Any:
@@ -226,14 +223,14 @@ def tags_from_runs(model: str, branch: str, pathspec: str = "", listed: Sequence
         if models_eval is None:
             raise ExportError(f"{run.pathspec} has no models_eval artifact: pick a run that finished prompting")
         return tags_from_models_eval(models_eval, model, run.pathspec)
-    run, seen = latest_run_with_model(prompt_runs(branch), model)
+    run, models_eval, seen = _first_models_eval_with(prompt_runs(branch), model)
     if run is None:
         available = ", ".join(sorted(seen | set(listed))) or "none yet"
         raise ExportError(
             f"No successful {' or '.join(PROMPT_FLOWS)} run on branch {branch} holds {model}. Models available: "
             f"{available}. Pick one with --model, run `python promptmodels.py run` with it, or tag a folder with --folder"
         )
-    return tags_from_models_eval(models_eval_of(run), model, run.pathspec)
+    return tags_from_models_eval(models_eval, model, run.pathspec)
 
 
 # -- tags for a folder, by prompting the model now --------------------------------------------------

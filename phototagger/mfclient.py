@@ -5,12 +5,27 @@ and production (DESIGN.md) never read each other's data.
 """
 from __future__ import annotations
 
+import os
 from typing import Iterator, Optional
 
 from metaflow import Flow, Run, namespace
 from metaflow.exception import MetaflowNotFound
 
 PROJECT = "photo_tagger"
+
+
+def user_branch() -> str:
+    """The branch `@project` gives a run without --branch or --production (`user.<name>`), named by Metaflow itself.
+
+    For command-line tools that read a branch's runs outside a flow (check_data.py, export_tags.py).
+    """
+    from metaflow.plugins.project_decorator import format_name
+    from metaflow.util import get_username
+
+    user = os.environ.get("METAFLOW_OWNER") or get_username()
+    if not user:
+        raise ValueError("Unknown user: export METAFLOW_USER=<your name>, or pass --branch (e.g. --branch prod)")
+    return format_name("PhotoTagger", PROJECT, False, None, user)[1]
 
 
 def branch_tag(branch: str) -> str:

@@ -149,7 +149,8 @@ def merge_keywords(existing: Optional[bytes], tags: Iterable[str], prefix: str =
             wrapper.append(root)
             root = wrapper
     rdf = _rdf_of(root)
-    added = {name: _merge_field(rdf, kf, values) for kf, (name, values) in zip(FIELDS, field_values(tags, prefix).items())}
+    values = field_values(tags, prefix)
+    added = {kf.name: _merge_field(rdf, kf, values[kf.name]) for kf in FIELDS}
     root.tail = None
     ET.indent(root, space=" ")
     body = ET.tostring(root, encoding="unicode")

@@ -10,6 +10,8 @@ import metaflow.metaflow_config
 import pytest
 from PIL import Image
 
+from phototagger import mfclient
+
 from phototagger import curate, diagnose, vlm
 
 PROMPT = "Tag this photo."
@@ -179,4 +181,4 @@ def test_report_measures_tokens_per_example_with_the_processor(good_dataset, tin
 def test_default_branch_is_the_user_branch_project_gives(monkeypatch):
     monkeypatch.delenv("METAFLOW_OWNER", raising=False)
     monkeypatch.setattr(metaflow.metaflow_config, "USER", "alice")
-    assert diagnose.default_branch() == "user.alice"
+    assert mfclient.user_branch() == "user.alice"
