@@ -16,7 +16,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 from PIL import Image, ImageOps
 
-from .evals import FIXED_HEADERS, EvalEvent, batches_of, best_model, cell_recall, fold_events
+from .evals import FIXED_HEADERS, EvalEvent, batches_of, best_model, fold_events, split_batch_cell
 from .http import ImageFetchError, data_uri, fetch_image_bytes
 from .tags import normalise_tag
 
@@ -212,11 +212,10 @@ def _ranking_table(evals: Mapping[str, list], colours: Mapping[str, str]) -> str
             f"<td>{_fmt_cost(cost)}</td>",
         ]
         for cell in row[len(FIXED_HEADERS):]:
-            value = cell_recall(cell)
+            value, n = split_batch_cell(cell)
             if not cell:
                 cells.append('<td class="rec none">\u2013</td>')
             else:
-                n = str(cell).split(" ", 1)[1] if " " in str(cell) else ""
                 shown = _fmt(value) if value is not None else "n/a"
                 cells.append(_recall_td(value, shown, f'<span class="n">{_e(n)}</span>' if n else ""))
         body.append(f'<tr data-model="{_e(model)}">{"".join(cells)}</tr>')

@@ -164,10 +164,16 @@ def cell_recall(cell: Any) -> Optional[float]:
     """The recall a table cell shows: a number, or the `avg-recall` part of a batch cell."""
     if isinstance(cell, (int, float)) and not isinstance(cell, bool):
         return float(cell)
+    return split_batch_cell(cell)[0]
+
+
+def split_batch_cell(cell: Any) -> tuple[Optional[float], str]:
+    """A `batch_cell` read back: (recall or None, the "(n)" part or "")."""
+    recall, _, count = str(cell or "").partition(" ")
     try:
-        return float(str(cell).split(" ", 1)[0])
+        return float(recall), count
     except ValueError:
-        return None
+        return None, count
 
 
 def _rank_key(item: tuple[str, Summary]) -> tuple:
