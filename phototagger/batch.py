@@ -20,7 +20,7 @@ from .cost import load_prices, result_cost
 from .evals import EvalsLogger, make_event, model_key
 from .limiter import AdaptiveLimiter
 from .metrics import Summary, score_photo
-from .prompter import Prompter
+from .prompter import Prompter, failed_result
 from .providers import MissingKeyError, provider_class
 from .records import ModelResult, Photo
 
@@ -203,16 +203,14 @@ def _run_batched(prompter, photos, prompt_text, cache, key_of: Callable, batch_s
 
 def _prompt_one(prompter, prompt_text: str, photo: Photo) -> ModelResult:
     if not photo.get("image_url"):
-        return ModelResult(provider=prompter.provider, model=prompter.model, tags=[], valid=False,
-                           error="bad_image", raw=f"photo {photo['id']} has no image_url", latency_ms=0.0)
+        return failed_result(prompter.provider, prompter.model, "bad_image", f"photo {photo['id']} has no image_url")
     return prompter.prompt(prompt_text, photo["image_url"], photo_id=photo["id"])
 
 
 def _internal_error(prompter, exc: BaseException) -> ModelResult:
     """A bug on our side, recorded as a result; only the exception's type is kept (its text might hold a secret)."""
     log.error("%s:%s: internal error %s", prompter.provider, prompter.model, type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
-    return ModelResult(provider=prompter.provider, model=prompter.model, tags=[], valid=False, error="internal",
-                       raw=f"internal error: {type(exc).__name__}", latency_ms=0.0)
+    return failed_result(prompter.provider, prompter.model, "internal", f"internal error: {type(exc).__name__}")
 
 
 def error_counts(results: Iterable[ModelResult]) -> Counter:

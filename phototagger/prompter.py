@@ -173,18 +173,7 @@ class Prompter:
         )
 
     def _failure(self, photo_id: Optional[str], error_class: str, message: str, elapsed_s: float) -> ModelResult:
-        return ModelResult(
-            photo_id=photo_id,
-            provider=self.provider,
-            model=self.model,
-            tags=[],
-            raw=self.backend.scrub(message),
-            valid=False,
-            error=error_class,
-            latency_ms=round(elapsed_s * 1000, 1),
-            prompt_tokens=None,
-            completion_tokens=None,
-        )
+        return failed_result(self.provider, self.model, error_class, self.backend.scrub(message), elapsed_s * 1000, photo_id)
 
     def _internal(self, photo_id: Optional[str], exc: Exception, elapsed_s: float) -> ModelResult:
         message = self._scrub(exc)
@@ -194,3 +183,21 @@ class Prompter:
 
     def _scrub(self, exc: Exception) -> str:
         return self.backend.scrub(f"{type(exc).__name__}: {exc}")
+
+
+def failed_result(
+    provider: str, model: str, error_class: str, message: str, latency_ms: float = 0.0, photo_id: Optional[str] = None
+) -> ModelResult:
+    """The record of a call that failed: no tags, the error class, and `message` (already free of secrets) as raw."""
+    return ModelResult(
+        photo_id=photo_id,
+        provider=provider,
+        model=model,
+        tags=[],
+        raw=message,
+        valid=False,
+        error=error_class,
+        latency_ms=round(latency_ms, 1),
+        prompt_tokens=None,
+        completion_tokens=None,
+    )
