@@ -124,8 +124,14 @@ def compute_dtype() -> Any:
     return torch.float32
 
 
-def quantization_config(quantize: str) -> Any:
-    """BitsAndBytesConfig for QLoRA (NF4, double quantisation), or None for full precision."""
+NF4_BLOCKSIZE = 64  # bitsandbytes' default 4-bit blocksize: one absmax per 64 weights of a row
+CPU_PACKED_ROWS = 32  # its AVX512-BF16 CPU kernel repacks a 4-bit weight in blocks of 32 output rows
+
+
+def quantization_config(quantize: str, skip_modules: Sequence[str] | None = None) -> Any:
+    """BitsAndBytesConfig for QLoRA (NF4, double quantisation), or None for full precision.
+
+    `skip_modules` are full module names kept in the compute dtype instead of 4-bit."""
     from transformers import BitsAndBytesConfig
 
     if quantize == "none":
@@ -137,7 +143,36 @@ def quantization_config(quantize: str) -> Any:
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype(),
+        llm_int8_skip_modules=list(skip_modules) if skip_modules is not None else None,
     )
+
+
+def cpu_4bit_skip_modules(path: str | Path) -> list[str]:
+    """The modules a 4-bit load on the CPU keeps unquantised: transformers' usual skips (output
+    embeddings, tied weights) plus every Linear whose shape the CPU 4-bit kernel cannot repack.
+
+    On a CPU with AVX512-BF16, bitsandbytes repacks each 4-bit weight on its first forward pass in eval
+    mode, which needs in_features to be a multiple of the blocksize and out_features a multiple of 32;
+    any other layer fails there ("shape '[96, 0]' is invalid"). Qwen2.5-VL-3B's vision MLP (3420 wide)
+    and the tiny test model's vision tower (32 wide) are such layers. The rule is the same on every CPU,
+    so a model quantises alike whichever CPU it lands on; on a GPU every layer is quantised.
+    """
+    import re
+
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers.quantizers.base import get_keys_to_not_convert
+
+    with torch.device("meta"):
+        skeleton = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(str(path)))
+    unpackable = [
+        name
+        for name, module in skeleton.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and (module.in_features % NF4_BLOCKSIZE or module.out_features % CPU_PACKED_ROWS)
+    ]
+    # transformers reads each entry as a regex anchored at the module name's start
+    return sorted(set(get_keys_to_not_convert(skeleton)) | {re.escape(name) for name in unpackable})
 
 
 def load_model(path: str | Path, quantize: str = "4bit", **kwargs: Any) -> Any:
@@ -145,8 +180,10 @@ def load_model(path: str | Path, quantize: str = "4bit", **kwargs: Any) -> Any:
     import torch
     from transformers import AutoModelForImageTextToText
 
-    options: dict[str, Any] = {"dtype": compute_dtype(), "quantization_config": quantization_config(quantize)}
-    if torch.cuda.is_available():
+    on_gpu = torch.cuda.is_available()
+    skip_modules = cpu_4bit_skip_modules(path) if quantize == "4bit" and not on_gpu else None
+    options: dict[str, Any] = {"dtype": compute_dtype(), "quantization_config": quantization_config(quantize, skip_modules)}
+    if on_gpu:
         options["device_map"] = "auto"
     options.update(kwargs)
     model = AutoModelForImageTextToText.from_pretrained(str(path), **options)

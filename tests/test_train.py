@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from bitsandbytes.functional import has_avx512bf16
 from transformers import TrainerCallback
 
 from phototagger import train, vlm
@@ -51,7 +52,16 @@ def test_a_few_training_steps_lower_the_loss_with_lora_on_the_language_model_onl
     assert 0 < result.trainable_params < result.total_params // 5
 
 
-def test_4bit_adapter_saves_reloads_and_generates(tiny_qwen_dir, colour_examples, colour_photos, tmp_path):
+def linear4bit_layers(net) -> list:
+    return [module for module in net.modules() if type(module).__name__ == "Linear4bit"]
+
+
+@pytest.mark.parametrize("cpu_kernel", ["avx512bf16-packed", "generic"])
+def test_4bit_adapter_saves_reloads_and_generates(cpu_kernel, tiny_qwen_dir, colour_examples, colour_photos, tmp_path):
+    """Both CPU 4-bit paths of bitsandbytes: the AVX512-BF16 one repacks weights on the first eval
+    forward pass (where this CPU has it), the generic one dequantises; each must train, reload and generate."""
+    if cpu_kernel == "avx512bf16-packed" and not has_avx512bf16():
+        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes never takes its packed 4-bit path here")
     result = train.train_adapter(colour_examples, colour_examples[:1], str(tiny_qwen_dir), tmp_path / "run",
                                  tiny_config(quantize="4bit", max_steps=2, gradient_checkpointing=True))
     files = train.pack_adapter(result.adapter_dir)
@@ -61,11 +71,29 @@ def test_4bit_adapter_saves_reloads_and_generates(tiny_qwen_dir, colour_examples
     unpacked = train.unpack_adapter(files, tmp_path / "unpacked")
     provider = FineTunedProvider("tiny-lora", base_model=str(tiny_qwen_dir), adapter_path=str(unpacked),
                                  quantize="4bit", max_new_tokens=8)
+    quantised = linear4bit_layers(provider.net)
+    assert quantised, "the language model's linears are 4-bit"
+    for module in quantised:
+        module.support_avx512bf16_for_cpu = cpu_kernel == "avx512bf16-packed"
     answer = provider.complete("Tag this photo.", str(colour_photos["red"]))
 
     assert isinstance(answer, Answer) and 1 <= answer.completion_tokens <= 8 and answer.prompt_tokens > 0
-    assert any(type(module).__name__ == "Linear4bit" for module in provider.net.modules())
+    packed = [getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in quantised]
+    assert all(packed) if cpu_kernel == "avx512bf16-packed" else not any(packed)
     assert (provider.min_pixels, provider.max_pixels) == (TINY_PIXELS["min_pixels"], TINY_PIXELS["max_pixels"])
+
+
+def test_cpu_4bit_load_keeps_layers_the_packed_kernel_cannot_take_unquantised(tmp_path):
+    """On Qwen2.5-VL-3B's real shapes: the 3420-wide vision MLP projection stays unquantised on the CPU,
+    the language model's projections are quantised, and the lm_head stays as transformers keeps it."""
+    from phototagger.random_qwen import byte_level_tokenizer, qwen_config
+
+    qwen_config("3b", byte_level_tokenizer()).save_pretrained(tmp_path)
+    skipped = set(vlm.cpu_4bit_skip_modules(tmp_path))
+
+    assert r"model\.visual\.blocks\.0\.mlp\.down_proj" in skipped  # in_features 3420 is not a multiple of 64
+    assert not any("language_model\\.layers" in name for name in skipped)
+    assert "lm_head" in skipped
 
 
 def test_unpack_refuses_paths_outside_the_target(tmp_path):
