@@ -3,7 +3,7 @@ from metaflow import FlowSpec, Parameter, card, current, project, step, trigger_
 
 from phototagger import card as dashboard
 from phototagger import evals
-from phototagger.mfclient import latest_successful_run, runs_of
+from phototagger.mfclient import CARD_TIMEOUT_S, latest_successful_run, runs_of
 
 SOURCE_FLOWS = ("PromptModels", "PromptCustomModels")
 
@@ -60,7 +60,7 @@ class EvaluationFlow(FlowSpec):
         self.folded_runs = self.folded_runs + [run.pathspec for run in new_runs]
         self.next(self.end)
 
-    @card(type="html", id="dashboard", timeout=600)
+    @card(type="html", id="dashboard", timeout=CARD_TIMEOUT_S)
     @step
     def end(self):
         """Build the ranking table and render the dashboard into `html`, which the html card shows as it is."""

@@ -17,7 +17,7 @@ from metaflow import FlowSpec, Parameter, card, current, project, resources, ret
 from metaflow.cards import Markdown, Table, VegaChart
 
 from phototagger import vlm
-from phototagger.mfclient import resolve_run
+from phototagger.mfclient import CARD_TIMEOUT_S, resolve_run
 
 CHECKPOINT_ROOT = "finetune_checkpoints"
 
@@ -83,7 +83,7 @@ class FineTuneVLM(FlowSpec):
                   f"from {run.pathspec}; {vlm.pixel_caps_note(self.min_pixels, self.max_pixels)}.")
         self.next(self.train)
 
-    @card(type="blank")
+    @card(type="blank", timeout=CARD_TIMEOUT_S)
     @retry(times=1)
     @resources(gpu=1, memory=32000)
     @step

@@ -19,7 +19,7 @@ from metaflow.cards import Markdown
 from phototagger import vlm
 from phototagger.batch import prompt_config
 from phototagger import curate as curation
-from phototagger.mfclient import latest_successful_run, runs_of
+from phototagger.mfclient import CARD_TIMEOUT_S, latest_successful_run, runs_of
 
 
 @project(name="photo_tagger")
@@ -120,7 +120,7 @@ class PrepareVLMData(FlowSpec):
         self.prompt_hash = curation.prompt_hash(self.prompt_text)
         self.next(self.end)
 
-    @card(type="blank")
+    @card(type="blank", timeout=CARD_TIMEOUT_S)
     @step
     def end(self):
         """Print how many examples each split holds and how many photos were left out for what, and show

@@ -12,6 +12,7 @@ they are editable, and a model missing from the table is shown without a cost.
 from collections import Counter
 
 from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
+from metaflow.cards import Markdown
 
 from phototagger.batch import (
     DEFAULT_CONCURRENCY,
@@ -28,7 +29,7 @@ from phototagger.batch import (
 from phototagger.cache import make_cache
 from phototagger.evals import EvalsLogger, model_key
 from phototagger.metrics import summarise
-from phototagger.mfclient import scored_update_run
+from phototagger.mfclient import CARD_TIMEOUT_S, scored_update_run
 
 
 @project(name="photo_tagger")
@@ -119,12 +120,15 @@ class PromptModels(FlowSpec):
         self.budget_errors = budget_problems(results, self.max_error_share)
         self.next(self.end)
 
-    @card(type="default")
+    @card(type="blank", timeout=CARD_TIMEOUT_S)
     @step
     def end(self):
-        """Print what was prompted, the best model and what it cost; fail clearly if a model broke the error budget."""
-        for line in run_summary_lines(self.models_eval, self.summaries, self.skipped_models):
+        """Print what was prompted, the best model and what it cost, and show the same on the run's card;
+        fail clearly if a model broke the error budget."""
+        lines = run_summary_lines(self.models_eval, self.summaries, self.skipped_models)
+        for line in lines:
             print(line)
+        current.card.append(Markdown("# PromptModels\n\n" + "\n\n".join(lines)))
         if self.budget_errors:
             counts = sum((Counter(p["counts"]) for p in self.budget_errors.values()), Counter())
             raise ErrorBudgetExceeded("\n".join(p["message"] for p in self.budget_errors.values()), counts)

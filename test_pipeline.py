@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from metaflow import Runner
 
+from tests import flowrun
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.fakes.unsplash_server import FakeUnsplashServer, sample_photos
 
@@ -39,10 +40,8 @@ def flow_env(tmp_path, monkeypatch):
 
 
 def run_flow(flow_file: str, env: dict, **params):
-    """Run one flow to completion; return (Run, stdout). A failed run fails the test with its stderr."""
-    with Runner(str(ROOT / flow_file), show_output=False, env=env, cwd=str(ROOT)).run(**params) as running:
-        assert running.status == "successful", f"{flow_file} failed:\n{running.stderr[-4000:]}"
-        return running.run, running.stdout
+    """Run one flow to completion; return (Run, stdout). A failed run fails the test with the failing step's log."""
+    return flowrun.run_flow(ROOT / flow_file, env, ROOT, **params)
 
 
 def dashboard(run) -> tuple[dict, str]:

@@ -73,7 +73,7 @@ class UpdatePhotos(FlowSpec):
         self.batch_date = ingest.batch_date()
         self.next(self.end)
 
-    @card(type="blank")
+    @card(type="blank", timeout=mfclient.CARD_TIMEOUT_S)
     @step
     def end(self):
         """Print what this run delivered (an empty batch is a normal, successful outcome: downstream

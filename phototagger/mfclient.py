@@ -12,6 +12,9 @@ from metaflow import Flow, Run, namespace
 from metaflow.exception import MetaflowNotFound
 
 PROJECT = "photo_tagger"
+CARD_TIMEOUT_S = 600
+"""How long a card may take to render. Metaflow renders a step's card in a child process after the step and
+drops it (no card at all) when its 45 s default runs out, which a machine busy with other work reaches."""
 
 
 def user_branch() -> str:

@@ -75,16 +75,13 @@ def test_empty_batch_summary_says_there_is_nothing_to_do():
 
 
 def test_updatephotos_delivers_new_photos_each_run_then_an_empty_batch(tmp_path, monkeypatch):
-    from metaflow import Runner
+    from tests import flowrun
 
     env = {"METAFLOW_USER": "test", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path)}
     monkeypatch.setenv("USER", "test")  # the client in this process needs a user name, even as root in CI
 
     def run_once():
-        runner = Runner(str(REPO / "updatephotos.py"), show_output=False, env=env, cwd=str(tmp_path))
-        with runner.run(source="demo") as running:
-            assert running.status == "successful", running.stderr
-            return running.run, running.stdout
+        return flowrun.run_flow(REPO / "updatephotos.py", env, tmp_path, source="demo")
 
     first, _ = run_once()
     second, _ = run_once()

@@ -23,6 +23,7 @@ from phototagger.cache import LocalCacheBackend, ResponseCache
 from phototagger.evals import EvalsLogger
 from phototagger.prompter import Prompter, RetryPolicy
 from tests.fakes.openai_server import FakeOpenAIServer
+from tests.flowrun import failed_task_logs
 
 ROOT = Path(__file__).resolve().parent.parent
 OPENAI_KEY = "sk-test-OPENAI-0123456789abcdef"
@@ -150,7 +151,7 @@ def test_flow_runs_leave_no_key_in_artifacts_logs_cards_or_the_datastore(tmp_pat
             ("evalsflow.py", {}, {}),
         ):
             with Runner(str(ROOT / flow), show_output=False, cwd=str(tmp_path), env=env, **options).run(**params) as done:
-                assert done.status == "successful", done.stderr[-3000:]
+                assert done.status == "successful", failed_task_logs(done)
                 outputs += [done.stdout, done.stderr]
                 runs.append(done.run.pathspec)
         sent = {h.get("authorization") for _, h, _ in server.requests}
