@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -360,6 +362,64 @@ def test_malformed_tags_json_is_a_clear_error(tmp_path):
     (tmp_path / "tags.json").write_text("{not json")
     with pytest.raises(SourceError, match="tags.json is not valid JSON"):
         FolderSource(str(tmp_path)).fetch(set(), 10)
+
+
+def bomb_png(path: Path, width=30000, height=30000) -> Path:
+    """A PNG whose header claims width x height pixels: a few dozen bytes on disk."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path
+
+
+def test_decompression_bomb_is_skipped_with_a_note_and_the_rest_delivered(tmp_path):
+    make_image(tmp_path / "a.jpg")
+    bomb_png(tmp_path / "bomb.png")
+    make_image(tmp_path / "c.jpg")
+    source = FolderSource(str(tmp_path))
+
+    assert [Path(p["image_url"]).name for p in source.fetch(set(), 10)] == ["a.jpg", "c.jpg"]
+    assert len(source.notes) == 1 and "too large to decode safely" in source.notes[0] and "bomb.png" in source.notes[0]
+
+
+def test_link_to_a_file_outside_the_folder_is_refused_with_a_note(tmp_path):
+    secret = make_image(tmp_path / "private" / "secret.jpg")
+    folder = tmp_path / "photos"
+    make_image(folder / "a.jpg")
+    (folder / "leak.jpg").symlink_to(secret)
+    (folder / "alias.jpg").symlink_to(folder / "a.jpg")  # a link that stays inside is fine
+    source = FolderSource(str(folder))
+
+    assert sorted(Path(p["image_url"]).name for p in source.fetch(set(), 10)) == ["a.jpg", "alias.jpg"]
+    assert "Refused 1 links to files outside" in source.notes[0] and "leak.jpg" in source.notes[0]
+
+
+def test_tags_json_entries_that_are_not_lists_are_noted_per_photo(tmp_path):
+    for name in ("a.jpg", "b.jpg", "c.jpg", "d.jpg"):
+        make_image(tmp_path / name)
+    (tmp_path / "tags.json").write_text(json.dumps(
+        {"a.jpg": {"tags": ["cat"]}, "b.jpg": 42, "c.jpg": ["dog", {"x": 1}], "d.jpg": ["sea"]}
+    ))
+    source = FolderSource(str(tmp_path))
+
+    photos = {Path(p["image_url"]).name: p["ground_truth_tags"] for p in source.fetch(set(), 10)}
+    assert photos == {"a.jpg": [], "b.jpg": [], "c.jpg": [], "d.jpg": ["sea"]}
+    assert source.notes == [
+        "a.jpg has no ground truth: its tags.json entry 'a.jpg' is an object, not a list of tags (write [\"tag\", ...] or \"tag; tag\").",
+        "b.jpg has no ground truth: its tags.json entry 'b.jpg' is a number, not a list of tags (write [\"tag\", ...] or \"tag; tag\").",
+        "c.jpg has no ground truth: its tags.json entry 'c.jpg' is a list holding non-text items, not a list of tags (write [\"tag\", ...] or \"tag; tag\").",
+    ]
+
+
+def test_sidecar_whose_tags_are_not_a_list_is_noted(tmp_path):
+    make_image(tmp_path / "a.jpg")
+    (tmp_path / "a.json").write_text(json.dumps({"tags": {"cat": 1}}))
+    source = FolderSource(str(tmp_path))
+
+    assert source.fetch(set(), 10)[0]["ground_truth_tags"] == []
+    assert source.notes[0].startswith('a.jpg has no ground truth: "tags" in its sidecar a.json is an object')
 
 
 # -- Unsplash Lite ----------------------------------------------------------------------------
