@@ -497,6 +497,47 @@ def test_lite_unknown_option_is_an_error(lite):
         resolve_source(f"unsplash-lite:{lite}?colour=red", {})
 
 
+def test_lite_line_that_is_not_utf8_is_a_clear_error_naming_file_and_line(lite):
+    (lite / "photos.tsv001").write_bytes(f"{PHOTO_COLUMNS}\n".encode() + photo_row("CCC", "caf\xe9").encode("latin-1") + b"\n")
+    with pytest.raises(SourceError, match=r"photos.tsv001 line 2 is not valid UTF-8 \(byte 0xe9"):
+        UnsplashLiteSource(str(lite)).fetch(set(), 10)
+
+
+def test_lite_unclosed_quote_is_an_error_not_one_long_description(lite):
+    closed = [PHOTO_COLUMNS, photo_row("AAA", '"A beach\nat dawn"'), photo_row("BBB")]
+    (lite / "photos.tsv000").write_text("\n".join(closed) + "\n")
+    photos = UnsplashLiteSource(str(lite)).fetch(set(), 10)
+    assert photos[0]["description"] == "A beach\nat dawn" and len(photos) == 3  # a quoted field may span lines
+
+    unclosed = [PHOTO_COLUMNS, photo_row("AAA", '"A beach'), photo_row("BBB"), photo_row("CCC")]
+    (lite / "photos.tsv000").write_text("\n".join(unclosed) + "\n")
+    with pytest.raises(SourceError, match=r"photos.tsv000 lines 2-4 read as one row .* quote"):
+        UnsplashLiteSource(str(lite)).fetch(set(), 10)
+
+
+def test_lite_part_without_its_header_is_read_with_the_previous_header_and_noted(lite):
+    (lite / "photos.tsv001").write_text(photo_row("CCC") + "\n" + photo_row("DDD") + "\n")
+    source = UnsplashLiteSource(str(lite))
+
+    assert [p["id"] for p in source.fetch(set(), 10)] == ["unsplash-AAA", "unsplash-BBB", "unsplash-CCC", "unsplash-DDD"]
+    assert source.notes == ["photos.tsv001 has no header row: read with the header of the part before it."]
+
+
+def test_lite_first_part_without_a_header_is_a_clear_error(lite):
+    (lite / "photos.tsv000").write_text(photo_row("AAA") + "\n")
+    with pytest.raises(SourceError, match=r"photos.tsv000 line 1 is not a header row"):
+        UnsplashLiteSource(str(lite)).fetch(set(), 10)
+
+
+def test_lite_rows_without_a_photo_id_are_counted_in_a_note(lite):
+    (lite / "photos.tsv001").write_text("\n".join([PHOTO_COLUMNS, photo_row(""), photo_row("CCC")]) + "\n")
+    (lite / "keywords.tsv001").write_text("\n".join([KEYWORD_COLUMNS, "CCC\ttree\t\t64.0\tf", " \tlost\t\t\tt"]) + "\n")
+    source = UnsplashLiteSource(str(lite))
+
+    assert [p["id"] for p in source.fetch(set(), 10)] == ["unsplash-AAA", "unsplash-BBB", "unsplash-CCC"]
+    assert source.notes == ["Skipped 2 rows with an empty photo_id: photos.tsv001 line 2, keywords.tsv001 line 3."]
+
+
 # -- demo -------------------------------------------------------------------------------------
 
 
