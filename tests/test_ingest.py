@@ -74,6 +74,16 @@ def test_empty_batch_summary_says_there_is_nothing_to_do():
     assert lines[2] == "Notes: none."
 
 
+def test_many_per_photo_notes_print_a_few_and_the_card_lists_them_all():
+    batch = ingest.plan_batch({}, [photo("a")])
+    notes = [f"p{i}.jpg has no ground truth: its tags.json entry 'p{i}.jpg' is a number" for i in range(40)]
+
+    line = ingest.summary_lines("folder:/x", batch, notes)[2]
+    assert line.count("has no ground truth") == ingest.NOTES_SHOWN and line.endswith("and 35 more notes, all listed on the run's card.")
+    card = ingest.summary_markdown("folder:/x", batch, notes)
+    assert all(f"  - {note}" in card.splitlines() for note in notes)
+
+
 def test_updatephotos_delivers_new_photos_each_run_then_an_empty_batch(tmp_path, monkeypatch):
     from metaflow import Runner
 
