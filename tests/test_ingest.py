@@ -1,12 +1,16 @@
 """UpdatePhotos: the incremental logic on its own, then the flow itself through Metaflow's Runner."""
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
+from PIL import Image
+
 from phototagger import ingest
 from phototagger.records import Photo
+from tests.fakes.bomb import bomb_png
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,3 +114,24 @@ def test_updatephotos_delivers_new_photos_each_run_then_an_empty_batch(tmp_path,
 
     assert third.data.unseen == {} and len(third.data.seen_ids) == 18
     assert "No new photos from demo" in third_out
+
+
+def test_updatephotos_delivers_the_good_photos_of_a_folder_holding_a_decompression_bomb(tmp_path, monkeypatch):
+    from metaflow import Runner
+
+    monkeypatch.setenv("USER", "test")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.jpg", "c.jpg"):
+        Image.new("RGB", (12, 8), (200, 30, 30)).save(folder / name)
+    (folder / "bomb.png").write_bytes(bomb_png())
+    (folder / "tags.json").write_text(json.dumps({"a.jpg": ["cat"], "c.jpg": {"tags": ["dog"]}}))
+    env = {"METAFLOW_USER": "test", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path)}
+    runner = Runner(str(REPO / "updatephotos.py"), show_output=False, env=env, cwd=str(tmp_path))
+    with runner.run(source=f"folder:{folder}") as running:
+        assert running.status == "successful", running.stderr
+        run, out = running.run, running.stdout
+
+    assert sorted(Path(p["image_url"]).name for p in run.data.unseen.values()) == ["a.jpg", "c.jpg"]
+    assert any("bomb.png" in note for note in run.data.notes) and "bomb.png" in out
+    assert any(note.startswith("c.jpg has no ground truth") for note in run.data.notes)

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from phototagger.sources.demo import DemoSource, skimage_data_dir
 from phototagger.sources.folder import FolderSource, folder_photo_id
 from phototagger.sources.unsplash import UnsplashSource
 from phototagger.sources.unsplash_lite import UnsplashLiteSource
+from tests.fakes.bomb import bomb_png
 from tests.fakes.unsplash_server import FakeUnsplashServer, sample_photos
 
 KEY = "sekret-access-key-123"
@@ -364,19 +363,9 @@ def test_malformed_tags_json_is_a_clear_error(tmp_path):
         FolderSource(str(tmp_path)).fetch(set(), 10)
 
 
-def bomb_png(path: Path, width=30000, height=30000) -> Path:
-    """A PNG whose header claims width x height pixels: a few dozen bytes on disk."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
-    return path
-
-
 def test_decompression_bomb_is_skipped_with_a_note_and_the_rest_delivered(tmp_path):
     make_image(tmp_path / "a.jpg")
-    bomb_png(tmp_path / "bomb.png")
+    (tmp_path / "bomb.png").write_bytes(bomb_png())
     make_image(tmp_path / "c.jpg")
     source = FolderSource(str(tmp_path))
 
