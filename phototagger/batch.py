@@ -267,7 +267,13 @@ def prompt_config(text: str) -> dict[str, str]:
 
 def select_models(models_config: Mapping[str, Any], only: str = "") -> list[dict[str, Any]]:
     """The entries of models.json to run: all, or those whose model key or provider is in comma-separated `only`."""
-    entries = [dict(entry) for entry in models_config.get("models") or []]
+    models = models_config.get("models") or []
+    if not isinstance(models, (list, tuple)) or not all(isinstance(entry, Mapping) for entry in models):
+        raise ValueError(
+            f'models.json: "models" must be a list of objects, got {models!r:.80}; '
+            'write {"models": [{"provider": "openai", "model": "gpt-4o-mini"}, ...]}'
+        )
+    entries = [dict(entry) for entry in models]
     for entry in entries:
         if not entry.get("provider") or not entry.get("model"):
             raise ValueError(f"models.json entry {entry!r} needs a provider and a model")

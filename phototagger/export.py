@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from . import mfclient, xmp
-from .batch import DEFAULT_CONCURRENCY, ModelSkipped, make_prompter, prompt_photos
+from .batch import DEFAULT_CONCURRENCY, ModelSkipped, make_prompter, prompt_photos, select_models
 from .cache import make_cache
 from .evals import best_model, model_key
 from .http import is_url
@@ -239,9 +239,9 @@ def tags_from_runs(model: str, branch: str, pathspec: str = "", listed: Sequence
 def model_entry(model: str, models_config: Optional[Mapping[str, Any]]) -> dict[str, Any]:
     """The models.json entry for `model` (options such as base_url), or a bare one built from the key."""
     provider, name = split_model_key(model)
-    for entry in (models_config or {}).get("models") or []:
-        if model_key(entry.get("provider", ""), entry.get("model", "")) == model:
-            return dict(entry)
+    for entry in select_models(models_config or {}):
+        if model_key(entry["provider"], entry["model"]) == model:
+            return entry
     return {"provider": provider, "model": name}
 
 

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Optional
 from .records import Photo
 
 UPDATE_FLOW = "UpdatePhotos"
+NOTES_SHOWN = 5  # notes printed in full at the end of a run; the card and the `notes` artifact hold them all
 
 
 class Batch(NamedTuple):
@@ -61,13 +62,20 @@ def summary_lines(source_name: str, batch: Batch, notes: Iterable[str]) -> list[
     return [
         new,
         f"{len(batch.seen_ids)} photos seen in total on this branch ({len(batch.history)} before this run).",
-        "Notes: " + (" ".join(notes) if notes else "none."),
+        "Notes: " + (" ".join(notes[:NOTES_SHOWN]) if notes else "none.") + _more_notes(len(notes)),
     ]
 
 
+def _more_notes(count: int) -> str:
+    hidden = count - NOTES_SHOWN
+    return f" ... and {hidden} more notes, all listed on the run's card." if hidden > 0 else ""
+
+
 def summary_markdown(source_name: str, batch: Batch, notes: Iterable[str], max_rows: int = 100) -> str:
-    """The run's card: the summary lines, then a row per new photo (the first `max_rows`) with its ground truth."""
-    lines = ["# UpdatePhotos", "", *(f"- {line}" for line in summary_lines(source_name, batch, notes))]
+    """The run's card: the summary lines with every note, then a row per new photo (the first `max_rows`) with its ground truth."""
+    notes = list(notes)
+    lines = ["# UpdatePhotos", "", *(f"- {line}" for line in summary_lines(source_name, batch, notes)[:2])]
+    lines += ["- Notes:" + ("" if notes else " none."), *(f"  - {note}" for note in notes)]
     if batch.unseen:
         lines += ["", "| Photo | Ground-truth tags |", "|---|---|"]
         for photo_id, photo in list(batch.unseen.items())[:max_rows]:

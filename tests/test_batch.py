@@ -224,6 +224,12 @@ def test_model_filter_by_key_or_provider_and_unknown_names_fail_with_the_known_o
         select_models(config, "knn,nope")
 
 
+@pytest.mark.parametrize("models", [{"gpt": {"provider": "openai", "model": "gpt-4o-mini"}}, ["openai:gpt-4o-mini"]])
+def test_models_json_whose_models_are_not_a_list_of_objects_names_the_problem(models):
+    with pytest.raises(ValueError, match=r'models.json: "models" must be a list of objects.*write \{"models": \['):
+        select_models({"models": models})
+
+
 def test_prompt_config_reads_plain_text():
     assert prompt_config('Tag it.\nAnswer {"tags": []}\n\n') == {"text": 'Tag it.\nAnswer {"tags": []}'}
 

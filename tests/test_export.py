@@ -244,3 +244,8 @@ def test_only_the_users_own_files_get_sidecars_beside_them(tmp_path):
     assert export.sidecar_for(packaged, options) == tmp_path / "o" / "demo-chelsea.xmp"
     gone = export.TaggedPhoto("id/1", str(tmp_path / "gone.jpg"), ["a"], source="folder")
     assert export.sidecar_for(gone, options) == tmp_path / "o" / "id_1.xmp"
+
+
+def test_folder_models_config_whose_models_are_not_a_list_names_the_problem():
+    with pytest.raises(ValueError, match='models.json: "models" must be a list of objects'):
+        export.model_entry("openai:gpt-4o-mini", {"models": {"gpt": {"provider": "openai", "model": "gpt-4o-mini"}}})

@@ -1,12 +1,16 @@
 """UpdatePhotos: the incremental logic on its own, then the flow itself through Metaflow's Runner."""
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
+from PIL import Image
+
 from phototagger import ingest
 from phototagger.records import Photo
+from tests.fakes.bomb import bomb_png
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,6 +78,16 @@ def test_empty_batch_summary_says_there_is_nothing_to_do():
     assert lines[2] == "Notes: none."
 
 
+def test_many_per_photo_notes_print_a_few_and_the_card_lists_them_all():
+    batch = ingest.plan_batch({}, [photo("a")])
+    notes = [f"p{i}.jpg has no ground truth: its tags.json entry 'p{i}.jpg' is a number" for i in range(40)]
+
+    line = ingest.summary_lines("folder:/x", batch, notes)[2]
+    assert line.count("has no ground truth") == ingest.NOTES_SHOWN and line.endswith("and 35 more notes, all listed on the run's card.")
+    card = ingest.summary_markdown("folder:/x", batch, notes)
+    assert all(f"  - {note}" in card.splitlines() for note in notes)
+
+
 def test_updatephotos_delivers_new_photos_each_run_then_an_empty_batch(tmp_path, monkeypatch):
     from tests import flowrun
 
@@ -97,3 +111,24 @@ def test_updatephotos_delivers_new_photos_each_run_then_an_empty_batch(tmp_path,
 
     assert third.data.unseen == {} and len(third.data.seen_ids) == 18
     assert "No new photos from demo" in third_out
+
+
+def test_updatephotos_delivers_the_good_photos_of_a_folder_holding_a_decompression_bomb(tmp_path, monkeypatch):
+    from metaflow import Runner
+
+    monkeypatch.setenv("USER", "test")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.jpg", "c.jpg"):
+        Image.new("RGB", (12, 8), (200, 30, 30)).save(folder / name)
+    (folder / "bomb.png").write_bytes(bomb_png())
+    (folder / "tags.json").write_text(json.dumps({"a.jpg": ["cat"], "c.jpg": {"tags": ["dog"]}}))
+    env = {"METAFLOW_USER": "test", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path)}
+    runner = Runner(str(REPO / "updatephotos.py"), show_output=False, env=env, cwd=str(tmp_path))
+    with runner.run(source=f"folder:{folder}") as running:
+        assert running.status == "successful", running.stderr
+        run, out = running.run, running.stdout
+
+    assert sorted(Path(p["image_url"]).name for p in run.data.unseen.values()) == ["a.jpg", "c.jpg"]
+    assert any("bomb.png" in note for note in run.data.notes) and "bomb.png" in out
+    assert any(note.startswith("c.jpg has no ground truth") for note in run.data.notes)

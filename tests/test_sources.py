@@ -14,6 +14,7 @@ from phototagger.sources.demo import DemoSource, skimage_data_dir
 from phototagger.sources.folder import FolderSource, folder_photo_id
 from phototagger.sources.unsplash import UnsplashSource
 from phototagger.sources.unsplash_lite import UnsplashLiteSource
+from tests.fakes.bomb import bomb_png
 from tests.fakes.unsplash_server import FakeUnsplashServer, sample_photos
 
 KEY = "sekret-access-key-123"
@@ -362,6 +363,54 @@ def test_malformed_tags_json_is_a_clear_error(tmp_path):
         FolderSource(str(tmp_path)).fetch(set(), 10)
 
 
+def test_decompression_bomb_is_skipped_with_a_note_and_the_rest_delivered(tmp_path):
+    make_image(tmp_path / "a.jpg")
+    (tmp_path / "bomb.png").write_bytes(bomb_png())
+    make_image(tmp_path / "c.jpg")
+    source = FolderSource(str(tmp_path))
+
+    assert [Path(p["image_url"]).name for p in source.fetch(set(), 10)] == ["a.jpg", "c.jpg"]
+    assert len(source.notes) == 1 and "too large to decode safely" in source.notes[0] and "bomb.png" in source.notes[0]
+
+
+def test_link_to_a_file_outside_the_folder_is_refused_with_a_note(tmp_path):
+    secret = make_image(tmp_path / "private" / "secret.jpg")
+    folder = tmp_path / "photos"
+    make_image(folder / "a.jpg")
+    (folder / "leak.jpg").symlink_to(secret)
+    (folder / "alias.jpg").symlink_to(folder / "a.jpg")  # a link that stays inside is fine
+    source = FolderSource(str(folder))
+
+    assert sorted(Path(p["image_url"]).name for p in source.fetch(set(), 10)) == ["a.jpg", "alias.jpg"]
+    assert "Refused 1 links to files outside" in source.notes[0] and "leak.jpg" in source.notes[0]
+
+
+def test_tags_json_entries_that_are_not_lists_are_noted_per_photo(tmp_path):
+    for name in ("a.jpg", "b.jpg", "c.jpg", "d.jpg"):
+        make_image(tmp_path / name)
+    (tmp_path / "tags.json").write_text(json.dumps(
+        {"a.jpg": {"tags": ["cat"]}, "b.jpg": 42, "c.jpg": ["dog", {"x": 1}], "d.jpg": ["sea"]}
+    ))
+    source = FolderSource(str(tmp_path))
+
+    photos = {Path(p["image_url"]).name: p["ground_truth_tags"] for p in source.fetch(set(), 10)}
+    assert photos == {"a.jpg": [], "b.jpg": [], "c.jpg": [], "d.jpg": ["sea"]}
+    assert source.notes == [
+        "a.jpg has no ground truth: its tags.json entry 'a.jpg' is an object, not a list of tags (write [\"tag\", ...] or \"tag; tag\").",
+        "b.jpg has no ground truth: its tags.json entry 'b.jpg' is a number, not a list of tags (write [\"tag\", ...] or \"tag; tag\").",
+        "c.jpg has no ground truth: its tags.json entry 'c.jpg' is a list holding non-text items, not a list of tags (write [\"tag\", ...] or \"tag; tag\").",
+    ]
+
+
+def test_sidecar_whose_tags_are_not_a_list_is_noted(tmp_path):
+    make_image(tmp_path / "a.jpg")
+    (tmp_path / "a.json").write_text(json.dumps({"tags": {"cat": 1}}))
+    source = FolderSource(str(tmp_path))
+
+    assert source.fetch(set(), 10)[0]["ground_truth_tags"] == []
+    assert source.notes[0].startswith('a.jpg has no ground truth: "tags" in its sidecar a.json is an object')
+
+
 # -- Unsplash Lite ----------------------------------------------------------------------------
 
 PHOTO_COLUMNS = (
@@ -435,6 +484,47 @@ def test_lite_without_its_files_is_a_clear_error(tmp_path):
 def test_lite_unknown_option_is_an_error(lite):
     with pytest.raises(ValueError, match="unknown unsplash-lite option 'colour'"):
         resolve_source(f"unsplash-lite:{lite}?colour=red", {})
+
+
+def test_lite_line_that_is_not_utf8_is_a_clear_error_naming_file_and_line(lite):
+    (lite / "photos.tsv001").write_bytes(f"{PHOTO_COLUMNS}\n".encode() + photo_row("CCC", "caf\xe9").encode("latin-1") + b"\n")
+    with pytest.raises(SourceError, match=r"photos.tsv001 line 2 is not valid UTF-8 \(byte 0xe9"):
+        UnsplashLiteSource(str(lite)).fetch(set(), 10)
+
+
+def test_lite_unclosed_quote_is_an_error_not_one_long_description(lite):
+    closed = [PHOTO_COLUMNS, photo_row("AAA", '"A beach\nat dawn"'), photo_row("BBB")]
+    (lite / "photos.tsv000").write_text("\n".join(closed) + "\n")
+    photos = UnsplashLiteSource(str(lite)).fetch(set(), 10)
+    assert photos[0]["description"] == "A beach\nat dawn" and len(photos) == 3  # a quoted field may span lines
+
+    unclosed = [PHOTO_COLUMNS, photo_row("AAA", '"A beach'), photo_row("BBB"), photo_row("CCC")]
+    (lite / "photos.tsv000").write_text("\n".join(unclosed) + "\n")
+    with pytest.raises(SourceError, match=r"photos.tsv000 lines 2-4 read as one row .* quote"):
+        UnsplashLiteSource(str(lite)).fetch(set(), 10)
+
+
+def test_lite_part_without_its_header_is_read_with_the_previous_header_and_noted(lite):
+    (lite / "photos.tsv001").write_text(photo_row("CCC") + "\n" + photo_row("DDD") + "\n")
+    source = UnsplashLiteSource(str(lite))
+
+    assert [p["id"] for p in source.fetch(set(), 10)] == ["unsplash-AAA", "unsplash-BBB", "unsplash-CCC", "unsplash-DDD"]
+    assert source.notes == ["photos.tsv001 has no header row: read with the header of the part before it."]
+
+
+def test_lite_first_part_without_a_header_is_a_clear_error(lite):
+    (lite / "photos.tsv000").write_text(photo_row("AAA") + "\n")
+    with pytest.raises(SourceError, match=r"photos.tsv000 line 1 is not a header row"):
+        UnsplashLiteSource(str(lite)).fetch(set(), 10)
+
+
+def test_lite_rows_without_a_photo_id_are_counted_in_a_note(lite):
+    (lite / "photos.tsv001").write_text("\n".join([PHOTO_COLUMNS, photo_row(""), photo_row("CCC")]) + "\n")
+    (lite / "keywords.tsv001").write_text("\n".join([KEYWORD_COLUMNS, "CCC\ttree\t\t64.0\tf", " \tlost\t\t\tt"]) + "\n")
+    source = UnsplashLiteSource(str(lite))
+
+    assert [p["id"] for p in source.fetch(set(), 10)] == ["unsplash-AAA", "unsplash-BBB", "unsplash-CCC"]
+    assert source.notes == ["Skipped 2 rows with an empty photo_id: photos.tsv001 line 2, keywords.tsv001 line 3."]
 
 
 # -- demo -------------------------------------------------------------------------------------

@@ -6,6 +6,9 @@ Where the tags of `trip/beach.jpg` are looked for, first match wins:
 2. `tags.json` at the folder root: `{"trip/beach.jpg": ["sea", "sand"], ...}` (a bare file name works too);
 3. `tags.csv` at the folder root: rows `filename,tags` with the tags separated by `;` or `,`.
 An image without tags is still a photo: its ground truth is empty and metrics count it apart.
+A file that is no readable image, an image too large to decode safely (PIL's decompression-bomb
+limit), a link to a file outside the folder (its bytes would go to a vendor) and a tags entry that
+is not a list of tags are each skipped with a note, never a failed run or a silent loss.
 """
 from __future__ import annotations
 
@@ -52,6 +55,8 @@ class FolderSource:
         table = self._tags_table()
         photos: list[Photo] = []
         unreadable: list[str] = []
+        too_large: list[str] = []
+        outside: list[str] = []
         for path in self._images():
             if len(photos) >= limit:
                 break
@@ -59,14 +64,30 @@ class FolderSource:
             photo_id = folder_photo_id(relative)
             if photo_id in exclude_ids:
                 continue
+            if not path.resolve().is_relative_to(self.root):
+                outside.append(relative)
+                continue
             try:
                 with Image.open(path) as image:
                     width, height = image.size
+            except Image.DecompressionBombError:
+                too_large.append(relative)
+                continue
             except (UnidentifiedImageError, OSError):
                 unreadable.append(relative)
                 continue
             sidecar = _read_sidecar(path)
-            tags, description = sidecar if sidecar is not None else (table.get(relative, table.get(path.name, [])), None)
+            if sidecar is None:
+                name = relative if relative in table else path.name
+                sidecar = table.get(name, []), None, f"its tags.json entry {name!r}"
+            raw_tags, description, where = sidecar
+            tags = _as_tag_list(raw_tags)
+            if tags is None:
+                self.notes.append(
+                    f"{relative} has no ground truth: {where} is {_json_kind(raw_tags)}, not a list of tags "
+                    '(write ["tag", ...] or "tag; tag").'
+                )
+                tags = []
             photos.append(
                 make_photo(
                     photo_id,
@@ -81,6 +102,16 @@ class FolderSource:
             )
         if unreadable:
             self.notes.append(f"Skipped {len(unreadable)} files that are not readable images: {', '.join(unreadable[:5])}")
+        if too_large:
+            self.notes.append(
+                f"Skipped {len(too_large)} images too large to decode safely (over {Image.MAX_IMAGE_PIXELS * 2} pixels, "
+                f"PIL's decompression-bomb limit): {', '.join(too_large[:5])}"
+            )
+        if outside:
+            self.notes.append(
+                f"Refused {len(outside)} links to files outside {self.root} (their bytes would be sent to the models): "
+                f"{', '.join(outside[:5])}; copy the files into the folder instead"
+            )
         return photos
 
     def _images(self) -> Iterator[Path]:
@@ -89,8 +120,8 @@ class FolderSource:
             if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not hidden:
                 yield path
 
-    def _tags_table(self) -> dict[str, list[str]]:
-        """File name (relative path or bare name) -> raw tags, from tags.json, else tags.csv."""
+    def _tags_table(self) -> dict[str, Any]:
+        """File name (relative path or bare name) -> raw tags as written, from tags.json, else tags.csv."""
         json_path, csv_path = self.root / "tags.json", self.root / "tags.csv"
         if json_path.is_file():
             try:
@@ -99,7 +130,7 @@ class FolderSource:
                 raise SourceError(f'{json_path} is not valid JSON ({exc}); expected {{"file.jpg": ["tag", ...]}}') from None
             if not isinstance(data, dict):
                 raise SourceError(f"{json_path} must map file names to tag lists, e.g. {{\"file.jpg\": [\"tag\"]}}")
-            return {str(name): _as_tag_list(tags) for name, tags in data.items()}
+            return {str(name): tags for name, tags in data.items()}
         if csv_path.is_file():
             table: dict[str, list[str]] = {}
             with csv_path.open(newline="", encoding="utf-8") as handle:
@@ -111,16 +142,30 @@ class FolderSource:
         return {}
 
 
-def _as_tag_list(value: Any) -> list[str]:
+def _as_tag_list(value: Any) -> Optional[list[str]]:
+    """Raw tags from a list of tags or one string of separated tags; None for any other shape."""
     if isinstance(value, str):
         return split_tags(value)
-    if isinstance(value, list):
+    if isinstance(value, list) and all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
         return [str(v) for v in value]
-    return []
+    return None
 
 
-def _read_sidecar(image: Path) -> Optional[tuple[list[str], Optional[str]]]:
-    """(tags, description) from the image's sidecar, None when it has none."""
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, in the words of JSON, for a note that tells the user what they wrote."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list holding non-text items"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "null"
+
+
+def _read_sidecar(image: Path) -> Optional[tuple[Any, Optional[str], str]]:
+    """(raw tags, description, where they were read) from the image's sidecar, None when it has none."""
     for candidate in (image.with_name(image.name + ".json"), image.with_suffix(".json")):
         if candidate.is_file():
             try:
@@ -128,9 +173,9 @@ def _read_sidecar(image: Path) -> Optional[tuple[list[str], Optional[str]]]:
             except ValueError as exc:
                 raise SourceError(f"Sidecar {candidate} is not valid JSON ({exc})") from None
             if isinstance(data, dict):
-                return _as_tag_list(data.get("tags")), data.get("description")
-            return _as_tag_list(data), None
+                return data.get("tags", []), data.get("description"), f'"tags" in its sidecar {candidate.name}'
+            return data, None, f"its sidecar {candidate.name}"
     for candidate in (image.with_name(image.name + ".txt"), image.with_suffix(".txt")):
         if candidate.is_file():
-            return split_tags(candidate.read_text(encoding="utf-8")), None
+            return candidate.read_text(encoding="utf-8"), None, f"its sidecar {candidate.name}"
     return None

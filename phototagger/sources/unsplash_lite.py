@@ -14,13 +14,16 @@ the two confidences>"`. Spec options (`unsplash-lite:PATH?min_confidence=50&user
 photo (empty ground truth, counted apart by the metrics).
 
 The files are streamed, never loaded whole: photos first (the next `limit` unseen ones in file
-order), then one pass over the keywords for just those photos.
+order), then one pass over the keywords for just those photos. Nothing is lost quietly: a line that
+is not UTF-8, or a row whose field count is not the header's (an unclosed quote swallows the rows
+after it), stops the fetch naming the file and line; a part without its header row is read with
+the previous part's header, and rows without a `photo_id` are skipped, each with a note.
 """
 from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator, Optional
 from urllib.parse import parse_qsl
 
 from ..records import Photo
@@ -28,6 +31,7 @@ from .base import SourceError, collect_tags, make_photo, provenance_rank, to_int
 from .unsplash import unsplash_attribution, unsplash_photo_id
 
 OPTIONS = ("min_confidence", "user_only")
+HEADER_COLUMNS = {"photos": ("photo_id", "photo_image_url"), "keywords": ("photo_id", "keyword")}
 _TRUE = frozenset({"t", "true", "1", "yes"})
 
 
@@ -69,16 +73,22 @@ class UnsplashLiteSource:
     def fetch(self, exclude_ids: set[str], limit: int) -> list[Photo]:
         self.notes = []
         chosen: dict[str, dict[str, str]] = {}
-        for row in self._rows("photos"):
+        without_id: list[str] = []
+        for where, row in self._rows("photos"):
             if len(chosen) >= limit:
                 break
             raw_id = (row.get("photo_id") or "").strip()
-            if raw_id and unsplash_photo_id(raw_id) not in exclude_ids:
+            if not raw_id:
+                without_id.append(where)
+            elif unsplash_photo_id(raw_id) not in exclude_ids:
                 chosen.setdefault(raw_id, row)
         keywords: dict[str, list[tuple[str, str]]] = {raw_id: [] for raw_id in chosen}
         dropped = 0
-        for row in self._rows("keywords"):
-            found = keywords.get((row.get("photo_id") or "").strip())
+        for where, row in self._rows("keywords"):
+            raw_id = (row.get("photo_id") or "").strip()
+            if not raw_id:
+                without_id.append(where)
+            found = keywords.get(raw_id)
             if found is None:
                 continue
             provenance = keyword_provenance(row)
@@ -91,6 +101,8 @@ class UnsplashLiteSource:
                 f"Dropped {dropped} AI keywords by the filter (min_confidence={self.min_confidence:g}, "
                 f"user_only={int(self.user_only)})."
             )
+        if without_id:
+            self.notes.append(f"Skipped {len(without_id)} rows with an empty photo_id: {', '.join(without_id[:5])}.")
         return [self._photo(row, keywords[raw_id]) for raw_id, row in chosen.items()]
 
     def _keeps(self, provenance: str) -> bool:
@@ -117,11 +129,56 @@ class UnsplashLiteSource:
     def _parts(self, table: str) -> list[Path]:
         return sorted(p for p in self.root.glob(f"{table}.tsv*") if p.is_file())
 
-    def _rows(self, table: str) -> Iterator[dict[str, str]]:
-        """Rows of every part of `table`, in part order; each part starts with its own header."""
+    def _rows(self, table: str) -> Iterator[tuple[str, dict[str, str]]]:
+        """("<file> line <n>", row) for every row of every part of `table`, in part order."""
+        header: Optional[list[str]] = None
         for part in self._parts(table):
-            with part.open(newline="", encoding="utf-8") as handle:
-                yield from csv.DictReader(handle, delimiter="\t")
+            for number, (start, end, fields) in enumerate(_records(part)):
+                if number == 0 and all(column in fields for column in HEADER_COLUMNS[table]):
+                    header = fields
+                    continue
+                if number == 0 and (header is None or len(fields) != len(header)):
+                    raise SourceError(
+                        f"{part} line 1 is not a header row (it has no {' and '.join(HEADER_COLUMNS[table])} columns): "
+                        f"each {table}.tsv part starts with its header; copy it from the dataset's first part"
+                    )
+                if number == 0:
+                    self.notes.append(f"{part.name} has no header row: read with the header of the part before it.")
+                if fields and len(fields) != len(header):
+                    raise SourceError(_shape_error(part, start, end, len(fields), len(header)))
+                if fields:
+                    yield f"{part.name} line {start}", dict(zip(header, fields))
+
+
+def _records(part: Path) -> Iterator[tuple[int, int, list[str]]]:
+    """(first line, last line, fields) of each TAB-separated record of `part`; a quoted field may span lines."""
+    with part.open("rb") as handle:
+        reader = csv.reader(_utf8_lines(handle, part), delimiter="\t")
+        start = 1
+        for fields in reader:
+            yield start, reader.line_num, fields
+            start = reader.line_num + 1
+
+
+def _utf8_lines(handle: BinaryIO, part: Path) -> Iterator[str]:
+    """The file's lines as text, decoded one by one so that a byte that is not UTF-8 is named by its line."""
+    for number, raw in enumerate(handle, 1):
+        try:
+            yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise SourceError(
+                f"{part} line {number} is not valid UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start}): "
+                "the Unsplash Lite files are UTF-8; unzip them again from the download or fix that line"
+            ) from None
+
+
+def _shape_error(part: Path, start: int, end: int, found: int, expected: int) -> str:
+    if end > start:
+        return (
+            f"{part} lines {start}-{end} read as one row of {found} fields (the header has {expected}): "
+            f'a quote (") in that row is never closed, so the lines after it became one field; close or remove it'
+        )
+    return f"{part} line {start} has {found} fields, the header has {expected}: fix that row (fields are separated by TABs)"
 
 
 def parse_options(query: str) -> dict[str, object]:
