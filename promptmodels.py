@@ -11,6 +11,8 @@ they are editable, and a model missing from the table is shown without a cost.
 """
 from collections import Counter
 
+from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults before Metaflow reads them
+
 from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
 from metaflow.cards import Markdown
 
@@ -32,6 +34,7 @@ from phototagger.metrics import summarise
 from phototagger.mfclient import CARD_TIMEOUT_S, scored_update_run
 
 
+@mfdeploy.keys_in_steps("prompt_model")
 @project(name="photo_tagger")
 @trigger_on_finish(flow="UpdatePhotos")
 class PromptModels(FlowSpec):
@@ -49,6 +52,7 @@ class PromptModels(FlowSpec):
     prompt = Config("prompt", default="prompt.txt", parser=prompt_config, help="Plain-text prompt file.")
     model_list = Config("model-list", default="models.json", help="JSON list of models to prompt (see models.json).")
     prices = Config("prices", default="prices.json", help="JSON price table, USD per 1M tokens (see prices.json).")
+    deploy_secrets = mfdeploy.secrets_config()
 
     update_run = Parameter(
         "update-run", default="", help="UpdatePhotos run to read (pathspec or run id); default: the latest successful one of this branch."

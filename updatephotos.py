@@ -5,6 +5,8 @@
     python updatephotos.py run --source folder:/data/photos --batch-size 200
     python updatephotos.py run --reset-existing true            # start over on this branch
 """
+from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults before Metaflow reads them
+
 from metaflow import FlowSpec, Parameter, card, current, project, schedule, step
 from metaflow.cards import Markdown
 
@@ -12,6 +14,7 @@ from phototagger import ingest, mfclient
 from phototagger.sources import SPECS, resolve_source
 
 
+@mfdeploy.keys_in_steps("start", "fetch")
 @project(name="photo_tagger")
 @schedule(hourly=True)
 class UpdatePhotos(FlowSpec):
@@ -23,6 +26,8 @@ class UpdatePhotos(FlowSpec):
        normalised ground-truth tags, and store them as `unseen` for the downstream flows.
     3) Print a short summary and render it on a card; an empty batch ends the run cleanly.
     """
+
+    deploy_secrets = mfdeploy.secrets_config()
 
     source = Parameter(
         "source",

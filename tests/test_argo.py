@@ -1,8 +1,10 @@
-"""Every flow compiles for Argo Workflows (`argo-workflows create --only-json`).
+"""Every flow compiles for Argo Workflows (`argo-workflows create --only-json`), and deploys.
 
 Argo needs an S3 datastore even for --only-json (it uploads the code package), so a moto S3
 server on 127.0.0.1 stands in for it. The JSON is checked for what a deployment relies on:
 GPU and memory requests, the hourly schedule, the event triggers and the parameters.
+--only-json prints the WorkflowTemplate alone, so the CronWorkflow and the Sensors are checked on
+what a real `argo-workflows create` sends to a fake Kubernetes API (tests/fakes/kubernetes_server.py).
 """
 from __future__ import annotations
 
@@ -12,13 +14,20 @@ import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
+from tests.fakes.kubernetes_server import FakeKubernetes
+
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "photo-tagger-ci"
+SECRETS_ENV = "PHOTOTAGGER_SECRETS"
+SECRET_SOURCES = ["aws-secrets-manager.photo-tagger-keys", "photo-tagger-unsplash"]
+KEY_VALUE = f"sk-{uuid.uuid4().hex}"  # made at run time: this file itself is in the code package
 
 
 def _free_port() -> int:
@@ -38,7 +47,7 @@ def argo_env(tmp_path_factory):
     )
     endpoint = f"http://127.0.0.1:{port}"
     env = dict(
-        os.environ,
+        {k: v for k, v in os.environ.items() if k not in ("METAFLOW_ARGO_WORKFLOWS_USE_SCHEDULES", SECRETS_ENV)},
         AWS_ACCESS_KEY_ID="test",
         AWS_SECRET_ACCESS_KEY="test",
         AWS_DEFAULT_REGION="us-east-1",
@@ -66,6 +75,24 @@ def argo_env(tmp_path_factory):
     yield env
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def kube(tmp_path_factory):
+    with FakeKubernetes() as server:
+        yield server, server.write_kubeconfig(tmp_path_factory.mktemp("kube") / "config")
+
+
+def deploy_flow(flow_file: str, env: dict, kube: tuple[FakeKubernetes, Path], **extra_env: str) -> dict[str, dict]:
+    """Run the real `argo-workflows create` against the fake cluster: kind -> the object it created."""
+    server, kubeconfig = kube
+    server.take()
+    out = subprocess.run(
+        [sys.executable, flow_file, "argo-workflows", "create"],
+        cwd=ROOT, env=dict(env, KUBECONFIG=str(kubeconfig), **extra_env), capture_output=True, text=True, timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return {obj["kind"]: obj for obj in server.take()}
 
 
 def compile_flow(flow_file: str, env: dict, *extra: str) -> dict:
@@ -153,3 +180,96 @@ def test_production_and_branches_deploy_apart(argo_env):
     assert annotations(prod)["metaflow/branch_name"] == "prod"
     assert annotations(test_branch)["metaflow/branch_name"] == "test.feature1"
     assert prod["metadata"]["name"] != test_branch["metadata"]["name"]
+
+
+def container_env(wf: dict, name: str) -> str:
+    return next(e["value"] for t in wf["spec"]["templates"] if t.get("container") for e in t["container"]["env"] if e["name"] == name)
+
+
+def sensor_flows(sensor: dict) -> set[str]:
+    """The flows whose `end` events the Sensor waits for."""
+    return {
+        expr["expr"].split("'")[1].rsplit(".", 2)[-2]
+        for dep in sensor["spec"]["dependencies"]
+        for expr in dep["filters"]["exprs"]
+        if expr["expr"].startswith("name == ")
+    }
+
+
+def sensor_branches(sensor: dict) -> set[str]:
+    return {
+        expr["expr"].split("'")[1]
+        for dep in sensor["spec"]["dependencies"]
+        for expr in dep["filters"]["exprs"]
+        if expr["fields"][0]["path"] == "body.payload.branch_name"
+    }
+
+
+def triggered_template(sensor: dict) -> set[str]:
+    return {t["template"]["k8s"]["source"]["resource"]["spec"]["workflowTemplateRef"]["name"] for t in sensor["spec"]["triggers"]}
+
+
+def test_updatephotos_cron_workflow_has_the_schedules_list_argo_4_requires(argo_env, kube):
+    deployed = deploy_flow("updatephotos.py", argo_env, kube)
+    spec = deployed["CronWorkflow"]["spec"]
+    assert "schedule" not in spec, "Argo Workflows 4 removed the singular spec.schedule"
+    assert spec["schedules"] == ["0 * * * ?"]
+    assert spec["suspend"] is False
+    assert spec["workflowSpec"]["workflowTemplateRef"]["name"] == deployed["WorkflowTemplate"]["metadata"]["name"]
+
+
+def test_argo_3_deployment_keeps_the_singular_schedule_when_asked(argo_env, kube):
+    spec = deploy_flow("updatephotos.py", argo_env, kube, METAFLOW_ARGO_WORKFLOWS_USE_SCHEDULES="false")["CronWorkflow"]["spec"]
+    assert spec["schedule"] == "0 * * * ?"
+    assert "schedules" not in spec
+
+
+@pytest.fixture(scope="module")
+def deployed_promptmodels(argo_env, kube):
+    """PromptModels deployed with its keys in a secrets manager and a key value in the deployer's shell."""
+    return deploy_flow("promptmodels.py", argo_env, kube, **{SECRETS_ENV: ", ".join(SECRET_SOURCES), "openai_api": KEY_VALUE})
+
+
+def test_promptmodels_sensor_starts_it_when_updatephotos_of_the_same_branch_finishes(deployed_promptmodels):
+    sensor = deployed_promptmodels["Sensor"]
+    assert sensor_flows(sensor) == {"UpdatePhotos"}
+    assert sensor_branches(sensor) == {"user.ci"}
+    assert triggered_template(sensor) == {deployed_promptmodels["WorkflowTemplate"]["metadata"]["name"]}
+
+
+def test_evaluationflow_sensor_listens_for_both_prompt_flows(argo_env, kube):
+    deployed = deploy_flow("evalsflow.py", argo_env, kube)
+    sensor = deployed["Sensor"]
+    assert sensor_flows(sensor) == {"PromptModels", "PromptCustomModels"}
+    assert sensor_branches(sensor) == {"user.ci"}
+    assert triggered_template(sensor) == {deployed["WorkflowTemplate"]["metadata"]["name"]}
+    assert "CronWorkflow" not in deployed
+
+
+def test_deployed_prompt_step_fetches_its_keys_from_the_named_secret_sources(deployed_promptmodels, argo_env, tmp_path):
+    """The pod sees neither PHOTOTAGGER_SECRETS nor the deployer's files: it reads the sources from the
+    code package the template names, and Metaflow then puts @secrets on the step that calls the models."""
+    import boto3
+
+    wf = deployed_promptmodels["WorkflowTemplate"]
+    bucket, key = container_env(wf, "METAFLOW_CODE_URL").removeprefix("s3://").split("/", 1)
+    s3 = boto3.client("s3", endpoint_url=argo_env["METAFLOW_S3_ENDPOINT_URL"], aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1")
+    package = tmp_path / "job.tar"
+    package.write_bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    with tarfile.open(package) as tar:
+        tar.extractall(tmp_path / "pod", filter="data")
+        packed = b"".join(tar.extractfile(m).read() for m in tar.getmembers() if m.isfile())
+    assert KEY_VALUE.encode() not in packed
+    assert KEY_VALUE not in json.dumps(deployed_promptmodels)
+    pod_env = {k: v for k, v in argo_env.items() if k not in ("openai_api", SECRETS_ENV)}
+    shown = subprocess.run(
+        [sys.executable, "promptmodels.py", "show"],
+        cwd=tmp_path / "pod", capture_output=True, text=True, timeout=120,
+        env=dict(pod_env, METAFLOW_FLOW_CONFIG_VALUE=container_env(wf, "METAFLOW_FLOW_CONFIG_VALUE"),
+                 METAFLOW_EXTRACTED_ROOT=str(tmp_path / "pod"), PYTHONPATH=str(tmp_path / "pod" / ".mf_code")),
+    )
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "@secrets\nStep prompt_model" in shown.stdout
+    assert shown.stdout.count("@secrets") == 1, "only the step that calls the models fetches keys"
+    configs = json.loads((tmp_path / "pod" / ".mf_meta" / "CONFIG").read_text())["user_configs"]
+    assert configs["deploy-secrets"][0] == {"sources": SECRET_SOURCES}
