@@ -228,10 +228,8 @@ class ChatAPIProvider(Provider):
         return ProviderError("internal", f"{where} call failed with {type(exc).__name__}: {detail}", retryable=False)
 
     # -- secrets and settings --------------------------------------------------------------
-    def scrub(self, text: str) -> str:
-        if self._key and self._key != KEYLESS_PLACEHOLDER:
-            text = text.replace(self._key, "***")
-        return text
+    def held_keys(self) -> tuple[str, ...]:
+        return (self._key,) if self._key else ()
 
     def settings(self) -> dict[str, Any]:
         return {
