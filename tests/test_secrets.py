@@ -24,6 +24,7 @@ from phototagger.evals import EvalsLogger
 from phototagger.metrics import summarise
 from phototagger.redact import MIN_SECRET_LEN, scrub
 from phototagger.prompter import Prompter, RetryPolicy
+from phototagger.providers import ProviderError
 from tests.fakes.openai_server import FakeOpenAIServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,6 +125,14 @@ def test_the_scrubber_masks_each_spelling_of_every_key_the_environment_holds(mon
     assert leaked(scrubbed) == [] and basic not in scrubbed
     assert scrub("held by a provider: Tok-0123456789", ("Tok-0123456789",)) == "held by a provider: ***"
     assert scrub("1234567", ("1234567",)) == "1234567" and len("1234567") < MIN_SECRET_LEN
+
+
+def test_a_key_cut_by_the_error_messages_length_limit_leaves_no_part_of_it(monkeypatch):
+    monkeypatch.setenv("openai_api", OPENAI_KEY)
+    provider = Prompter("openai", "vision-model", base_url="http://127.0.0.1:9/v1").backend
+    with pytest.raises(ProviderError) as failed:
+        provider._answer("<html>" + "x" * 80 + f"Authorization: Bearer {OPENAI_KEY}</html>")  # a gateway's page, not JSON
+    assert "Bearer ***" in str(failed.value) and OPENAI_KEY[:8] not in str(failed.value)
 
 
 # -- the flows, end to end ---------------------------------------------------------------------

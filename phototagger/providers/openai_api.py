@@ -181,7 +181,7 @@ class ChatAPIProvider(Provider):
         if not choices:
             body = response if isinstance(response, str) else type(response).__name__
             raise ProviderError(
-                "server_error", self.scrub(f"{self.label} answered without a chat completion (not JSON?): {body[:120]!r}")
+                "server_error", f"{self.label} answered without a chat completion (not JSON?): {self.scrub(body)[:120]!r}"
             )
         message = choices[0].message
         text = message.content if isinstance(message.content, str) else ""
