@@ -1,9 +1,10 @@
 """One way to ask any model about a photo: `Prompter(provider, model).prompt(prompt_text, image)`.
 
 The prompter owns what every provider shares: retries with back-off that honour the server's
-Retry-After, the concurrency limiter's hooks, timing, tag parsing and the result record. A
-per-photo failure never raises: it comes back as a record with an error class, so a run always
-has one result per photo.
+Retry-After, the concurrency limiter's hooks, timing, tag parsing and the result record, and the
+scrubbing of every text a provider sends back (answers and error messages) before any of it is
+parsed, stored or logged. A per-photo failure never raises: it comes back as a record with an
+error class, so a run always has one result per photo.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any, Iterator, Optional, Protocol, Sequence
 
 from .providers import Answer, ProviderError, make_provider
 from .records import ModelResult
-from .tags import parse_tags
+from .tags import normalise_tags, parse_tags
 
 log = logging.getLogger(__name__)
 
@@ -158,13 +159,16 @@ class Prompter:
 
     # -- records ---------------------------------------------------------------------------
     def _result(self, photo_id: Optional[str], answer: Answer, elapsed_s: float) -> ModelResult:
-        parsed = parse_tags(answer.text)
+        # A server may echo the key in its answer: scrub before parsing, and the decoded tags again
+        # (a key spelled with escapes the scrubber does not know shows only once JSON is decoded).
+        text = self.backend.scrub(answer.text)
+        parsed = parse_tags(text)
         return ModelResult(
             photo_id=photo_id,
             provider=self.provider,
             model=self.model,
-            tags=parsed.tags,
-            raw=self.backend.scrub(answer.text),
+            tags=normalise_tags(self.backend.scrub(tag) for tag in parsed.tags),
+            raw=text,
             valid=parsed.valid,
             error=parsed.error,
             latency_ms=round(elapsed_s * 1000, 1),

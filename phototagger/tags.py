@@ -13,11 +13,19 @@ from typing import Any, Iterable, NamedTuple
 _SPACES = re.compile(r"\s+")
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 _STRIP = " \t\r\n\"'`.,;:!?()[]{}#*-•"
+# XML 1.0 allows tab, newline, CR, U+0020-U+D7FF, U+E000-U+FFFD and U+10000 up; one other character
+# in a keyword makes the XMP sidecar it lands in ill-formed.
+_XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_safe(text: str) -> str:
+    """`text` without the characters XML 1.0 forbids (C0 controls but tab/newline/CR, lone surrogates, U+FFFE/FFFF)."""
+    return _XML_FORBIDDEN.sub("", text)
 
 
 def normalise_tag(tag: Any) -> str:
-    """Lower-case, NFKC-fold, collapse inner white space, trim quotes and punctuation."""
-    text = unicodedata.normalize("NFKC", str(tag)).lower()
+    """Drop characters XML forbids, lower-case, NFKC-fold, collapse inner white space, trim quotes and punctuation."""
+    text = unicodedata.normalize("NFKC", xml_safe(str(tag))).lower()
     text = text.replace("_", " ")
     return _SPACES.sub(" ", text).strip(_STRIP)
 

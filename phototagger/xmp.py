@@ -25,13 +25,14 @@ Sidecar names: "fullname" is `photo.jpg.xmp` (digiKam's and darktable's default)
 from __future__ import annotations
 
 import os
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
 from . import __version__
-from .tags import normalise_tag
+from .tags import normalise_tag, xml_safe
 
 NAMESPACES = {
     "x": "adobe:ns:meta/",
@@ -65,6 +66,10 @@ _RDF = "{%s}" % NAMESPACES["rdf"]
 XPACKET_BEGIN = '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
 XPACKET_END = '<?xpacket end="w"?>'
 NAMINGS = ("fullname", "basename")
+# What XML 1.0 forbids, as UTF-8 bytes (C0 controls but tab/LF/CR, U+FFFE/FFFF, lone surrogates)
+# and as character references: an older writer could put them into a keyword.
+_FORBIDDEN_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]|\xef\xbf[\xbe\xbf]|\xed[\xa0-\xbf][\x80-\xbf]")
+_CHAR_REF = re.compile(rb"&#(?:x([0-9a-fA-F]+)|([0-9]+));")
 
 
 @dataclass(frozen=True)
@@ -99,10 +104,11 @@ class SidecarChange:
     path: Path
     created: bool  # no sidecar existed before
     added: dict[str, list[str]] = field(default_factory=dict)  # field name -> values appended
+    repaired: bool = False  # it was ill-formed only by characters XML forbids, which were dropped
 
     @property
     def changed(self) -> bool:
-        return any(self.added.values())
+        return self.repaired or any(self.added.values())
 
 
 def sidecar_path(image: Path | str, naming: str = "fullname") -> Path:
@@ -117,8 +123,8 @@ def sidecar_path(image: Path | str, naming: str = "fullname") -> Path:
 
 def field_values(tags: Iterable[str], prefix: str = "") -> dict[str, list[str]]:
     """The values each keyword field gets for `tags`, flat or under `prefix` ("/" between its levels)."""
-    levels = [level.strip() for level in prefix.split("/") if level.strip()]
-    tags = [tag.strip() for tag in tags if tag and tag.strip()]
+    levels = [level.strip() for level in xml_safe(prefix).split("/") if level.strip()]
+    tags = [tag for tag in (xml_safe(t).strip() for t in tags if t) if tag]
     values = {}
     for kf in FIELDS:
         if kf.separator is None:
@@ -130,7 +136,7 @@ def field_values(tags: Iterable[str], prefix: str = "") -> dict[str, list[str]]:
 
 def read_keywords(path: Path | str) -> dict[str, list[str]]:
     """The values of dc:subject, digiKam:TagsList and lr:hierarchicalSubject in a sidecar, in order."""
-    rdf = _rdf_of(_parse(Path(path).read_bytes(), str(path)))
+    rdf = _rdf_of(_parse(Path(path).read_bytes(), str(path))[0])
     found = {}
     for kf in FIELDS:
         items = [item for _, _, items in _occurrences(rdf, kf.tag) for item in items]
@@ -140,10 +146,17 @@ def read_keywords(path: Path | str) -> dict[str, list[str]]:
 
 def merge_keywords(existing: Optional[bytes], tags: Iterable[str], prefix: str = "", source: str = "sidecar") -> tuple[bytes, dict[str, list[str]]]:
     """The sidecar bytes with `tags` merged in (a new packet when `existing` is None), and what was added."""
+    data, added, _ = _merge(existing, tags, prefix, source)
+    return data, added
+
+
+def _merge(existing: Optional[bytes], tags: Iterable[str], prefix: str, source: str) -> tuple[bytes, dict[str, list[str]], bool]:
+    """`merge_keywords`, and whether `existing` had to be repaired to be read."""
+    repaired = False
     if existing is None:
         root = _new_root()
     else:
-        root = _parse(existing, source)
+        root, repaired = _parse(existing, source)
         if root.tag == _RDF + "RDF":
             wrapper = ET.Element(_X + "xmpmeta")
             wrapper.append(root)
@@ -154,19 +167,20 @@ def merge_keywords(existing: Optional[bytes], tags: Iterable[str], prefix: str =
     root.tail = None
     ET.indent(root, space=" ")
     body = ET.tostring(root, encoding="unicode")
-    return f"{XPACKET_BEGIN}\n{body}\n{XPACKET_END}\n".encode("utf-8"), added
+    return f"{XPACKET_BEGIN}\n{body}\n{XPACKET_END}\n".encode("utf-8"), added, repaired
 
 
 def write_sidecar(path: Path | str, tags: Iterable[str], prefix: str = "", dry_run: bool = False) -> SidecarChange:
     """Merge `tags` into the sidecar at `path` (created if missing), written atomically.
 
     An unchanged sidecar is not rewritten, so its modification time stays as it was: photo tools
-    take a newer sidecar as a metadata change to import.
+    take a newer sidecar as a metadata change to import. One made ill-formed by characters XML
+    forbids is rewritten without them (see `_parse`).
     """
     path = Path(path)
     existing = path.read_bytes() if path.exists() else None
-    data, added = merge_keywords(existing, tags, prefix, source=str(path))
-    change = SidecarChange(path=path, created=existing is None, added=added)
+    data, added, repaired = _merge(existing, tags, prefix, str(path))
+    change = SidecarChange(path=path, created=existing is None, added=added, repaired=repaired)
     if change.changed and not dry_run:
         _atomic_write(path, data)
     return change
@@ -186,18 +200,42 @@ class _PrefixRecorder(ET.TreeBuilder):
         self.prefixes.setdefault(uri, prefix)
 
 
-def _parse(data: bytes, source: str) -> ET.Element:
-    builder = _PrefixRecorder()
-    parser = ET.XMLParser(target=builder)
+def _parse(data: bytes, source: str) -> tuple[ET.Element, bool]:
+    """The packet's root, and whether it was read only after dropping characters XML forbids.
+
+    A keyword holding such a character (written raw or as `&#27;`) makes the whole file
+    ill-formed; dropping those characters, and nothing else, recovers every other keyword. A file
+    that parses as it is is never altered.
+    """
     try:
-        parser.feed(data)
-        root = parser.close()
+        builder, root = _parse_xml(data)
+        repaired = False
     except ET.ParseError as exc:
-        raise XmpError(f"{source} is not well-formed XML ({exc}); fix it or move it away, it was left as it is") from exc
+        cleaned = _without_forbidden(data)
+        try:
+            builder, root = _parse_xml(cleaned)
+        except ET.ParseError:
+            raise XmpError(f"{source} is not well-formed XML ({exc}); fix it or move it away, it was left as it is") from exc
+        repaired = True
     if root.tag not in (_X + "xmpmeta", _X + "xapmeta", _RDF + "RDF"):
         raise XmpError(f"{source} is not an XMP packet (root element {root.tag}); it was left as it is")
     _keep_prefixes(builder.prefixes)
-    return root
+    return root, repaired
+
+
+def _parse_xml(data: bytes) -> tuple[_PrefixRecorder, ET.Element]:
+    builder = _PrefixRecorder()
+    parser = ET.XMLParser(target=builder)
+    parser.feed(data)
+    return builder, parser.close()
+
+
+def _without_forbidden(data: bytes) -> bytes:
+    def keep_allowed(ref: re.Match[bytes]) -> bytes:
+        code = int(ref.group(1), 16) if ref.group(1) else int(ref.group(2))
+        return ref.group(0) if code <= 0x10FFFF and xml_safe(chr(code)) else b""
+
+    return _CHAR_REF.sub(keep_allowed, _FORBIDDEN_BYTES.sub(b"", data))
 
 
 def _keep_prefixes(prefixes: dict[str, str]) -> None:

@@ -18,10 +18,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from phototagger.batch import ErrorBudgetExceeded, check_error_budget, prompt_photos
+from phototagger.batch import ErrorBudgetExceeded, check_error_budget, prompt_photos, run_summary_lines
 from phototagger.cache import LocalCacheBackend, ResponseCache
 from phototagger.evals import EvalsLogger
+from phototagger.metrics import summarise
+from phototagger.redact import MIN_SECRET_LEN, scrub
 from phototagger.prompter import Prompter, RetryPolicy
+from phototagger.providers import ProviderError
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.flowrun import failed_task_logs
 
@@ -38,8 +41,19 @@ def png(rgb) -> bytes:
     return buf.getvalue()
 
 
+def echoed_forms(key: str) -> list[str]:
+    """The spellings of `key` the fake server's echo faults send (see tests/fakes/openai_server.py)."""
+    percent = "".join(f"%{ord(c):02X}" if i % 2 else c for i, c in enumerate(key))
+    return [key, key.lower(), percent, f"\\u{ord(key[0]):04x}{key[1:]}", base64.b64encode(f"user:{key}".encode()).decode()]
+
+
+def all_forms() -> list[str]:
+    return [form for key in KEYS for form in echoed_forms(key)]
+
+
 def leaked(text: str) -> list[str]:
-    return [key for key in KEYS if key in text]
+    """The keys found in `text` in any spelling the fake server echoes."""
+    return [key for key in KEYS if any(form in text for form in echoed_forms(key))]
 
 
 def test_keys_stay_out_of_results_events_logs_errors_and_cache(monkeypatch, tmp_path, caplog, capsys):
@@ -66,6 +80,60 @@ def test_keys_stay_out_of_results_events_logs_errors_and_cache(monkeypatch, tmp_
     texts += [p.read_text() for p in (tmp_path / "cache").rglob("*") if p.is_file()]
     assert "Incorrect API key provided: ***" in events.getvalue()  # the echo was there, and scrubbed
     assert leaked("\n".join(texts)) == []
+
+
+def test_a_key_echoed_in_the_answer_or_an_error_reaches_no_record_cache_event_log_or_summary(monkeypatch, tmp_path, caplog, capsys):
+    monkeypatch.setenv("openai_api", OPENAI_KEY)
+    monkeypatch.setenv("togetherai_api", TOGETHER_KEY)
+    caplog.set_level(logging.DEBUG)
+    events = io.StringIO()
+    cache_dir = tmp_path / "cache"
+    photos = [{"id": name, "image_url": f"https://img.example/{name}.png", "ground_truth_tags": [name]} for name in COLOURS]
+    texts, results_by_model = [], {}
+    with FakeOpenAIServer(tags_by_image={name: [name] for name in COLOURS}) as server:
+        server.fault_by_image = {"red": "echo_key", "blue": "echo_key_error"}
+        for provider, base_url in (("openai", server.base_url), ("together", server.root_url)):
+            prompter = Prompter(provider, "vision-model", retry=RetryPolicy(max_attempts=2, base_delay_s=0.01), base_url=base_url)
+            for _ in range(2):  # the second run answers red, green and yellow from the cache
+                results = prompt_photos(prompter, photos, "tag", cache=ResponseCache(LocalCacheBackend(cache_dir)),
+                                        logger=EvalsLogger(events), progress=False)
+            assert [r["error"] for r in results] == [None, None, "server_error", None]
+            assert [r["cached"] for r in results] == [True, True, False, True]
+            red = results[0]
+            assert red["tags"] == ["red", "key"] and red["recall"] == 100.0  # the echoed key is no tag
+            assert red["raw"].count("***") == 4 and "Upstream failed" in results[2]["raw"]
+            results_by_model[prompter.model_key] = results
+            texts.append(json.dumps(results))
+    models_eval = {"photos": {p["id"]: p for p in photos}, "results": results_by_model, "batch_id": "b1", "batch_date": "2024-05-01"}
+    print("\n".join(run_summary_lines(models_eval, {k: summarise(v) for k, v in results_by_model.items()}, {})))
+    captured = capsys.readouterr()
+    texts += [events.getvalue(), caplog.text, captured.out, captured.err]
+    cached = [p.read_text() for p in cache_dir.rglob("*") if p.is_file()]
+    assert len(cached) == 6 and all("***" in text for text in cached if '"red"' in text)
+    assert leaked("\n".join(texts + cached)) == []
+
+
+def test_the_scrubber_masks_each_spelling_of_every_key_the_environment_holds(monkeypatch):
+    monkeypatch.setenv("openai_api", OPENAI_KEY)
+    monkeypatch.setenv("MY_GATEWAY_API_KEY", "gw_Secret_12345")  # named like a key: masked too
+    monkeypatch.setenv("PLAIN_SETTING", "not-a-secret-value")
+    monkeypatch.setenv("HF_TOKEN", "short")  # under MIN_SECRET_LEN: masking it would garble text
+    basic = base64.b64encode(f"me:{OPENAI_KEY}".encode()).decode()
+    text = (f"a {OPENAI_KEY}, {OPENAI_KEY.upper()}, {echoed_forms(OPENAI_KEY)[2]}, {echoed_forms(OPENAI_KEY)[3]}, "
+            f"&#115;k-test-OPENAI-0123456789abcdef, gw secret 12345, Basic {basic}; short not-a-secret-value")
+    scrubbed = scrub(text)
+    assert scrubbed.startswith("a ***, ***, ***, ***, ***, ***, Basic ") and scrubbed.endswith("; short not-a-secret-value")
+    assert leaked(scrubbed) == [] and basic not in scrubbed
+    assert scrub("held by a provider: Tok-0123456789", ("Tok-0123456789",)) == "held by a provider: ***"
+    assert scrub("1234567", ("1234567",)) == "1234567" and len("1234567") < MIN_SECRET_LEN
+
+
+def test_a_key_cut_by_the_error_messages_length_limit_leaves_no_part_of_it(monkeypatch):
+    monkeypatch.setenv("openai_api", OPENAI_KEY)
+    provider = Prompter("openai", "vision-model", base_url="http://127.0.0.1:9/v1").backend
+    with pytest.raises(ProviderError) as failed:
+        provider._answer("<html>" + "x" * 80 + f"Authorization: Bearer {OPENAI_KEY}</html>")  # a gateway's page, not JSON
+    assert "Bearer ***" in str(failed.value) and OPENAI_KEY[:8] not in str(failed.value)
 
 
 # -- the flows, end to end ---------------------------------------------------------------------
@@ -106,7 +174,7 @@ def _scan_files(root: Path) -> list[str]:
                 data = gzip.decompress(data)
             except (OSError, EOFError):
                 pass
-        if any(key.encode() in data for key in KEYS):
+        if any(form.encode() in data for form in all_forms()):
             hits.append(str(path))
     return hits
 
@@ -138,7 +206,8 @@ def test_flow_runs_leave_no_key_in_artifacts_logs_cards_or_the_datastore(tmp_pat
     b64 = {name: base64.b64encode(png(rgb)).decode() for name, rgb in COLOURS.items()}
     outputs, runs = [], []
     with FakeOpenAIServer(tags_by_image={b64[name]: [name, "plain colour"] for name in COLOURS}) as server:
-        server.fault_by_image = {b64["green"]: "auth"}  # a 401 that echoes the key, as OpenAI does
+        server.fault_by_image = {b64["green"]: "auth",  # a 401 that echoes the key, as OpenAI does
+                                 b64["red"]: "echo_key"}  # an answer whose tags echo it, as is and encoded
         models = {"models": [
             {"provider": "openai", "model": "gpt-4o-mini", "base_url": server.base_url, "timeout_s": 5},
             {"provider": "together", "model": "Qwen/Qwen2.5-VL-72B-Instruct", "base_url": server.root_url, "timeout_s": 5},
@@ -157,7 +226,7 @@ def test_flow_runs_leave_no_key_in_artifacts_logs_cards_or_the_datastore(tmp_pat
         sent = {h.get("authorization") for _, h, _ in server.requests}
     assert sent == {f"Bearer {OPENAI_KEY}", f"Bearer {TOGETHER_KEY}"}  # the keys really went out
 
-    child = subprocess.run([sys.executable, "-c", SCAN_RUNS, json.dumps(KEYS), *runs], env={**os.environ, **env},
+    child = subprocess.run([sys.executable, "-c", SCAN_RUNS, json.dumps(all_forms()), *runs], env={**os.environ, **env},
                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert child.returncode == 0, child.stderr[-3000:]
     scan = json.loads(child.stdout.strip().splitlines()[-1])
@@ -167,6 +236,8 @@ def test_flow_runs_leave_no_key_in_artifacts_logs_cards_or_the_datastore(tmp_pat
         assert sorted(r["error"] or "" for r in rows) == ["", "", "", "auth"]
         assert sorted(r["recall"] for r in rows) == [0.0, 100.0, 100.0, 100.0]
     assert "***" in json.dumps(scan["results"])  # the echoed key was there, and scrubbed
+    red = [r for rows in scan["results"].values() for r in rows if "red" in r["tags"]]
+    assert [(r["tags"], r["raw"].count("***")) for r in red] == [(["red", "plain colour", "key"], 4)] * 2
     assert scan["hits"] == []
     assert [i for i, text in enumerate(outputs) if leaked(text or "")] == []
     cards = [p.name for p in tmp_path.rglob("*.html")]

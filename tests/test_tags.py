@@ -9,6 +9,13 @@ def test_normaliser_folds_case_space_and_punctuation():
     assert normalise_tag('"sky"') == "sky"
 
 
+def test_normaliser_drops_characters_xml_forbids():
+    assert normalise_tag("esc\u001bape") == "escape"
+    assert normalise_tag("nul\x00 \ufffe\uffffbyte\ud800") == "nul byte"
+    assert normalise_tag("tab\tand\nline") == "tab and line"  # allowed in XML: white space, as before
+    assert parse_tags('{"tags": ["esc\\u001bape", "\\u0007"]}').tags == ["escape"]
+
+
 def test_normalise_tags_dedupes_in_first_seen_order_and_drops_empties():
     assert normalise_tags(["Cat", "cat ", "", "  ", "Dog", "CAT"]) == ["cat", "dog"]
 

@@ -220,6 +220,31 @@ def test_a_broken_sidecar_is_reported_and_left_untouched(tmp_path):
     assert path.read_text(encoding="utf-8") == "<x:xmpmeta xmlns:x='adobe:ns:meta/'><rdf:RDF"
 
 
+def test_a_tag_with_a_character_xml_forbids_leaves_a_well_formed_sidecar(tmp_path):
+    path = tmp_path / "esc.jpg.xmp"
+    xmp.write_sidecar(path, ["esc\u001bape", "sky\ufffe", "\x00"], prefix="AI\x07")
+    root = parse(path)
+    assert items(root, "dc:subject", "Bag") == ["escape", "sky"]
+    assert items(root, "digiKam:TagsList", "Seq") == ["AI/escape", "AI/sky"]
+
+
+def test_a_sidecar_broken_by_forbidden_characters_is_repaired_keeping_the_users_keywords(tmp_path):
+    path = tmp_path / "goa.xmp"
+    broken = LIGHTROOM.replace("<rdf:li>Sunset</rdf:li>", "<rdf:li>Sun\x1bset</rdf:li><rdf:li>esc&#27;ape&#xFFFE;</rdf:li>")
+    path.write_bytes(broken.encode("utf-8"))  # what an older writer left: ill-formed, refused by every parser
+    with pytest.raises(ET.ParseError):
+        parse(path)
+    assert xmp.read_keywords(path)["dc:subject"] == ["Sunset", "escape", "Cat"]
+    change = xmp.write_sidecar(path, ["escape", "boat"])
+    assert change.repaired and change.changed and change.added["dc:subject"] == ["boat"]
+    root = parse(path)
+    assert items(root, "dc:subject", "Bag") == ["Sunset", "escape", "Cat", "boat"]
+    assert items(root, "lr:hierarchicalSubject", "Bag") == ["Places|India|Goa", "escape", "boat"]
+    assert description(root).get(f"{{{NS['xmp']}}}Rating") == "3"
+    assert items(root, "dc:creator", "Seq") == ["Jane Photographer"]
+    assert not xmp.write_sidecar(path, ["escape", "boat"]).changed  # repaired once, then left alone
+
+
 def test_a_dry_run_writes_nothing(tmp_path):
     path = tmp_path / "a.jpg.xmp"
     change = xmp.write_sidecar(path, ["cat"], dry_run=True)

@@ -10,6 +10,7 @@ import importlib
 from typing import Any, Callable, NamedTuple, Optional, Sequence, TypeVar, Union
 
 from ..records import ERROR_CLASSES
+from ..redact import scrub
 
 
 class Answer(NamedTuple):
@@ -26,7 +27,7 @@ RETRYABLE_CLASSES = frozenset({"rate_limited", "timeout", "server_error", "conne
 class ProviderError(Exception):
     """One call failed; `error_class` says how, `retryable` whether trying again can help.
 
-    Messages never carry a key: providers scrub them before raising.
+    The prompter scrubs every message (redact.scrub) before it reaches a record or a log.
     """
 
     def __init__(
@@ -85,9 +86,13 @@ class Provider:
         """What, besides prompt and image, decides the answer (for cache keys); never a secret."""
         return {"provider": self.name, "model": self.model}
 
+    def held_keys(self) -> tuple[str, ...]:
+        """The keys this provider sends (besides those in the environment); providers holding one override it."""
+        return ()
+
     def scrub(self, text: str) -> str:
-        """Remove this provider's secrets from a text; providers holding a key override it."""
-        return text
+        """`text` without any key this process holds, in any form a server may echo it (redact.scrub)."""
+        return scrub(text, self.held_keys())
 
 
 _REGISTRY: dict[str, type[Provider]] = {}

@@ -181,7 +181,7 @@ class ChatAPIProvider(Provider):
         if not choices:
             body = response if isinstance(response, str) else type(response).__name__
             raise ProviderError(
-                "server_error", self.scrub(f"{self.label} answered without a chat completion (not JSON?): {body[:120]!r}")
+                "server_error", f"{self.label} answered without a chat completion (not JSON?): {self.scrub(body)[:120]!r}"
             )
         message = choices[0].message
         text = message.content if isinstance(message.content, str) else ""
@@ -228,10 +228,8 @@ class ChatAPIProvider(Provider):
         return ProviderError("internal", f"{where} call failed with {type(exc).__name__}: {detail}", retryable=False)
 
     # -- secrets and settings --------------------------------------------------------------
-    def scrub(self, text: str) -> str:
-        if self._key and self._key != KEYLESS_PLACEHOLDER:
-            text = text.replace(self._key, "***")
-        return text
+    def held_keys(self) -> tuple[str, ...]:
+        return (self._key,) if self._key else ()
 
     def settings(self) -> dict[str, Any]:
         return {

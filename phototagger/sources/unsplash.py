@@ -18,6 +18,7 @@ import requests
 
 from ..http import env_url, shared_session
 from ..records import Photo
+from ..redact import scrub
 from .base import SourceError, collect_tags, make_photo, to_int, utc_iso
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ class UnsplashSource:
             text = "; ".join(str(e) for e in errors) if isinstance(errors, list) else resp.text
         except ValueError:
             text = resp.text
-        return self._scrub(" ".join(text.split())[:200]) or "no details"
+        return " ".join(scrub(text, (self._key,)).split())[:200] or "no details"
 
     def _json(self, resp: requests.Response) -> Any:
         try:
@@ -201,9 +202,6 @@ class UnsplashSource:
                 f"Unsplash answered HTTP {resp.status_code} with something that is not JSON; "
                 f"is UNSPLASH_API_URL ({self.base_url}) the API?"
             ) from None
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._key, "***")
 
 
 def unsplash_photo_id(unsplash_id: str) -> str:

@@ -23,6 +23,7 @@ image downloads in `image_requests` (paths).
 """
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import struct
@@ -46,6 +47,8 @@ FAULTS = (
     "prose",  # a normal completion whose text is prose without tags
     "auth",  # 401 invalid_api_key
     "bad_image",  # 400 invalid_image
+    "echo_key",  # a normal completion whose tags also hold the Bearer key: as is, percent-encoded, JSON-escaped
+    "echo_key_error",  # 500 whose message quotes the request's headers: the key as is and base64-encoded
 )
 HANG_S = 30.0
 HUGE_BYTES = 50 * 1024 * 1024
@@ -105,6 +108,22 @@ def completion(model: str, text: str, prompt_tokens: int) -> dict:
         },
         "system_fingerprint": "fp_fake",
     }
+
+
+def bearer_key(headers: dict) -> str:
+    return headers.get("authorization", "").removeprefix("Bearer ")
+
+
+def echo_key_answer(answer: str, key: str) -> str:
+    """`answer`'s tags plus the key three ways: as is, partly percent-encoded, with a JSON escape (a leaky server's echo)."""
+    try:
+        tags = list(json.loads(answer)["tags"])
+    except (ValueError, KeyError, TypeError):
+        tags = []
+    percent = "".join(f"%{ord(c):02X}" if i % 2 else c for i, c in enumerate(key))
+    items = [json.dumps(t) for t in [*tags, key, f"key {percent}"]]
+    items.append('"\\u%04x%s"' % (ord(key[0]), key[1:]) if key else '""')
+    return '{"tags": [%s], "note": "Authorization: Bearer %s"}' % (", ".join(items), key)
 
 
 def error_body(message: str, type_: str, code: Optional[str], param: Optional[str] = None) -> dict:
@@ -242,13 +261,20 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault == "prose":
             self._json(200, completion(model, PROSE, fake._prompt_tokens(body)))
         elif fault == "auth":
-            key = headers.get("authorization", "").removeprefix("Bearer ")
+            key = bearer_key(headers)
             self._json(
                 401,
                 error_body(f"Incorrect API key provided: {key}. You can find your API key at https://platform.openai.com/account/api-keys.", "invalid_request_error", "invalid_api_key"),
             )
         elif fault == "bad_image":
             self._json(400, error_body(INVALID_IMAGE, "invalid_request_error", "invalid_image"))
+        elif fault == "echo_key":
+            self._json(200, completion(model, echo_key_answer(fake.answer_fn(body), bearer_key(headers)), fake._prompt_tokens(body)))
+        elif fault == "echo_key_error":
+            key = bearer_key(headers)
+            basic = base64.b64encode(f"user:{key}".encode()).decode()
+            message = f"Upstream failed for the request with headers authorization={headers.get('authorization')!r}, x-forwarded-auth='Basic {basic}'."
+            self._json(500, error_body(message, "server_error", None))
         else:
             raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
 
