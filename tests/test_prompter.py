@@ -259,8 +259,14 @@ def test_limiter_hears_of_rate_limits_and_successes(env):
         def release(self):
             self.events.append("release")
 
+        def time_left(self):
+            return float("inf")
+
         def on_rate_limited(self, retry_after):
             self.events.append(("rate_limited", retry_after))
+
+        def on_auth_failure(self, message):
+            self.events.append("auth")
 
         def on_success(self):
             self.events.append("success")
