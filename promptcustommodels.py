@@ -13,7 +13,13 @@ from pathlib import PurePosixPath
 
 from metaflow import FlowSpec, Parameter, current, project, resources, step, trigger_on_finish
 
-from phototagger.batch import DEFAULT_MAX_ERROR_SHARE, ErrorBudgetExceeded, budget_problems, run_summary_lines
+from phototagger.batch import (
+    DEFAULT_MAX_ERROR_SHARE,
+    DEFAULT_MODEL_DEADLINE_S,
+    ErrorBudgetExceeded,
+    budget_problems,
+    run_summary_lines,
+)
 from phototagger.evals import model_key
 from phototagger.metrics import summarise
 from phototagger.mfclient import resolve_run, runs_of, scored_update_run
@@ -47,6 +53,10 @@ class PromptCustomModels(FlowSpec):
     )
     max_error_share = Parameter(
         "max-error-share", default=DEFAULT_MAX_ERROR_SHARE, type=float, help="Fail the run when the share of failed or unparseable answers is above this."
+    )
+    model_deadline_s = Parameter(
+        "model-deadline-s", default=DEFAULT_MODEL_DEADLINE_S, type=float,
+        help="Seconds the model gets for the whole batch; photos not answered by then are recorded as failed (class 'deadline').",
     )
 
     @step
@@ -125,7 +135,7 @@ class PromptCustomModels(FlowSpec):
                 self.results = prompt_photos(
                     prompter, list(self.photos.values()), meta["prompt_text"], batch_size=self.batch_size,
                     cache=make_cache(not self.no_cache), logger=EvalsLogger(), batch_id=self.batch_id, batch_date=self.batch_date,
-                    source_flow=current.flow_name, source_run=current.run_id,
+                    source_flow=current.flow_name, source_run=current.run_id, deadline_s=self.model_deadline_s,
                 )
         self.next(self.end)
 

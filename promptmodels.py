@@ -19,6 +19,7 @@ from metaflow.cards import Markdown
 from phototagger.batch import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_ERROR_SHARE,
+    DEFAULT_MODEL_DEADLINE_S,
     ErrorBudgetExceeded,
     ModelSkipped,
     budget_problems,
@@ -63,6 +64,10 @@ class PromptModels(FlowSpec):
     no_cache = Parameter("no-cache", default=False, type=bool, is_flag=True, help="Call every model again instead of reusing cached answers.")
     max_error_share = Parameter(
         "max-error-share", default=DEFAULT_MAX_ERROR_SHARE, type=float, help="Fail the run when a model's share of failed calls is above this."
+    )
+    model_deadline_s = Parameter(
+        "model-deadline-s", default=DEFAULT_MODEL_DEADLINE_S, type=float,
+        help="Seconds a model gets for the whole batch; photos not answered by then are recorded as failed (class 'deadline').",
     )
     only_models = Parameter("models", default="", help="Comma-separated model keys or providers to run (e.g. prior,knn); default: all.")
 
@@ -109,6 +114,7 @@ class PromptModels(FlowSpec):
                     batch_date=self.batch_date,
                     source_flow=current.flow_name,
                     source_run=current.run_id,
+                    deadline_s=self.model_deadline_s,
                 )
         self.next(self.join)
 

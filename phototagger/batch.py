@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CONCURRENCY = 4
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_MAX_ERROR_SHARE = 0.2
+DEFAULT_MODEL_DEADLINE_S = 1800.0  # a model's whole batch; hourly runs must not pile up behind a stuck vendor
+DEFAULT_MAX_AUTH_FAILURES = 3  # rejected keys in a row before the rest of the batch is recorded as auth, uncalled
 ENTRY_FIELDS = frozenset({"provider", "model", "concurrency"})  # models.json fields that are not provider options
 
 
@@ -55,6 +58,8 @@ def prompt_photos(
     source_flow: str = "",
     source_run: str = "",
     batch_size: int = DEFAULT_BATCH_SIZE,
+    deadline_s: float = DEFAULT_MODEL_DEADLINE_S,
+    max_auth_failures: int = DEFAULT_MAX_AUTH_FAILURES,
 ) -> list[ModelResult]:
     """Tag every photo with `prompter` and return one scored result per photo, in input order.
 
@@ -64,7 +69,12 @@ def prompt_photos(
     Answers come from `cache` when it has them; new successful answers go into it. Each result
     is scored against the photo's ground truth, priced with `prices` (the prices.json table), and
     logged as one event through `logger` (EvalsLogger) with the batch and source run it belongs to.
+    No call starts after `deadline_s` (nor a retry that would wait past it), and `max_auth_failures`
+    rejected keys in a row stop the calls: the photos left are recorded as `deadline`, or with
+    the error that stopped them, so the run ends in bounded time with every photo accounted for.
     """
+    if not deadline_s > 0:
+        raise ValueError(f"the model deadline must be a positive number of seconds, got {deadline_s!r} (--model-deadline-s)")
     photos = list(photos)
     price_table = load_prices(prices)
     settings = prompter.settings() if cache is not None else {}
@@ -96,9 +106,10 @@ def prompt_photos(
 
     try:
         if getattr(prompter, "supports_batching", False):
-            _run_batched(prompter, photos, prompt_text, cache, key_of, max(1, batch_size), finish)
+            _run_batched(prompter, photos, prompt_text, cache, key_of, max(1, batch_size), finish, deadline_s)
         else:
-            _run_concurrent(prompter, photos, prompt_text, cache, key_of, max(1, concurrency), finish)
+            limiter = AdaptiveLimiter(max(1, concurrency), deadline_s=deadline_s, max_auth_failures=max_auth_failures)
+            _run_concurrent(prompter, photos, prompt_text, cache, key_of, limiter, finish)
     finally:
         bar.close()
     if cache is not None:
@@ -146,11 +157,12 @@ def _store(cache: Optional[ResponseCache], key: Optional[str], result: ModelResu
         cache.put(key, result)
 
 
-def _run_concurrent(prompter, photos, prompt_text, cache, key_of: Callable, concurrency: int, finish: Callable) -> None:
-    """Cache lookups and calls on a thread pool; results are finished on this thread as they complete."""
+def _run_concurrent(prompter, photos, prompt_text, cache, key_of: Callable, limiter: AdaptiveLimiter, finish: Callable) -> None:
+    """Cache lookups and calls on a thread pool behind `limiter` (unless the prompter has its own);
+    results are finished on this thread as they complete."""
     own_limiter = getattr(prompter, "limiter", None) is None
     if own_limiter:
-        prompter.limiter = AdaptiveLimiter(concurrency)
+        prompter.limiter = limiter
 
     def work(index: int) -> ModelResult:
         key = key_of(photos[index])
@@ -162,7 +174,7 @@ def _run_concurrent(prompter, photos, prompt_text, cache, key_of: Callable, conc
         return result
 
     try:
-        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="prompt") as pool:
+        with ThreadPoolExecutor(max_workers=limiter.max_concurrency, thread_name_prefix="prompt") as pool:
             futures = {pool.submit(work, i): i for i in range(len(photos))}
             for future in as_completed(futures):
                 try:
@@ -175,8 +187,9 @@ def _run_concurrent(prompter, photos, prompt_text, cache, key_of: Callable, conc
             prompter.limiter = None
 
 
-def _run_batched(prompter, photos, prompt_text, cache, key_of: Callable, batch_size: int, finish: Callable) -> None:
-    """Cache hits first, then the misses in chunks through `prompt_batch`, one chunk at a time."""
+def _run_batched(prompter, photos, prompt_text, cache, key_of: Callable, batch_size: int, finish: Callable, deadline_s: float) -> None:
+    """Cache hits first, then the misses in chunks through `prompt_batch`, one chunk at a time, until `deadline_s`."""
+    deadline = time.monotonic() + deadline_s
     keys = [key_of(photo) for photo in photos]
     misses = []
     for index in range(len(photos)):
@@ -189,6 +202,11 @@ def _run_batched(prompter, photos, prompt_text, cache, key_of: Callable, batch_s
             misses.append(index)
     for start in range(0, len(misses), batch_size):
         chunk = misses[start : start + batch_size]
+        if time.monotonic() >= deadline:
+            for index in chunk:
+                finish(index, failed_result(prompter.provider, prompter.model, "deadline",
+                                            f"not prompted: the model deadline of {deadline_s:g}s had passed"))
+            continue
         try:
             answers = prompter.prompt_batch(prompt_text, [photos[i]["image_url"] for i in chunk],
                                             [photos[i]["id"] for i in chunk])

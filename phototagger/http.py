@@ -1,7 +1,8 @@
 """The one HTTP client setup: a requests session with retries, and bounded image fetching.
 
 Every outbound call that is not made through a vendor SDK (Unsplash, image downloads) goes
-through `session()`, so retries, back-off, Retry-After and timeouts behave the same everywhere.
+through `session()`, so retries, back-off, Retry-After and timeouts behave the same everywhere;
+`within_deadline` turns a timeout into a deadline for a whole call, here and for the vendor SDKs.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import mimetypes
 import os
 import threading
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -19,6 +21,7 @@ from urllib3.util.retry import Retry
 DEFAULT_TIMEOUT_S = 20.0
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 USER_AGENT = "photo-tagger/0.1 (+https://github.com/photo-tagger)"
+T = TypeVar("T")
 
 
 class ImageFetchError(Exception):
@@ -64,6 +67,36 @@ def shared_session() -> requests.Session:
     return _SESSION
 
 
+class DeadlineExceeded(TimeoutError):
+    """A call given `within_deadline` was still running when its time was up."""
+
+
+def within_deadline(timeout_s: float, call: Callable[..., T], *args: object) -> T:
+    """`call(*args)`, or DeadlineExceeded once `timeout_s` seconds have passed, whatever it is doing.
+
+    Client timeouts (requests', httpx's) bound each socket operation, not the call: a server that
+    trickles a byte every half second, or a Retry-After sleep inside a client's retries, holds a
+    call far past them. The call runs on a daemon thread the caller stops waiting for at the
+    deadline; an abandoned call ends on its client's own per-read timeout, its result unused.
+    """
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name="deadline-call", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise DeadlineExceeded(f"no answer within {timeout_s:g}s")
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
+
+
 def is_url(location: str) -> bool:
     return location.startswith(("http://", "https://"))
 
@@ -71,6 +104,14 @@ def is_url(location: str) -> bool:
 def fetch_image_bytes(
     location: str, max_bytes: int = MAX_IMAGE_BYTES, timeout_s: float = DEFAULT_TIMEOUT_S
 ) -> bytes:
+    """`_fetch_image_bytes` with `timeout_s` as a deadline for the whole fetch (connect, retries, headers, body)."""
+    try:
+        return within_deadline(timeout_s, _fetch_image_bytes, location, max_bytes, timeout_s)
+    except DeadlineExceeded:
+        raise ImageFetchError(f"image fetch timed out after {timeout_s:g}s: {location}", "timeout") from None
+
+
+def _fetch_image_bytes(location: str, max_bytes: int, timeout_s: float) -> bytes:
     """Read an image from an http(s) URL or a local path, at most `max_bytes`, in `timeout_s`.
 
     Other URL schemes (file:, ftp:, data:) are refused so a photo record cannot make us read

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Protocol, Sequence
 
+from .limiter import CallsStopped
 from .providers import Answer, ProviderError, make_provider
 from .records import ModelResult
 from .tags import normalise_tags, parse_tags
@@ -29,7 +31,11 @@ class Limiter(Protocol):
 
     def release(self) -> None: ...
 
+    def time_left(self) -> float: ...
+
     def on_rate_limited(self, retry_after: Optional[float]) -> None: ...
+
+    def on_auth_failure(self, message: str) -> None: ...
 
     def on_success(self) -> None: ...
 
@@ -88,7 +94,7 @@ class Prompter:
 
     # -- one photo -------------------------------------------------------------------------
     def prompt(self, prompt_text: str, image: str, photo_id: Optional[str] = None) -> ModelResult:
-        """Ask about one image (URL or local path), retrying what can be retried."""
+        """Ask about one image (URL or local path), retrying what can be retried before the limiter's deadline."""
         attempt = 0
         while True:
             attempt += 1
@@ -97,21 +103,32 @@ class Prompter:
                 with self._slot():
                     started = time.perf_counter()
                     answer = self.backend.complete(prompt_text, image, photo_id)
+            except CallsStopped as exc:
+                return self._failure(photo_id, exc.error_class, str(exc), 0.0)
             except ProviderError as exc:
                 elapsed = time.perf_counter() - started if started is not None else 0.0
                 if exc.error_class == "rate_limited" and self.limiter is not None:
                     self.limiter.on_rate_limited(exc.retry_after)
+                if exc.error_class == "auth" and self.limiter is not None:
+                    self.limiter.on_auth_failure(str(exc))
+                message = str(exc)
                 if exc.retryable and attempt < self.retry.max_attempts:
                     wait = self.retry.delay(attempt, exc.retry_after)
-                    log.info("%s %s: %s; retry %d in %.2fs", self.model_key, photo_id or image, exc.error_class, attempt, wait)
-                    time.sleep(wait)
-                    continue
-                return self._failure(photo_id, exc.error_class, str(exc), elapsed)
+                    if wait < self._time_left():
+                        log.info("%s %s: %s; retry %d in %.2fs", self.model_key, photo_id or image, exc.error_class, attempt, wait)
+                        time.sleep(wait)
+                        continue
+                    message += f"; not retried: waiting {wait:.1f}s would pass the model deadline"
+                return self._failure(photo_id, exc.error_class, message, elapsed)
             except Exception as exc:  # noqa: BLE001 - a bug must cost one record, not the run
                 return self._internal(photo_id, exc, time.perf_counter() - started if started is not None else 0.0)
             if self.limiter is not None:
                 self.limiter.on_success()
             return self._result(photo_id, answer, time.perf_counter() - started)
+
+    def _time_left(self) -> float:
+        """How long a retry may still wait: never past the limiter's deadline, nor once it stopped calls."""
+        return self.limiter.time_left() if self.limiter is not None else math.inf
 
     @contextlib.contextmanager
     def _slot(self) -> Iterator[None]:

@@ -47,6 +47,7 @@ class ModelResult(TypedDict, total=False):
 ERROR_CLASSES = (
     "rate_limited",  # 429 after all retries
     "timeout",  # the call or the image fetch took too long
+    "deadline",  # not prompted: the model's deadline for the run had passed
     "server_error",  # 5xx after all retries
     "connection",  # reset, refused, DNS
     "auth",  # 401/403: missing or rejected key

@@ -71,6 +71,7 @@ class ScriptedPrompter:
 
     def prompt_batch(self, prompt_text, images, photo_ids):
         self.batches.append(list(photo_ids))
+        time.sleep(self.delay_s)
         return [self._answer(pid) for pid in photo_ids]
 
 
@@ -169,6 +170,21 @@ def test_batching_prompter_gets_chunks_one_at_a_time_and_cache_hits_skip_them(tm
     assert prompter.calls == []
     assert [r["photo_id"] for r in results] == [f"p{i}" for i in range(10)]
     assert results[5]["error"] == "bad_image" and results[0]["cached"]
+
+
+def test_batched_photos_left_at_the_model_deadline_are_recorded_as_deadline_without_a_call():
+    prompter = ScriptedPrompter(batching=True, delay_s=2.0)  # the first chunk alone outlasts the deadline
+    results = run(prompter, photos(6), batch_size=2, deadline_s=1.0)
+    assert prompter.batches == [["p0", "p1"]]
+    assert [r["error"] for r in results] == [None, None] + ["deadline"] * 4
+    assert "deadline of 1s" in results[2]["raw"]
+
+
+def test_a_model_deadline_that_is_not_positive_is_refused_before_any_call():
+    prompter = ScriptedPrompter()
+    with pytest.raises(ValueError, match="--model-deadline-s"):
+        run(prompter, photos(2), deadline_s=0)
+    assert prompter.calls == []
 
 
 def test_a_failing_batch_call_gives_internal_errors_for_its_chunk_only():

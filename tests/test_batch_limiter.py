@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from phototagger.limiter import AdaptiveLimiter
+from phototagger.limiter import AdaptiveLimiter, CallsStopped
 
 
 def test_never_more_calls_in_flight_than_the_limit():
@@ -71,6 +71,53 @@ def test_retry_after_pauses_new_calls_and_no_header_does_not():
     limiter.acquire()
     assert time.monotonic() - started >= 0.28
     limiter.release()
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_no_call_starts_after_the_deadline():
+    clock = Clock()
+    limiter = AdaptiveLimiter(2, deadline_s=60, clock=clock)
+    limiter.acquire()
+    limiter.release()
+    clock.now += 45
+    assert limiter.time_left() == 15
+    clock.now += 15
+    with pytest.raises(CallsStopped, match="deadline of 60s") as stopped:
+        limiter.acquire()
+    assert stopped.value.error_class == "deadline" and limiter.time_left() == 0
+
+
+def test_a_retry_after_past_the_deadline_stops_calls_as_rate_limited_and_a_shorter_one_does_not():
+    limiter = AdaptiveLimiter(4, deadline_s=600)
+    limiter.on_rate_limited(0.01)
+    limiter.acquire()
+    limiter.release()
+    limiter.on_rate_limited(3600)
+    with pytest.raises(CallsStopped, match="wait 3600s") as stopped:
+        limiter.acquire()
+    assert stopped.value.error_class == "rate_limited" and limiter.time_left() == 0
+
+
+def test_repeated_auth_failures_open_the_breaker_and_a_success_between_them_resets_it():
+    limiter = AdaptiveLimiter(4, max_auth_failures=3)
+    limiter.on_auth_failure("rejected")
+    limiter.on_auth_failure("rejected")
+    limiter.on_success()
+    limiter.on_auth_failure("rejected")
+    limiter.on_auth_failure("rejected")
+    limiter.acquire()
+    limiter.release()
+    limiter.on_auth_failure("rejected (HTTP 401)")
+    with pytest.raises(CallsStopped, match=r"3 calls in a row were refused as auth; last: rejected \(HTTP 401\)") as stopped:
+        limiter.acquire()
+    assert stopped.value.error_class == "auth"
 
 
 def test_concurrency_below_one_is_refused():

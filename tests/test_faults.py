@@ -11,7 +11,14 @@ import time
 import pytest
 from PIL import Image
 
-from phototagger.batch import ErrorBudgetExceeded, ModelSkipped, check_error_budget, make_prompter, prompt_photos
+from phototagger.batch import (
+    DEFAULT_MODEL_DEADLINE_S,
+    ErrorBudgetExceeded,
+    ModelSkipped,
+    check_error_budget,
+    make_prompter,
+    prompt_photos,
+)
 from phototagger.limiter import AdaptiveLimiter
 from phototagger.prompter import Prompter, RetryPolicy
 from tests.fakes.openai_server import FakeOpenAIServer
@@ -86,6 +93,58 @@ def test_a_transient_fault_is_retried_and_the_photo_succeeds(server, fault):
     server.faults = [fault]
     results = prompt_photos(prompter(server, timeout_s=0.4), photos(server), "tag", concurrency=1, progress=False)
     assert errors(results) == [None] * N and server.calls == N + 1
+
+
+def many_photos(server, n=40):
+    return [{"id": f"photo{i}", "image_url": server.image_url(f"p{i % N}.png"), "ground_truth_tags": ["red"]} for i in range(n)]
+
+
+def test_a_trickling_answer_is_a_timeout_within_the_call_deadline_and_the_others_succeed(server):
+    server.fault_by_image = {"p2.png": "trickle"}  # the whole answer takes over 100 s to arrive
+    started = time.monotonic()
+    results = prompt_photos(prompter(server, retry=RetryPolicy(max_attempts=1)), photos(server), "tag", concurrency=4, progress=False)
+    assert errors(results) == [None, None, "timeout", None]
+    assert time.monotonic() - started < 30
+
+
+def test_a_429_storm_asking_for_an_hour_ends_at_once_with_every_photo_recorded(server):
+    server.fault_all = "rate_limit_long"  # Retry-After: 3600, past the model deadline
+    started = time.monotonic()
+    results = prompt_photos(prompter(server, retry=RetryPolicy()), many_photos(server), "tag", concurrency=4,
+                            progress=False, deadline_s=DEFAULT_MODEL_DEADLINE_S)
+    assert [r["photo_id"] for r in results] == [f"photo{i}" for i in range(40)]
+    assert set(errors(results)) == {"rate_limited"}
+    assert server.calls <= 4
+    assert time.monotonic() - started < 60
+    assert any("not prompted: the server asked to wait 3600s" in r["raw"] for r in results)
+
+
+def test_the_model_deadline_ends_a_run_of_short_rate_limits_with_every_photo_recorded(server):
+    server.fault_all = "rate_limit"  # Retry-After: 1, again and again
+    started = time.monotonic()
+    results = prompt_photos(prompter(server, retry=RetryPolicy()), many_photos(server), "tag", concurrency=4,
+                            progress=False, deadline_s=3)
+    assert len(results) == 40 and set(errors(results)) <= {"rate_limited", "deadline"}
+    assert time.monotonic() - started < 60  # the deadline plus one call's timeout, with room for a loaded machine
+
+
+def test_photos_not_answered_by_the_model_deadline_are_recorded_as_deadline_without_a_call(server):
+    server.latency_s = 0.5  # 40 photos two at a time need 10 s; the deadline is 2 s
+    results = prompt_photos(prompter(server), many_photos(server), "tag", concurrency=2, progress=False, deadline_s=2)
+    answered = [r for r in results if r["error"] is None]
+    late = [r for r in results if r["error"] == "deadline"]
+    assert len(answered) + len(late) == 40 and answered and late
+    assert server.calls == len(answered)
+    assert "not prompted: the model deadline of 2s had passed" in late[0]["raw"]
+
+
+def test_repeated_rejected_keys_trip_the_breaker_and_the_rest_are_recorded_as_auth_uncalled(server):
+    server.require_key = "sk-the-right-key"
+    results = prompt_photos(prompter(server), many_photos(server), "tag", concurrency=4, progress=False, max_auth_failures=3)
+    assert set(errors(results)) == {"auth"} and len(results) == 40
+    assert server.calls <= 3 + 4
+    assert sum("refused as auth" in r["raw"] for r in results) >= 40 - server.calls
+    assert not any(KEY in r["raw"] for r in results)
 
 
 def test_rate_limit_honours_retry_after_and_halves_concurrency(server):

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 import prompter as prompter_cli
+from phototagger.http import ImageFetchError, fetch_image_bytes
 from phototagger.prompter import Prompter, RetryPolicy
 from phototagger.providers import Answer, MissingKeyError, Provider, ProviderError, make_provider, register_provider
 from phototagger.providers import base as providers_base
@@ -197,6 +198,25 @@ def test_each_fault_is_recorded_with_its_error_class(env, provider, fault):
     assert result["raw"]
 
 
+@pytest.mark.parametrize("provider", ["openai", "together"])
+def test_a_trickling_answer_times_out_within_timeout_s_not_when_the_last_byte_arrives(env, provider):
+    env.faults = ["trickle"]  # one byte every 0.5 s: the answer takes over 100 s, no read waits 2 s
+
+    started = time.monotonic()
+    result = Prompter(provider, "vision-model", retry=NO_WAIT, timeout_s=2).prompt("Tag.", CAT)
+
+    assert result["error"] == "timeout" and "within 2s" in result["raw"]
+    assert time.monotonic() - started < 30
+
+
+def test_a_trickling_image_fetch_times_out_within_timeout_s(env):
+    started = time.monotonic()
+    with pytest.raises(ImageFetchError, match="timed out after 2s") as failed:
+        fetch_image_bytes(env.image_url("trickle"), timeout_s=2)
+    assert failed.value.error_class == "timeout"
+    assert time.monotonic() - started < 30  # the image takes over 100 s to trickle in
+
+
 def test_retryable_faults_are_retried_until_an_answer(env):
     env.faults = ["server_error", "reset", None]
 
@@ -259,8 +279,14 @@ def test_limiter_hears_of_rate_limits_and_successes(env):
         def release(self):
             self.events.append("release")
 
+        def time_left(self):
+            return float("inf")
+
         def on_rate_limited(self, retry_after):
             self.events.append(("rate_limited", retry_after))
+
+        def on_auth_failure(self, message):
+            self.events.append("auth")
 
         def on_success(self):
             self.events.append("success")

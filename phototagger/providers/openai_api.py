@@ -15,7 +15,16 @@ from types import ModuleType
 from typing import Any, Mapping, Optional
 from urllib.parse import urlsplit, urlunsplit
 
-from ..http import MAX_IMAGE_BYTES, ImageFetchError, data_uri, fetch_image_bytes, image_mime, is_url
+from ..http import (
+    MAX_IMAGE_BYTES,
+    DeadlineExceeded,
+    ImageFetchError,
+    data_uri,
+    fetch_image_bytes,
+    image_mime,
+    is_url,
+    within_deadline,
+)
 from .base import Answer, MissingKeyError, Provider, ProviderError, register_provider
 
 log = logging.getLogger(__name__)
@@ -132,6 +141,16 @@ class ChatAPIProvider(Provider):
 
     # -- the call --------------------------------------------------------------------------
     def complete(self, prompt_text: str, image: str, photo_id: Optional[str] = None) -> Answer:
+        """One chat call; `timeout_s` bounds all of it (inlining the image, connect, headers, body)."""
+        try:
+            response = within_deadline(self.timeout_s, self._call, prompt_text, image)
+        except ProviderError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every SDK failure becomes a classified ProviderError
+            raise self._error(exc) from None
+        return self._answer(response)
+
+    def _call(self, prompt_text: str, image: str) -> Any:
         request: dict[str, Any] = {
             "model": self.model,
             "messages": [
@@ -148,11 +167,7 @@ class ChatAPIProvider(Provider):
         }
         if self.json_mode and "json" in prompt_text.lower():  # OpenAI refuses JSON mode for prompts not asking for JSON
             request["response_format"] = {"type": "json_object"}
-        try:
-            response = self._create(request)
-        except Exception as exc:  # noqa: BLE001 - every SDK failure becomes a classified ProviderError
-            raise self._error(exc) from None
-        return self._answer(response)
+        return self._create(request)
 
     def _create(self, request: dict[str, Any]) -> Any:
         """POST the chat request through the SDK's own transport (auth, timeouts, error classes).
@@ -204,7 +219,7 @@ class ChatAPIProvider(Provider):
         if isinstance(exc, sdk.RateLimitError):
             retry_after = retry_after_from_headers(exc.response.headers)
             return ProviderError("rate_limited", f"{where} rate limited (HTTP 429): {detail}", retry_after=retry_after)
-        if isinstance(exc, sdk.APITimeoutError):
+        if isinstance(exc, (sdk.APITimeoutError, DeadlineExceeded)):
             return ProviderError("timeout", f"{where} did not answer within {self.timeout_s:g}s")
         if isinstance(exc, sdk.APIConnectionError):
             return ProviderError("connection", f"{where} connection failed: {detail}")

@@ -10,11 +10,12 @@ Knobs (plain attributes, change them between calls):
 - `answer_fn(request_json) -> str`: the assistant's text; the default answers `{"tags": [...]}`
   from `tags_by_image` (image-URL substring -> tags), else `generic_tags`.
 - `faults`: consumed one per chat request (None = answer normally); `fault_by_image`
-  (image-URL substring -> fault) applies on every request whose image matches. Fault names are
-  in `FAULTS`.
+  (image-URL substring -> fault) applies on every request whose image matches; `fault_all`
+  on every request (a storm). Fault names are in `FAULTS`.
 - `require_key`: a request without `Authorization: Bearer <key>` gets OpenAI's 401.
 - `images`: name -> bytes served at GET /images/<name>; "missing" (404), "notimage" (HTML) and
-  "huge" (declares and streams 50 MB) are built in. A chat request whose image URL points at one
+  "huge" (declares and streams 50 MB) and "trickle" (a small image sent one byte every TRICKLE_S)
+  are built in. A chat request whose image URL points at one
   of this server's images that cannot be served gets OpenAI's 400 `invalid_image_url`, as the real
   API does when it cannot download an image.
 Like OpenAI, it refuses `response_format` json_object when no message mentions JSON.
@@ -38,9 +39,11 @@ from phototagger.http import image_mime
 FAULTS = (
     "rate_limit",  # 429 with Retry-After: 1
     "rate_limit_no_header",  # 429 without any retry header
+    "rate_limit_long",  # 429 with Retry-After: 3600, as a spent quota sends
     "server_error",  # 500
     "unavailable",  # 503
     "hang",  # no answer for 30 s (until the server closes)
+    "trickle",  # a normal answer, sent one byte every TRICKLE_S: no single read ever waits long
     "reset",  # the socket is closed with a TCP reset, no answer
     "truncated",  # 200 whose JSON body is cut in half
     "non_json",  # 200 with an HTML page
@@ -51,13 +54,14 @@ FAULTS = (
     "echo_key_error",  # 500 whose message quotes the request's headers: the key as is and base64-encoded
 )
 HANG_S = 30.0
+TRICKLE_S = 0.5
 HUGE_BYTES = 50 * 1024 * 1024
 PROSE = "This photo shows a quiet scene that I would rather describe in words than list as tags."
 INVALID_IMAGE = (
     "The image data you provided does not represent a valid image. Please check your input and try "
     "again with one of the supported image formats: ['image/jpeg', 'image/png', 'image/gif', 'image/webp']."
 )
-BUILTIN_IMAGES = ("missing", "notimage", "huge")
+BUILTIN_IMAGES = ("missing", "notimage", "huge", "trickle")
 JSON_MODE_NEEDS_JSON = "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'."
 
 
@@ -178,11 +182,29 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b"<html><body><h1>Not an image</h1></body></html>", "text/html; charset=utf-8")
         elif name == "huge":
             self._stream_huge()
+        elif name == "trickle":
+            self._trickle(200, b"\xff\xd8\xff" + b"\0" * 200, "image/jpeg")
         elif name in fake.images:
             data = fake.images[name]
             self._send(200, data, image_mime(name, data))
         else:
             self._send(404, b"not found", "text/plain")
+
+    def _trickle(self, status: int, body: bytes, content_type: str) -> None:
+        """Headers at once, then the body one byte every TRICKLE_S (until done or the server closes)."""
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            for i in range(len(body)):
+                if self.server.fake._closing.wait(TRICKLE_S):
+                    break
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+        except OSError:
+            pass
+        self.close_connection = True
 
     def _stream_huge(self) -> None:
         self.send_response(200)
@@ -240,6 +262,12 @@ class _Handler(BaseHTTPRequestHandler):
                 error_body(f"Rate limit reached for {model} on requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again in 1s.", "requests", "rate_limit_exceeded"),
                 {"Retry-After": "1", "x-ratelimit-remaining-requests": "0"},
             )
+        elif fault == "rate_limit_long":
+            self._json(
+                429,
+                error_body(f"You exceeded your current quota for {model}. Please try again in 1h.", "requests", "rate_limit_exceeded"),
+                {"Retry-After": "3600"},
+            )
         elif fault == "rate_limit_no_header":
             self._json(429, error_body(f"Rate limit reached for {model}.", "requests", "rate_limit_exceeded"))
         elif fault == "server_error":
@@ -251,6 +279,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(200, completion(model, fake.answer_fn(body), fake._prompt_tokens(body)))
             else:
                 self.close_connection = True
+        elif fault == "trickle":
+            self._trickle(200, json.dumps(completion(model, fake.answer_fn(body), fake._prompt_tokens(body))).encode(), "application/json")
         elif fault == "reset":
             self._reset()
         elif fault == "truncated":
@@ -296,6 +326,7 @@ class FakeOpenAIServer:
         self.answer_fn: Callable[[dict], str] = self.default_answer
         self.faults: list[Optional[str]] = []
         self.fault_by_image: dict[str, str] = {}
+        self.fault_all: Optional[str] = None
         self.images: dict[str, bytes] = dict(images or {})
         self.require_key = require_key
         self.requests: list[tuple[str, dict[str, str], dict]] = []
@@ -359,7 +390,7 @@ class FakeOpenAIServer:
             fault = self.faults.pop(0) if self.faults else None
         if fault is None:
             fault = next((f for needle, f in self.fault_by_image.items() if any(needle in u for u in urls)), None)
-        return fault
+        return fault or self.fault_all
 
     @staticmethod
     def _prompt_tokens(request_json: dict) -> int:
