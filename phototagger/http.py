@@ -35,7 +35,10 @@ METADATA_NETWORKS = tuple(ipaddress.ip_network(net) for net in ("169.254.0.0/16"
 
 
 class ImageFetchError(Exception):
-    """An image could not be had: missing, not an image, too large, too slow. Class is `bad_image` or `timeout`."""
+    """An image could not be had: missing, refused by the fetch policy, not an image, too large, too slow.
+
+    Class is `bad_image` or `timeout`.
+    """
 
     def __init__(self, message: str, error_class: str = "bad_image"):
         super().__init__(message)
