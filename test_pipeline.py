@@ -35,6 +35,7 @@ def flow_env(tmp_path, monkeypatch):
         "PHOTOTAGGER_CACHE_DIR": str(tmp_path / "cache"),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
+        "PHOTOTAGGER_ALLOW_PRIVATE_URLS": "1",  # the fake Unsplash serves its photos from 127.0.0.1
         **{key: "" for key in KEYS},
     }
 

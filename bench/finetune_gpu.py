@@ -25,6 +25,7 @@ from PIL import Image
 from transformers import TrainerCallback
 
 from phototagger import train, vlm
+from phototagger.images import load_image
 from phototagger.providers.finetuned import FineTunedProvider
 from phototagger.random_qwen import build_random_qwen
 
@@ -99,7 +100,7 @@ def main() -> None:
     photos = make_photos(photos_dir, max(args.batch_size * args.steps, args.infer_photos), args.image_size, seed=0)
     examples = make_examples(photos, prompt, tags_per_photo, seed=0)
     sample = train.make_collate_fn(processor)([{"messages": examples[0]["messages"],
-                                                "image": vlm.load_image(str(photos[0]))}])
+                                                "image": load_image(str(photos[0]))}])
     seq_len = int(sample["input_ids"].shape[1])
     image_tokens = int((sample["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
     print(f"sequence: {seq_len} tokens per example ({image_tokens} image tokens, "

@@ -14,10 +14,9 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Iterable, Mapping, Optional, Sequence
 
-from PIL import Image, ImageOps
-
 from .evals import FIXED_HEADERS, EvalEvent, batches_of, best_model, fold_events, split_batch_cell
-from .http import ImageFetchError, data_uri, fetch_image_bytes
+from .http import ImageFetchError, data_uri
+from .images import load_image
 from .tags import normalise_tag
 
 log = logging.getLogger(__name__)
@@ -125,16 +124,12 @@ def thumbnail_data_uri(location: str, size: int = THUMB_PX, timeout_s: float = T
     if not location:
         return None
     try:
-        data = fetch_image_bytes(location, max_bytes=THUMB_MAX_BYTES, timeout_s=timeout_s)
-        with Image.open(io.BytesIO(data)) as img:
-            img.draft("RGB", (size * 2, size * 2))  # JPEG: decode at reduced scale, much faster
-            thumb = ImageOps.exif_transpose(img).convert("RGB")
-            thumb.thumbnail((size, size))
-            out = io.BytesIO()
-            thumb.save(out, "JPEG", quality=72, optimize=True)
-    except (ImageFetchError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        thumb = load_image(location, size, draft=True, max_bytes=THUMB_MAX_BYTES, timeout_s=timeout_s)
+    except ImageFetchError as exc:
         log.info("no thumbnail for %s: %s", location, exc)
         return None
+    out = io.BytesIO()
+    thumb.save(out, "JPEG", quality=72, optimize=True)
     return data_uri("thumb.jpg", out.getvalue())
 
 

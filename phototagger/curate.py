@@ -27,6 +27,7 @@ from PIL import Image
 
 from . import vlm
 from .http import ImageFetchError
+from .images import load_image
 from .records import Photo
 from .tags import normalise_tags
 
@@ -197,7 +198,7 @@ def validate_photo(
     """Whether a photo can be a training example: enough tags, an image that decodes, a sane size.
 
     Tags are counted first, so a photo that fails on them costs no download. The image goes
-    through `vlm.load_image`, the same reader training uses, with its byte limit.
+    through `images.load_image`, the same reader training uses, with its byte limit.
     """
     n_tags = len(normalise_tags(photo.get("ground_truth_tags") or []))
     if n_tags < min_tags:
@@ -206,7 +207,7 @@ def validate_photo(
     if not location:
         return PhotoCheck("bad_image: the photo record has no image_url", None)
     try:
-        image = vlm.load_image(location)
+        image = load_image(location)
     except ImageFetchError as exc:
         return PhotoCheck(f"bad_image: {exc}", None)
     digest = image_digest(image)

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, TextIO
 from . import curate, vlm
 from .mfclient import resolve_run, user_branch
 from .http import ImageFetchError
+from .images import load_image
 
 SPLITS = ("train_examples", "validation_examples")
 DATASET_ARTIFACTS = (
@@ -204,7 +205,7 @@ def _inspect(example: Mapping[str, Any], max_side: int) -> dict[str, Any]:
     """Load one example's image: its size, pixel digest, and a copy shrunk the way training shrinks it."""
     row: dict[str, Any] = {"photo_id": example["photo_id"]}
     try:
-        image = vlm.load_image(curate.example_image(example))
+        image = load_image(curate.example_image(example))
     except (ImageFetchError, ValueError) as exc:
         return {**row, "error": str(exc)}
     row.update(width=image.width, height=image.height, digest=curate.image_digest(image))

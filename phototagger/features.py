@@ -10,15 +10,13 @@ candidates, then the five are averaged.
 """
 from __future__ import annotations
 
-import io
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
-
-from .http import DEFAULT_TIMEOUT_S, MAX_IMAGE_BYTES, ImageFetchError, fetch_image_bytes
+from PIL import Image
 
 SIZE = 128  # images are compared at SIZE x SIZE: global features need no more
+LOAD_SIDE = 2 * SIZE  # images are loaded (JPEGs drafted) no larger than this before the resize
 BINS = 16  # per colour channel, as in the paper
 GABOR_FREQUENCIES = (0.25, 0.125, 0.0625)  # cycles per pixel
 GABOR_ORIENTATIONS = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
@@ -28,17 +26,6 @@ _EPS = 1e-6
 
 Features = dict[str, np.ndarray]
 FEATURE_NAMES = ("rgb", "hsv", "lab", "gabor", "haar")
-
-
-def load_image(location: str, max_bytes: int = MAX_IMAGE_BYTES, timeout_s: float = DEFAULT_TIMEOUT_S) -> Image.Image:
-    """Read an image (http(s) URL or local path) as RGB at SIZE x SIZE; unreadable -> ImageFetchError."""
-    data = fetch_image_bytes(location, max_bytes, timeout_s)
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.draft("RGB", (SIZE * 2, SIZE * 2))  # JPEGs decode at a reduced scale: much faster
-        return image.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ImageFetchError(f"not a readable image ({type(exc).__name__}): {location}") from None
 
 
 def image_features(image: Image.Image) -> Features:

@@ -1,31 +1,46 @@
-"""The one HTTP client setup: a requests session with retries, and bounded image fetching.
+"""The one HTTP client setup: a requests session with retries, a fetch policy, and bounded image fetching.
 
 Every outbound call that is not made through a vendor SDK (Unsplash, image downloads) goes
-through `session()`, so retries, back-off, Retry-After and timeouts behave the same everywhere;
-`within_deadline` turns a timeout into a deadline for a whole call, here and for the vendor SDKs.
+through `session()`, so retries, back-off, Retry-After, timeouts and the fetch policy (which
+addresses may be reached, no credentials from URLs) behave the same everywhere; `within_deadline`
+turns a timeout into a deadline for a whole call, here and for the vendor SDKs.
 """
 from __future__ import annotations
 
 import base64
+import ipaddress
 import mimetypes
 import os
+import socket
 import threading
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ReadTimeoutError
+from requests.utils import select_proxy
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError, ReadTimeoutError
+from urllib3.util.connection import allowed_gai_family, create_connection
 from urllib3.util.retry import Retry
 
 DEFAULT_TIMEOUT_S = 20.0
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 USER_AGENT = "photo-tagger/0.1 (+https://github.com/photo-tagger)"
 T = TypeVar("T")
+ALLOW_PRIVATE_ENV = "PHOTOTAGGER_ALLOW_PRIVATE_URLS"
+# Cloud metadata services (AWS, GCP, Azure: 169.254.169.254, AWS IPv6: fd00:ec2::254) and link-local
+# addresses hand out credentials to whoever asks from inside the machine: never reachable.
+METADATA_NETWORKS = tuple(ipaddress.ip_network(net) for net in ("169.254.0.0/16", "fd00:ec2::254/128", "fe80::/10"))
 
 
 class ImageFetchError(Exception):
-    """An image could not be had: missing, not an image, too large, too slow. Class is `bad_image` or `timeout`."""
+    """An image could not be had: missing, refused by the fetch policy, not an image, too large, too slow.
+
+    Class is `bad_image` or `timeout`.
+    """
 
     def __init__(self, message: str, error_class: str = "bad_image"):
         super().__init__(message)
@@ -47,7 +62,7 @@ def session(retries: int = 4, backoff: float = 0.5) -> requests.Session:
         raise_on_status=False,
     )
     s = requests.Session()
-    adapter = HTTPAdapter(max_retries=retry, pool_maxsize=32)
+    adapter = PolicyAdapter(max_retries=retry, pool_maxsize=32)
     s.mount("http://", adapter)
     s.mount("https://", adapter)
     s.headers["User-Agent"] = USER_AGENT
@@ -143,6 +158,8 @@ def _fetch_image_bytes(location: str, max_bytes: int, timeout_s: float) -> bytes
                     raise ImageFetchError(f"image larger than {max_bytes} bytes: {location}")
                 chunks.append(chunk)
             return b"".join(chunks)
+    except URLRefused as exc:
+        raise ImageFetchError(f"image URL refused: {exc}") from None
     except requests.RequestException as exc:
         if _timed_out(exc):
             raise ImageFetchError(f"image fetch timed out after {timeout_s}s: {location}", "timeout") from exc
@@ -169,3 +186,112 @@ def data_uri(location: str, data: bytes) -> str:
 def env_url(name: str, default: str) -> str:
     """A base URL from the environment (UNSPLASH_API_URL, OPENAI_BASE_URL, ...) without a trailing slash."""
     return (os.environ.get(name) or default).rstrip("/")
+
+
+# ---------------------------------------------------------------- fetch policy
+class URLRefused(Exception):
+    """The fetch policy refused a URL or the address its host resolves to; nothing was sent.
+
+    Not an OSError, so urllib3 does not retry it and requests does not wrap it.
+    """
+
+
+def private_urls_allowed() -> bool:
+    """Whether loopback and private addresses may be fetched (self-hosted photo servers, tests)."""
+    return os.environ.get(ALLOW_PRIVATE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def address_refusal(address: str) -> str | None:
+    """Why the policy refuses to connect to `address` (an IP string), or None when it may."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone id ("fe80::1%eth0") is not part of the address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    if any(ip in net for net in METADATA_NETWORKS):
+        return "a cloud metadata or link-local address, which is never fetched"
+    if (not ip.is_global or ip.is_multicast) and not private_urls_allowed():
+        return f"a private or loopback address; set {ALLOW_PRIVATE_ENV}=1 to fetch from a self-hosted server"
+    return None
+
+
+def checked_addresses(host: str, port: int) -> list[str]:
+    """Resolve `host` once and return its addresses, refusing the host if any one of them is refused.
+
+    Connections go to these addresses, not to a second lookup, so a name cannot pass the check and
+    then resolve elsewhere (DNS rebinding).
+    """
+    host = host.strip("[]")
+    infos = socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM)
+    addresses = list(dict.fromkeys(info[4][0] for info in infos))
+    for address in addresses:
+        reason = address_refusal(address)
+        if reason:
+            raise URLRefused(f"{address} is {reason}" if address == host else f"{host} resolves to {address}, {reason}")
+    return addresses
+
+
+def redact_userinfo(url: str) -> str:
+    """The URL with any user:password@ replaced, fit for a message."""
+    parts = urlsplit(url)
+    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl() if "@" in parts.netloc else url
+
+
+def check_request_url(url: str) -> None:
+    """Refuse a URL that carries credentials: requests would send them as Basic auth."""
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise URLRefused(f"{redact_userinfo(url)} carries user:password@ credentials, which are never sent; remove them")
+
+
+class _CheckedConnect:
+    """urllib3 connection mixin: resolve once, apply the policy, connect only to a checked address."""
+
+    def _new_conn(self) -> socket.socket:
+        try:
+            addresses = checked_addresses(self._dns_host, self.port)
+        except socket.gaierror as exc:
+            raise NameResolutionError(self.host, self, exc) from exc
+        error: OSError | None = None
+        for address in addresses:
+            try:
+                return create_connection(
+                    (address, self.port), self.timeout, source_address=self.source_address, socket_options=self.socket_options
+                )
+            except OSError as exc:
+                error = exc
+        if isinstance(error, socket.timeout):
+            raise ConnectTimeoutError(self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})") from error
+        raise NewConnectionError(self, f"Failed to establish a new connection: {error}") from error
+
+
+class _CheckedHTTPConnection(_CheckedConnect, HTTPConnection):
+    pass
+
+
+class _CheckedHTTPSConnection(_CheckedConnect, HTTPSConnection):
+    pass
+
+
+class _CheckedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _CheckedHTTPConnection
+
+
+class _CheckedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _CheckedHTTPSConnection
+
+
+class PolicyAdapter(HTTPAdapter):
+    """An adapter that applies the fetch policy to every request, redirects included (each hop is sent here)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _CheckedHTTPPool, "https": _CheckedHTTPSPool}
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        check_request_url(request.url or "")
+        if select_proxy(request.url or "", kwargs.get("proxies") or {}):  # the proxy connects for us: check the name first
+            parts = urlsplit(request.url or "")
+            try:
+                checked_addresses(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+            except socket.gaierror as exc:
+                raise requests.ConnectionError(f"cannot resolve {parts.hostname}: {exc}", request=request) from exc
+        return super().send(request, **kwargs)

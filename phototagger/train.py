@@ -21,6 +21,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from phototagger import vlm
+from phototagger.images import load_image
 from phototagger.curate import example_image
 from phototagger.http import ImageFetchError
 
@@ -188,7 +189,7 @@ class PhotoChats(Dataset):
         example = self.examples[index]
         if index not in self._images:
             try:
-                self._images[index] = vlm.load_image(example_image(example), self.max_side)
+                self._images[index] = load_image(example_image(example), self.max_side)
             except ImageFetchError as exc:
                 logger.warning("skipping photo %s: %s", example.get("photo_id", index), exc)
                 self.skipped.append(str(example.get("photo_id", index)))

@@ -1,21 +1,18 @@
 """Qwen2.5-VL plumbing shared by curation, training and inference.
 
-One place decides how big an image gets (the processor's pixel caps), how an image is read,
-how the model is loaded (4-bit NF4 or not) and how a photo becomes chat tokens, so the fine-tuned
+One place decides how big an image gets (the processor's pixel caps, and the side images are
+shrunk to before it; images themselves are read by `images.load_image`), how the model is loaded (4-bit NF4 or not) and how a photo becomes chat tokens, so the fine-tuned
 model is prompted at inference exactly as it was trained.
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from PIL import Image, UnidentifiedImageError
-
-from phototagger.http import ImageFetchError, fetch_image_bytes
+from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -64,28 +61,11 @@ def image_token_count(width: int, height: int, min_pixels: int = DEFAULT_MIN_PIX
     return (h // PATCH_FACTOR) * (w // PATCH_FACTOR)
 
 
-def load_image(location: str, max_side: int | None = None) -> Image.Image:
-    """An RGB PIL image from a URL or local path (bounded fetch), optionally shrunk to max_side.
-
-    Raises http.ImageFetchError (class bad_image) when the bytes are not a decodable image.
-    """
-    data = fetch_image_bytes(location)
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageFetchError(f"image could not be decoded ({type(exc).__name__}): {location}") from exc
-    image = image.convert("RGB")
-    if max_side and max(image.size) > max_side:
-        image.thumbnail((max_side, max_side))
-    return image
-
-
 def max_side_for(max_pixels: int) -> int:
     """The longest side photos are shrunk to before the processor: keeps memory small for any aspect up
     to 4:1 without changing what the processor's own resize produces by more than resampling noise.
 
-    Training and inference both load images with `load_image(location, max_side_for(max_pixels))`.
+    Training and inference both load images with `images.load_image(location, max_side_for(max_pixels))`.
     """
     return 2 * math.isqrt(max_pixels)
 

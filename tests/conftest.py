@@ -10,6 +10,12 @@ from PIL import Image
 COLOURS = {"red": (220, 30, 30), "green": (30, 190, 40), "blue": (30, 40, 210), "yellow": (235, 225, 20)}
 
 
+@pytest.fixture(autouse=True)
+def allow_private_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake servers serve images from 127.0.0.1, which the fetch policy refuses unless allowed."""
+    monkeypatch.setenv("PHOTOTAGGER_ALLOW_PRIVATE_URLS", "1")
+
+
 @pytest.fixture(scope="session")
 def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight Qwen2.5-VL (200k parameters) with tokenizer, chat template and processor."""

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from phototagger import curate, vlm
+from phototagger.images import load_image
 from phototagger.curate import CurationSettings, UpdateBatch
 from phototagger.tags import parse_tags
 
@@ -54,7 +55,7 @@ def test_example_renders_through_the_chat_template_with_the_answer_last(tmp_path
     text = processor.apply_chat_template(example["messages"], tokenize=False)
     assert f"<|im_start|>user\n{PROMPT}<|vision_start|><|image_pad|><|vision_end|><|im_end|>\n" in text
     assert text.endswith('<|im_start|>assistant\n{"tags": ["cat", "pet", "café"]}<|im_end|>\n')
-    batch_tensors = vlm.encode_chats(processor, [example["messages"]], [vlm.load_image(photo["image_url"])], add_generation_prompt=False)
+    batch_tensors = vlm.encode_chats(processor, [example["messages"]], [load_image(photo["image_url"])], add_generation_prompt=False)
     assert int((batch_tensors["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum()) > 1
 
 

@@ -120,6 +120,15 @@ def test_inlined_image_that_cannot_be_fetched_is_bad_image_without_a_model_call(
     assert env.calls == 0
 
 
+def test_image_url_with_credentials_is_bad_image_and_never_reaches_the_api(env):
+    url = env.image_url("cat.png").replace("http://", "http://user:secret@")
+    result = make("openai").prompt("Tag.", url, photo_id="p")
+
+    assert result["error"] == "bad_image"
+    assert "secret" not in result["raw"]
+    assert env.calls == 0
+
+
 def test_missing_local_file_is_bad_image(env, tmp_path):
     result = make("openai").prompt("Tag.", str(tmp_path / "nope.jpg"))
 

@@ -17,8 +17,9 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from ..features import Features, image_features, jec_distances, load_image
+from ..features import LOAD_SIDE, Features, image_features, jec_distances
 from ..http import DEFAULT_TIMEOUT_S, MAX_IMAGE_BYTES, ImageFetchError
+from ..images import load_image
 from ..records import Photo
 from ..tags import normalise_tags
 from .base import Answer, Provider, ProviderError, register_provider
@@ -133,7 +134,7 @@ class JECProvider(_HistoryBaseline):
         try:
             query = self._features.get(photo_id) if photo_id else None
             if query is None:
-                query = image_features(load_image(image, self.max_image_bytes, self.timeout_s))
+                query = self._features_of(image)
                 if photo_id:
                     self._features[photo_id] = query
         except ImageFetchError as exc:
@@ -155,10 +156,14 @@ class JECProvider(_HistoryBaseline):
 
     def _history_features(self, photo: Photo) -> Optional[Features]:
         try:
-            return image_features(load_image(photo["image_url"], self.max_image_bytes, self.timeout_s))
+            return self._features_of(photo["image_url"])
         except ImageFetchError as exc:
             log.warning("knn skips history photo %s: %s", photo["id"], exc)
             return None
+
+    def _features_of(self, location: str) -> Features:
+        image = load_image(location, LOAD_SIDE, draft=True, max_bytes=self.max_image_bytes, timeout_s=self.timeout_s)
+        return image_features(image)
 
     def _transfer(self, nearest: list[str], n_tags: int, photo_id: Optional[str]) -> list[str]:
         """JEC label transfer from neighbours sorted nearest first."""

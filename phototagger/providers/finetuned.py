@@ -17,6 +17,7 @@ import torch
 
 from .. import vlm
 from ..http import ImageFetchError
+from ..images import load_image
 from .base import Answer, Provider, ProviderError, register_provider
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ class FineTunedProvider(Provider):
         max_side = vlm.max_side_for(self.max_pixels)
         for index, location in enumerate(images):
             try:
-                loaded.append((index, vlm.load_image(location, max_side)))
+                loaded.append((index, load_image(location, max_side)))
             except ImageFetchError as exc:
                 answers[index] = ProviderError(exc.error_class, str(exc))
         for start in range(0, len(loaded), self.batch_size):

@@ -19,6 +19,8 @@ from ..http import (
     MAX_IMAGE_BYTES,
     DeadlineExceeded,
     ImageFetchError,
+    URLRefused,
+    check_request_url,
     data_uri,
     fetch_image_bytes,
     image_mime,
@@ -180,8 +182,13 @@ class ChatAPIProvider(Provider):
         return self._client.post("/chat/completions", body=request, cast_to=ChatCompletion)
 
     def _image_ref(self, image: str) -> str:
-        """URLs go to the API as they are; local files (and all images with inline_images) as data URIs."""
+        """URLs go to the API as they are (never with user:password@); local files (and all images with
+        inline_images) as data URIs."""
         if is_url(image) and not self.inline_images:
+            try:
+                check_request_url(image)
+            except URLRefused as exc:
+                raise ProviderError("bad_image", str(exc), retryable=False) from None
             return image
         try:
             data = fetch_image_bytes(image, self.max_image_bytes, self.timeout_s)

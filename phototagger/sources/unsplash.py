@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional
 
 import requests
 
-from ..http import env_url, shared_session
+from ..http import URLRefused, env_url, shared_session
 from ..records import Photo
 from ..redact import scrub
 from .base import SourceError, collect_tags, make_photo, to_int, utc_iso
@@ -164,6 +164,8 @@ class UnsplashSource:
                 f"Could not reach Unsplash at {self.base_url} ({type(exc).__name__}); "
                 "check the network or UNSPLASH_API_URL"
             ) from None
+        except URLRefused as exc:
+            raise SourceError(f"Unsplash at {self.base_url} refused by the fetch policy: {exc}") from None
         self.calls += 1
         self._remaining = to_int(resp.headers.get("X-Ratelimit-Remaining"))
         self._limit = to_int(resp.headers.get("X-Ratelimit-Limit")) or self._limit

@@ -1,0 +1,45 @@
+"""The one image loader: training, inference, the knn features and card thumbnails read pixels here.
+
+Bytes come through `http.fetch_image_bytes` (fetch policy, byte bound, timeout). Every way decoding
+can fail, a decompression bomb included, is an `ImageFetchError` of class `bad_image`. EXIF
+orientation is applied, so a phone photo is upright for our models as it is for vendors and browsers.
+"""
+from __future__ import annotations
+
+import io
+import struct
+from typing import Optional
+
+from PIL import Image, ImageOps
+
+from .http import DEFAULT_TIMEOUT_S, MAX_IMAGE_BYTES, ImageFetchError, fetch_image_bytes
+
+# What PIL raises on bytes that are not a good image: UnidentifiedImageError and truncation are
+# OSErrors, some plugins raise SyntaxError, EOFError or struct.error, a bomb raises its own class.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
+
+
+def load_image(
+    location: str,
+    max_side: Optional[int] = None,
+    *,
+    draft: bool = False,
+    max_bytes: int = MAX_IMAGE_BYTES,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> Image.Image:
+    """An upright RGB image from an http(s) URL or local path, shrunk to fit `max_side` if given.
+
+    `draft` lets a JPEG decode at a reduced scale (no less than twice `max_side`): much faster for
+    thumbnails and global features, and left off where pixels must match training exactly.
+    """
+    data = fetch_image_bytes(location, max_bytes, timeout_s)
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            if draft and max_side:
+                opened.draft("RGB", (2 * max_side, 2 * max_side))
+            image = ImageOps.exif_transpose(opened).convert("RGB")
+    except DECODE_ERRORS as exc:
+        raise ImageFetchError(f"image could not be decoded ({type(exc).__name__}): {location}") from None
+    if max_side and max(image.size) > max_side:
+        image.thumbnail((max_side, max_side))
+    return image
