@@ -8,6 +8,7 @@ SVG here by vl-convert. The renderer receives data and does no I/O.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import defaultdict
@@ -94,7 +95,7 @@ def recall_latency_spec(points: Sequence[tuple[str, float, float]], colours: Map
         x_scale, x_axis = {"domain": [max(0.0, lo - pad), hi + pad], "nice": True, "zero": False}, {}
         x_title = "Avg latency per photo (ms)"
     x_axis["labelExpr"] = "datum.value >= 1000 ? format(datum.value / 1000, '~g') + 'k' : format(datum.value, '~g')"
-    rows = [{"model": m, "label": short_name(m), "latency": max(lat, 0.01), "recall": rec,
+    rows = [{"model": m, "latency": max(lat, 0.01), "recall": rec,
              "description": f"{m}: recall {rec:.1f}%, latency {_fmt_latency(lat)} ms"} for m, lat, rec in points]
     models = [m for m, _, _ in points]
     return {
@@ -107,22 +108,19 @@ def recall_latency_spec(points: Sequence[tuple[str, float, float]], colours: Map
                      "titleFontWeight": "normal", "titlePadding": 10},
         },
         "data": {"values": rows},
+        "mark": {"type": "circle", "size": 144, "opacity": 0.9, "stroke": "#ffffff", "strokeWidth": 1.5},
         "encoding": {
             "x": {"field": "latency", "type": "quantitative", "title": x_title, "scale": x_scale, "axis": x_axis},
             "y": {"field": "recall", "type": "quantitative", "title": "Avg recall (%)",
                   "scale": {"domain": [0, 100]}, "axis": {"values": list(range(0, 101, 20))}},
+            # The legend names each point, best model first, so close points never hide each other's label.
+            "color": {"field": "model", "type": "nominal", "title": None,
+                      "scale": {"domain": models, "range": [colours[m] for m in models]},
+                      "legend": {"orient": "bottom", "columns": 3, "labelFontSize": 12, "labelColor": "#1f2933",
+                                 "labelLimit": 300, "symbolSize": 110, "columnPadding": 24, "symbolOpacity": 0.9,
+                                 "labelExpr": f"{json.dumps({m: short_name(m) for m in models})}[datum.label]"}},
+            "description": {"field": "description"},
         },
-        "layer": [
-            {"mark": {"type": "circle", "size": 144, "opacity": 0.9, "stroke": "#ffffff", "strokeWidth": 1.5},
-             "encoding": {"color": {"field": "model", "type": "nominal", "legend": None,
-                                    "scale": {"domain": models, "range": [colours[m] for m in models]}},
-                          "description": {"field": "description"}}},
-            # Labels sit right of their point, or left of it near the right edge.
-            {"mark": {"type": "text", "fontSize": 12, "fill": "#1f2933",
-                      "align": {"expr": "scale('x', datum.latency) > width - 200 ? 'right' : 'left'"},
-                      "dx": {"expr": "scale('x', datum.latency) > width - 200 ? -10 : 10"}},
-             "encoding": {"text": {"field": "label"}, "description": {"field": "description"}}},
-        ],
     }
 
 

@@ -75,6 +75,18 @@ def test_text_from_models_photos_and_users_is_escaped(dashboard):
     assert "together:&lt;b&gt;evil&lt;/b&gt;" in page
 
 
+def test_answer_and_model_name_with_script_and_quotes_render_as_text_everywhere():
+    model, tag = 'openai:x"><script>alert("m")</script>', '\'"><script>alert("t")</script>'
+    events = [event(model, "p1", "", ["cat"], ["cat", tag], latency=40),
+              event("knn:jec", "p1", "", ["cat"], ["cat"], latency=4)]
+    page = card.render_dashboard(evals.build_evals(events), events)
+    assert "<script" not in page.lower()
+    assert f'<tr data-model="{escape(model)}">' in page  # the attribute holds the name, it does not end early
+    assert f'<span class="chip miss" title="not in ground truth">{escape(tag)}</span>' in page
+    svg = ET.fromstring(re.search(r"<svg.*?</svg>", page, re.DOTALL).group(0))
+    assert card.short_name(model) in {t.text for t in svg.iter("text")}  # the chart's legend, as text
+
+
 def test_page_is_self_contained(dashboard):
     _, _, page = dashboard
     lowered = page.lower()
