@@ -199,7 +199,8 @@ def _drilldown(events: list[EvalEvent], order: Mapping[str, int], max_batches: i
         meta = f"{len(keys)} photos \u00b7 batch {batch['batch_id']} \u00b7 {batch['batch_date'] or 'no date'}"
         if errors:
             meta += f" \u00b7 {errors} errored calls"
-        out.append({"label": batch["label"], "meta": meta, "photos": [_photo(by_photo[k], order, thumbs) for k in keys]})
+        photos = [_photo(by_photo[k], order, thumbs) for k in keys]
+        out.append({"label": batch["label"], "meta": meta, "photos": photos})
     return out
 
 

@@ -117,7 +117,8 @@ def test_browser_shows_chart_drilldown_and_odd_tag_as_text(browser, dashboard, t
     table, html_path = dashboard
     browser.open(html_path)
     plotted = [row for row in table["rows"] if row[1] is not None and row[2] is not None]
-    assert browser.evaluate("document.querySelectorAll('.chart svg [aria-roledescription=circle]').length") == len(plotted) == 5
+    points = browser.evaluate("document.querySelectorAll('.chart svg [aria-roledescription=circle]').length")
+    assert points == len(plotted) == 5
     assert browser.evaluate("document.querySelectorAll('details.batch[open] .photo img.thumb').length") == 3
     assert browser.evaluate("document.querySelector('details.batch[open] summary').textContent").startswith(
         evals.batch_label(*BATCHES[-1][:2]))
