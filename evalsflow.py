@@ -4,6 +4,7 @@ from metaflow import FlowSpec, Parameter, card, current, project, step, trigger_
 from phototagger import card as dashboard
 from phototagger import evals
 from phototagger.mfclient import CARD_TIMEOUT_S, latest_successful_run, runs_of
+from phototagger.thumbnails import thumbnails
 
 SOURCE_FLOWS = ("PromptModels", "PromptCustomModels")
 
@@ -63,9 +64,11 @@ class EvaluationFlow(FlowSpec):
     @card(type="html", id="dashboard", timeout=CARD_TIMEOUT_S)
     @step
     def end(self):
-        """Build the ranking table and render the dashboard into `html`, which the html card shows as it is."""
+        """Build the ranking table, fetch the thumbnails the drill-down shows, and render the dashboard into
+        `html`, which the html card shows as it is."""
         self.evals = evals.build_evals(self.events)
-        self.html = dashboard.render_dashboard(self.evals, self.events, title=self.title)
+        thumbs = thumbnails(dashboard.drilldown_image_urls(self.events))
+        self.html = dashboard.render_dashboard(self.evals, self.events, title=self.title, thumbs=thumbs)
         best = evals.best_model(self.evals)
         if best:
             row = self.evals["rows"][0]

@@ -9,7 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from phototagger import card, evals
+from markupsafe import escape
+
+from phototagger import card, evals, thumbnails
 from phototagger.metrics import score_photo
 
 EVIL = "<script>alert('x')</script>"
@@ -42,13 +44,14 @@ def dashboard(tmp_path):
         event("together:<b>evil</b>", "p-cat", cat, ["cat", "pet"], error="rate_limited", latency=None),
     ]
     table = evals.build_evals(events)
-    return table, events, card.render_dashboard(table, events, title=f"Dash {EVIL}")
+    thumbs = thumbnails.thumbnails(card.drilldown_image_urls(events))
+    return table, events, card.render_dashboard(table, events, title=f"Dash {EVIL}", thumbs=thumbs)
 
 
 def test_table_has_every_model_row_best_first(dashboard):
     table, _, page = dashboard
     rendered = re.findall(r'<tr data-model="([^"]*)"', page)
-    assert rendered == [card.html.escape(r[0]) for r in table["rows"]]
+    assert rendered == [escape(r[0]) for r in table["rows"]]
     assert rendered[:3] == ["openai:gpt-4o-mini", "knn:jec", "prior:tag-prior"]
     for header in table["headers"]:
         assert f">{header}</th>" in page
@@ -68,8 +71,20 @@ def test_recall_cells_are_shaded_by_decile_higher_is_stronger(dashboard):
 def test_text_from_models_photos_and_users_is_escaped(dashboard):
     _, _, page = dashboard
     assert EVIL not in page and "<b>evil</b>" not in page
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page
     assert "together:&lt;b&gt;evil&lt;/b&gt;" in page
+
+
+def test_answer_and_model_name_with_script_and_quotes_render_as_text_everywhere():
+    model, tag = 'openai:x"><script>alert("m")</script>', '\'"><script>alert("t")</script>'
+    events = [event(model, "p1", "", ["cat"], ["cat", tag], latency=40),
+              event("knn:jec", "p1", "", ["cat"], ["cat"], latency=4)]
+    page = card.render_dashboard(evals.build_evals(events), events)
+    assert "<script" not in page.lower()
+    assert f'<tr data-model="{escape(model)}">' in page  # the attribute holds the name, it does not end early
+    assert f'<span class="chip miss" title="not in ground truth">{escape(tag)}</span>' in page
+    svg = ET.fromstring(re.search(r"<svg.*?</svg>", page, re.DOTALL).group(0))
+    assert card.short_name(model) in {t.text for t in svg.iter("text")}  # the chart's legend, as text
 
 
 def test_page_is_self_contained(dashboard):
@@ -86,7 +101,7 @@ def test_chart_is_well_formed_svg_with_a_labelled_point_per_model(dashboard):
     table, _, page = dashboard
     svg = ET.fromstring(re.search(r"<svg.*?</svg>", page, re.DOTALL).group(0))
     plotted = [r[0] for r in table["rows"] if r[1] is not None and r[2] is not None]
-    assert len(svg.findall(".//circle")) == len(plotted) == 3
+    assert len(svg.findall(".//path[@aria-roledescription='circle']")) == len(plotted) == 3
     texts = [t.text for t in svg.iter("text")]
     assert "Avg recall (%)" in texts
     assert any(t and t.startswith("Avg latency per photo (ms") for t in texts)
@@ -99,7 +114,7 @@ def test_thumbnails_are_small_embedded_jpegs_with_placeholder_for_missing_images
     uris = re.findall(r'<img class="thumb" src="data:image/jpeg;base64,([^"]+)"', page)
     assert len(uris) == 1  # one photo with a readable image
     with Image.open(io.BytesIO(base64.b64decode(uris[0]))) as img:
-        assert img.format == "JPEG" and max(img.size) <= card.THUMB_PX
+        assert img.format == "JPEG" and max(img.size) <= thumbnails.THUMB_PX
     assert 'title="image unavailable"' in page
 
 
@@ -141,14 +156,14 @@ def image_server():
 
 
 def test_thumbnail_is_fetched_from_an_http_url(image_server):
-    uri = card.thumbnail_data_uri(f"{image_server}/photo.jpg", timeout_s=2)
+    uri = thumbnails.thumbnail_data_uri(f"{image_server}/photo.jpg", timeout_s=2)
     assert uri.startswith("data:image/jpeg;base64,")
 
 
 def test_slow_image_source_delays_the_dashboard_only_by_the_budget(image_server):
     fast, slow = f"{image_server}/photo.jpg", f"{image_server}/slow.jpg"
     started = time.monotonic()
-    thumbs = card.thumbnails([fast, slow], timeout_s=5, budget_s=0.5)
+    thumbs = thumbnails.thumbnails([fast, slow], timeout_s=5, budget_s=0.5)
     assert time.monotonic() - started < 1.2
     assert thumbs[fast].startswith("data:image/jpeg") and thumbs[slow] is None
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageOps
 
-from phototagger import card, evals
+from phototagger import card, evals, thumbnails
 from phototagger.metrics import score_photo
 from scripts.screenshot_card import HeadlessChromium, check_card, find_chromium
 
@@ -97,7 +97,9 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     events = realistic_events(root)
     table = evals.build_evals(events)
     path = root / "dashboard.html"
-    path.write_text(card.render_dashboard(table, events, title="Photo Tagger: model evaluation"), encoding="utf-8")
+    thumbs = thumbnails.thumbnails(card.drilldown_image_urls(events))
+    page = card.render_dashboard(table, events, title="Photo Tagger: model evaluation", thumbs=thumbs)
+    path.write_text(page, encoding="utf-8")
     return table, path
 
 
@@ -115,7 +117,8 @@ def test_browser_shows_chart_drilldown_and_odd_tag_as_text(browser, dashboard, t
     table, html_path = dashboard
     browser.open(html_path)
     plotted = [row for row in table["rows"] if row[1] is not None and row[2] is not None]
-    assert browser.evaluate("document.querySelectorAll('.chart svg circle').length") == len(plotted) == 5
+    points = browser.evaluate("document.querySelectorAll('.chart svg [aria-roledescription=circle]').length")
+    assert points == len(plotted) == 5
     assert browser.evaluate("document.querySelectorAll('details.batch[open] .photo img.thumb').length") == 3
     assert browser.evaluate("document.querySelector('details.batch[open] summary').textContent").startswith(
         evals.batch_label(*BATCHES[-1][:2]))
@@ -135,7 +138,7 @@ def _with_stylesheet_from_the_web(page: str) -> str:
          "uncaught exception: ReferenceError: drawChart is not defined"),
         (lambda page: page.replace("</main>", "<script>console.error('no data')</script></main>"),
          "console error: no data"),
-        (lambda page: re.sub(r"<tr data-model=.*?</tr>", "", page), "the ranking table shows no rows"),
+        (lambda page: re.sub(r"<tr data-model=.*?</tr>", "", page, flags=re.DOTALL), "the ranking table shows no rows"),
         (lambda page: page.replace('<tr data-model="knn:jec"', '<tr hidden data-model="knn:jec"'),
          "ranking rows shown"),
         (_with_stylesheet_from_the_web, "request outside file://: http://127.0.0.1:1/fonts.css"),

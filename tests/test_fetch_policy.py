@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from phototagger import card
+from phototagger import thumbnails
 from phototagger.http import ImageFetchError, fetch_image_bytes
 from phototagger.providers import make_provider
 from phototagger.sources.base import SourceError
@@ -131,7 +131,7 @@ def test_credentials_in_an_image_url_are_never_sent(server):
 
 
 def test_card_thumbnails_knn_features_and_unsplash_share_the_policy(tmp_path):
-    assert card.thumbnail_data_uri("http://metadata.test/photo.jpg", timeout_s=2) is None
+    assert thumbnails.thumbnail_data_uri("http://metadata.test/photo.jpg", timeout_s=2) is None
 
     history = [{"id": "h1", "image_url": "http://metadata.test/h1.jpg", "ground_truth_tags": ["sky"]}]
     knn = make_provider("knn", "jec", history=history)

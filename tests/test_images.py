@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from phototagger import card, curate, vlm
+from phototagger import curate, thumbnails, vlm
 from phototagger.http import ImageFetchError
 from phototagger.images import load_image
 from phototagger.providers import make_provider
@@ -65,7 +65,7 @@ def test_training_curation_and_thumbnails_see_a_phone_photo_upright(sideways):
     check = curate.validate_photo({"id": "phone", "image_url": location, "ground_truth_tags": ["a", "b", "c"]}, min_tags=1, min_side=80)
     assert check.reason.startswith("too_small: 64x96 px")
 
-    uri = card.thumbnail_data_uri(location, size=48)
+    uri = thumbnails.thumbnail_data_uri(location, size=48)
     with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as thumb:
         assert thumb.size == (32, 48)
 
@@ -99,7 +99,7 @@ def test_a_decompression_bomb_is_a_bad_image_for_every_consumer(tmp_path):
         load_image(bomb)
     assert caught.value.error_class == "bad_image"
 
-    assert card.thumbnail_data_uri(bomb) is None
+    assert thumbnails.thumbnail_data_uri(bomb) is None
     good = tmp_path / "good.png"
     stripes(32, 32, vertical=True, seed=3).save(good)
     history = [{"id": "bomb", "image_url": bomb, "ground_truth_tags": ["boom"]}, {"id": "good", "image_url": str(good), "ground_truth_tags": ["fine"]}]
