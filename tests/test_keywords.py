@@ -67,7 +67,8 @@ def test_iptc_keywords_in_a_jpeg_become_ground_truth_in_either_charset(tmp_path)
     make_image(tmp_path / "latin.jpg")
     make_image(tmp_path / "utf8.jpg")
     exiftool("-Keywords=Café", "-Keywords=street market", str(tmp_path / "latin.jpg"))  # exiftool's default: cp1252
-    exiftool("-charset", "iptc=UTF8", "-IPTC:CodedCharacterSet=UTF8", "-Keywords=Straße", "-Keywords=東京", str(tmp_path / "utf8.jpg"))
+    utf8 = ("-charset", "iptc=UTF8", "-IPTC:CodedCharacterSet=UTF8")
+    exiftool(*utf8, "-Keywords=Straße", "-Keywords=東京", str(tmp_path / "utf8.jpg"))
 
     photos, notes = fetch(tmp_path)
 
