@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 source scripts/ensure_venv.sh
 # The dashboard browser check needs Debian's chromium; exiftool cross-checks the XMP sidecars.
 bash scripts/install_browser.sh || echo "run_tests.sh: no chromium; the browser check will be skipped" >&2
-command -v exiftool >/dev/null || { [ "$(id -u)" = 0 ] && apt-get install -y -qq --no-install-recommends libimage-exiftool-perl >/dev/null 2>&1; } || echo "run_tests.sh: no exiftool; the XMP cross-check will be skipped" >&2
+command -v exiftool >/dev/null || { [ "$(id -u)" = 0 ] && apt-get install -y -qq --no-install-recommends libimage-exiftool-perl >/dev/null 2>&1; } || echo "run_tests.sh: no exiftool; the XMP cross-check and the keyword-reading tests will be skipped" >&2
 targets=(tests)
 [ -f test_pipeline.py ] && targets+=(test_pipeline.py)
 set +e

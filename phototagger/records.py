@@ -22,6 +22,7 @@ class Photo(TypedDict, total=False):
     photographer: Optional[str]
     tag_provenance: dict[str, str]  # tag -> where it came from (e.g. "user", "ai:87.2")
     attribution: Optional[str]
+    tag_origin: dict[str, str]  # tag -> the field of the photo's own metadata it was read from ("iptc:keywords")
 
 
 class ModelResult(TypedDict, total=False):

@@ -70,6 +70,7 @@ NAMINGS = ("fullname", "basename")
 # and as character references: an older writer could put them into a keyword.
 _FORBIDDEN_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]|\xef\xbf[\xbe\xbf]|\xed[\xa0-\xbf][\x80-\xbf]")
 _CHAR_REF = re.compile(rb"&#(?:x([0-9a-fA-F]+)|([0-9]+));")
+TOOLKIT = "Photo Tagger"  # the x:xmptk of a sidecar we created; a photo tool that rewrites it puts its own
 
 
 @dataclass(frozen=True)
@@ -136,12 +137,19 @@ def field_values(tags: Iterable[str], prefix: str = "") -> dict[str, list[str]]:
 
 def read_keywords(path: Path | str) -> dict[str, list[str]]:
     """The values of dc:subject, digiKam:TagsList and lr:hierarchicalSubject in a sidecar, in order."""
-    rdf = _rdf_of(_parse(Path(path).read_bytes(), str(path))[0])
+    return read_packet(Path(path).read_bytes(), str(path))[0]
+
+
+def read_packet(data: bytes, source: str) -> tuple[dict[str, list[str]], str]:
+    """The keyword fields of an XMP packet (a sidecar's bytes or one embedded in an image), and the
+    toolkit that wrote it (`x:xmptk`, e.g. "Image::ExifTool 12.57"; "" when it names none)."""
+    root = _parse(data, source)[0]
+    rdf = _rdf_of(root)
     found = {}
     for kf in FIELDS:
         items = [item for _, _, items in _occurrences(rdf, kf.tag) for item in items]
         found[kf.name] = [_item_value(item) for item in items]
-    return found
+    return found, root.get(_X + "xmptk", "")
 
 
 def merge_keywords(existing: Optional[bytes], tags: Iterable[str], prefix: str = "", source: str = "sidecar") -> tuple[bytes, dict[str, list[str]]]:
@@ -199,6 +207,13 @@ class _PrefixRecorder(ET.TreeBuilder):
     def start_ns(self, prefix: str, uri: str) -> None:
         self.prefixes.setdefault(uri, prefix)
 
+    def doctype(self, name: str, pubid: Optional[str], system: Optional[str]) -> None:
+        raise _DoctypeRefused
+
+
+class _DoctypeRefused(Exception):
+    """XMP never declares a DOCTYPE; one that does may define entities to expand, so it is not read."""
+
 
 def _parse(data: bytes, source: str) -> tuple[ET.Element, bool]:
     """The packet's root, and whether it was read only after dropping characters XML forbids.
@@ -208,15 +223,17 @@ def _parse(data: bytes, source: str) -> tuple[ET.Element, bool]:
     that parses as it is is never altered.
     """
     try:
-        builder, root = _parse_xml(data)
-        repaired = False
-    except ET.ParseError as exc:
-        cleaned = _without_forbidden(data)
         try:
-            builder, root = _parse_xml(cleaned)
-        except ET.ParseError:
-            raise XmpError(f"{source} is not well-formed XML ({exc}); fix it or move it away, it was left as it is") from exc
-        repaired = True
+            builder, root = _parse_xml(data)
+            repaired = False
+        except ET.ParseError as exc:
+            try:
+                builder, root = _parse_xml(_without_forbidden(data))
+            except ET.ParseError:
+                raise XmpError(f"{source} is not well-formed XML ({exc}); fix it or move it away, it was left as it is") from exc
+            repaired = True
+    except _DoctypeRefused:
+        raise XmpError(f"{source} declares a DOCTYPE, which XMP never has; it was not read and left as it is") from None
     if root.tag not in (_X + "xmpmeta", _X + "xapmeta", _RDF + "RDF"):
         raise XmpError(f"{source} is not an XMP packet (root element {root.tag}); it was left as it is")
     _keep_prefixes(builder.prefixes)
@@ -254,7 +271,7 @@ def _keep_prefixes(prefixes: dict[str, str]) -> None:
 
 
 def _new_root() -> ET.Element:
-    root = ET.Element(_X + "xmpmeta", {_X + "xmptk": f"Photo Tagger {__version__}"})
+    root = ET.Element(_X + "xmpmeta", {_X + "xmptk": f"{TOOLKIT} {__version__}"})
     rdf = ET.SubElement(root, _RDF + "RDF")
     ET.SubElement(rdf, _RDF + "Description", {_RDF + "about": ""})
     return root

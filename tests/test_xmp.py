@@ -245,6 +245,15 @@ def test_a_sidecar_broken_by_forbidden_characters_is_repaired_keeping_the_users_
     assert not xmp.write_sidecar(path, ["escape", "boat"]).changed  # repaired once, then left alone
 
 
+def test_a_sidecar_declaring_entities_is_refused_and_left_untouched(tmp_path):
+    path = tmp_path / "entities.xmp"
+    text = '<!DOCTYPE x [<!ENTITY a "aaaaaaaaaa">]><x:xmpmeta xmlns:x="adobe:ns:meta/">&a;</x:xmpmeta>'
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(xmp.XmpError, match="declares a DOCTYPE"):
+        xmp.write_sidecar(path, ["cat"])
+    assert path.read_text(encoding="utf-8") == text
+
+
 def test_a_dry_run_writes_nothing(tmp_path):
     path = tmp_path / "a.jpg.xmp"
     change = xmp.write_sidecar(path, ["cat"], dry_run=True)

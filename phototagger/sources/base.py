@@ -68,9 +68,10 @@ def make_photo(
     height: Optional[int] = None,
     photographer: Optional[str] = None,
     attribution: Optional[str] = None,
+    tag_origin: Optional[dict[str, str]] = None,
 ) -> Photo:
     """One Photo record; `tags` is what `collect_tags` returns."""
-    return Photo(
+    photo = Photo(
         id=photo_id,
         image_url=image_url,
         ground_truth_tags=list(tags),
@@ -83,6 +84,9 @@ def make_photo(
         photographer=photographer or None,
         attribution=attribution,
     )
+    if tag_origin is not None:
+        photo["tag_origin"] = dict(tag_origin)
+    return photo
 
 
 def utc_iso(value: Any) -> str:

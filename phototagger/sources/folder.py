@@ -5,6 +5,9 @@ Where the tags of `trip/beach.jpg` are looked for, first match wins:
    "description": "..."}`), or `beach.jpg.txt` / `beach.txt` (tags separated by `,` `;` or new lines);
 2. `tags.json` at the folder root: `{"trip/beach.jpg": ["sea", "sand"], ...}` (a bare file name works too);
 3. `tags.csv` at the folder root: rows `filename,tags` with the tags separated by `;` or `,`.
+4. the keywords already in the photo (XMP sidecar `beach.jpg.xmp` / `beach.xmp`, else the XMP or IPTC
+   Keywords inside the image, as Lightroom, digiKam and darktable write them: see `keywords.py`),
+   each tag with its origin in `tag_origin` ("xmp-sidecar:lr:hierarchicalSubject").
 An image without tags is still a photo: its ground truth is empty and metrics count it apart.
 A file that is no readable image, an image too large to decode safely (PIL's decompression-bomb
 limit), a link to a file outside the folder (its bytes would go to a vendor) and a tags entry that
@@ -16,6 +19,7 @@ import csv
 import hashlib
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -23,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..records import Photo
 from .base import SourceError, collect_tags, make_photo, utc_iso
+from .keywords import PLACE_NAMES, read_photo_keywords
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"})
 _SEPARATORS = re.compile(r"[,;\n]")
@@ -57,6 +62,8 @@ class FolderSource:
         unreadable: list[str] = []
         too_large: list[str] = []
         outside: list[str] = []
+        places: Counter[str] = Counter()  # where photos without a tags file took their keywords from
+        ours: list[str] = []
         for path in self._images():
             if len(photos) >= limit:
                 break
@@ -70,35 +77,57 @@ class FolderSource:
             try:
                 with Image.open(path) as image:
                     width, height = image.size
+                    sidecar = _read_sidecar(path)
+                    name = relative if relative in table else path.name
+                    if sidecar is None and name in table:
+                        sidecar = table[name], None, f"its tags.json entry {name!r}"
+                    own = read_photo_keywords(path, image) if sidecar is None else None
             except Image.DecompressionBombError:
                 too_large.append(relative)
                 continue
             except (UnidentifiedImageError, OSError):
                 unreadable.append(relative)
                 continue
-            sidecar = _read_sidecar(path)
-            if sidecar is None:
-                name = relative if relative in table else path.name
-                sidecar = table.get(name, []), None, f"its tags.json entry {name!r}"
-            raw_tags, description, where = sidecar
-            tags = _as_tag_list(raw_tags)
-            if tags is None:
-                self.notes.append(
-                    f"{relative} has no ground truth: {where} is {_json_kind(raw_tags)}, not a list of tags "
-                    '(write ["tag", ...] or "tag; tag").'
-                )
-                tags = []
+            origins = None
+            description = None
+            if own is not None:
+                self.notes.extend(f"{relative}: {note}" for note in own.notes)
+                if own.place:
+                    places[own.place] += 1
+                if own.ours:
+                    ours.append(relative)
+                origins = collect_tags(own.keywords)  # all origins rank alike: the first field a tag is in
+                tags = {tag: "user" for tag in origins}
+            else:
+                raw_tags, description, where = sidecar
+                tag_list = _as_tag_list(raw_tags)
+                if tag_list is None:
+                    self.notes.append(
+                        f"{relative} has no ground truth: {where} is {_json_kind(raw_tags)}, not a list of tags "
+                        '(write ["tag", ...] or "tag; tag").'
+                    )
+                    tag_list = []
+                tags = collect_tags((t, "user") for t in tag_list)
             photos.append(
                 make_photo(
                     photo_id,
                     str(path),
                     self.source,
-                    collect_tags((t, "user") for t in tags),
+                    tags,
                     utc_iso(path.stat().st_mtime),
                     description=description,
                     width=width,
                     height=height,
+                    tag_origin=origins,
                 )
+            )
+        if places:
+            counts = ", ".join(f"{places[place]} from {label}" for place, label in PLACE_NAMES.items() if places[place])
+            self.notes.append(f"{sum(places.values())} photos took their ground truth from their own keywords: {counts}.")
+        if ours:
+            self.notes.append(
+                f"{len(ours)} photos took their ground truth from XMP sidecars that export_tags.py wrote and no photo tool "
+                f"has changed since, so it is a model's tags, not yours: {', '.join(ours[:5])}"
             )
         if unreadable:
             self.notes.append(f"Skipped {len(unreadable)} files that are not readable images: {', '.join(unreadable[:5])}")
