@@ -11,7 +11,7 @@ splits, no held-out photo in the dataset. Prints each problem; exit code 1 on an
 import argparse
 import sys
 
-from phototagger import diagnose
+from phototagger.training import diagnose
 
 
 def main(argv: list[str] | None = None) -> int:

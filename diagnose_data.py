@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any
 
-from phototagger import diagnose, vlm
+from phototagger.training import diagnose, vlm
 
 
 def load_processor(path: str, dataset: dict) -> tuple[Any, str]:

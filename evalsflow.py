@@ -1,10 +1,10 @@
 """EvaluationFlow: rank the models on every batch they have tagged, as a dashboard card."""
 from metaflow import FlowSpec, Parameter, card, current, project, step, trigger_on_finish
 
-from phototagger import card as dashboard
-from phototagger import evals
+from phototagger.output import dashboard
+from phototagger.scoring import evals
 from phototagger.mfclient import CARD_TIMEOUT_S, latest_successful_run, runs_of
-from phototagger.thumbnails import thumbnails
+from phototagger.output.thumbnails import thumbnails
 
 SOURCE_FLOWS = ("PromptModels", "PromptCustomModels")
 

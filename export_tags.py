@@ -7,7 +7,7 @@
     python export_tags.py --folder ~/Pictures/trip --xmp-naming basename --tag-prefix "Photo Tagger" --dry-run
 
 Sidecars are merged into, never overwritten: keywords, ratings and everything else already in them
-stay. The library code is phototagger/export.py and phototagger/xmp.py.
+stay. The library code is phototagger/output/export.py and phototagger/output/xmp.py.
 """
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from phototagger import export, mfclient
-from phototagger.batch import prompt_config
-from phototagger.providers.base import ProviderError
-from phototagger.sources.base import SourceError
-from phototagger.xmp import NAMINGS
+from phototagger import mfclient
+from phototagger.output import export
+from phototagger.prompting.batch import prompt_config
+from phototagger.prompting.providers.base import ProviderError
+from phototagger.ingest.sources.base import SourceError
+from phototagger.output.xmp import NAMINGS
 
 HERE = Path(__file__).resolve().parent
 

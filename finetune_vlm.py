@@ -16,7 +16,7 @@ read from a local path. Resume after a failure:
 from metaflow import FlowSpec, Parameter, card, current, project, resources, retry, step, trigger_on_finish
 from metaflow.cards import Markdown, Table, VegaChart
 
-from phototagger import vlm
+from phototagger.training import vlm
 from phototagger.mfclient import CARD_TIMEOUT_S, resolve_run
 
 CHECKPOINT_ROOT = "finetune_checkpoints"
@@ -88,7 +88,7 @@ class FineTuneVLM(FlowSpec):
     @resources(gpu=1, memory=32000)
     @step
     def train(self):
-        """Train the LoRA adapter with the transformers Trainer (phototagger.train), resuming from the
+        """Train the LoRA adapter with the transformers Trainer (phototagger.training.train), resuming from the
         last checkpoint in the output directory, and store the adapter (never merged into the base)
         with its processor as `adapter_files`, the metadata as `finetune_meta`, and the loss curves on the card."""
         self.adapter_files, self.finetune_meta = {}, None
@@ -96,7 +96,7 @@ class FineTuneVLM(FlowSpec):
             current.card.append(Markdown("# FineTuneVLM\nNo training examples: nothing was trained."))
             self.next(self.end)
             return
-        from phototagger import train
+        from phototagger.training import train
 
         config = train.FineTuneConfig(
             epochs=self.epochs, batch_size=self.batch_size, grad_accum=self.grad_accum, learning_rate=self.learning_rate,

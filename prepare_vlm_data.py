@@ -16,9 +16,9 @@ from dataclasses import asdict
 from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
 from metaflow.cards import Markdown
 
-from phototagger import vlm
-from phototagger.batch import prompt_config
-from phototagger import curate as curation
+from phototagger.training import vlm
+from phototagger.prompting.batch import prompt_config
+from phototagger.training import curate as curation
 from phototagger.mfclient import CARD_TIMEOUT_S, latest_successful_run, runs_of
 
 

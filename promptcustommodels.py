@@ -13,15 +13,15 @@ from pathlib import PurePosixPath
 
 from metaflow import FlowSpec, Parameter, current, project, resources, step, trigger_on_finish
 
-from phototagger.batch import (
+from phototagger.prompting.batch import (
     DEFAULT_MAX_ERROR_SHARE,
     DEFAULT_MODEL_DEADLINE_S,
     ErrorBudgetExceeded,
     budget_problems,
     run_summary_lines,
 )
-from phototagger.evals import model_key
-from phototagger.metrics import summarise
+from phototagger.scoring.evals import model_key
+from phototagger.scoring.metrics import summarise
 from phototagger.mfclient import resolve_run, runs_of, scored_update_run
 
 
@@ -117,11 +117,11 @@ class PromptCustomModels(FlowSpec):
         if self.photos:
             import tempfile
 
-            from phototagger.batch import prompt_photos
-            from phototagger.cache import make_cache
-            from phototagger.evals import EvalsLogger
-            from phototagger.prompter import Prompter
-            from phototagger.train import unpack_adapter
+            from phototagger.prompting.batch import prompt_photos
+            from phototagger.prompting.cache import make_cache
+            from phototagger.scoring.evals import EvalsLogger
+            from phototagger.prompting.prompter import Prompter
+            from phototagger.training.train import unpack_adapter
 
             meta = self.finetune_meta
             finetune = resolve_run("FineTuneVLM", None, self.finetune_run_pathspec)

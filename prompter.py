@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from phototagger.prompter import Prompter
-from phototagger.providers import MissingKeyError, known_providers
+from phototagger.prompting.prompter import Prompter
+from phototagger.prompting.providers import MissingKeyError, known_providers
 
 DEFAULT_PROMPT_FILE = Path(__file__).resolve().parent / "prompt.txt"
 

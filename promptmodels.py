@@ -16,7 +16,7 @@ from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults befo
 from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
 from metaflow.cards import Markdown
 
-from phototagger.batch import (
+from phototagger.prompting.batch import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_ERROR_SHARE,
     DEFAULT_MODEL_DEADLINE_S,
@@ -29,9 +29,9 @@ from phototagger.batch import (
     run_summary_lines,
     select_models,
 )
-from phototagger.cache import make_cache
-from phototagger.evals import EvalsLogger, model_key
-from phototagger.metrics import summarise
+from phototagger.prompting.cache import make_cache
+from phototagger.scoring.evals import EvalsLogger, model_key
+from phototagger.scoring.metrics import summarise
 from phototagger.mfclient import CARD_TIMEOUT_S, scored_update_run
 
 

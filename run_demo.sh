@@ -33,7 +33,7 @@ for batch in 1 2 3; do
 done
 if $finetune; then
     echo "== Fine-tune loop on a tiny random Qwen2.5-VL (CPU smoke run)"
-    [ -f models/tiny-qwen/config.json ] || python -m phototagger.random_qwen models/tiny-qwen --size tiny
+    [ -f models/tiny-qwen/config.json ] || python -m phototagger.training.random_qwen models/tiny-qwen --size tiny
     flow prepare_vlm_data.py
     flow finetune_vlm.py --base-model models/tiny-qwen --quantize none --max-steps 4 --batch-size 2 \
         --output-dir "finetune_checkpoints/$branch"

@@ -134,7 +134,7 @@ def test_full_loop_puts_the_finetuned_model_on_the_dashboard(flow_env, tmp_path)
     # Built in a child process, as run_demo.sh does: torch imported after Metaflow's client has run in
     # this process can trip over Metaflow's vendored typing_extensions.
     base = tmp_path / "tiny-qwen"
-    subprocess.run([sys.executable, "-m", "phototagger.random_qwen", str(base), "--size", "tiny"], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-m", "phototagger.training.random_qwen", str(base), "--size", "tiny"], cwd=ROOT, check=True)
     first, _ = run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
     newest, _ = run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
     dataset, _ = run_flow("prepare_vlm_data.py", flow_env)

@@ -10,8 +10,9 @@ from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults befo
 from metaflow import FlowSpec, Parameter, card, current, project, schedule, step
 from metaflow.cards import Markdown
 
-from phototagger import ingest, mfclient
-from phototagger.sources import SPECS, resolve_source
+from phototagger import mfclient
+from phototagger.ingest import batches
+from phototagger.ingest.sources import SPECS, resolve_source
 
 
 @mfdeploy.keys_in_steps("start", "fetch")
@@ -60,8 +61,8 @@ class UpdatePhotos(FlowSpec):
         if self.reset_existing:
             self.notes.append("Started over (--reset-existing): earlier batches of this branch are not excluded.")
         else:
-            previous = mfclient.latest_successful_run(ingest.UPDATE_FLOW, current.branch_name)
-        self.history = ingest.delivered_before(ingest.previous_state(previous), self.reset_existing)
+            previous = mfclient.latest_successful_run(batches.UPDATE_FLOW, current.branch_name)
+        self.history = batches.delivered_before(batches.previous_state(previous), self.reset_existing)
         self.next(self.fetch)
 
     @step
@@ -70,12 +71,12 @@ class UpdatePhotos(FlowSpec):
         `unseen`, labelled with this run's id and date so the dashboard can show them as a batch."""
         source = resolve_source(self.source)
         photos = source.fetch(set(self.history), self.batch_size or source.default_batch_size)
-        batch = ingest.plan_batch(self.history, photos)
+        batch = batches.plan_batch(self.history, photos)
         self.unseen = batch.unseen
         self.seen_ids = batch.seen_ids
         self.notes = self.notes + source.notes
         self.batch_id = str(current.run_id)
-        self.batch_date = ingest.batch_date()
+        self.batch_date = batches.batch_date()
         self.next(self.end)
 
     @card(type="blank", timeout=mfclient.CARD_TIMEOUT_S)
@@ -83,10 +84,10 @@ class UpdatePhotos(FlowSpec):
     def end(self):
         """Print what this run delivered (an empty batch is a normal, successful outcome: downstream
         flows see `unseen == {}` and have nothing to do) and show the same on the run's card."""
-        batch = ingest.Batch(self.unseen, self.history, self.seen_ids)
-        for line in ingest.summary_lines(self.source_name, batch, self.notes):
+        batch = batches.Batch(self.unseen, self.history, self.seen_ids)
+        for line in batches.summary_lines(self.source_name, batch, self.notes):
             print(line)
-        current.card.append(Markdown(ingest.summary_markdown(self.source_name, batch, self.notes)))
+        current.card.append(Markdown(batches.summary_markdown(self.source_name, batch, self.notes)))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
     python bench/finetune_gpu.py                       # GPU: 3b shapes, 4-bit, batch 4, 448x448 photos
     python bench/finetune_gpu.py --size tiny --steps 3 --infer-photos 4   # CPU smoke check
 
-Builds the random model with phototagger.random_qwen, trains a few steps through
-phototagger.train.train_adapter (the FineTuneVLM code path) and reports samples/s (steps after the
+Builds the random model with phototagger.training.random_qwen, trains a few steps through
+phototagger.training.train.train_adapter (the FineTuneVLM code path) and reports samples/s (steps after the
 first) and peak GPU memory; then loads the adapter with the `finetuned` provider and compares
 batched generation (one generate call per --infer-batch photos) against one photo at a time.
 With the byte-level stand-in tokenizer, prompt and answer are shortened to about the token count
@@ -24,10 +24,10 @@ import torch
 from PIL import Image
 from transformers import TrainerCallback
 
-from phototagger import train, vlm
+from phototagger.training import train, vlm
 from phototagger.images import load_image
-from phototagger.providers.finetuned import FineTunedProvider
-from phototagger.random_qwen import build_random_qwen
+from phototagger.prompting.providers.finetuned import FineTunedProvider
+from phototagger.training.random_qwen import build_random_qwen
 
 PROMPT = (Path(__file__).resolve().parent.parent / "prompt.txt").read_text().strip()
 WORDS = ["beach", "sunset", "dog", "city street", "coffee cup", "mountain", "forest", "car", "portrait", "food",

@@ -25,9 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from phototagger.batch import prompt_photos  # noqa: E402
-from phototagger.cache import LocalCacheBackend, ResponseCache  # noqa: E402
-from phototagger.prompter import Prompter  # noqa: E402
+from phototagger.prompting.batch import prompt_photos  # noqa: E402
+from phototagger.prompting.cache import LocalCacheBackend, ResponseCache  # noqa: E402
+from phototagger.prompting.prompter import Prompter  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAIServer  # noqa: E402
 
 PROMPT = (ROOT / "prompt.txt").read_text(encoding="utf-8").strip()

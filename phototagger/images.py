@@ -12,7 +12,7 @@ from typing import Optional
 
 from PIL import Image, ImageOps
 
-from .http import DEFAULT_TIMEOUT_S, MAX_IMAGE_BYTES, ImageFetchError, fetch_image_bytes
+from phototagger.http import DEFAULT_TIMEOUT_S, MAX_IMAGE_BYTES, ImageFetchError, fetch_image_bytes
 
 # What PIL raises on bytes that are not a good image: UnidentifiedImageError and truncation are
 # OSErrors, some plugins raise SyntaxError, EOFError or struct.error, a bomb raises its own class.

@@ -19,7 +19,7 @@ def allow_private_urls(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight Qwen2.5-VL (200k parameters) with tokenizer, chat template and processor."""
-    from phototagger.random_qwen import build_random_qwen
+    from phototagger.training.random_qwen import build_random_qwen
 
     return build_random_qwen(tmp_path_factory.mktemp("tiny-qwen"), size="tiny", seed=0)
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from phototagger.features import image_features, jec_distances
-from phototagger.prompter import Prompter, RetryPolicy
-from phototagger.providers import ProviderError, make_provider
+from phototagger.prompting.providers.features import image_features, jec_distances
+from phototagger.prompting.prompter import Prompter, RetryPolicy
+from phototagger.prompting.providers import ProviderError, make_provider
 from tests.fakes.openai_server import FakeOpenAIServer
 
 RED, GREEN, BLUE = (210, 40, 35), (40, 170, 60), (40, 70, 200)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from phototagger.batch import (
+from phototagger.prompting.batch import (
     ErrorBudgetExceeded,
     ModelSkipped,
     budget_problems,
@@ -18,9 +18,9 @@ from phototagger.batch import (
     run_summary_lines,
     select_models,
 )
-from phototagger.cache import LocalCacheBackend, ResponseCache
-from phototagger.evals import EvalsLogger, parse_events
-from phototagger.metrics import summarise
+from phototagger.prompting.cache import LocalCacheBackend, ResponseCache
+from phototagger.scoring.evals import EvalsLogger, parse_events
+from phototagger.scoring.metrics import summarise
 
 PRICES = {"fake:tagger": {"input_per_1m": 1.0, "output_per_1m": 2.0}}
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from phototagger.cost import Price, load_prices, price_for, result_cost
+from phototagger.prompting.cost import Price, load_prices, price_for, result_cost
 
 ROOT = Path(__file__).resolve().parent.parent
 

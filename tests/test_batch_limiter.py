@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from phototagger.limiter import AdaptiveLimiter, CallsStopped
+from phototagger.prompting.limiter import AdaptiveLimiter, CallsStopped
 
 
 def test_never_more_calls_in_flight_than_the_limit():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from phototagger.cache import LocalCacheBackend, ResponseCache, make_cache
+from phototagger.prompting.cache import LocalCacheBackend, ResponseCache, make_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {"provider": "openai", "model": "gpt-4o-mini", "temperature": 0.0, "max_tokens": 300}
@@ -130,7 +130,7 @@ def test_s3_datastore_puts_the_cache_in_the_datastore_bucket(tmp_path):
     script = textwrap.dedent(
         f"""
         import json, os, boto3
-        from phototagger.cache import make_cache
+        from phototagger.prompting.cache import make_cache
         data = json.loads(os.environ["CACHE_TEST_DATA"])
         s3 = boto3.client("s3", endpoint_url="{endpoint}")
         s3.create_bucket(Bucket="tagger-ci")

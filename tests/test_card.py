@@ -11,8 +11,10 @@ from PIL import Image
 
 from markupsafe import escape
 
-from phototagger import card, evals, thumbnails
-from phototagger.metrics import score_photo
+from phototagger.output import thumbnails
+from phototagger.output import dashboard as card
+from phototagger.scoring import evals
+from phototagger.scoring.metrics import score_photo
 
 EVIL = "<script>alert('x')</script>"
 

@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageOps
 
-from phototagger import card, evals, thumbnails
-from phototagger.metrics import score_photo
+from phototagger.output import thumbnails
+from phototagger.output import dashboard as card
+from phototagger.scoring import evals
+from phototagger.scoring.metrics import score_photo
 from scripts.screenshot_card import HeadlessChromium, check_card, find_chromium
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from phototagger import curate, vlm
+from phototagger.training import curate, vlm
 from phototagger.images import load_image
-from phototagger.curate import CurationSettings, UpdateBatch
-from phototagger.tags import parse_tags
+from phototagger.training.curate import CurationSettings, UpdateBatch
+from phototagger.scoring.tags import parse_tags
 
 PROMPT = 'Tag this photo. Answer {"tags": [...]}.'
 TAGS = ["cat", "pet", "animal"]

@@ -12,7 +12,7 @@ from PIL import Image
 
 from phototagger import mfclient
 
-from phototagger import curate, diagnose, vlm
+from phototagger.training import curate, diagnose, vlm
 
 PROMPT = "Tag this photo."
 

@@ -1,8 +1,8 @@
 import io
 import json
 
-from phototagger import evals
-from phototagger.metrics import score_photo
+from phototagger.scoring import evals
+from phototagger.scoring.metrics import score_photo
 
 
 def event(model="prior:tag-prior", photo="p1", batch="101", date="2024-05-06", truth=("cat", "pet"), tags=("cat",),

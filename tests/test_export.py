@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import export_tags
-from phototagger import export
+from phototagger.output import export
 
 NS = {"rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#", "dc": "http://purl.org/dc/elements/1.1/"}
 MODEL = "knn:jec"

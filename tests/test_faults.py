@@ -11,7 +11,7 @@ import time
 import pytest
 from PIL import Image
 
-from phototagger.batch import (
+from phototagger.prompting.batch import (
     DEFAULT_MODEL_DEADLINE_S,
     ErrorBudgetExceeded,
     ModelSkipped,
@@ -19,8 +19,8 @@ from phototagger.batch import (
     make_prompter,
     prompt_photos,
 )
-from phototagger.limiter import AdaptiveLimiter
-from phototagger.prompter import Prompter, RetryPolicy
+from phototagger.prompting.limiter import AdaptiveLimiter
+from phototagger.prompting.prompter import Prompter, RetryPolicy
 from tests.fakes.openai_server import FakeOpenAIServer
 
 KEY = "sk-fault-suite-0000"

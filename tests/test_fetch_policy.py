@@ -13,11 +13,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from phototagger import thumbnails
+from phototagger.output import thumbnails
 from phototagger.http import ImageFetchError, fetch_image_bytes
-from phototagger.providers import make_provider
-from phototagger.sources.base import SourceError
-from phototagger.sources.unsplash import UnsplashSource
+from phototagger.prompting.providers import make_provider
+from phototagger.ingest.sources.base import SourceError
+from phototagger.ingest.sources.unsplash import UnsplashSource
 
 FAKE_DNS = {
     "metadata.test": ["169.254.169.254"],

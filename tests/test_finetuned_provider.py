@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from phototagger.providers.base import Answer, ProviderError, make_provider
-from phototagger.providers.finetuned import FineTunedProvider
+from phototagger.prompting.providers.base import Answer, ProviderError, make_provider
+from phototagger.prompting.providers.finetuned import FineTunedProvider
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from phototagger import curate, thumbnails, vlm
+from phototagger.output import thumbnails
+from phototagger.training import curate, vlm
 from phototagger.http import ImageFetchError
 from phototagger.images import load_image
-from phototagger.providers import make_provider
+from phototagger.prompting.providers import make_provider
 
 ORIENTATION = 0x0112
 ROTATE_CW = 6  # EXIF: the camera was turned; show the stored pixels turned 90 degrees clockwise
@@ -56,7 +57,7 @@ def test_the_loader_turns_a_phone_photo_upright(sideways):
 
 
 def test_training_curation_and_thumbnails_see_a_phone_photo_upright(sideways):
-    from phototagger.train import PhotoChats
+    from phototagger.training.train import PhotoChats
 
     location, _ = sideways
     example = {"photo_id": "phone", "messages": [vlm.user_message("Tag this photo.", location)], "ground_truth_tags": ["x"]}

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 from PIL import Image
 
-from phototagger import ingest
+from phototagger.ingest import batches
 from phototagger.records import Photo
 from tests.fakes.bomb import bomb_png
 
@@ -20,7 +20,7 @@ def photo(photo_id: str, *tags: str) -> Photo:
 
 
 def test_first_run_delivers_everything_it_fetched():
-    batch = ingest.plan_batch(ingest.delivered_before(None), [photo("a", "cat"), photo("b")])
+    batch = batches.plan_batch(batches.delivered_before(None), [photo("a", "cat"), photo("b")])
 
     assert list(batch.unseen) == ["a", "b"]
     assert batch.history == {} and batch.seen_ids == ["a", "b"]
@@ -28,8 +28,8 @@ def test_first_run_delivers_everything_it_fetched():
 
 def test_next_run_skips_the_previous_batch_and_its_history():
     previous = {"history": {"a": photo("a")}, "unseen": {"b": photo("b")}}
-    history = ingest.delivered_before(previous)
-    batch = ingest.plan_batch(history, [photo("b"), photo("c"), photo("a"), photo("d")])
+    history = batches.delivered_before(previous)
+    batch = batches.plan_batch(history, [photo("b"), photo("c"), photo("a"), photo("d")])
 
     assert list(history) == ["a", "b"]
     assert list(batch.unseen) == ["c", "d"]
@@ -38,40 +38,40 @@ def test_next_run_skips_the_previous_batch_and_its_history():
 
 def test_reset_starts_from_an_empty_history():
     previous = {"history": {"a": photo("a")}, "unseen": {"b": photo("b")}}
-    assert ingest.delivered_before(previous, reset=True) == {}
+    assert batches.delivered_before(previous, reset=True) == {}
 
 
 def test_a_photo_fetched_twice_is_delivered_once():
-    batch = ingest.plan_batch({}, [photo("a", "cat"), photo("a", "dog")])
+    batch = batches.plan_batch({}, [photo("a", "cat"), photo("a", "dog")])
     assert list(batch.unseen) == ["a"] and batch.unseen["a"]["ground_truth_tags"] == ["cat"]
 
 
 def test_previous_state_reads_the_runs_artifacts():
     run = SimpleNamespace(data=SimpleNamespace(history={"a": photo("a")}, unseen={"b": photo("b")}))
-    assert ingest.previous_state(run) == {"history": {"a": photo("a")}, "unseen": {"b": photo("b")}}
-    assert ingest.previous_state(None) is None
+    assert batches.previous_state(run) == {"history": {"a": photo("a")}, "unseen": {"b": photo("b")}}
+    assert batches.previous_state(None) is None
 
 
 def test_batch_date_is_the_utc_date():
     late_evening_in_new_york = datetime(2024, 3, 1, 22, 30, tzinfo=timezone(timedelta(hours=-5)))
-    assert ingest.batch_date(late_evening_in_new_york) == "2024-03-02"
+    assert batches.batch_date(late_evening_in_new_york) == "2024-03-02"
 
 
 def test_summary_says_what_arrived_and_what_is_seen():
-    batch = ingest.plan_batch({"a": photo("a")}, [photo("b", "cat"), photo("c")])
-    lines = ingest.summary_lines("demo", batch, ["Stopped at the rate limit."])
+    batch = batches.plan_batch({"a": photo("a")}, [photo("b", "cat"), photo("c")])
+    lines = batches.summary_lines("demo", batch, ["Stopped at the rate limit."])
 
     assert lines == [
         "2 new photos from demo (1 with ground-truth tags).",
         "3 photos seen in total on this branch (1 before this run).",
         "Notes: Stopped at the rate limit.",
     ]
-    assert "| b | cat |" in ingest.summary_markdown("demo", batch, [])
+    assert "| b | cat |" in batches.summary_markdown("demo", batch, [])
 
 
 def test_empty_batch_summary_says_there_is_nothing_to_do():
-    batch = ingest.plan_batch({"a": photo("a")}, [photo("a")])
-    lines = ingest.summary_lines("demo", batch, [])
+    batch = batches.plan_batch({"a": photo("a")}, [photo("a")])
+    lines = batches.summary_lines("demo", batch, [])
 
     assert batch.unseen == {}
     assert lines[0] == "No new photos from demo: an empty batch, downstream flows have nothing to do."
@@ -79,12 +79,12 @@ def test_empty_batch_summary_says_there_is_nothing_to_do():
 
 
 def test_many_per_photo_notes_print_a_few_and_the_card_lists_them_all():
-    batch = ingest.plan_batch({}, [photo("a")])
+    batch = batches.plan_batch({}, [photo("a")])
     notes = [f"p{i}.jpg has no ground truth: its tags.json entry 'p{i}.jpg' is a number" for i in range(40)]
 
-    line = ingest.summary_lines("folder:/x", batch, notes)[2]
-    assert line.count("has no ground truth") == ingest.NOTES_SHOWN and line.endswith("and 35 more notes, all listed on the run's card.")
-    card = ingest.summary_markdown("folder:/x", batch, notes)
+    line = batches.summary_lines("folder:/x", batch, notes)[2]
+    assert line.count("has no ground truth") == batches.NOTES_SHOWN and line.endswith("and 35 more notes, all listed on the run's card.")
+    card = batches.summary_markdown("folder:/x", batch, notes)
     assert all(f"  - {note}" in card.splitlines() for note in notes)
 
 

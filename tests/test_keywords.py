@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from phototagger import xmp
-from phototagger.sources.folder import FolderSource
+from phototagger.output import xmp
+from phototagger.ingest.sources.folder import FolderSource
 
 needs_exiftool = pytest.mark.skipif(
     shutil.which("exiftool") is None,

@@ -1,6 +1,6 @@
 import pytest
 
-from phototagger.metrics import score_photo, summarise
+from phototagger.scoring.metrics import score_photo, summarise
 
 
 def test_recall_counts_ground_truth_tags_predicted_after_normalisation():

@@ -16,10 +16,10 @@ from PIL import Image
 
 import prompter as prompter_cli
 from phototagger.http import ImageFetchError, fetch_image_bytes
-from phototagger.prompter import Prompter, RetryPolicy
-from phototagger.providers import Answer, MissingKeyError, Provider, ProviderError, make_provider, register_provider
-from phototagger.providers import base as providers_base
-from phototagger.providers.openai_api import retry_after_from_headers
+from phototagger.prompting.prompter import Prompter, RetryPolicy
+from phototagger.prompting.providers import Answer, MissingKeyError, Provider, ProviderError, make_provider, register_provider
+from phototagger.prompting.providers import base as providers_base
+from phototagger.prompting.providers.openai_api import retry_after_from_headers
 from tests.fakes.openai_server import FakeOpenAIServer, image_urls
 
 KEYS = {"openai": "sk-test-openai-SECRET-0001", "together": "tg-test-SECRET-0002", "openai-compatible": "oc-test-SECRET-0003"}
@@ -424,14 +424,14 @@ def test_unknown_provider_fails_listing_the_known_ones():
 
 
 def test_lazy_provider_module_is_imported_only_when_asked_for(monkeypatch):
-    monkeypatch.setitem(providers_base._LAZY, "not-installed", "phototagger.providers.no_such_module")
+    monkeypatch.setitem(providers_base._LAZY, "not-installed", "phototagger.prompting.providers.no_such_module")
 
     with pytest.raises(ImportError, match="pip install"):
         make_provider("not-installed", "x")
 
 
 def test_importing_the_prompter_does_not_import_torch():
-    code = "import sys, phototagger.prompter; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, phototagger.prompting.prompter; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 

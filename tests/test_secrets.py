@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from phototagger.batch import ErrorBudgetExceeded, check_error_budget, prompt_photos, run_summary_lines
-from phototagger.cache import LocalCacheBackend, ResponseCache
-from phototagger.evals import EvalsLogger
-from phototagger.metrics import summarise
+from phototagger.prompting.batch import ErrorBudgetExceeded, check_error_budget, prompt_photos, run_summary_lines
+from phototagger.prompting.cache import LocalCacheBackend, ResponseCache
+from phototagger.scoring.evals import EvalsLogger
+from phototagger.scoring.metrics import summarise
 from phototagger.redact import MIN_SECRET_LEN, scrub
-from phototagger.prompter import Prompter, RetryPolicy
-from phototagger.providers import ProviderError
+from phototagger.prompting.prompter import Prompter, RetryPolicy
+from phototagger.prompting.providers import ProviderError
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.flowrun import failed_task_logs
 

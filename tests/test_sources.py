@@ -8,12 +8,12 @@ import pytest
 from PIL import Image
 
 from phototagger import http
-from phototagger.sources import SourceError, resolve_source
-from phototagger.sources.base import utc_iso
-from phototagger.sources.demo import DemoSource, skimage_data_dir
-from phototagger.sources.folder import FolderSource, folder_photo_id
-from phototagger.sources.unsplash import UnsplashSource
-from phototagger.sources.unsplash_lite import UnsplashLiteSource
+from phototagger.ingest.sources import SourceError, resolve_source
+from phototagger.ingest.sources.base import utc_iso
+from phototagger.ingest.sources.demo import DemoSource, skimage_data_dir
+from phototagger.ingest.sources.folder import FolderSource, folder_photo_id
+from phototagger.ingest.sources.unsplash import UnsplashSource
+from phototagger.ingest.sources.unsplash_lite import UnsplashLiteSource
 from tests.fakes.bomb import bomb_png
 from tests.fakes.unsplash_server import FakeUnsplashServer, sample_photos
 

@@ -1,6 +1,6 @@
 import pytest
 
-from phototagger.tags import normalise_tag, normalise_tags, parse_tags
+from phototagger.scoring.tags import normalise_tag, normalise_tags, parse_tags
 
 
 def test_normaliser_folds_case_space_and_punctuation():

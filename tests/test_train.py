@@ -7,9 +7,9 @@ import pytest
 from bitsandbytes.functional import has_avx512bf16
 from transformers import TrainerCallback
 
-from phototagger import train, vlm
-from phototagger.providers.base import Answer
-from phototagger.providers.finetuned import FineTunedProvider
+from phototagger.training import train, vlm
+from phototagger.prompting.providers.base import Answer
+from phototagger.prompting.providers.finetuned import FineTunedProvider
 
 TINY_PIXELS = dict(min_pixels=4 * 28 * 28, max_pixels=16 * 28 * 28)
 
@@ -86,7 +86,7 @@ def test_4bit_adapter_saves_reloads_and_generates(cpu_kernel, tiny_qwen_dir, col
 def test_cpu_4bit_load_keeps_layers_the_packed_kernel_cannot_take_unquantised(tmp_path):
     """On Qwen2.5-VL-3B's real shapes: the 3420-wide vision MLP projection stays unquantised on the CPU,
     the language model's projections are quantised, and the lm_head stays as transformers keeps it."""
-    from phototagger.random_qwen import byte_level_tokenizer, qwen_config
+    from phototagger.training.random_qwen import byte_level_tokenizer, qwen_config
 
     qwen_config("3b", byte_level_tokenizer()).save_pretrained(tmp_path)
     skipped = set(vlm.cpu_4bit_skip_modules(tmp_path))

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from phototagger import xmp
+from phototagger.output import xmp
 
 NS = {
     "x": "adobe:ns:meta/",

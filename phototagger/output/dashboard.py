@@ -1,0 +1,234 @@
+"""The dashboard: one self-contained HTML page from the evals table and the events behind it.
+
+Everything the page needs is inside it (inline CSS, an inline SVG chart, thumbnails as data URIs the
+caller fetched, no script), so it renders the same opened from disk, offline, and inside Metaflow's
+card iframe. The page is a Jinja2 template with autoescape (templates/dashboard.html.j2), so text
+from a model, a photo source or a user cannot break it; the chart is a Vega-Lite spec rendered to
+SVG here by vl-convert. The renderer receives data and does no I/O.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import vl_convert
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
+
+from phototagger.scoring.evals import FIXED_HEADERS, EvalEvent, batches_of, best_model, fold_events, split_batch_cell
+from phototagger.scoring.tags import normalise_tag
+
+DEFAULT_TITLE = "Photo Tagger: model evaluation"
+DRILLDOWN_BATCHES = 3  # newest batches shown photo by photo; the table covers all of them
+
+# Colours: one hue for recall deciles (light = low, strong = high), a categorical set for models.
+_DECILE_LOW, _DECILE_HIGH = (0xEE, 0xF6, 0xF1), (0x0B, 0x6E, 0x4F)
+_MODEL_COLOURS = ["#2563eb", "#d97706", "#059669", "#dc2626", "#7c3aed", "#0891b2", "#db2777", "#65a30d",
+                  "#475569", "#ca8a04"]
+
+
+def decile(recall: Optional[float]) -> Optional[int]:
+    """0..9: the tenth of the 0-100 recall scale a value falls in (100 is in the top decile)."""
+    if recall is None or math.isnan(recall):
+        return None
+    return min(9, max(0, int(recall // 10)))
+
+
+def _decile_colours() -> list[tuple[str, str]]:
+    """(background, text) per decile, interpolated from light to strong."""
+    colours = []
+    for d in range(10):
+        rgb = (round(lo + (hi - lo) * d / 9) for lo, hi in zip(_DECILE_LOW, _DECILE_HIGH))
+        colours.append(("#" + "".join(f"{c:02x}" for c in rgb), "#ffffff" if d >= 5 else "#12312a"))
+    return colours
+
+
+def _fmt(value: Optional[float], digits: int = 1) -> str:
+    return "\u2013" if value is None else f"{value:,.{digits}f}"
+
+
+def _fmt_latency(ms: Optional[float]) -> str:
+    if ms is None:
+        return "\u2013"
+    return f"{ms:,.1f}" if ms < 100 else f"{ms:,.0f}"
+
+
+def _fmt_cost(usd: Optional[float]) -> str:
+    if not usd:
+        return "$0"
+    return f"${usd:,.4f}" if usd < 1 else f"${usd:,.2f}"
+
+
+def short_name(model_key: str, limit: int = 32) -> str:
+    """`provider:last-path-part` of a model key, cut to `limit` characters, for tight places."""
+    provider, _, model = model_key.partition(":")
+    name = f"{provider}:{model.rsplit('/', 1)[-1]}" if model else provider
+    return name if len(name) <= limit else name[: limit - 1] + "\u2026"
+
+
+_ENV = Environment(loader=FileSystemLoader(Path(__file__).with_name("templates")), autoescape=True,
+                   undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+_ENV.filters.update(fmt=_fmt, latency=_fmt_latency, cost=_fmt_cost, decile=decile, short_name=short_name)
+
+
+# ---------------------------------------------------------------- recall vs latency chart
+def recall_latency_spec(points: Sequence[tuple[str, float, float]], colours: Mapping[str, str]) -> dict:
+    """A Vega-Lite scatter of avg recall (0-100) against avg latency, one labelled point per model.
+
+    `points` are (model, latency ms, recall %). Latency is on a log scale when it spans more than 20x,
+    with 1-2-5 ticks over whole decades; otherwise linear with 10% padding.
+    """
+    lats = [max(lat, 0.01) for _, lat, _ in points]
+    lo, hi = min(lats), max(lats)
+    if hi / lo > 20:
+        decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+        lo, hi = 10.0 ** decades[0], 10.0 ** decades[-1]
+        x_scale: dict[str, Any] = {"type": "log", "domain": [lo, hi]}
+        x_axis: dict[str, Any] = {"values": [m * 10.0 ** e for e in decades for m in (1, 2, 5) if m * 10.0 ** e <= hi]}
+        x_title = "Avg latency per photo (ms, log scale)"
+    else:
+        pad = (hi - lo) * 0.1 or max(hi * 0.2, 1.0)
+        x_scale, x_axis = {"domain": [max(0.0, lo - pad), hi + pad], "nice": True, "zero": False}, {}
+        x_title = "Avg latency per photo (ms)"
+    x_axis["labelExpr"] = "datum.value >= 1000 ? format(datum.value / 1000, '~g') + 'k' : format(datum.value, '~g')"
+    rows = [{"model": m, "latency": max(lat, 0.01), "recall": rec,
+             "description": f"{m}: recall {rec:.1f}%, latency {_fmt_latency(lat)} ms"} for m, lat, rec in points]
+    models = [m for m, _, _ in points]
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "width": 770, "height": 330, "background": None,
+        "config": {
+            "view": {"fill": "#fbfcfd", "stroke": "#e3e7ec"},
+            "axis": {"gridColor": "#e9edf1", "domain": False, "ticks": False, "labelColor": "#5b6673",
+                     "labelFontSize": 12, "labelPadding": 6, "titleColor": "#334155", "titleFontSize": 13,
+                     "titleFontWeight": "normal", "titlePadding": 10},
+        },
+        "data": {"values": rows},
+        "mark": {"type": "circle", "size": 144, "opacity": 0.9, "stroke": "#ffffff", "strokeWidth": 1.5},
+        "encoding": {
+            "x": {"field": "latency", "type": "quantitative", "title": x_title, "scale": x_scale, "axis": x_axis},
+            "y": {"field": "recall", "type": "quantitative", "title": "Avg recall (%)",
+                  "scale": {"domain": [0, 100]}, "axis": {"values": list(range(0, 101, 20))}},
+            # The legend names each point, best model first, so close points never hide each other's label.
+            "color": {"field": "model", "type": "nominal", "title": None,
+                      "scale": {"domain": models, "range": [colours[m] for m in models]},
+                      "legend": {"orient": "bottom", "columns": 3, "labelFontSize": 12, "labelColor": "#1f2933",
+                                 "labelLimit": 300, "symbolSize": 110, "columnPadding": 24, "symbolOpacity": 0.9,
+                                 "labelExpr": f"{json.dumps({m: short_name(m) for m in models})}[datum.label]"}},
+            "description": {"field": "description"},
+        },
+    }
+
+
+def _inline_svg(spec: dict) -> Markup:
+    """The spec as SVG for inlining in HTML: the XML namespace declarations, which HTML implies, dropped."""
+    root, rest = vl_convert.vegalite_to_svg(spec).split(">", 1)
+    return Markup(re.sub(r'\sxmlns(:\w+)?="[^"]*"', "", root) + ">" + rest)
+
+
+# ---------------------------------------------------------------- the page's parts
+def _kpis(evals: Mapping[str, list], events: list[EvalEvent]) -> list[tuple[str, str, str]]:
+    rows = evals.get("rows") or []
+    best = rows[0] if best_model(evals) is not None else None
+    photos = {(e.get("batch_id", ""), e["photo_id"]) for e in events}
+    errors = sum(1 for e in events if e.get("error"))
+    return [
+        ("Best model", best[0] if best else "\u2013", "small"),
+        ("Best avg recall", f"{best[2]:.1f}%" if best else "\u2013", ""),
+        ("Models", str(len(rows)), ""),
+        ("Photos", f"{len(photos):,}", ""),
+        ("Batches", str(len(evals.get("headers", [])) - len(FIXED_HEADERS)), ""),
+        ("Errored calls", f"{errors:,} of {len(events):,}", "small"),
+    ]
+
+
+def _table_rows(rows: Sequence[list], colours: Mapping[str, str]) -> list[dict]:
+    out = []
+    for row in rows:
+        model, latency, recall, recall_all, error_pct, cost = row[: len(FIXED_HEADERS)]
+        batches = []
+        for cell in row[len(FIXED_HEADERS):]:
+            value, n = split_batch_cell(cell)
+            batches.append({"recall": value, "n": n} if cell else None)
+        out.append({"model": model, "colour": colours[model], "latency": latency, "recall": recall,
+                    "recall_all": recall_all, "error_pct": error_pct, "cost": cost, "batches": batches})
+    return out
+
+
+def _photo(photo_events: list[EvalEvent], order: Mapping[str, int], thumbs: Mapping[str, Optional[str]]) -> dict:
+    first = photo_events[0]
+    truth_tags = list(first.get("ground_truth_tags") or [])
+    truth = {normalise_tag(t) for t in truth_tags}
+    answers = [{"model_key": ev["model_key"], "error": ev.get("error"), "recall": ev.get("recall"),
+                "tags": [(tag, normalise_tag(tag) in truth) for tag in ev.get("tags") or []]}
+               for ev in sorted(photo_events, key=lambda e: order.get(e["model_key"], len(order)))]
+    return {"photo_id": first["photo_id"], "thumb": thumbs.get(first.get("image_url", "")), "truth": truth_tags,
+            "answers": answers}
+
+
+def _events_by_photo(events: Iterable[EvalEvent]) -> dict[tuple[str, str], list[EvalEvent]]:
+    by_photo: dict[tuple[str, str], list[EvalEvent]] = defaultdict(list)
+    for ev in events:
+        by_photo[(str(ev.get("batch_id", "")), str(ev["photo_id"]))].append(ev)
+    return by_photo
+
+
+def _shown_batches(events: list[EvalEvent], max_batches: int) -> list[dict[str, str]]:
+    return list(reversed(batches_of(events)))[:max_batches]
+
+
+def drilldown_image_urls(events: Iterable[EvalEvent], drilldown_batches: int = DRILLDOWN_BATCHES) -> list[str]:
+    """The image URLs of the photos the drill-down shows: what the caller fetches thumbnails for."""
+    events = fold_events([], events)
+    wanted = {b["batch_id"] for b in _shown_batches(events, drilldown_batches)}
+    return sorted({evs[0].get("image_url", "") for (b, _), evs in _events_by_photo(events).items() if b in wanted}
+                  - {""})
+
+
+def _drilldown(events: list[EvalEvent], order: Mapping[str, int], max_batches: int,
+               thumbs: Mapping[str, Optional[str]]) -> list[dict]:
+    by_photo = _events_by_photo(events)
+    out = []
+    for batch in _shown_batches(events, max_batches):
+        keys = sorted(k for k in by_photo if k[0] == batch["batch_id"])
+        errors = sum(1 for k in keys for e in by_photo[k] if e.get("error"))
+        meta = f"{len(keys)} photos \u00b7 batch {batch['batch_id']} \u00b7 {batch['batch_date'] or 'no date'}"
+        if errors:
+            meta += f" \u00b7 {errors} errored calls"
+        photos = [_photo(by_photo[k], order, thumbs) for k in keys]
+        out.append({"label": batch["label"], "meta": meta, "photos": photos})
+    return out
+
+
+def render_dashboard(
+    evals: Mapping[str, list],
+    events: Iterable[EvalEvent],
+    title: str = DEFAULT_TITLE,
+    *,
+    thumbs: Optional[Mapping[str, Optional[str]]] = None,
+    drilldown_batches: int = DRILLDOWN_BATCHES,
+) -> str:
+    """The whole dashboard as one HTML document. `thumbs` maps image URLs to data URIs
+    (thumbnails.thumbnails of drilldown_image_urls); a photo without one gets a placeholder."""
+    events = fold_events([], events)
+    rows = evals.get("rows") or []
+    models = [r[0] for r in rows]
+    colours = {m: _MODEL_COLOURS[i % len(_MODEL_COLOURS)] for i, m in enumerate(models)}
+    points = [(r[0], r[1], r[2]) for r in rows if r[1] is not None and r[2] is not None]
+    headers = list(evals.get("headers") or FIXED_HEADERS)
+    return _ENV.get_template("dashboard.html.j2").render(
+        title=title,
+        decile_colours=_decile_colours(),
+        kpis=_kpis(evals, events),
+        fixed_headers=headers[: len(FIXED_HEADERS)],
+        batch_headers=headers[len(FIXED_HEADERS):],
+        rows=_table_rows(rows, colours),
+        chart=_inline_svg(recall_latency_spec(points, colours)) if points else None,
+        not_plotted=[r[0] for r in rows if r[1] is None or r[2] is None],
+        batches=_drilldown(events, {m: i for i, m in enumerate(models)}, drilldown_batches, thumbs or {}),
+        older_batches=max(0, len(batches_of(events)) - drilldown_batches),
+    )

@@ -1,0 +1,384 @@
+"""Tags out: one model's tags for a batch or a folder, as XMP sidecars, CSV and JSONL.
+
+The model is the best one on the latest EvaluationFlow dashboard of the branch unless one is named.
+Its tags come either from the latest PromptModels/PromptCustomModels run that prompted it (or a
+run named by pathspec), or from prompting it now on a folder of the user's own photos. A photo
+whose result is an error is reported and left out of every output: an empty keyword list would
+read as "the model saw nothing here".
+
+Where sidecars go: next to the image for the user's own files (photos of the folder source whose
+file is on this machine; named by `xmp.sidecar_path`); for everything else (image URLs, the demo's
+package images, a path this machine does not have) into the output folder as `<photo id>.xmp`.
+CSV and JSONL go into the output folder unless given their own paths.
+"""
+from __future__ import annotations
+
+import csv
+import heapq
+import json
+import logging
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+
+from phototagger import mfclient
+from phototagger.output import xmp
+from phototagger.prompting.batch import DEFAULT_CONCURRENCY, ModelSkipped, make_prompter, prompt_photos, select_models
+from phototagger.prompting.cache import make_cache
+from phototagger.scoring.evals import best_model, model_key
+from phototagger.http import is_url
+from phototagger.records import ModelResult, Photo
+from phototagger.ingest.sources import resolve_source
+
+log = logging.getLogger(__name__)
+
+DASHBOARD_FLOW = "EvaluationFlow"
+PROMPT_FLOWS = ("PromptModels", "PromptCustomModels")
+UPDATE_FLOW = "UpdatePhotos"
+FINETUNED_PROVIDER = "finetuned"  # needs a FineTuneVLM adapter and a GPU: only PromptCustomModels prompts it
+FOLDER_SOURCE = "folder"  # Photo["source"] of the user's own files, the only ones that get sidecars beside them
+CSV_FIELDS = ("photo_id", "image", "tags", "model")
+CSV_TAG_SEPARATOR = ";"
+
+
+class ExportError(Exception):
+    """The export cannot start: no dashboard, no run with the model, a bad model key. Says the fix."""
+
+
+@dataclass
+class TaggedPhoto:
+    photo_id: str
+    image: str  # the photo's image_url: a local path or an http(s) URL
+    tags: list[str]
+    source: str = ""  # the Photo's source ("folder", "unsplash", "demo", ...)
+
+
+@dataclass
+class SkippedPhoto:
+    photo_id: str
+    image: str
+    reason: str  # the error class of the model's result, or why its sidecar was not written
+
+
+@dataclass
+class TagSet:
+    """What one model said about a set of photos, errors set apart."""
+
+    model: str  # "provider:model"
+    source: str  # "PromptModels/1234" or "folder:/abs/path"
+    tagged: list[TaggedPhoto]
+    skipped: list[SkippedPhoto] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the photo source had to say (unreadable files)
+
+
+@dataclass
+class ExportOptions:
+    out_dir: Path = Path("exports")
+    xmp_naming: str = "fullname"
+    csv_path: Optional[Path] = None  # default: <out_dir>/tags.csv
+    jsonl_path: Optional[Path] = None  # default: <out_dir>/tags.jsonl
+    write_xmp: bool = True
+    tag_prefix: str = ""  # see xmp.py: flat tags, or filed under this path in the hierarchical fields
+    dry_run: bool = False
+
+
+@dataclass
+class ExportReport:
+    sidecars: list[xmp.SidecarChange] = field(default_factory=list)
+    sidecar_failures: list[SkippedPhoto] = field(default_factory=list)
+    csv_path: Optional[Path] = None
+    jsonl_path: Optional[Path] = None
+    dry_run: bool = False
+
+
+# -- which model ----------------------------------------------------------------------------------
+
+
+def split_model_key(key: str) -> tuple[str, str]:
+    """("openai", "gpt-4o-mini") from "openai:gpt-4o-mini"; a model name may hold more colons."""
+    provider, _, model = key.partition(":")
+    if not provider or not model:
+        raise ExportError(f"Model {key!r} is not a model key: use provider:model, e.g. openai:gpt-4o-mini or knn:jec")
+    return provider, model
+
+
+def choose_model(requested: Optional[str], evals: Optional[Mapping[str, Any]], branch: str) -> str:
+    """The model named with --model, else the top row of the dashboard's `evals` table."""
+    if requested:
+        split_model_key(requested)
+        return requested
+    if evals is None:
+        raise ExportError(
+            f"No EvaluationFlow run on branch {branch} yet, so there is no best model to pick: run "
+            "`python evalsflow.py run` (after promptmodels.py), or name one with --model provider:model"
+        )
+    best = best_model(evals)
+    if best is None:
+        raise ExportError(
+            f"The dashboard of branch {branch} ranks no model with a recall yet: run promptmodels.py and "
+            "evalsflow.py on photos with tags, or name one with --model provider:model"
+        )
+    return best
+
+
+def dashboard_evals(branch: str) -> Optional[dict[str, Any]]:
+    """The `evals` table of the latest successful EvaluationFlow run of `branch`, None without one."""
+    run = mfclient.latest_successful_run(DASHBOARD_FLOW, branch)
+    if run is None or "evals" not in run.data:
+        return None
+    return run.data.evals
+
+
+def dashboard_models(evals: Optional[Mapping[str, Any]]) -> list[str]:
+    return [row[0] for row in (evals or {}).get("rows") or []]
+
+
+# -- tags from a prompt run -----------------------------------------------------------------------
+
+
+def tags_from_models_eval(models_eval: Mapping[str, Any], model: str, source: str) -> TagSet:
+    """The model's tags per photo from a prompt flow's `models_eval` artifact."""
+    results = models_eval.get("results") or {}
+    if model not in results:
+        available = ", ".join(sorted(results)) or "none"
+        raise ExportError(f"{source} holds no results of {model}; models it holds: {available}. Pick one with --model")
+    return tagset_from_results(models_eval.get("photos") or {}, results[model], model, source)
+
+
+def tagset_from_results(photos: Mapping[str, Photo], results: Iterable[ModelResult], model: str, source: str) -> TagSet:
+    """Sort results into tagged photos and skipped ones (an errored result is never an empty tag list)."""
+    tagset = TagSet(model=model, source=source, tagged=[])
+    for result in results:
+        photo_id = str(result.get("photo_id", ""))
+        photo = photos.get(photo_id) or {}
+        image = photo.get("image_url", "")
+        if result.get("error"):
+            tagset.skipped.append(SkippedPhoto(photo_id, image, f"model error: {result['error']}"))
+        else:
+            tagset.tagged.append(TaggedPhoto(photo_id, image, list(result.get("tags") or []), photo.get("source", "")))
+    return tagset
+
+
+def prompt_runs(branch: str) -> Iterator[Any]:
+    """Successful PromptModels and PromptCustomModels runs of `branch`, newest first."""
+    streams = [mfclient.runs_of(flow, branch) for flow in PROMPT_FLOWS]
+    return heapq.merge(*streams, key=lambda run: run.created_at, reverse=True)
+
+
+def models_eval_of(run: Any) -> Optional[Mapping[str, Any]]:
+    data = run.data  # a client Run lists its artifacts anew on every `.data`
+    return data.models_eval if "models_eval" in data else None
+
+
+def latest_run_with_model(runs: Iterable[Any], model: str) -> tuple[Optional[Any], set[str]]:
+    """The first of `runs` whose `models_eval` holds `model`, and the models seen on the way."""
+    run, _, seen = _first_models_eval_with(runs, model)
+    return run, seen
+
+
+def _first_models_eval_with(runs: Iterable[Any], model: str) -> tuple[Optional[Any], Optional[Mapping[str, Any]], set[str]]:
+    """`latest_run_with_model` plus the `models_eval` it read, so the caller does not load it again."""
+    seen: set[str] = set()
+    for run in runs:
+        models_eval = models_eval_of(run)
+        held = set((models_eval or {}).get("results") or {})
+        if model in held:
+            return run, models_eval, seen | held
+        log.info("%s holds no results of %s; looking at older runs", run.pathspec, model)
+        seen |= held
+    return None, None, seen
+
+
+def resolve_prompt_run(pathspec: str, branch: str) -> Any:
+    """The run `--run` names: `PromptModels/123`, `PromptCustomModels/45`, or a bare id of either."""
+    flow, _, run_id = pathspec.rpartition("/")
+    if flow and flow not in PROMPT_FLOWS:
+        raise ExportError(f"--run {pathspec}: tags come from {' or '.join(PROMPT_FLOWS)} runs, not {flow}")
+    from metaflow.exception import MetaflowNotFound
+
+    found = []
+    for name in [flow] if flow else PROMPT_FLOWS:
+        try:
+            found.append(mfclient.resolve_run(name, branch, f"{name}/{run_id}"))
+        except MetaflowNotFound:
+            continue
+        except ValueError as exc:
+            raise ExportError(f"--run {pathspec}: {exc}") from None
+    if not found:
+        raise ExportError(f"--run {pathspec}: no such run of {' or '.join([flow] if flow else PROMPT_FLOWS)}; pass the pathspec of a successful run, e.g. PromptModels/1712345678")
+    if len(found) > 1:
+        raise ExportError(f"--run {pathspec} names a run of both prompt flows: write PromptModels/{run_id} or PromptCustomModels/{run_id}")
+    return found[0]
+
+
+def tags_from_runs(model: str, branch: str, pathspec: str = "", listed: Sequence[str] = ()) -> TagSet:
+    """The model's tags from the run `pathspec` names, else from the latest prompt run of `branch` holding it.
+
+    `listed` are models to name in the error when none is found (e.g. the dashboard's).
+    """
+    if pathspec:
+        run = resolve_prompt_run(pathspec, branch)
+        models_eval = models_eval_of(run)
+        if models_eval is None:
+            raise ExportError(f"{run.pathspec} has no models_eval artifact: pick a run that finished prompting")
+        return tags_from_models_eval(models_eval, model, run.pathspec)
+    run, models_eval, seen = _first_models_eval_with(prompt_runs(branch), model)
+    if run is None:
+        available = ", ".join(sorted(seen | set(listed))) or "none yet"
+        raise ExportError(
+            f"No successful {' or '.join(PROMPT_FLOWS)} run on branch {branch} holds {model}. Models available: "
+            f"{available}. Pick one with --model, run `python promptmodels.py run` with it, or tag a folder with --folder"
+        )
+    return tags_from_models_eval(models_eval, model, run.pathspec)
+
+
+# -- tags for a folder, by prompting the model now --------------------------------------------------
+
+
+def model_entry(model: str, models_config: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    """The models.json entry for `model` (options such as base_url), or a bare one built from the key."""
+    provider, name = split_model_key(model)
+    for entry in select_models(models_config or {}):
+        if model_key(entry["provider"], entry["model"]) == model:
+            return entry
+    return {"provider": provider, "model": name}
+
+
+def history_photos(branch: str) -> list[Photo]:
+    """Every photo UpdatePhotos has delivered on `branch`: what the offline baselines learn from."""
+    run = mfclient.latest_successful_run(UPDATE_FLOW, branch)
+    if run is None:
+        return []
+    return [*dict(run.data.history).values(), *dict(run.data.unseen).values()]
+
+
+def tags_from_folder(
+    folder: str,
+    model: str,
+    prompt_text: str,
+    *,
+    models_config: Optional[Mapping[str, Any]] = None,
+    history: Sequence[Photo] = (),
+    concurrency: Optional[int] = None,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> TagSet:
+    """Prompt `model` on every image under `folder` (the folder source's listing and ids) and keep its tags."""
+    provider, _ = split_model_key(model)
+    if provider == FINETUNED_PROVIDER:
+        raise ExportError(
+            f"{model} runs on a GPU with its adapter inside PromptCustomModels, not here: ingest the folder with "
+            f"`python updatephotos.py run --source folder:{folder}`, run `python promptcustommodels.py run`, then "
+            "`python export_tags.py` (it reads that run); or tag the folder now with another model via --model"
+        )
+    source = resolve_source(f"folder:{folder}")
+    photos = source.fetch(set(), sys.maxsize)
+    if not photos:
+        raise ExportError(f"No images found under {folder} (looked for .jpg, .jpeg, .png, .webp, .tif, .tiff)")
+    entry = model_entry(model, models_config)
+    try:
+        prompter = make_prompter(entry, list(history))
+    except ModelSkipped as exc:
+        raise ExportError(f"{model} cannot tag {folder} here: {exc}") from None
+    results = prompt_photos(
+        prompter,
+        photos,
+        prompt_text,
+        concurrency=concurrency or entry.get("concurrency") or DEFAULT_CONCURRENCY,
+        cache=make_cache(use_cache),
+        progress=progress,
+        source_flow="export_tags",
+    )
+    tagset = tagset_from_results({p["id"]: p for p in photos}, results, model, source.name)
+    tagset.notes = list(source.notes)
+    return tagset
+
+
+# -- writing --------------------------------------------------------------------------------------
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def sidecar_for(photo: TaggedPhoto, options: ExportOptions) -> Path:
+    """Next to the user's own image file (folder source); else `<out_dir>/<photo id>.xmp`."""
+    if photo.source == FOLDER_SOURCE and photo.image and not is_url(photo.image) and Path(photo.image).is_file():
+        return xmp.sidecar_path(photo.image, options.xmp_naming)
+    return options.out_dir / f"{_UNSAFE.sub('_', photo.photo_id) or 'photo'}.xmp"
+
+
+def write_sidecars(tagset: TagSet, options: ExportOptions) -> tuple[list[xmp.SidecarChange], list[SkippedPhoto]]:
+    """Merge each photo's tags into its sidecar; a sidecar that cannot be merged is reported, never clobbered."""
+    changes, failures = [], []
+    claimed: dict[Path, str] = {}
+    for photo in tagset.tagged:
+        if not photo.tags:
+            continue
+        path = sidecar_for(photo, options)
+        if path in claimed:
+            failures.append(SkippedPhoto(photo.photo_id, photo.image, f"shares {path} with photo {claimed[path]}: use --xmp-naming fullname"))
+            continue
+        claimed[path] = photo.photo_id
+        try:
+            change = xmp.write_sidecar(path, photo.tags, options.tag_prefix, dry_run=options.dry_run)
+        except (xmp.XmpError, OSError) as exc:
+            failures.append(SkippedPhoto(photo.photo_id, photo.image, str(exc)))
+            continue
+        log.info("%s: %s", path, {name: len(values) for name, values in change.added.items()} if change.changed else "up to date")
+        changes.append(change)
+    return changes, failures
+
+
+def write_csv(path: Path, tagset: TagSet) -> None:
+    """photo_id, image, tags joined with ';', model: one row per tagged photo."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_FIELDS)
+        for photo in tagset.tagged:
+            writer.writerow([photo.photo_id, photo.image, CSV_TAG_SEPARATOR.join(photo.tags), tagset.model])
+
+
+def write_jsonl(path: Path, tagset: TagSet) -> None:
+    """One JSON object per tagged photo: photo_id, image, tags, model, source."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for photo in tagset.tagged:
+            record = {"photo_id": photo.photo_id, "image": photo.image, "tags": photo.tags, "model": tagset.model, "source": tagset.source}
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def export(tagset: TagSet, options: ExportOptions) -> ExportReport:
+    """Write the sidecars, the CSV and the JSONL for `tagset` (nothing is written in a dry run)."""
+    report = ExportReport(dry_run=options.dry_run)
+    if options.write_xmp:
+        report.sidecars, report.sidecar_failures = write_sidecars(tagset, options)
+    report.csv_path = options.csv_path or options.out_dir / "tags.csv"
+    report.jsonl_path = options.jsonl_path or options.out_dir / "tags.jsonl"
+    if not options.dry_run:
+        write_csv(report.csv_path, tagset)
+        write_jsonl(report.jsonl_path, tagset)
+    return report
+
+
+def report_lines(tagset: TagSet, report: ExportReport) -> list[str]:
+    """What a user reads after an export: counts, where things went, and every photo left out and why."""
+    would = "would be " if report.dry_run else ""
+    created = sum(1 for c in report.sidecars if c.created and c.changed)
+    updated = sum(1 for c in report.sidecars if not c.created and c.changed)
+    unchanged = sum(1 for c in report.sidecars if not c.changed)
+    untagged = sum(1 for photo in tagset.tagged if not photo.tags)
+    lines = [*tagset.notes, f"{tagset.model} tags for {len(tagset.tagged)} photos from {tagset.source}; {len(tagset.skipped)} skipped."]
+    if untagged:
+        lines.append(f"{untagged} photos got an empty tag list: they have CSV/JSONL rows but no sidecar.")
+    if report.sidecars or report.sidecar_failures:
+        lines.append(f"XMP sidecars: {created} {would}created, {updated} {would}updated, {unchanged} already up to date, {len(report.sidecar_failures)} not written.")
+    lines.append(f"CSV: {report.csv_path} {'(dry run: not written)' if report.dry_run else ''}".rstrip())
+    lines.append(f"JSONL: {report.jsonl_path} {'(dry run: not written)' if report.dry_run else ''}".rstrip())
+    for skipped in tagset.skipped:
+        lines.append(f"  skipped {skipped.photo_id} ({skipped.image or 'no image'}): {skipped.reason}")
+    for failed in report.sidecar_failures:
+        lines.append(f"  no sidecar for {failed.photo_id} ({failed.image or 'no image'}), its tags are in the CSV/JSONL: {failed.reason}")
+    return lines

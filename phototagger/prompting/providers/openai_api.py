@@ -1,0 +1,334 @@
+"""Chat-completions providers: `openai` and `openai-compatible` (openai SDK) and `together` (together SDK).
+
+The SDK clients never retry (max_retries=0): the prompter owns retries, so Retry-After, the
+limiter and the error budget see every 429. Every SDK failure becomes a `ProviderError` with an
+error class, and no message leaves this module with the key in it.
+"""
+from __future__ import annotations
+
+import email.utils
+import logging
+import os
+import re
+import time
+from types import ModuleType
+from typing import Any, Mapping, Optional
+from urllib.parse import urlsplit, urlunsplit
+
+from phototagger.http import (
+    MAX_IMAGE_BYTES,
+    DeadlineExceeded,
+    ImageFetchError,
+    URLRefused,
+    check_request_url,
+    data_uri,
+    fetch_image_bytes,
+    image_mime,
+    is_url,
+    within_deadline,
+)
+from phototagger.prompting.providers.base import Answer, MissingKeyError, Provider, ProviderError, register_provider
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MAX_TOKENS = 300
+KEYLESS_PLACEHOLDER = "EMPTY"  # what vLLM's docs pass when the server wants no key
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def retry_after_from_headers(headers: Mapping[str, str]) -> Optional[float]:
+    """Seconds to wait, from the headers OpenAI and Together send with a 429 (None when none).
+
+    Reads, in order: `retry-after-ms`, `retry-after` (seconds or an HTTP date), `x-ratelimit-reset`
+    (seconds, an epoch time, or a duration like "6m0s"), `x-ratelimit-reset-requests`/`-tokens`.
+    """
+    lower = {k.lower(): v for k, v in headers.items()}
+    if "retry-after-ms" in lower:
+        try:
+            return max(0.0, float(lower["retry-after-ms"]) / 1000)
+        except ValueError:
+            pass
+    for name in ("retry-after", "x-ratelimit-reset", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
+        value = (lower.get(name) or "").strip()
+        if value:
+            seconds = _seconds(value)
+            if seconds is not None:
+                return seconds
+    return None
+
+
+def _seconds(value: str) -> Optional[float]:
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if number is not None:
+        if number > 1e12:  # epoch milliseconds
+            number = number / 1000 - time.time()
+        elif number > 1e9:  # epoch seconds
+            number -= time.time()
+        return max(0.0, number)
+    parts = _DURATION.findall(value)
+    if parts and "".join(n + u for n, u in parts) == value.replace(" ", ""):
+        scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+        return sum(float(n) * scale[u] for n, u in parts)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _public_url(url: Optional[str]) -> Optional[str]:
+    """A base URL without user:password, fit for settings and messages."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        parts = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))
+    return urlunsplit(parts)
+
+
+class ChatAPIProvider(Provider):
+    """A vision chat model behind an OpenAI-style chat-completions endpoint."""
+
+    label = "chat API"
+    key_env = ""
+    key_required = True
+    base_url_env = ""
+    json_mode_default = False
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_key: Optional[str] = None,
+        base_url: Optional[str] = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        temperature: float = 0.0,
+        json_mode: Optional[bool] = None,
+        inline_images: bool = False,
+        max_image_bytes: int = MAX_IMAGE_BYTES,
+    ):
+        """`json_mode` asks for `response_format={"type": "json_object"}` when the prompt asks for
+        JSON (not every server has it); `inline_images` sends URL images as data URIs too (for
+        servers that cannot reach the web)."""
+        super().__init__(model)
+        key = api_key or os.environ.get(self.key_env) or None
+        if key is None and self.key_required:
+            raise MissingKeyError(
+                f"{self.label} key missing: export {self.key_env}=... or drop {self.name}:{model} from models.json"
+            )
+        self._key = key
+        self.base_url = base_url or os.environ.get(self.base_url_env) or None
+        self.timeout_s = timeout_s
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.json_mode = self.json_mode_default if json_mode is None else json_mode
+        self.inline_images = inline_images
+        self.max_image_bytes = max_image_bytes
+        self._sdk = self._import_sdk()
+        self._client = self._make_client(key or KEYLESS_PLACEHOLDER)
+
+    # -- what subclasses supply ------------------------------------------------------------
+    def _import_sdk(self) -> ModuleType:
+        import openai
+
+        return openai
+
+    def _make_client(self, key: str) -> Any:
+        return self._sdk.OpenAI(api_key=key, base_url=self.base_url, timeout=self.timeout_s, max_retries=0)
+
+    # -- the call --------------------------------------------------------------------------
+    def complete(self, prompt_text: str, image: str, photo_id: Optional[str] = None) -> Answer:
+        """One chat call; `timeout_s` bounds all of it (inlining the image, connect, headers, body)."""
+        try:
+            response = within_deadline(self.timeout_s, self._call, prompt_text, image)
+        except ProviderError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every SDK failure becomes a classified ProviderError
+            raise self._error(exc) from None
+        return self._answer(response)
+
+    def _call(self, prompt_text: str, image: str) -> Any:
+        request: dict[str, Any] = {
+            "model": self.model,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": prompt_text},
+                        {"type": "image_url", "image_url": {"url": self._image_ref(image)}},
+                    ],
+                }
+            ],
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
+        if self.json_mode and "json" in prompt_text.lower():  # OpenAI refuses JSON mode for prompts not asking for JSON
+            request["response_format"] = {"type": "json_object"}
+        return self._create(request)
+
+    def _create(self, request: dict[str, Any]) -> Any:
+        """POST the chat request through the SDK's own transport (auth, timeouts, error classes).
+
+        `client.post` skips the SDK's per-call re-validation of the typed arguments, which costs
+        several ms of CPU under the GIL per call and showed at 16 calls in flight (bench/).
+        """
+        from openai.types.chat import ChatCompletion
+
+        return self._client.post("/chat/completions", body=request, cast_to=ChatCompletion)
+
+    def _image_ref(self, image: str) -> str:
+        """URLs go to the API as they are (never with user:password@); local files (and all images with
+        inline_images) as data URIs."""
+        if is_url(image) and not self.inline_images:
+            try:
+                check_request_url(image)
+            except URLRefused as exc:
+                raise ProviderError("bad_image", str(exc), retryable=False) from None
+            return image
+        try:
+            data = fetch_image_bytes(image, self.max_image_bytes, self.timeout_s)
+        except ImageFetchError as exc:
+            raise ProviderError(exc.error_class, str(exc)) from None
+        if not image_mime(image, data).startswith("image/"):
+            raise ProviderError("bad_image", f"not an image file: {image}")
+        return data_uri(image, data)
+
+    def _answer(self, response: Any) -> Answer:
+        choices = getattr(response, "choices", None)
+        if not choices:
+            body = response if isinstance(response, str) else type(response).__name__
+            raise ProviderError(
+                "server_error", f"{self.label} answered without a chat completion (not JSON?): {self.scrub(body)[:120]!r}"
+            )
+        message = choices[0].message
+        text = message.content if isinstance(message.content, str) else ""
+        if not text and getattr(message, "refusal", None):
+            text = message.refusal
+        if getattr(choices[0], "finish_reason", None) == "length":
+            log.debug("%s answer for %s hit max_tokens=%d", self.label, self.model, self.max_tokens)
+        usage = getattr(response, "usage", None)
+        return Answer(
+            text=text,
+            prompt_tokens=getattr(usage, "prompt_tokens", None),
+            completion_tokens=getattr(usage, "completion_tokens", None),
+        )
+
+    def _error(self, exc: Exception) -> ProviderError:
+        """Map an SDK exception to an error class, with a message that names the service and no key."""
+        sdk = self._sdk
+        detail = self.scrub(_api_message(exc))
+        where = f"{self.label} ({self.model})"
+        if isinstance(exc, sdk.RateLimitError):
+            retry_after = retry_after_from_headers(exc.response.headers)
+            return ProviderError("rate_limited", f"{where} rate limited (HTTP 429): {detail}", retry_after=retry_after)
+        if isinstance(exc, (sdk.APITimeoutError, DeadlineExceeded)):
+            return ProviderError("timeout", f"{where} did not answer within {self.timeout_s:g}s")
+        if isinstance(exc, sdk.APIConnectionError):
+            return ProviderError("connection", f"{where} connection failed: {detail}")
+        if isinstance(exc, (sdk.AuthenticationError, sdk.PermissionDeniedError)):
+            return ProviderError(
+                "auth", f"{where} rejected the key (HTTP {exc.status_code}): {detail}. Check {self.key_env or 'the key'}.", retryable=False
+            )
+        if isinstance(exc, sdk.BadRequestError):
+            error_class = "bad_image" if "image" in f"{_api_code(exc)} {detail}".lower() else "bad_request"
+            return ProviderError(error_class, f"{where} refused the request (HTTP 400): {detail}", retryable=False)
+        if isinstance(exc, sdk.APIStatusError):
+            status = exc.status_code
+            if status == 408:
+                return ProviderError("timeout", f"{where} timed out (HTTP 408): {detail}")
+            if status >= 500:
+                return ProviderError("server_error", f"{where} failed (HTTP {status}): {detail}")
+            return ProviderError("bad_request", f"{where} refused the request (HTTP {status}): {detail}", retryable=False)
+        if isinstance(exc, (sdk.APIResponseValidationError, ValueError)):
+            return ProviderError("server_error", f"{where} sent a malformed or truncated body: {detail}")
+        log.warning("unexpected %s from %s", type(exc).__name__, where)
+        return ProviderError("internal", f"{where} call failed with {type(exc).__name__}: {detail}", retryable=False)
+
+    # -- secrets and settings --------------------------------------------------------------
+    def held_keys(self) -> tuple[str, ...]:
+        return (self._key,) if self._key else ()
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            **super().settings(),
+            "base_url": _public_url(str(self._client.base_url)),
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "json_mode": self.json_mode,
+            "inline_images": self.inline_images,
+        }
+
+
+def _api_body(exc: Exception) -> Any:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        body = body["error"]
+    return body
+
+
+def _api_message(exc: Exception) -> str:
+    """The server's own error message when it sent OpenAI's error JSON, else the exception text."""
+    body = _api_body(exc)
+    if isinstance(body, dict) and body.get("message"):
+        return str(body["message"])
+    return str(exc) or type(exc).__name__
+
+
+def _api_code(exc: Exception) -> str:
+    body = _api_body(exc)
+    return str(body.get("code") or "") if isinstance(body, dict) else ""
+
+
+@register_provider("openai")
+class OpenAIProvider(ChatAPIProvider):
+    """OpenAI's API (base URL from OPENAI_BASE_URL when set); JSON mode on by default."""
+
+    label = "OpenAI"
+    key_env = "openai_api"
+    base_url_env = "OPENAI_BASE_URL"
+    json_mode_default = True
+
+
+@register_provider("openai-compatible")
+class OpenAICompatibleProvider(ChatAPIProvider):
+    """Any server speaking OpenAI's chat API (vLLM, Ollama, LM Studio); the key is optional."""
+
+    label = "OpenAI-compatible server"
+    key_env = "OPENAI_COMPATIBLE_API_KEY"
+    key_required = False
+    base_url_env = "OPENAI_COMPATIBLE_BASE_URL"
+
+    def __init__(self, model: str, **options: Any):
+        if not (options.get("base_url") or os.environ.get(self.base_url_env)):
+            raise MissingKeyError(
+                f"{self.label} base URL missing: pass base_url=... or export {self.base_url_env}=http://localhost:8000/v1"
+            )
+        super().__init__(model, **options)
+
+
+@register_provider("together")
+class TogetherProvider(ChatAPIProvider):
+    """Together's API through the together SDK (base URL from TOGETHER_BASE_URL when set)."""
+
+    label = "Together"
+    key_env = "togetherai_api"
+    base_url_env = "TOGETHER_BASE_URL"
+
+    def _import_sdk(self) -> ModuleType:
+        import together
+
+        return together
+
+    def _make_client(self, key: str) -> Any:
+        # The together SDK appends "/v1/chat/completions" itself: accept ".../v1" as users write it.
+        if self.base_url:
+            self.base_url = re.sub(r"/v1/?$", "", self.base_url.rstrip("/"))
+        return self._sdk.Together(api_key=key, base_url=self.base_url, timeout=self.timeout_s, max_retries=0)
+
+    def _create(self, request: dict[str, Any]) -> Any:
+        return self._client.chat.completions.create(**request)
