@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,33 @@ def test_baseline_loop_against_unsplash_and_openai_wire_formats(flow_env):
         if key in text
     ]
     assert not leaked, f"a key leaked into: {leaked}"
+
+
+def card_photo_count(html: str) -> int:
+    """The "Photos" tile of the dashboard card."""
+    match = re.search(r'<div class="k">Photos</div><div class="v[^"]*">([\d,]+)</div>', html)
+    assert match, "no Photos tile on the card"
+    return int(match.group(1).replace(",", ""))
+
+
+def test_every_prompted_photo_reaches_the_dashboard_past_the_log_cap(flow_env):
+    # --max-log-size 0 keeps nothing of the tasks' logs: the results must arrive through the artifacts.
+    n = 20
+    photos = sample_photos(n)
+    with FakeUnsplashServer(photos, key="unsplash-key") as unsplash, FakeOpenAIServer() as llm:
+        env = {**flow_env, "client_id": "unsplash-key", "openai_api": "sk-test", "UNSPLASH_API_URL": unsplash.base_url,
+               "OPENAI_BASE_URL": llm.base_url}
+        run_flow("updatephotos.py", env, source="unsplash", batch_size=n)
+        prompted, prompt_out = run_flow("promptmodels.py", env, models="openai", max_log_size=0)
+        evals_run, _ = run_flow("evalsflow.py", env)
+
+    (stored,) = prompted.data.models_eval["results"].values()
+    assert len(stored) == n
+    evals, html = dashboard(evals_run)
+    assert len(evals_run.data.events) == n
+    assert rows_by_model(evals)["openai:gpt-4o-mini"]["Error %"] == 0.0
+    assert card_photo_count(html) == n
+    assert not [p["id"] for p in photos if p["id"] in prompt_out], "no line per photo in the terminal"
 
 
 def test_full_loop_puts_the_finetuned_model_on_the_dashboard(flow_env, tmp_path):

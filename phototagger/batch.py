@@ -1,4 +1,4 @@
-"""Prompt a batch of photos with one model: concurrent, adaptive, cached, scored, costed, logged.
+"""Prompt a batch of photos with one model: concurrent, adaptive, cached, scored, costed.
 
 This is the one path both prompt flows take. N photos in gives N result records out, in input
 order, whatever happens to each call: a rate limit, a timeout or a bug on our side becomes a
@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .cache import ResponseCache
 from .cost import load_prices, result_cost
-from .evals import EvalsLogger, make_event, model_key
+from .evals import model_key
 from .limiter import AdaptiveLimiter
 from .metrics import Summary, score_photo
 from .prompter import Prompter, failed_result
@@ -49,11 +49,6 @@ def prompt_photos(
     cache: Optional[ResponseCache] = None,
     prices: Optional[Mapping[str, Any]] = None,
     progress: bool = True,
-    logger: Optional[EvalsLogger] = None,
-    batch_id: str = "",
-    batch_date: str = "",
-    source_flow: str = "",
-    source_run: str = "",
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> list[ModelResult]:
     """Tag every photo with `prompter` and return one scored result per photo, in input order.
@@ -62,8 +57,8 @@ def prompt_photos(
     prompter's own limiter if it has one). A prompter with `supports_batching` (a local GPU
     model) gets chunks of `batch_size` photos through `prompt_batch`, one chunk at a time.
     Answers come from `cache` when it has them; new successful answers go into it. Each result
-    is scored against the photo's ground truth, priced with `prices` (the prices.json table), and
-    logged as one event through `logger` (EvalsLogger) with the batch and source run it belongs to.
+    is scored against the photo's ground truth and priced with `prices` (the prices.json table).
+    The flows store the results as their `models_eval` artifact, which EvaluationFlow reads.
     """
     photos = list(photos)
     price_table = load_prices(prices)
@@ -84,9 +79,6 @@ def prompt_photos(
         result.update(score_photo(photo.get("ground_truth_tags") or [], [] if result.get("error") else result["tags"]))
         result["cost_usd"] = result_cost(result, price_table)
         results[index] = result
-        if logger is not None:
-            logger.log(make_event(result, photo, batch_id=batch_id, batch_date=batch_date,
-                                  source_flow=source_flow, source_run=source_run))
         errors += bool(result.get("error"))
         bar.update(1)
         bar.set_postfix(errors=errors, refresh=False)

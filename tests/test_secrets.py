@@ -20,7 +20,6 @@ from PIL import Image
 
 from phototagger.batch import ErrorBudgetExceeded, check_error_budget, prompt_photos
 from phototagger.cache import LocalCacheBackend, ResponseCache
-from phototagger.evals import EvalsLogger
 from phototagger.prompter import Prompter, RetryPolicy
 from tests.fakes.openai_server import FakeOpenAIServer
 
@@ -41,11 +40,10 @@ def leaked(text: str) -> list[str]:
     return [key for key in KEYS if key in text]
 
 
-def test_keys_stay_out_of_results_events_logs_errors_and_cache(monkeypatch, tmp_path, caplog, capsys):
+def test_keys_stay_out_of_results_logs_errors_and_cache(monkeypatch, tmp_path, caplog, capsys):
     monkeypatch.setenv("openai_api", OPENAI_KEY)
     monkeypatch.setenv("togetherai_api", TOGETHER_KEY)
     caplog.set_level(logging.DEBUG)
-    events = io.StringIO()
     cache = ResponseCache(LocalCacheBackend(tmp_path / "cache"))
     photos = [{"id": name, "image_url": f"https://img.example/{name}.png", "ground_truth_tags": [name]} for name in COLOURS]
     texts = []
@@ -53,7 +51,7 @@ def test_keys_stay_out_of_results_events_logs_errors_and_cache(monkeypatch, tmp_
         server.fault_by_image = {"green": "auth", "blue": "server_error"}
         for provider, base_url in (("openai", server.base_url), ("together", server.root_url)):
             prompter = Prompter(provider, "vision-model", retry=RetryPolicy(max_attempts=2, base_delay_s=0.01), base_url=base_url)
-            results = prompt_photos(prompter, photos, "tag", cache=cache, logger=EvalsLogger(events), progress=False)
+            results = prompt_photos(prompter, photos, "tag", cache=cache, progress=False)
             assert [r["error"] for r in results] == [None, "auth", "server_error", None]
             with pytest.raises(ErrorBudgetExceeded) as failed:
                 check_error_budget(results, 0.2)
@@ -61,9 +59,9 @@ def test_keys_stay_out_of_results_events_logs_errors_and_cache(monkeypatch, tmp_
         sent = {headers.get("authorization") for _, headers, _ in server.requests}
     assert sent == {f"Bearer {OPENAI_KEY}", f"Bearer {TOGETHER_KEY}"}  # the keys really went out
     captured = capsys.readouterr()
-    texts += [events.getvalue(), caplog.text, captured.out, captured.err]
+    texts += [caplog.text, captured.out, captured.err]
     texts += [p.read_text() for p in (tmp_path / "cache").rglob("*") if p.is_file()]
-    assert "Incorrect API key provided: ***" in events.getvalue()  # the echo was there, and scrubbed
+    assert "Incorrect API key provided: ***" in texts[0]  # the echo was there, and scrubbed
     assert leaked("\n".join(texts)) == []
 
 
