@@ -170,7 +170,7 @@ def test_full_loop_puts_the_finetuned_model_on_the_dashboard(flow_env, tmp_path)
         "finetune_vlm.py", flow_env, base_model=str(base), max_steps=2, batch_size=2, grad_accum=1, epochs=1,
         output_dir=str(tmp_path / "checkpoints"),
     )
-    # A random tiny model answers gibberish: every answer is unparseable, which the error budget would stop.
+    # A random tiny model answers gibberish, cut at max-new-tokens: every answer fails, which the error budget would stop.
     custom, _ = run_flow("promptcustommodels.py", flow_env, max_error_share=1.0)
     evals_run, _ = run_flow("evalsflow.py", flow_env)
 

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional, Protocol, Sequence
 
 from .providers import Answer, ProviderError, make_provider
 from .records import ModelResult
-from .tags import parse_tags
+from .tags import ParsedTags, parse_tags
 
 log = logging.getLogger(__name__)
 
@@ -158,13 +158,13 @@ class Prompter:
 
     # -- records ---------------------------------------------------------------------------
     def _result(self, photo_id: Optional[str], answer: Answer, elapsed_s: float) -> ModelResult:
-        parsed = parse_tags(answer.text)
+        text, parsed = read_answer(answer)
         return ModelResult(
             photo_id=photo_id,
             provider=self.provider,
             model=self.model,
             tags=parsed.tags,
-            raw=self.backend.scrub(answer.text),
+            raw=self.backend.scrub(text),
             valid=parsed.valid,
             error=parsed.error,
             latency_ms=round(elapsed_s * 1000, 1),
@@ -183,6 +183,21 @@ class Prompter:
 
     def _scrub(self, exc: Exception) -> str:
         return self.backend.scrub(f"{type(exc).__name__}: {exc}")
+
+
+def read_answer(answer: Answer) -> tuple[str, ParsedTags]:
+    """(the text to keep as raw, its parsed tags) for every provider's answer.
+
+    A refusal the API reports apart from the content is `refused`; an answer cut at the token limit
+    is `truncated` unless it is already the whole requested JSON. Either is an error, so it is
+    never scored and never cached.
+    """
+    if answer.refusal:
+        return answer.refusal, ParsedTags([], False, "refused")
+    parsed = parse_tags(answer.text)
+    if answer.finish_reason == "length" and not parsed.valid:
+        return answer.text, ParsedTags([], False, "truncated")
+    return answer.text, parsed
 
 
 def failed_result(

@@ -1,6 +1,7 @@
 """prompt_photos and the error budget, on a scripted stand-in prompter (the real one is in test_faults.py)."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -48,7 +49,7 @@ class ScriptedPrompter:
         if isinstance(outcome, str):
             return {"provider": self.provider, "model": self.model, "tags": [], "raw": outcome, "valid": False,
                     "error": outcome, "latency_ms": 5.0, "prompt_tokens": None, "completion_tokens": None}
-        return {"provider": self.provider, "model": self.model, "tags": list(outcome), "raw": "{}", "valid": True,
+        return {"provider": self.provider, "model": self.model, "tags": list(outcome), "raw": json.dumps({"tags": list(outcome)}), "valid": True,
                 "error": None, "latency_ms": 5.0, "prompt_tokens": 1000, "completion_tokens": 100}
 
     def prompt(self, prompt_text, image, photo_id=None):

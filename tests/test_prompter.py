@@ -180,6 +180,11 @@ FAULT_CLASSES = {
     "prose": "unparseable",
     "auth": "auth",
     "bad_image": "bad_image",
+    "length": "truncated",
+    "refusal": "refused",
+    "refusal_prose": "refused",
+    "error_body": "quota",
+    "quota": "quota",
 }
 
 
@@ -207,7 +212,7 @@ def test_retryable_faults_are_retried_until_an_answer(env):
     assert env.calls == 3
 
 
-@pytest.mark.parametrize("fault", ["auth", "bad_image"])
+@pytest.mark.parametrize("fault", ["auth", "bad_image", "length", "refusal", "error_body", "quota"])
 def test_non_retryable_faults_are_not_retried(env, fault):
     env.faults = [fault, fault, fault]
 
@@ -215,6 +220,27 @@ def test_non_retryable_faults_are_not_retried(env, fault):
 
     assert result["error"] == FAULT_CLASSES[fault]
     assert env.calls == 1
+
+
+@pytest.mark.parametrize("provider", API_PROVIDERS)
+def test_error_body_with_http_200_keeps_the_servers_message_without_the_key(env, provider):
+    env.faults = ["error_body"]
+
+    result = Prompter(provider, "vision-model", retry=NO_WAIT, timeout_s=5).prompt("Tag.", CAT)
+
+    assert result["error"] == "quota"
+    assert "You exceeded your current quota" in result["raw"] and "insufficient_quota" in result["raw"]
+    assert KEYS[provider] not in json.dumps(result) and "(key ***)" in result["raw"]
+
+
+def test_cut_off_or_refused_answers_keep_the_models_text_and_token_usage(env):
+    for fault, raw in (("length", '{"tags": ["red", "squ'), ("refusal", "I'm sorry, I can't help with identifying people in images.")):
+        env.faults = [fault]
+
+        result = make("openai").prompt("Tag.", CAT)
+
+        assert (result["raw"], result["tags"]) == (raw, [])
+        assert result["completion_tokens"] and result["prompt_tokens"], "a cut-off answer was still billed"
 
 
 def test_rate_limit_retry_waits_for_retry_after(env):

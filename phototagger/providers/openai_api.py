@@ -24,6 +24,8 @@ DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_TOKENS = 300
 KEYLESS_PLACEHOLDER = "EMPTY"  # what vLLM's docs pass when the server wants no key
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+# Error codes or types in OpenAI's error JSON -> our class, for errors whose HTTP status does not say it.
+_CODE_CLASSES = (("insufficient_quota", "quota"), ("rate_limit", "rate_limited"), ("invalid_api_key", "auth"))
 
 
 def retry_after_from_headers(headers: Mapping[str, str]) -> Optional[float]:
@@ -177,23 +179,34 @@ class ChatAPIProvider(Provider):
         return data_uri(image, data)
 
     def _answer(self, response: Any) -> Answer:
+        """The completion's text, usage, finish reason and refusal; the prompter decides what they mean."""
         choices = getattr(response, "choices", None)
         if not choices:
+            error = getattr(response, "error", None)
+            if isinstance(error, dict):
+                raise self._body_error(error)
             body = response if isinstance(response, str) else type(response).__name__
             raise ProviderError(
                 "server_error", self.scrub(f"{self.label} answered without a chat completion (not JSON?): {body[:120]!r}")
             )
         message = choices[0].message
-        text = message.content if isinstance(message.content, str) else ""
-        if not text and getattr(message, "refusal", None):
-            text = message.refusal
-        if getattr(choices[0], "finish_reason", None) == "length":
-            log.debug("%s answer for %s hit max_tokens=%d", self.label, self.model, self.max_tokens)
+        refusal = getattr(message, "refusal", None)
         usage = getattr(response, "usage", None)
         return Answer(
-            text=text,
+            text=message.content if isinstance(message.content, str) else "",
             prompt_tokens=getattr(usage, "prompt_tokens", None),
             completion_tokens=getattr(usage, "completion_tokens", None),
+            finish_reason=getattr(choices[0], "finish_reason", None),
+            refusal=refusal if isinstance(refusal, str) and refusal.strip() else None,
+        )
+
+    def _body_error(self, error: Mapping[str, Any]) -> ProviderError:
+        """HTTP 200 with an {"error": ...} body, as some gateways send a used-up quota: classed by its
+        code, with the server's message (scrubbed) so the record says why."""
+        code = " ".join(dict.fromkeys(str(error[k]) for k in ("code", "type") if error.get(k)))
+        detail = self.scrub(str(error.get("message") or code or "no message"))
+        return ProviderError(
+            _code_class(code) or "server_error", f"{self.label} ({self.model}) answered HTTP 200 with an error ({code or 'no code'}): {detail}"
         )
 
     def _error(self, exc: Exception) -> ProviderError:
@@ -202,6 +215,8 @@ class ChatAPIProvider(Provider):
         detail = self.scrub(_api_message(exc))
         where = f"{self.label} ({self.model})"
         if isinstance(exc, sdk.RateLimitError):
+            if _code_class(_api_code(exc)) == "quota":
+                return ProviderError("quota", f"{where} has no quota left (HTTP 429): {detail}")
             retry_after = retry_after_from_headers(exc.response.headers)
             return ProviderError("rate_limited", f"{where} rate limited (HTTP 429): {detail}", retry_after=retry_after)
         if isinstance(exc, sdk.APITimeoutError):
@@ -257,6 +272,11 @@ def _api_message(exc: Exception) -> str:
     if isinstance(body, dict) and body.get("message"):
         return str(body["message"])
     return str(exc) or type(exc).__name__
+
+
+def _code_class(code: str) -> Optional[str]:
+    """The error class an OpenAI error code names, or None."""
+    return next((error_class for marker, error_class in _CODE_CLASSES if marker in code), None)
 
 
 def _api_code(exc: Exception) -> str:
