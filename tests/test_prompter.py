@@ -19,7 +19,7 @@ from phototagger.prompter import Prompter, RetryPolicy
 from phototagger.providers import Answer, MissingKeyError, Provider, ProviderError, make_provider, register_provider
 from phototagger.providers import base as providers_base
 from phototagger.providers.openai_api import retry_after_from_headers
-from tests.fakes.openai_server import FakeOpenAIServer, image_urls
+from tests.fakes.openai_server import FakeOpenAIServer, error_body, image_urls
 
 KEYS = {"openai": "sk-test-openai-SECRET-0001", "together": "tg-test-SECRET-0002", "openai-compatible": "oc-test-SECRET-0003"}
 API_PROVIDERS = list(KEYS)
@@ -231,6 +231,13 @@ def test_error_body_with_http_200_keeps_the_servers_message_without_the_key(env,
     assert result["error"] == "quota"
     assert "You exceeded your current quota" in result["raw"] and "insufficient_quota" in result["raw"]
     assert KEYS[provider] not in json.dumps(result) and "(key ***)" in result["raw"]
+
+
+def test_other_error_bodies_with_http_200_are_retryable_server_errors_with_their_message(env):
+    error = make("openai").backend._body_error(error_body("Upstream model is overloaded", "server_error", None)["error"])
+
+    assert (error.error_class, error.retryable) == ("server_error", True)
+    assert "Upstream model is overloaded" in str(error)
 
 
 def test_cut_off_or_refused_answers_keep_the_models_text_and_token_usage(env):

@@ -24,8 +24,7 @@ DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_TOKENS = 300
 KEYLESS_PLACEHOLDER = "EMPTY"  # what vLLM's docs pass when the server wants no key
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-# Error codes or types in OpenAI's error JSON -> our class, for errors whose HTTP status does not say it.
-_CODE_CLASSES = (("insufficient_quota", "quota"), ("rate_limit", "rate_limited"), ("invalid_api_key", "auth"))
+QUOTA_CODE = "insufficient_quota"  # OpenAI's code for an account without credit (sent with 429, or 200 by some gateways)
 
 
 def retry_after_from_headers(headers: Mapping[str, str]) -> Optional[float]:
@@ -201,12 +200,13 @@ class ChatAPIProvider(Provider):
         )
 
     def _body_error(self, error: Mapping[str, Any]) -> ProviderError:
-        """HTTP 200 with an {"error": ...} body, as some gateways send a used-up quota: classed by its
-        code, with the server's message (scrubbed) so the record says why."""
+        """HTTP 200 with an {"error": ...} body, as some gateways send a used-up quota: `quota` for that,
+        else a (retryable) server error; the server's message, scrubbed, stays in the record so it says why."""
         code = " ".join(dict.fromkeys(str(error[k]) for k in ("code", "type") if error.get(k)))
         detail = self.scrub(str(error.get("message") or code or "no message"))
         return ProviderError(
-            _code_class(code) or "server_error", f"{self.label} ({self.model}) answered HTTP 200 with an error ({code or 'no code'}): {detail}"
+            "quota" if QUOTA_CODE in code else "server_error",
+            f"{self.label} ({self.model}) answered HTTP 200 with an error ({code or 'no code'}): {detail}",
         )
 
     def _error(self, exc: Exception) -> ProviderError:
@@ -215,7 +215,7 @@ class ChatAPIProvider(Provider):
         detail = self.scrub(_api_message(exc))
         where = f"{self.label} ({self.model})"
         if isinstance(exc, sdk.RateLimitError):
-            if _code_class(_api_code(exc)) == "quota":
+            if _api_code(exc) == QUOTA_CODE:
                 return ProviderError("quota", f"{where} has no quota left (HTTP 429): {detail}")
             retry_after = retry_after_from_headers(exc.response.headers)
             return ProviderError("rate_limited", f"{where} rate limited (HTTP 429): {detail}", retry_after=retry_after)
@@ -272,11 +272,6 @@ def _api_message(exc: Exception) -> str:
     if isinstance(body, dict) and body.get("message"):
         return str(body["message"])
     return str(exc) or type(exc).__name__
-
-
-def _code_class(code: str) -> Optional[str]:
-    """The error class an OpenAI error code names, or None."""
-    return next((error_class for marker, error_class in _CODE_CLASSES if marker in code), None)
 
 
 def _api_code(exc: Exception) -> str:
