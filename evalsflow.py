@@ -12,13 +12,12 @@ SOURCE_FLOWS = ("PromptModels", "PromptCustomModels")
 @trigger_on_finish(flows=list(SOURCE_FLOWS))
 @project(name="photo_tagger")
 class EvaluationFlow(FlowSpec):
-    """Fold the prompt flows' per-photo events into one model ranking and render it as a card.
+    """Fold the prompt flows' per-photo results into one model ranking and render it as a card.
 
     1) Load the events and the list of folded runs from this flow's previous successful run of
        the same project branch (or start empty with --rebuild).
-    2) Read the log events of PromptModels and PromptCustomModels runs not folded before (plus the
-       latest PromptCustomModels run's `models_eval` where its log lacks events) and fold them in,
-       a rerun of a batch replacing the earlier answers.
+    2) Read the `models_eval` artifact of each PromptModels and PromptCustomModels run not folded
+       before and fold its results in as events, a rerun of a batch replacing the earlier answers.
     3) Build the `evals` table and render the dashboard card: ranking, recall vs latency chart and
        per-photo drill-down.
     """
@@ -44,17 +43,15 @@ class EvaluationFlow(FlowSpec):
 
     @step
     def collect(self):
-        """Read the stdout event lines of every successful prompt run of this branch not folded before, oldest
-        first, fill in from the latest PromptCustomModels run's `models_eval` whatever its log lacks, and fold
-        the new events into the accumulated ones."""
+        """Read the stored results (`models_eval`) of every successful prompt run of this branch not folded
+        before, oldest first, and fold them into the accumulated events."""
         folded = set(self.folded_runs)
         new_runs = sorted(
             (run for flow in SOURCE_FLOWS for run in runs_of(flow, current.branch_name) if run.pathspec not in folded),
             key=lambda run: run.created_at,
         )
-        latest_custom = latest_successful_run("PromptCustomModels", current.branch_name)
         new_events = []
-        for pathspec, events in evals.read_runs(new_runs, fill_from=latest_custom and latest_custom.pathspec):
+        for pathspec, events in evals.read_runs(new_runs):
             print(f"{pathspec}: {len(events)} events")
             new_events += events
         self.events = evals.fold_events(self.events, new_events)

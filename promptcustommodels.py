@@ -5,8 +5,8 @@
     python promptcustommodels.py run --base-model /models/qwen2.5-vl-3b   # base not where it was trained
     python promptcustommodels.py run --with kubernetes                # the evaluate step asks for one GPU
 
-The results have the shape of PromptModels' (`models_eval`, one event per photo on stdout), so
-EvaluationFlow shows the fine-tuned model next to the vendor models.
+The results have the shape of PromptModels' (`models_eval`), so EvaluationFlow shows the
+fine-tuned model next to the vendor models.
 """
 from collections import Counter
 from pathlib import PurePosixPath
@@ -34,7 +34,7 @@ class PromptCustomModels(FlowSpec):
        trained one (or --finetune-run), and the unseen photos of the latest UpdatePhotos run (or
        --update-run), leaving out any photo the adapter was trained on.
     2) Prompt every photo with the `finetuned` provider (base + adapter, batched greedy generation)
-       and the prompt the model was trained with; score, and log one event per photo.
+       and the prompt the model was trained with, and score every answer.
     3) Store `models_eval` (PromptModels' shape) and `summaries`; print a three-line summary and fail
        if the error budget was broken.
     """
@@ -112,14 +112,13 @@ class PromptCustomModels(FlowSpec):
     @step
     def evaluate(self):
         """Unpack the adapter next to its processor, load base + adapter once, and prompt every photo in
-        batches through `batch.prompt_photos`, which scores each answer and logs one event per photo."""
+        batches through `batch.prompt_photos`, which scores each answer."""
         self.results = []
         if self.photos:
             import tempfile
 
             from phototagger.prompting.batch import prompt_photos
             from phototagger.prompting.cache import make_cache
-            from phototagger.scoring.evals import EvalsLogger
             from phototagger.prompting.prompter import Prompter
             from phototagger.training.train import unpack_adapter
 
@@ -134,8 +133,7 @@ class PromptCustomModels(FlowSpec):
                 )
                 self.results = prompt_photos(
                     prompter, list(self.photos.values()), meta["prompt_text"], batch_size=self.batch_size,
-                    cache=make_cache(not self.no_cache), logger=EvalsLogger(), batch_id=self.batch_id, batch_date=self.batch_date,
-                    source_flow=current.flow_name, source_run=current.run_id, deadline_s=self.model_deadline_s,
+                    cache=make_cache(not self.no_cache), deadline_s=self.model_deadline_s,
                 )
         self.next(self.end)
 

@@ -30,7 +30,7 @@ from phototagger.prompting.batch import (
     select_models,
 )
 from phototagger.prompting.cache import make_cache
-from phototagger.scoring.evals import EvalsLogger, model_key
+from phototagger.scoring.evals import model_key
 from phototagger.scoring.metrics import summarise
 from phototagger.mfclient import CARD_TIMEOUT_S, scored_update_run
 
@@ -44,7 +44,7 @@ class PromptModels(FlowSpec):
     1) Read the unseen batch (and the earlier photos, for the offline baselines) from the latest
        successful UpdatePhotos run of this branch, or the run given by --update-run.
     2) One branch per model in models.json: prompt every photo (bounded adaptive concurrency,
-       response cache, retries), score, price, and log one event per photo for EvaluationFlow.
+       response cache, retries), score and price; the results are what EvaluationFlow reads.
        A model that cannot run here (no API key; a baseline on the first batch) is skipped with one line.
     3) Join: store `models_eval`, `summaries` and `skipped_models`, and check the error budget.
     4) End: print a three-line summary; fail if a model broke the error budget.
@@ -91,7 +91,7 @@ class PromptModels(FlowSpec):
     @step
     def prompt_model(self):
         """Prompt every photo of the batch with one model through `batch.prompt_photos`, which keeps one
-        result per photo whatever happens to the call, reuses cached answers and logs the events."""
+        result per photo whatever happens to the call and reuses cached answers."""
         entry = self.input
         self.model_key = model_key(entry["provider"], entry["model"])
         self.results, self.skip_reason = [], None
@@ -109,18 +109,13 @@ class PromptModels(FlowSpec):
                     concurrency=entry.get("concurrency") or self.concurrency,
                     cache=make_cache(not self.no_cache),
                     prices=self.prices.to_dict(),
-                    logger=EvalsLogger(),
-                    batch_id=self.batch_id,
-                    batch_date=self.batch_date,
-                    source_flow=current.flow_name,
-                    source_run=current.run_id,
                     deadline_s=self.model_deadline_s,
                 )
         self.next(self.join)
 
     @step
     def join(self, inputs):
-        """Gather the models' results into `models_eval`, summarise each model, list the skipped ones,
+        """Gather the models' results into `models_eval` (EvaluationFlow's input), summarise each model, list the skipped ones,
         and note which models broke the error budget (the run fails in `end`, after these are stored)."""
         self.merge_artifacts(inputs, include=["photos", "batch_id", "batch_date", "update_run_pathspec"])
         self.skipped_models = {i.model_key: i.skip_reason for i in inputs if i.skip_reason}

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -130,6 +131,33 @@ def test_baseline_loop_against_unsplash_and_openai_wire_formats(flow_env):
     assert not leaked, f"a key leaked into: {leaked}"
 
 
+def card_photo_count(html: str) -> int:
+    """The "Photos" tile of the dashboard card."""
+    match = re.search(r'<div class="k">Photos</div><div class="v[^"]*">([\d,]+)</div>', html)
+    assert match, "no Photos tile on the card"
+    return int(match.group(1).replace(",", ""))
+
+
+def test_every_prompted_photo_reaches_the_dashboard_past_the_log_cap(flow_env):
+    # --max-log-size 0 keeps nothing of the tasks' logs: the results must arrive through the artifacts.
+    n = 20
+    photos = sample_photos(n)
+    with FakeUnsplashServer(photos, key="unsplash-key") as unsplash, FakeOpenAIServer() as llm:
+        env = {**flow_env, "client_id": "unsplash-key", "openai_api": "sk-test", "UNSPLASH_API_URL": unsplash.base_url,
+               "OPENAI_BASE_URL": llm.base_url}
+        run_flow("updatephotos.py", env, source="unsplash", batch_size=n)
+        prompted, prompt_out = run_flow("promptmodels.py", env, models="openai", max_log_size=0)
+        evals_run, _ = run_flow("evalsflow.py", env)
+
+    (stored,) = prompted.data.models_eval["results"].values()
+    assert len(stored) == n
+    evals, html = dashboard(evals_run)
+    assert len(evals_run.data.events) == n
+    assert rows_by_model(evals)["openai:gpt-4o-mini"]["Error %"] == 0.0
+    assert card_photo_count(html) == n
+    assert not [p["id"] for p in photos if p["id"] in prompt_out], "no line per photo in the terminal"
+
+
 def test_full_loop_puts_the_finetuned_model_on_the_dashboard(flow_env, tmp_path):
     # Built in a child process, as run_demo.sh does: torch imported after Metaflow's client has run in
     # this process can trip over Metaflow's vendored typing_extensions.
@@ -142,7 +170,7 @@ def test_full_loop_puts_the_finetuned_model_on_the_dashboard(flow_env, tmp_path)
         "finetune_vlm.py", flow_env, base_model=str(base), max_steps=2, batch_size=2, grad_accum=1, epochs=1,
         output_dir=str(tmp_path / "checkpoints"),
     )
-    # A random tiny model answers gibberish: every answer is unparseable, which the error budget would stop.
+    # A random tiny model answers gibberish, cut at max-new-tokens: every answer fails, which the error budget would stop.
     custom, _ = run_flow("promptcustommodels.py", flow_env, max_error_share=1.0)
     evals_run, _ = run_flow("evalsflow.py", flow_env)
 

@@ -55,6 +55,9 @@ ERROR_CLASSES = (
     "bad_request",  # other 4xx
     "bad_image",  # image missing, not an image, too large
     "unparseable",  # the answer held no tag list at all
+    "truncated",  # the answer was cut off (max_tokens reached, JSON left open)
+    "refused",  # the model declined to answer (a refusal field or a prose refusal)
+    "quota",  # the account's quota or credit is used up (the server's message is kept)
     "no_history",  # an offline baseline had nothing to learn from
     "internal",  # a bug on our side, recorded instead of crashing the run
 )

@@ -1,7 +1,7 @@
 """prompt_photos and the error budget, on a scripted stand-in prompter (the real one is in test_faults.py)."""
 from __future__ import annotations
 
-import io
+import json
 import threading
 import time
 
@@ -19,7 +19,6 @@ from phototagger.prompting.batch import (
     select_models,
 )
 from phototagger.prompting.cache import LocalCacheBackend, ResponseCache
-from phototagger.scoring.evals import EvalsLogger, parse_events
 from phototagger.scoring.metrics import summarise
 
 PRICES = {"fake:tagger": {"input_per_1m": 1.0, "output_per_1m": 2.0}}
@@ -50,7 +49,7 @@ class ScriptedPrompter:
         if isinstance(outcome, str):
             return {"provider": self.provider, "model": self.model, "tags": [], "raw": outcome, "valid": False,
                     "error": outcome, "latency_ms": 5.0, "prompt_tokens": None, "completion_tokens": None}
-        return {"provider": self.provider, "model": self.model, "tags": list(outcome), "raw": "{}", "valid": True,
+        return {"provider": self.provider, "model": self.model, "tags": list(outcome), "raw": json.dumps({"tags": list(outcome)}), "valid": True,
                 "error": None, "latency_ms": 5.0, "prompt_tokens": 1000, "completion_tokens": 100}
 
     def prompt(self, prompt_text, image, photo_id=None):
@@ -146,19 +145,6 @@ def test_cache_key_includes_the_prompt(tmp_path):
     other_prompt = ScriptedPrompter()
     prompt_photos(other_prompt, photos(2), "another prompt", cache=cache, progress=False)
     assert len(other_prompt.calls) == 2
-
-
-def test_one_event_per_photo_with_batch_and_source_run():
-    out = io.StringIO()
-    run(ScriptedPrompter({"p1": "timeout"}), photos(3), logger=EvalsLogger(out), batch_id="17", batch_date="2025-03-04",
-        source_flow="PromptModels", source_run="99")
-    events = parse_events(out.getvalue().splitlines())
-    assert sorted(e["photo_id"] for e in events) == ["p0", "p1", "p2"]
-    first = events[0]
-    assert (first["model_key"], first["batch_id"], first["batch_date"], first["source_flow"], first["source_run"]) == (
-        "fake:tagger", "17", "2025-03-04", "PromptModels", "99")
-    assert first["ground_truth_tags"] == ["cat", "pet"] and first["image_url"].startswith("https://img.example/")
-    assert [e["error"] for e in events if e["photo_id"] == "p1"] == ["timeout"]
 
 
 def test_batching_prompter_gets_chunks_one_at_a_time_and_cache_hits_skip_them(tmp_path):

@@ -1,6 +1,3 @@
-import io
-import json
-
 from phototagger.scoring import evals
 from phototagger.scoring.metrics import score_photo
 
@@ -14,44 +11,6 @@ def event(model="prior:tag-prior", photo="p1", batch="101", date="2024-05-06", t
     photo_rec = {"id": photo, "ground_truth_tags": list(truth), "image_url": f"/photos/{photo}.jpg"}
     return evals.make_event(result, photo_rec, batch_id=batch, batch_date=date, source_flow="PromptModels",
                             source_run=run)
-
-
-def test_logged_events_parse_back_unchanged():
-    buf = io.StringIO()
-    logger = evals.EvalsLogger(buf)
-    sent = [event(photo="p1"), event(photo="p2", error="timeout")]
-    for e in sent:
-        logger.log(e)
-    assert buf.getvalue().count("\n") == 2
-    assert all(line.startswith(evals.EVENT_PREFIX) for line in buf.getvalue().splitlines())
-    assert evals.parse_events(buf.getvalue().splitlines()) == sent
-
-
-def test_logger_writes_to_current_stdout_by_default(capsys):
-    evals.EvalsLogger().log(event())
-    assert capsys.readouterr().out.startswith(evals.EVENT_PREFIX)
-
-
-def test_parser_skips_garbage_partial_lines_and_other_output():
-    good = evals.EVENT_PREFIX + json.dumps(event(photo="p9"))
-    lines = [
-        "Loading model...",
-        "",
-        good[: len(good) // 2],  # cut off by a crash
-        evals.EVENT_PREFIX + "not json at all",
-        evals.EVENT_PREFIX + json.dumps(["a", "list"]),
-        evals.EVENT_PREFIX + json.dumps({"photo_id": "x"}),  # no model
-        "2024-05-06 12:00:00 [task 3] " + good,  # a collector's prefix before the marker
-        "\x00\xff binary noise",
-    ]
-    events = evals.parse_events(lines)
-    assert [e["photo_id"] for e in events] == ["p9"]
-
-
-def test_parser_accepts_a_whole_log_as_one_string_and_derives_model_key():
-    text = "hello\n" + evals.EVENT_PREFIX + json.dumps({"photo_id": "p1", "provider": "knn", "model": "jec"}) + "\nbye"
-    (parsed,) = evals.parse_events([text])
-    assert parsed["model_key"] == "knn:jec"
 
 
 def test_table_headers_and_cells():
@@ -140,25 +99,7 @@ def test_cell_recall_reads_numbers_and_batch_cells():
     assert evals.cell_recall(None) is None
 
 
-class FakeTask:
-    def __init__(self, lines):
-        self.lines = lines
-
-    def loglines(self, stream):
-        assert stream == "stdout"
-        return [(None, line) for line in self.lines]
-
-
-def test_events_from_run_reads_every_task_of_every_step():
-    e1, e2 = event(photo="p1"), event(photo="p2", model="knn:jec")
-    run = [
-        [FakeTask(["starting"])],
-        [FakeTask([evals.EVENT_PREFIX + json.dumps(e1)]), FakeTask(["x", evals.EVENT_PREFIX + json.dumps(e2)])],
-    ]
-    assert evals.events_from_run(run) == [e1, e2]
-
-
-def test_models_eval_artifact_becomes_events_and_fills_only_missing_ones():
+def test_models_eval_artifact_becomes_one_event_per_result_with_photo_and_batch():
     models_eval = {
         "batch_id": "101",
         "batch_date": "2024-05-06",
@@ -169,27 +110,32 @@ def test_models_eval_artifact_becomes_events_and_fills_only_missing_ones():
     (rebuilt,) = evals.events_from_models_eval(models_eval, "PromptCustomModels", "55")
     assert rebuilt["model_key"] == "finetuned:qwen"
     assert rebuilt["ground_truth_tags"] == ["cat"] and rebuilt["image_url"] == "u1"
-    assert rebuilt["batch_id"] == "101" and rebuilt["source_run"] == "55"
-    assert evals.missing_events([rebuilt], [rebuilt]) == []
-    assert evals.missing_events([], [rebuilt]) == [rebuilt]
+    assert rebuilt["batch_id"] == "101" and rebuilt["batch_date"] == "2024-05-06"
+    assert (rebuilt["source_flow"], rebuilt["source_run"]) == ("PromptCustomModels", "55")
 
 
-class FakeRun(list):
-    def __init__(self, pathspec, steps, artifacts):
-        super().__init__(steps)
+class TruncatedLogRun(list):
+    """A client Run whose task log was cut at Metaflow's --max-log-size: only the marker is left."""
+
+    def __init__(self, pathspec, artifacts):
+        task = type("Task", (), {"loglines": lambda self, stream: [(None, "[TRUNCATED - MAXIMUM LOG FILE SIZE REACHED]")]})()
+        super().__init__([[task]])
         self.pathspec, self.id = pathspec, pathspec.split("/")[1]
         self.data = type("Data", (dict,), {"__getattr__": dict.__getitem__})(artifacts)
 
 
-def test_read_runs_fills_from_the_named_runs_artifact_only_what_its_log_lacks():
-    logged = event(model="finetuned:qwen", photo="p1")
-    models_eval = {"batch_id": "101", "batch_date": "2024-05-06",
-                   "photos": {p: {"id": p, "ground_truth_tags": ["cat"]} for p in ("p1", "p2")},
-                   "results": {"finetuned:qwen": [{"photo_id": p, "provider": "finetuned", "model": "qwen", "tags": ["cat"],
-                                                   "recall": 100.0, "precision": 100.0, "f1": 100.0} for p in ("p1", "p2")]}}
-    log = [[FakeTask([evals.EVENT_PREFIX + json.dumps(logged)])]]
-    runs = [FakeRun("PromptCustomModels/5", log, {"models_eval": models_eval}),
-            FakeRun("PromptCustomModels/6", log, {"models_eval": models_eval})]
-    read = dict(evals.read_runs(runs, fill_from="PromptCustomModels/6"))
-    assert [e["photo_id"] for e in read["PromptCustomModels/5"]] == ["p1"]
-    assert [(e["photo_id"], e["source_run"]) for e in read["PromptCustomModels/6"]] == [("p1", "7"), ("p2", "6")]
+def test_read_runs_takes_every_result_from_the_artifact_whatever_the_log_kept():
+    n = 3000
+    photos = {f"p{i}": {"id": f"p{i}", "ground_truth_tags": ["cat"]} for i in range(n)}
+    results = {key: [{"photo_id": p, "provider": key.split(":")[0], "model": key.split(":")[1], "tags": ["cat"],
+                      "raw": "", "valid": True, "error": None, "latency_ms": 5.0, "cost_usd": None,
+                      **score_photo(["cat"], ["cat"])} for p in photos] for key in ("openai:gpt-4o-mini", "knn:jec")}
+    runs = [TruncatedLogRun("PromptModels/5", {"models_eval": {"batch_id": "9", "batch_date": "2024-05-06",
+                                                               "photos": photos, "results": results}}),
+            TruncatedLogRun("PromptCustomModels/6", {"models_eval": {"batch_id": "9", "batch_date": "2024-05-06",
+                                                                     "photos": {}, "results": {}}})]
+    read = dict(evals.read_runs(runs))
+    assert len(read["PromptModels/5"]) == 2 * n and read["PromptCustomModels/6"] == []
+    assert {e["source_run"] for e in read["PromptModels/5"]} == {"5"}
+    evals_table = evals.build_evals(read["PromptModels/5"])
+    assert {row[0]: row[-1] for row in evals_table["rows"]} == {"openai:gpt-4o-mini": f"100.0 ({n})", "knn:jec": f"100.0 ({n})"}

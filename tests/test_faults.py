@@ -6,6 +6,7 @@ failed photo carries the right error class, the others are unharmed, and the err
 from __future__ import annotations
 
 import io
+import json
 import time
 
 import pytest
@@ -19,6 +20,7 @@ from phototagger.prompting.batch import (
     make_prompter,
     prompt_photos,
 )
+from phototagger.prompting.cache import LocalCacheBackend, ResponseCache
 from phototagger.prompting.limiter import AdaptiveLimiter
 from phototagger.prompting.prompter import Prompter, RetryPolicy
 from tests.fakes.openai_server import FakeOpenAIServer
@@ -68,6 +70,8 @@ PERSISTENT_FAULTS = [
     ("auth", "auth"),
     ("bad_image", "bad_image"),
 ]
+NOT_ANSWERS = [("length", "truncated"), ("refusal", "refused"), ("refusal_prose", "refused"), ("error_body", "quota")]
+PERSISTENT_FAULTS += NOT_ANSWERS
 
 
 @pytest.mark.parametrize("fault,error_class", PERSISTENT_FAULTS, ids=[f for f, _ in PERSISTENT_FAULTS])
@@ -78,6 +82,42 @@ def test_a_photo_that_always_fails_is_recorded_with_its_class_and_the_rest_succe
     assert errors(results) == [None, error_class, None, None]
     assert results[1]["recall"] == 0.0 and results[0]["recall"] == 100.0
     assert KEY not in results[1]["raw"]
+
+
+@pytest.mark.parametrize("fault,error_class", NOT_ANSWERS, ids=[f for f, _ in NOT_ANSWERS])
+def test_an_answer_that_is_not_an_answer_is_not_cached_and_is_asked_again_once_the_server_heals(server, tmp_path, fault, error_class):
+    cache = ResponseCache(LocalCacheBackend(tmp_path))
+    server.fault_by_image = {"p1.png": fault}
+    first = prompt_photos(prompter(server), photos(server), "tag", cache=cache, progress=False)
+    server.fault_by_image = {}
+    calls = server.calls
+    healed = prompt_photos(prompter(server), photos(server), "tag", cache=cache, progress=False)
+
+    assert errors(first) == [None, error_class, None, None]
+    assert first[1]["tags"] == [] and first[1]["recall"] == 0.0
+    assert server.calls == calls + 1, "only the failed photo is asked again"
+    assert [r["cached"] for r in healed] == [True, False, True, True]
+    assert errors(healed) == [None] * N and healed[1]["tags"] == ["red", "square"]
+
+
+BAD_ENTRIES = [{}, {"tags": None}, {"tags": "sky"}, {"tags": [1, {}]}, ["sky"],
+               {"tags": ["red", "squ"], "raw": '{"tags": ["red", "squ', "valid": False},  # cut off, stored by an older version
+               {"tags": ["sorry", "i can't"], "raw": "Sorry, I can't.", "valid": False}]
+
+
+@pytest.mark.parametrize("entry", BAD_ENTRIES, ids=[json.dumps(e) for e in BAD_ENTRIES])
+def test_a_cache_entry_of_the_wrong_shape_is_a_miss_and_is_overwritten(server, tmp_path, entry):
+    cache = ResponseCache(LocalCacheBackend(tmp_path))
+    prompt_photos(prompter(server), photos(server), "tag", cache=cache, progress=False)
+    bad = sorted(tmp_path.rglob("*.json"))[0]
+    bad.write_text(json.dumps(entry))
+    calls = server.calls
+
+    again = prompt_photos(prompter(server), photos(server), "tag", cache=cache, progress=False)
+
+    assert server.calls == calls + 1 and sum(not r["cached"] for r in again) == 1
+    assert errors(again) == [None] * N and all(r["tags"] == ["red", "square"] for r in again)
+    assert json.loads(bad.read_text())["tags"] == ["red", "square"], "the next answer overwrote the bad entry"
 
 
 def test_a_hanging_call_times_out_per_call_and_does_not_hold_up_the_others(server):

@@ -25,6 +25,17 @@ def test_batched_generation_returns_one_answer_per_image_same_as_one_at_a_time(b
     assert len({answer.prompt_tokens for answer in batched}) == 2
 
 
+def test_an_answer_cut_at_max_new_tokens_is_marked_length_and_recorded_truncated(base_provider, colour_photos):
+    from phototagger.prompting.prompter import read_answer
+
+    answers = base_provider.complete_batch("Tag this photo.", [str(p) for p in colour_photos.values()], [None] * 4)
+
+    cut = [a for a in answers if a.completion_tokens == base_provider.max_new_tokens]
+    assert cut, "the random tiny model never stops on its own within 10 tokens"
+    assert all(a.finish_reason == "length" for a in cut)
+    assert all(read_answer(a)[1].error == "truncated" for a in cut)
+
+
 def test_unreadable_photo_is_an_error_in_its_own_slot(base_provider, colour_photos, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")

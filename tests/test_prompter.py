@@ -20,7 +20,7 @@ from phototagger.prompting.prompter import Prompter, RetryPolicy
 from phototagger.prompting.providers import Answer, MissingKeyError, Provider, ProviderError, make_provider, register_provider
 from phototagger.prompting.providers import base as providers_base
 from phototagger.prompting.providers.openai_api import retry_after_from_headers
-from tests.fakes.openai_server import FakeOpenAIServer, image_urls
+from tests.fakes.openai_server import FakeOpenAIServer, error_body, image_urls
 
 KEYS = {"openai": "sk-test-openai-SECRET-0001", "together": "tg-test-SECRET-0002", "openai-compatible": "oc-test-SECRET-0003"}
 API_PROVIDERS = list(KEYS)
@@ -190,6 +190,11 @@ FAULT_CLASSES = {
     "prose": "unparseable",
     "auth": "auth",
     "bad_image": "bad_image",
+    "length": "truncated",
+    "refusal": "refused",
+    "refusal_prose": "refused",
+    "error_body": "quota",
+    "quota": "quota",
 }
 
 
@@ -236,7 +241,7 @@ def test_retryable_faults_are_retried_until_an_answer(env):
     assert env.calls == 3
 
 
-@pytest.mark.parametrize("fault", ["auth", "bad_image"])
+@pytest.mark.parametrize("fault", ["auth", "bad_image", "length", "refusal", "error_body", "quota"])
 def test_non_retryable_faults_are_not_retried(env, fault):
     env.faults = [fault, fault, fault]
 
@@ -244,6 +249,34 @@ def test_non_retryable_faults_are_not_retried(env, fault):
 
     assert result["error"] == FAULT_CLASSES[fault]
     assert env.calls == 1
+
+
+@pytest.mark.parametrize("provider", API_PROVIDERS)
+def test_error_body_with_http_200_keeps_the_servers_message_without_the_key(env, provider):
+    env.faults = ["error_body"]
+
+    result = Prompter(provider, "vision-model", retry=NO_WAIT, timeout_s=5).prompt("Tag.", CAT)
+
+    assert result["error"] == "quota"
+    assert "You exceeded your current quota" in result["raw"] and "insufficient_quota" in result["raw"]
+    assert KEYS[provider] not in json.dumps(result) and "(key ***)" in result["raw"]
+
+
+def test_other_error_bodies_with_http_200_are_retryable_server_errors_with_their_message(env):
+    error = make("openai").backend._body_error(error_body("Upstream model is overloaded", "server_error", None)["error"])
+
+    assert (error.error_class, error.retryable) == ("server_error", True)
+    assert "Upstream model is overloaded" in str(error)
+
+
+def test_cut_off_or_refused_answers_keep_the_models_text_and_token_usage(env):
+    for fault, raw in (("length", '{"tags": ["red", "squ'), ("refusal", "I'm sorry, I can't help with identifying people in images.")):
+        env.faults = [fault]
+
+        result = make("openai").prompt("Tag.", CAT)
+
+        assert (result["raw"], result["tags"]) == (raw, [])
+        assert result["completion_tokens"] and result["prompt_tokens"], "a cut-off answer was still billed"
 
 
 def test_rate_limit_retry_waits_for_retry_after(env):

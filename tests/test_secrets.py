@@ -20,7 +20,7 @@ from PIL import Image
 
 from phototagger.prompting.batch import ErrorBudgetExceeded, check_error_budget, prompt_photos, run_summary_lines
 from phototagger.prompting.cache import LocalCacheBackend, ResponseCache
-from phototagger.scoring.evals import EvalsLogger
+from phototagger.scoring.evals import events_from_models_eval
 from phototagger.scoring.metrics import summarise
 from phototagger.redact import MIN_SECRET_LEN, scrub
 from phototagger.prompting.prompter import Prompter, RetryPolicy
@@ -56,11 +56,10 @@ def leaked(text: str) -> list[str]:
     return [key for key in KEYS if any(form in text for form in echoed_forms(key))]
 
 
-def test_keys_stay_out_of_results_events_logs_errors_and_cache(monkeypatch, tmp_path, caplog, capsys):
+def test_keys_stay_out_of_results_logs_errors_and_cache(monkeypatch, tmp_path, caplog, capsys):
     monkeypatch.setenv("openai_api", OPENAI_KEY)
     monkeypatch.setenv("togetherai_api", TOGETHER_KEY)
     caplog.set_level(logging.DEBUG)
-    events = io.StringIO()
     cache = ResponseCache(LocalCacheBackend(tmp_path / "cache"))
     photos = [{"id": name, "image_url": f"https://img.example/{name}.png", "ground_truth_tags": [name]} for name in COLOURS]
     texts = []
@@ -68,7 +67,7 @@ def test_keys_stay_out_of_results_events_logs_errors_and_cache(monkeypatch, tmp_
         server.fault_by_image = {"green": "auth", "blue": "server_error"}
         for provider, base_url in (("openai", server.base_url), ("together", server.root_url)):
             prompter = Prompter(provider, "vision-model", retry=RetryPolicy(max_attempts=2, base_delay_s=0.01), base_url=base_url)
-            results = prompt_photos(prompter, photos, "tag", cache=cache, logger=EvalsLogger(events), progress=False)
+            results = prompt_photos(prompter, photos, "tag", cache=cache, progress=False)
             assert [r["error"] for r in results] == [None, "auth", "server_error", None]
             with pytest.raises(ErrorBudgetExceeded) as failed:
                 check_error_budget(results, 0.2)
@@ -76,9 +75,9 @@ def test_keys_stay_out_of_results_events_logs_errors_and_cache(monkeypatch, tmp_
         sent = {headers.get("authorization") for _, headers, _ in server.requests}
     assert sent == {f"Bearer {OPENAI_KEY}", f"Bearer {TOGETHER_KEY}"}  # the keys really went out
     captured = capsys.readouterr()
-    texts += [events.getvalue(), caplog.text, captured.out, captured.err]
+    texts += [caplog.text, captured.out, captured.err]
     texts += [p.read_text() for p in (tmp_path / "cache").rglob("*") if p.is_file()]
-    assert "Incorrect API key provided: ***" in events.getvalue()  # the echo was there, and scrubbed
+    assert "Incorrect API key provided: ***" in texts[0]  # the echo was there, and scrubbed
     assert leaked("\n".join(texts)) == []
 
 
@@ -86,7 +85,6 @@ def test_a_key_echoed_in_the_answer_or_an_error_reaches_no_record_cache_event_lo
     monkeypatch.setenv("openai_api", OPENAI_KEY)
     monkeypatch.setenv("togetherai_api", TOGETHER_KEY)
     caplog.set_level(logging.DEBUG)
-    events = io.StringIO()
     cache_dir = tmp_path / "cache"
     photos = [{"id": name, "image_url": f"https://img.example/{name}.png", "ground_truth_tags": [name]} for name in COLOURS]
     texts, results_by_model = [], {}
@@ -96,7 +94,7 @@ def test_a_key_echoed_in_the_answer_or_an_error_reaches_no_record_cache_event_lo
             prompter = Prompter(provider, "vision-model", retry=RetryPolicy(max_attempts=2, base_delay_s=0.01), base_url=base_url)
             for _ in range(2):  # the second run answers red, green and yellow from the cache
                 results = prompt_photos(prompter, photos, "tag", cache=ResponseCache(LocalCacheBackend(cache_dir)),
-                                        logger=EvalsLogger(events), progress=False)
+                                        progress=False)
             assert [r["error"] for r in results] == [None, None, "server_error", None]
             assert [r["cached"] for r in results] == [True, True, False, True]
             red = results[0]
@@ -107,7 +105,8 @@ def test_a_key_echoed_in_the_answer_or_an_error_reaches_no_record_cache_event_lo
     models_eval = {"photos": {p["id"]: p for p in photos}, "results": results_by_model, "batch_id": "b1", "batch_date": "2024-05-01"}
     print("\n".join(run_summary_lines(models_eval, {k: summarise(v) for k, v in results_by_model.items()}, {})))
     captured = capsys.readouterr()
-    texts += [events.getvalue(), caplog.text, captured.out, captured.err]
+    events = events_from_models_eval(models_eval, "PromptModels", "1")
+    texts += [json.dumps(events), caplog.text, captured.out, captured.err]
     cached = [p.read_text() for p in cache_dir.rglob("*") if p.is_file()]
     assert len(cached) == 6 and all("***" in text for text in cached if '"red"' in text)
     assert leaked("\n".join(texts + cached)) == []

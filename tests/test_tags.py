@@ -45,13 +45,31 @@ def test_parser_accepts_what_models_really_return(answer, tags, valid):
     [
         "",
         None,
-        "I am sorry, but I cannot help with identifying the contents of this image right now.",
         '{"description": "a cat on a sofa"}',
+        "I'd rather describe this lovely picture in a few sentences instead.",
     ],
 )
 def test_parser_marks_answers_without_a_tag_list_unparseable(answer):
     parsed = parse_tags(answer)
     assert parsed.tags == [] and parsed.valid is False and parsed.error == "unparseable"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Sorry, I can't.",
+        "I am sorry, but I cannot help with identifying the contents of this image right now.",
+        "I’m unable to tag this image, cat.",
+        "I can't, sorry",
+    ],
+)
+def test_parser_marks_a_prose_refusal_refused_not_a_tag_list(answer):
+    assert parse_tags(answer) == ([], False, "refused")
+
+
+@pytest.mark.parametrize("answer", ['{"tags": ["red", "squ', '```json\n{"tags": ["red", "square"', 'Tags: ["a", "b\\"', '["sky", "sea",'])
+def test_parser_marks_json_that_never_closes_truncated_not_a_tag_list(answer):
+    assert parse_tags(answer) == ([], False, "truncated")
 
 
 def test_parser_normalises_and_dedupes_model_tags():

@@ -289,7 +289,6 @@ def tags_from_folder(
         concurrency=concurrency or entry.get("concurrency") or DEFAULT_CONCURRENCY,
         cache=make_cache(use_cache),
         progress=progress,
-        source_flow="export_tags",
     )
     tagset = tagset_from_results({p["id"]: p for p in photos}, results, model, source.name)
     tagset.notes = list(source.notes)

@@ -1,4 +1,4 @@
-"""Prompt a batch of photos with one model: concurrent, adaptive, cached, scored, costed, logged.
+"""Prompt a batch of photos with one model: concurrent, adaptive, cached, scored, costed.
 
 This is the one path both prompt flows take. N photos in gives N result records out, in input
 order, whatever happens to each call: a rate limit, a timeout or a bug on our side becomes a
@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from phototagger.prompting.cache import ResponseCache
 from phototagger.prompting.cost import load_prices, result_cost
-from phototagger.scoring.evals import EvalsLogger, make_event, model_key
+from phototagger.scoring.evals import model_key
 from phototagger.prompting.limiter import AdaptiveLimiter
 from phototagger.scoring.metrics import Summary, score_photo
 from phototagger.prompting.prompter import Prompter, failed_result
@@ -52,11 +52,6 @@ def prompt_photos(
     cache: Optional[ResponseCache] = None,
     prices: Optional[Mapping[str, Any]] = None,
     progress: bool = True,
-    logger: Optional[EvalsLogger] = None,
-    batch_id: str = "",
-    batch_date: str = "",
-    source_flow: str = "",
-    source_run: str = "",
     batch_size: int = DEFAULT_BATCH_SIZE,
     deadline_s: float = DEFAULT_MODEL_DEADLINE_S,
     max_auth_failures: int = DEFAULT_MAX_AUTH_FAILURES,
@@ -67,8 +62,8 @@ def prompt_photos(
     prompter's own limiter if it has one). A prompter with `supports_batching` (a local GPU
     model) gets chunks of `batch_size` photos through `prompt_batch`, one chunk at a time.
     Answers come from `cache` when it has them; new successful answers go into it. Each result
-    is scored against the photo's ground truth, priced with `prices` (the prices.json table), and
-    logged as one event through `logger` (EvalsLogger) with the batch and source run it belongs to.
+    is scored against the photo's ground truth and priced with `prices` (the prices.json table);
+    the flows store the results as their `models_eval` artifact, which EvaluationFlow reads.
     No call starts after `deadline_s` (nor a retry that would wait past it), and `max_auth_failures`
     rejected keys in a row stop the calls: the photos left are recorded as `deadline`, or with
     the error that stopped them, so the run ends in bounded time with every photo accounted for.
@@ -94,9 +89,6 @@ def prompt_photos(
         result.update(score_photo(photo.get("ground_truth_tags") or [], [] if result.get("error") else result["tags"]))
         result["cost_usd"] = result_cost(result, price_table)
         results[index] = result
-        if logger is not None:
-            logger.log(make_event(result, photo, batch_id=batch_id, batch_date=batch_date,
-                                  source_flow=source_flow, source_run=source_run))
         errors += bool(result.get("error"))
         bar.update(1)
         bar.set_postfix(errors=errors, refresh=False)

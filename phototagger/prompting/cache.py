@@ -4,8 +4,10 @@ A rerun, or the second prompt flow over the same photos, should not pay for an a
 already has (promptfoo and lmms-eval cache per sample the same way). The key is a sha256 over
 everything that can change the answer: provider, model, the prompt's hash, the image's
 identity (the URL for http(s) images, the sha256 of the bytes for local files) and the
-generation settings the prompter reports. Only successful answers are stored, so a rate limit
-or a timeout is retried on the next run instead of being replayed.
+generation settings the prompter reports. Only successful answers are stored, so a rate limit,
+a timeout, a cut-off or a refused answer is retried on the next run instead of being replayed. An
+entry is checked when read: one that is not a stored answer (the wrong shape, or text that does
+not parse as one) is a miss, and the next successful answer overwrites it.
 
 Where it lives: `$PHOTOTAGGER_CACHE_DIR`, else `.phototagger_cache/responses` under the
 working directory; when Metaflow's configured datastore is S3 (deployed runs), under
@@ -25,6 +27,7 @@ from typing import Any, Mapping, Optional, Protocol
 
 from phototagger.http import is_url
 from phototagger.records import ModelResult
+from phototagger.scoring.tags import parse_tags
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +153,15 @@ class ResponseCache:
         except Exception as exc:  # a cache must never fail a run
             log.warning("response cache read failed (%s); calling the model instead", type(exc).__name__)
             stored = None
+        answer = stored is not None and _is_stored_answer(stored)
+        if stored is not None and not answer:
+            log.warning("response cache entry %s is not a stored answer (wrong shape); calling the model again", key[:12])
         with self._lock:
-            if isinstance(stored, dict):
+            if answer:
                 self.hits += 1
             else:
                 self.misses += 1
-        if not isinstance(stored, dict):
+        if not answer:
             return None
         result = ModelResult(**{k: stored.get(k) for k in STORED_FIELDS})
         result["error"] = None
@@ -175,6 +181,22 @@ class ResponseCache:
         with self._lock:
             self.writes += 1
         return True
+
+
+def _is_stored_answer(stored: Any) -> bool:
+    """Whether `stored` is what `put` writes for a successful answer: tags a list of strings, `valid` a
+    bool, numbers or None for latency and tokens, and raw text that parses without an error."""
+    if not isinstance(stored, dict):
+        return False
+    tags, raw = stored.get("tags"), stored.get("raw")
+    if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags) or not isinstance(raw, str):
+        return False
+    if not isinstance(stored.get("valid"), bool):
+        return False
+    numbers = (stored.get(k) for k in ("latency_ms", "prompt_tokens", "completion_tokens"))
+    if not all(n is None or (isinstance(n, (int, float)) and not isinstance(n, bool)) for n in numbers):
+        return False
+    return parse_tags(raw).error is None
 
 
 def default_cache_dir() -> Path:

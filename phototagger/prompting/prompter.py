@@ -14,12 +14,12 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
 from phototagger.prompting.limiter import CallsStopped
 from phototagger.prompting.providers import Answer, ProviderError, make_provider
 from phototagger.records import ModelResult
-from phototagger.scoring.tags import normalise_tags, parse_tags
+from phototagger.scoring.tags import ParsedTags, normalise_tags, parse_tags
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +178,7 @@ class Prompter:
     def _result(self, photo_id: Optional[str], answer: Answer, elapsed_s: float) -> ModelResult:
         # A server may echo the key in its answer: scrub before parsing, and the decoded tags again
         # (a key spelled with escapes the scrubber does not know shows only once JSON is decoded).
-        text = self.backend.scrub(answer.text)
-        parsed = parse_tags(text)
+        text, parsed = read_answer(answer, self.backend.scrub)
         return ModelResult(
             photo_id=photo_id,
             provider=self.provider,
@@ -204,6 +203,22 @@ class Prompter:
 
     def _scrub(self, exc: Exception) -> str:
         return self.backend.scrub(f"{type(exc).__name__}: {exc}")
+
+
+def read_answer(answer: Answer, scrub: Callable[[str], str]) -> tuple[str, ParsedTags]:
+    """(the text to keep as raw, its parsed tags) for every provider's answer, read after `scrub`.
+
+    A refusal the API reports apart from the content is `refused`; an answer cut at the token limit
+    is `truncated` unless it is already the whole requested JSON. Either is an error, so it is
+    never scored and never cached.
+    """
+    if answer.refusal:
+        return scrub(answer.refusal), ParsedTags([], False, "refused")
+    text = scrub(answer.text)
+    parsed = parse_tags(text)
+    if answer.finish_reason == "length" and not parsed.valid:
+        return text, ParsedTags([], False, "truncated")
+    return text, parsed
 
 
 def failed_result(

@@ -1,26 +1,20 @@
 """The evals event log and the model ranking table.
 
-Prompt flows print one event per photo and model on stdout behind `EVENT_PREFIX`; EvaluationFlow
-reads those lines back from the runs' task logs through the Metaflow client, folds them into the
-events it has gathered before, and builds the table the dashboard shows. Logs are the transport so
-that the dashboard's cost grows with the new runs only, not with all history.
+Prompt flows store one result per photo and model in their `models_eval` artifact; EvaluationFlow
+reads that artifact of each prompt run it has not folded before through the Metaflow client, turns
+the results into events, folds them into the events it has gathered before, and builds the table
+the dashboard shows. Artifacts are the one channel: task logs are truncated past Metaflow's
+--max-log-size and would lose events silently. Reading only the new runs keeps the dashboard's cost
+growing with the new runs, not with all history.
 """
 from __future__ import annotations
 
-import json
-import logging
 import re
-import sys
-import threading
 from collections import defaultdict
-from typing import Any, Iterable, Iterator, Mapping, Optional, Protocol, TextIO
+from typing import Any, Iterable, Iterator, Mapping, Optional, Protocol
 
 from phototagger.scoring.metrics import Summary, summarise
 from phototagger.records import ModelResult, Photo
-
-log = logging.getLogger(__name__)
-
-EVENT_PREFIX = "PHOTOTAGGER_EVAL "
 
 FIXED_HEADERS = ["Model", "Avg Latency (ms)", "Avg Recall", "Recall (all photos)", "Error %", "Cost (USD)"]
 """The columns before the per-batch ones. Avg Recall is over valid answers; Recall (all photos)
@@ -54,7 +48,7 @@ def make_event(
     source_flow: str,
     source_run: str,
 ) -> EvalEvent:
-    """The event for `result` on `photo`: the one way prompt flows and artifact readers build one."""
+    """The event for `result` on `photo`, with the batch and the prompt run it came from."""
     event = EvalEvent(**result)  # type: ignore[typeddict-item]
     event.update(
         model_key=model_key(result.get("provider", ""), result.get("model", "")),
@@ -67,53 +61,6 @@ def make_event(
     )
     event.setdefault("photo_id", photo.get("id", ""))
     return event
-
-
-class EvalsLogger:
-    """Writes events as single marked lines on stdout, where Metaflow keeps them with the task.
-
-    Thread-safe: prompt_photos logs from its worker threads and lines must not interleave.
-    """
-
-    def __init__(self, stream: Optional[TextIO] = None):
-        self._stream = stream
-        self._lock = threading.Lock()
-
-    def log(self, event: Mapping[str, Any]) -> None:
-        line = EVENT_PREFIX + json.dumps(event, default=str, sort_keys=True)
-        stream = self._stream or sys.stdout  # looked up per call: Metaflow and pytest swap sys.stdout
-        with self._lock:
-            stream.write(line + "\n")
-            stream.flush()
-
-
-def parse_events(lines: Iterable[str]) -> list[EvalEvent]:
-    """The events among `lines` (each item may hold several lines), in order.
-
-    Anything else is skipped: other program output, lines cut off by a crash, JSON that is not an
-    event. The marker may follow a prefix some log collectors add (a timestamp, a task id).
-    """
-    events: list[EvalEvent] = []
-    for chunk in lines:
-        for line in str(chunk).splitlines():
-            at = line.find(EVENT_PREFIX)
-            if at < 0:
-                continue
-            try:
-                event = json.loads(line[at + len(EVENT_PREFIX) :])
-            except ValueError:
-                log.debug("skipping a cut or garbled event line: %.80s", line)
-                continue
-            if not isinstance(event, dict) or not event.get("photo_id") or not (
-                event.get("model_key") or event.get("provider")
-            ):
-                log.debug("skipping an event without photo_id or model: %.80s", line)
-                continue
-            event.setdefault("model_key", model_key(event.get("provider", ""), event.get("model", "")))
-            event.setdefault("batch_id", "")
-            event.setdefault("batch_date", "")
-            events.append(event)
-    return events
 
 
 def _event_key(event: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -225,7 +172,7 @@ def best_model(evals: Mapping[str, list]) -> Optional[str]:
 
 
 def events_from_models_eval(models_eval: Mapping[str, Any], source_flow: str, source_run: str) -> list[EvalEvent]:
-    """Events rebuilt from a prompt flow's `models_eval` artifact (for runs whose log lost them)."""
+    """The events of a prompt flow's `models_eval` artifact: one per stored result, in stored order."""
     photos = models_eval.get("photos") or {}
     events = []
     for results in (models_eval.get("results") or {}).values():
@@ -244,39 +191,14 @@ def events_from_models_eval(models_eval: Mapping[str, Any], source_flow: str, so
     return events
 
 
-class _Task(Protocol):
-    def loglines(self, stream: str) -> Iterable[tuple[Any, str]]: ...
-
-
 class _Run(Protocol):
     pathspec: str
     id: str
     data: Any
 
-    def __iter__(self) -> Iterator[Iterable[_Task]]: ...
 
-
-def events_from_run(run: Iterable[Iterable[_Task]]) -> list[EvalEvent]:
-    """The events a run printed, from the stdout log of every task of every step.
-
-    `run` is a Metaflow client `Run` (steps iterate over tasks); only log lines are read, so the
-    cost is the size of the run's logs, not of its artifacts.
-    """
-    return parse_events(line for step in run for task in step for _, line in task.loglines("stdout"))
-
-
-def missing_events(logged: Iterable[EvalEvent], candidates: Iterable[EvalEvent]) -> list[EvalEvent]:
-    """The `candidates` whose (model, photo, batch) is not among `logged`."""
-    seen = {_event_key(e) for e in logged}
-    return [e for e in candidates if _event_key(e) not in seen]
-
-
-def read_runs(runs: Iterable[_Run], fill_from: Optional[str] = None) -> Iterator[tuple[str, list[EvalEvent]]]:
-    """(pathspec, events) for each prompt run: the events in its logs and, for the run whose pathspec is
-    `fill_from`, the results of its `models_eval` artifact that the logs lack (a log cut short)."""
+def read_runs(runs: Iterable[_Run]) -> Iterator[tuple[str, list[EvalEvent]]]:
+    """(pathspec, events) for each prompt run, rebuilt from its `models_eval` artifact (one artifact read per run)."""
     for run in runs:
-        events = events_from_run(run)
-        if run.pathspec == fill_from and "models_eval" in run.data:
-            flow_name = run.pathspec.split("/", 1)[0]
-            events += missing_events(events, events_from_models_eval(run.data.models_eval, flow_name, run.id))
-        yield run.pathspec, events
+        flow_name = run.pathspec.split("/", 1)[0]
+        yield run.pathspec, events_from_models_eval(run.data.models_eval, flow_name, run.id)

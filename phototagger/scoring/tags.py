@@ -23,6 +23,14 @@ def xml_safe(text: str) -> str:
     return _XML_FORBIDDEN.sub("", text)
 
 
+_REFUSAL = re.compile(
+    r"^\W*(?:sorry|unfortunately,?\s+i\b|as\s+an\s+ai\b|i\s+apologi[sz]e"
+    r"|i(?:\s*['’]?\s*m|\s+am)\s+(?:sorry|not\s+able|unable)"
+    r"|i\s+(?:can\s*not|can['’]?t|won['’]?t|will\s+not))",
+    re.IGNORECASE,
+)
+
+
 def normalise_tag(tag: Any) -> str:
     """Drop characters XML forbids, lower-case, NFKC-fold, collapse inner white space, trim quotes and punctuation."""
     text = unicodedata.normalize("NFKC", xml_safe(str(tag))).lower()
@@ -43,7 +51,7 @@ def normalise_tags(tags: Iterable[Any]) -> list[str]:
 class ParsedTags(NamedTuple):
     tags: list[str]
     valid: bool  # the answer was exactly the requested {"tags": [...]} JSON (fences allowed)
-    error: str | None  # "unparseable" when no tag list could be found at all
+    error: str | None  # when no tag list was found: "refused", "truncated" (JSON left open) or "unparseable"
 
 
 def _tags_from_json(value: Any) -> list[str] | None:
@@ -79,7 +87,9 @@ def parse_tags(text: str | None) -> ParsedTags:
     """Find the tag list in a model's answer.
 
     Accepts `{"tags": [...]}` (valid), and, marked not valid, the same inside prose, a bare
-    JSON list, other key names, or a comma/newline separated list as the last resort.
+    JSON list, other key names, or a comma/newline separated list as the last resort. An answer
+    without a JSON tag list that opens with a refusal ("Sorry, I can't.") is `refused`, and one
+    whose JSON never closes (cut off) is `truncated`: neither is read as a list of words.
     """
     text = (text or "").strip()
     if not text:
@@ -101,10 +111,34 @@ def parse_tags(text: str | None) -> ParsedTags:
             if found is not None:
                 break
     if found is None:
+        if _REFUSAL.match(text):
+            return ParsedTags([], False, "refused")
+        if _left_open(text):
+            return ParsedTags([], False, "truncated")
         found = _loose_list(text)
     if not found:
         return ParsedTags([], False, "unparseable")
     return ParsedTags(normalise_tags(found), False, None)
+
+
+def _left_open(text: str) -> bool:
+    """Whether the JSON that starts at the first { or [ of `text` is cut off (a string or bracket never closed)."""
+    starts = [i for i in (text.find("{"), text.find("[")) if i >= 0]
+    if not starts:
+        return False
+    depth, in_string, escaped = 0, False, False
+    for char in text[min(starts) :]:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+            if depth == 0:
+                return False
+    return True
 
 
 def _loose_list(text: str) -> list[str]:

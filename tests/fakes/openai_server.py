@@ -48,6 +48,11 @@ FAULTS = (
     "truncated",  # 200 whose JSON body is cut in half
     "non_json",  # 200 with an HTML page
     "prose",  # a normal completion whose text is prose without tags
+    "length",  # finish_reason "length": the JSON answer cut off at max_tokens
+    "refusal",  # content null with a `refusal` field, as OpenAI's safety refusals come
+    "refusal_prose",  # a short prose refusal as the content
+    "error_body",  # HTTP 200 whose body is an {"error": ...} (insufficient_quota), as some gateways send; echoes the key
+    "quota",  # 429 insufficient_quota, as OpenAI answers an account without credit
     "auth",  # 401 invalid_api_key
     "bad_image",  # 400 invalid_image
     "echo_key",  # a normal completion whose tags also hold the Bearer key: as is, percent-encoded, JSON-escaped
@@ -57,6 +62,10 @@ HANG_S = 30.0
 TRICKLE_S = 0.5
 HUGE_BYTES = 50 * 1024 * 1024
 PROSE = "This photo shows a quiet scene that I would rather describe in words than list as tags."
+CUT_OFF = '{"tags": ["red", "squ'
+REFUSAL = "I'm sorry, I can't help with identifying people in images."
+PROSE_REFUSAL = "Sorry, I can't."
+QUOTA = "You exceeded your current quota, please check your plan and billing details (key {key})."
 INVALID_IMAGE = (
     "The image data you provided does not represent a valid image. Please check your input and try "
     "again with one of the supported image formats: ['image/jpeg', 'image/png', 'image/gif', 'image/webp']."
@@ -89,9 +98,11 @@ def prompt_text(request_json: dict) -> str:
     return "\n".join(texts)
 
 
-def completion(model: str, text: str, prompt_tokens: int) -> dict:
+def completion(
+    model: str, text: Optional[str], prompt_tokens: int, *, finish_reason: str = "stop", refusal: Optional[str] = None
+) -> dict:
     """A chat.completion object as OpenAI returns it."""
-    completion_tokens = max(1, len(text) // 4)
+    completion_tokens = max(1, len(text or refusal or "") // 4)
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion",
@@ -100,9 +111,9 @@ def completion(model: str, text: str, prompt_tokens: int) -> dict:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
+                "message": {"role": "assistant", "content": text, "refusal": refusal},
                 "logprobs": None,
-                "finish_reason": "stop",
+                "finish_reason": finish_reason,
             }
         ],
         "usage": {
@@ -268,6 +279,8 @@ class _Handler(BaseHTTPRequestHandler):
                 error_body(f"You exceeded your current quota for {model}. Please try again in 1h.", "requests", "rate_limit_exceeded"),
                 {"Retry-After": "3600"},
             )
+        elif fault == "quota":
+            self._json(429, error_body(QUOTA.format(key="..."), "insufficient_quota", "insufficient_quota"))
         elif fault == "rate_limit_no_header":
             self._json(429, error_body(f"Rate limit reached for {model}.", "requests", "rate_limit_exceeded"))
         elif fault == "server_error":
@@ -290,6 +303,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b"<html><head><title>Gateway</title></head><body>Service temporarily unavailable</body></html>", "text/html")
         elif fault == "prose":
             self._json(200, completion(model, PROSE, fake._prompt_tokens(body)))
+        elif fault == "length":
+            self._json(200, completion(model, CUT_OFF, fake._prompt_tokens(body), finish_reason="length"))
+        elif fault == "refusal":
+            self._json(200, completion(model, None, fake._prompt_tokens(body), refusal=REFUSAL))
+        elif fault == "refusal_prose":
+            self._json(200, completion(model, PROSE_REFUSAL, fake._prompt_tokens(body)))
+        elif fault == "error_body":
+            key = headers.get("authorization", "").removeprefix("Bearer ")
+            self._json(200, error_body(QUOTA.format(key=key), "insufficient_quota", "insufficient_quota"))
         elif fault == "auth":
             key = bearer_key(headers)
             self._json(

@@ -14,11 +14,17 @@ from phototagger.redact import scrub
 
 
 class Answer(NamedTuple):
-    """The model's text and the token usage the API reported (None when it reports none)."""
+    """The model's text, the token usage the API reported (None when it reports none), and why it stopped.
+
+    `finish_reason` is "length" when the answer hit the token limit; `refusal` holds the text of a
+    refusal the API reports apart from the content (OpenAI's `message.refusal`).
+    """
 
     text: str
     prompt_tokens: Optional[int]
     completion_tokens: Optional[int]
+    finish_reason: Optional[str] = None
+    refusal: Optional[str] = None
 
 
 RETRYABLE_CLASSES = frozenset({"rate_limited", "timeout", "server_error", "connection"})

@@ -147,5 +147,5 @@ class FineTunedProvider(Provider):
             ends = (row == self.eos_id).nonzero().flatten()
             used = row[: int(ends[0]) + 1] if len(ends) else row
             text = self.processor.tokenizer.decode(used, skip_special_tokens=True).strip()
-            answers.append(Answer(text, int(prompt_length), int(len(used))))
+            answers.append(Answer(text, int(prompt_length), int(len(used)), finish_reason="stop" if len(ends) else "length"))
         return answers

@@ -35,6 +35,7 @@ DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_TOKENS = 300
 KEYLESS_PLACEHOLDER = "EMPTY"  # what vLLM's docs pass when the server wants no key
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+QUOTA_CODE = "insufficient_quota"  # OpenAI's code for an account without credit (sent with 429, or 200 by some gateways)
 
 
 def retry_after_from_headers(headers: Mapping[str, str]) -> Optional[float]:
@@ -199,23 +200,35 @@ class ChatAPIProvider(Provider):
         return data_uri(image, data)
 
     def _answer(self, response: Any) -> Answer:
+        """The completion's text, usage, finish reason and refusal; the prompter decides what they mean."""
         choices = getattr(response, "choices", None)
         if not choices:
+            error = getattr(response, "error", None)
+            if isinstance(error, dict):
+                raise self._body_error(error)
             body = response if isinstance(response, str) else type(response).__name__
             raise ProviderError(
                 "server_error", f"{self.label} answered without a chat completion (not JSON?): {self.scrub(body)[:120]!r}"
             )
         message = choices[0].message
-        text = message.content if isinstance(message.content, str) else ""
-        if not text and getattr(message, "refusal", None):
-            text = message.refusal
-        if getattr(choices[0], "finish_reason", None) == "length":
-            log.debug("%s answer for %s hit max_tokens=%d", self.label, self.model, self.max_tokens)
+        refusal = getattr(message, "refusal", None)
         usage = getattr(response, "usage", None)
         return Answer(
-            text=text,
+            text=message.content if isinstance(message.content, str) else "",
             prompt_tokens=getattr(usage, "prompt_tokens", None),
             completion_tokens=getattr(usage, "completion_tokens", None),
+            finish_reason=getattr(choices[0], "finish_reason", None),
+            refusal=refusal if isinstance(refusal, str) and refusal.strip() else None,
+        )
+
+    def _body_error(self, error: Mapping[str, Any]) -> ProviderError:
+        """HTTP 200 with an {"error": ...} body, as some gateways send a used-up quota: `quota` for that,
+        else a (retryable) server error; the server's message, scrubbed, stays in the record so it says why."""
+        code = " ".join(dict.fromkeys(str(error[k]) for k in ("code", "type") if error.get(k)))
+        detail = self.scrub(str(error.get("message") or code or "no message"))
+        return ProviderError(
+            "quota" if QUOTA_CODE in code else "server_error",
+            f"{self.label} ({self.model}) answered HTTP 200 with an error ({code or 'no code'}): {detail}",
         )
 
     def _error(self, exc: Exception) -> ProviderError:
@@ -224,6 +237,8 @@ class ChatAPIProvider(Provider):
         detail = self.scrub(_api_message(exc))
         where = f"{self.label} ({self.model})"
         if isinstance(exc, sdk.RateLimitError):
+            if _api_code(exc) == QUOTA_CODE:
+                return ProviderError("quota", f"{where} has no quota left (HTTP 429): {detail}")
             retry_after = retry_after_from_headers(exc.response.headers)
             return ProviderError("rate_limited", f"{where} rate limited (HTTP 429): {detail}", retry_after=retry_after)
         if isinstance(exc, (sdk.APITimeoutError, DeadlineExceeded)):
