@@ -33,7 +33,7 @@ def test_an_answer_cut_at_max_new_tokens_is_marked_length_and_recorded_truncated
     cut = [a for a in answers if a.completion_tokens == base_provider.max_new_tokens]
     assert cut, "the random tiny model never stops on its own within 10 tokens"
     assert all(a.finish_reason == "length" for a in cut)
-    assert all(read_answer(a)[1].error == "truncated" for a in cut)
+    assert all(read_answer(a, str)[1].error == "truncated" for a in cut)
 
 
 def test_unreadable_photo_is_an_error_in_its_own_slot(base_provider, colour_photos, tmp_path):
