@@ -9,7 +9,10 @@ from phototagger.output.thumbnails import thumbnails
 SOURCE_FLOWS = ("PromptModels", "PromptCustomModels")
 
 
-@trigger_on_finish(flows=list(SOURCE_FLOWS))
+# Deployed, a Sensor on two flows waits for both (Argo Events resolves every dependency before it
+# triggers), and the quick baseline path has no PromptCustomModels run: the hourly PromptModels run
+# triggers the dashboard, and `collect` folds every prompt flow's runs that finished since.
+@trigger_on_finish(flow="PromptModels")
 @project(name="photo_tagger")
 class EvaluationFlow(FlowSpec):
     """Fold the prompt flows' per-photo results into one model ranking and render it as a card.
