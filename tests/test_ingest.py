@@ -44,7 +44,7 @@ def test_a_photo_fetched_twice_is_delivered_once():
 
 def test_previous_state_reads_the_runs_artifacts():
     run = SimpleNamespace(data=SimpleNamespace(history={"a": photo("a")}, unseen={"b": photo("b")}))
-    assert ingest.previous_state(run) == {"history": {"a": photo("a")}, "unseen": {"b": photo("b")}}
+    assert ingest.previous_state(run) == {"history": {"a": photo("a")}, "unseen": {"b": photo("b")}, "claim_epoch": None}
     assert ingest.previous_state(None) is None
 
 
@@ -100,3 +100,28 @@ def test_updatephotos_delivers_new_photos_each_run_then_an_empty_batch(tmp_path,
 
     assert third.data.unseen == {} and len(third.data.seen_ids) == 18
     assert "No new photos from demo" in third_out
+
+
+def test_two_updatephotos_runs_started_together_deliver_each_photo_once(tmp_path, monkeypatch):
+    """Both runs read the same (empty) history; the claims in the datastore keep them apart."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from metaflow import Runner
+
+    env = {"METAFLOW_USER": "test", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path)}
+    monkeypatch.setenv("USER", "test")
+
+    def run_once():
+        runner = Runner(str(REPO / "updatephotos.py"), show_output=False, env=env, cwd=str(tmp_path))
+        with runner.run(source="demo") as running:
+            assert running.status == "successful", running.stderr
+            return running.run
+
+    with ThreadPoolExecutor(2) as pool:
+        together = [pool.submit(run_once) for _ in range(2)]
+        runs = [future.result() for future in together]
+    later = run_once()
+
+    first, second = (set(run.data.unseen) for run in runs)
+    assert len(first) == len(second) == 9 and not first & second, "two full batches, no photo in both"
+    assert later.data.unseen == {} and sorted(later.data.seen_ids) == sorted(first | second)
