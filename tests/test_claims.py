@@ -110,3 +110,36 @@ def test_a_short_source_is_read_once_when_no_claim_is_lost(tmp_path):
     source = ListSource(["a"])
     batch, notes = ingest.fetch_claimed(source, {}, 5, run_claims(claims.LocalClaimStore(tmp_path), "1"))
     assert list(batch.unseen) == ["a"] and source.limits == [5] and notes == []
+
+
+def test_run_state_tells_a_failed_run_from_a_successful_one(tmp_path, monkeypatch):
+    """The takeover rests on this: the client must see a task that ended in error as `failed`."""
+    from metaflow import Runner, metadata
+
+    from phototagger import mfclient
+
+    flow = tmp_path / "failsome.py"
+    flow.write_text(
+        "from metaflow import FlowSpec, Parameter, step\n"
+        "class FailSome(FlowSpec):\n"
+        "    fail = Parameter('fail', type=bool, default=False)\n"
+        "    @step\n"
+        "    def start(self):\n"
+        "        self.next(self.end)\n"
+        "    @step\n"
+        "    def end(self):\n"
+        "        assert not self.fail, 'failed on purpose'\n"
+        "if __name__ == '__main__':\n"
+        "    FailSome()\n"
+    )
+    env = {"METAFLOW_USER": "test", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path)}
+    monkeypatch.setenv("USER", "test")
+    ids = {}
+    for fail in (False, True):
+        with Runner(str(flow), show_output=False, env=env, cwd=str(tmp_path)).run(fail=fail) as running:
+            ids[fail] = running.run.id
+    metadata(f"local@{tmp_path}")
+
+    assert mfclient.run_state("FailSome", ids[False]) == "successful"
+    assert mfclient.run_state("FailSome", ids[True]) == "failed"
+    assert mfclient.run_state("FailSome", "999999") == "running"
