@@ -1,9 +1,17 @@
 """UpdatePhotos: the incremental logic on its own, then the flow itself through Metaflow's Runner."""
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
+
+import pytest
 
 from phototagger import ingest
 from phototagger.records import Photo
@@ -102,26 +110,76 @@ def test_updatephotos_delivers_new_photos_each_run_then_an_empty_batch(tmp_path,
     assert "No new photos from demo" in third_out
 
 
-def test_two_updatephotos_runs_started_together_deliver_each_photo_once(tmp_path, monkeypatch):
+@pytest.fixture
+def datastore_env(request, tmp_path):
+    """The environment of a run on the local datastore, or on S3 (a moto server on 127.0.0.1), as deployed runs use."""
+    env = {"METAFLOW_USER": "test", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path)}
+    if request.param == "local":
+        yield env
+        return
+    import boto3
+
+    moto = Path(sys.executable).with_name("moto_server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    keys = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", **{k.lower(): v for k, v in keys.items() if k != "AWS_DEFAULT_REGION"}, region_name="us-east-1")
+    for _ in range(100):
+        try:
+            s3.create_bucket(Bucket="photo-tagger-claims")
+            break
+        except Exception:
+            time.sleep(0.1)
+    yield {
+        **env,
+        **keys,
+        "METAFLOW_DEFAULT_DATASTORE": "s3",
+        "METAFLOW_DATASTORE_SYSROOT_S3": "s3://photo-tagger-claims/metaflow",
+        "METAFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.mark.parametrize("datastore_env", ["local", "s3"], indirect=True)
+def test_two_updatephotos_runs_started_together_deliver_each_photo_once(datastore_env, tmp_path, monkeypatch):
     """Both runs read the same (empty) history; the claims in the datastore keep them apart."""
     from concurrent.futures import ThreadPoolExecutor
 
     from metaflow import Runner
 
-    env = {"METAFLOW_USER": "test", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path)}
     monkeypatch.setenv("USER", "test")
 
-    def run_once():
-        runner = Runner(str(REPO / "updatephotos.py"), show_output=False, env=env, cwd=str(tmp_path))
+    def run_once() -> str:
+        runner = Runner(str(REPO / "updatephotos.py"), show_output=False, env=datastore_env, cwd=str(tmp_path))
         with runner.run(source="demo") as running:
             assert running.status == "successful", running.stderr
-            return running.run
+            return running.run.id
 
     with ThreadPoolExecutor(2) as pool:
         together = [pool.submit(run_once) for _ in range(2)]
-        runs = [future.result() for future in together]
-    later = run_once()
+        run_ids = [future.result() for future in together]
+    run_ids.append(run_once())
+    first, second, later = delivered_by(run_ids, datastore_env, tmp_path)
 
-    first, second = (set(run.data.unseen) for run in runs)
-    assert len(first) == len(second) == 9 and not first & second, "two full batches, no photo in both"
-    assert later.data.unseen == {} and sorted(later.data.seen_ids) == sorted(first | second)
+    assert len(first["unseen"]) == len(second["unseen"]) == 9, "two full batches"
+    assert not set(first["unseen"]) & set(second["unseen"]), "no photo in both"
+    assert later["unseen"] == [] and sorted(later["seen_ids"]) == sorted(first["unseen"] + second["unseen"])
+
+
+def delivered_by(run_ids: list[str], env: dict, cwd: Path) -> list[dict]:
+    """`unseen` ids and `seen_ids` of UpdatePhotos runs, read by a client in a process with the runs' datastore settings."""
+    script = (
+        "import json, sys\n"
+        "from metaflow import Run, namespace\n"
+        "namespace(None)\n"
+        "print(json.dumps([{'unseen': list(Run('UpdatePhotos/' + i).data.unseen), 'seen_ids': Run('UpdatePhotos/' + i).data.seen_ids}"
+        " for i in sys.argv[1:]]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, *run_ids], env={**os.environ, **env}, cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
