@@ -125,7 +125,9 @@ def datastore_env(request, tmp_path):
         port = s.getsockname()[1]
     server = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     keys = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", **{k.lower(): v for k, v in keys.items() if k != "AWS_DEFAULT_REGION"}, region_name="us-east-1")
+    s3 = boto3.client(
+        "s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
+    )
     for _ in range(100):
         try:
             s3.create_bucket(Bucket="photo-tagger-claims")
