@@ -4,7 +4,6 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from threading import Barrier
 
-
 from phototagger import claims, ingest
 from phototagger.records import Photo
 
