@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 from phototagger import mfclient
 from phototagger.output import export
-from phototagger.prompting.batch import prompt_config
+from phototagger.prompting.configs import prompt_config
 from phototagger.prompting.providers.base import ProviderError
 from phototagger.ingest.sources.base import SourceError
 from phototagger.output.xmp import NAMINGS

@@ -25,8 +25,9 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from phototagger import mfclient
 from phototagger.output import xmp
-from phototagger.prompting.batch import DEFAULT_CONCURRENCY, ModelSkipped, make_prompter, prompt_photos, select_models
+from phototagger.prompting.batch import DEFAULT_CONCURRENCY, PromptSettings, prompt_photos
 from phototagger.prompting.cache import make_cache
+from phototagger.prompting.configs import ModelSkipped, make_prompter, select_models
 from phototagger.scoring.evals import best_model, model_key
 from phototagger.http import is_url
 from phototagger.records import ModelResult, Photo
@@ -282,14 +283,8 @@ def tags_from_folder(
         prompter = make_prompter(entry, list(history))
     except ModelSkipped as exc:
         raise ExportError(f"{model} cannot tag {folder} here: {exc}") from None
-    results = prompt_photos(
-        prompter,
-        photos,
-        prompt_text,
-        concurrency=concurrency or entry.get("concurrency") or DEFAULT_CONCURRENCY,
-        cache=make_cache(use_cache),
-        progress=progress,
-    )
+    settings = PromptSettings(concurrency=concurrency or entry.get("concurrency") or DEFAULT_CONCURRENCY, progress=progress)
+    results = prompt_photos(prompter, photos, prompt_text, settings, cache=make_cache(use_cache))
     tagset = tagset_from_results({p["id"]: p for p in photos}, results, model, source.name)
     tagset.notes = list(source.notes)
     return tagset
