@@ -29,6 +29,7 @@ class BlobStorage(Protocol):
     """The part of metaflow.datastore.datastore_storage.DataStoreStorage this store uses."""
 
     def path_join(self, *components: str) -> str: ...
+    def full_uri(self, path: str) -> str: ...
     def save_bytes(self, path_and_bytes_iter: Any, overwrite: bool = False, len_hint: int = 0) -> None: ...
     def load_bytes(self, keys: list[str]) -> Any: ...
 
@@ -40,9 +41,11 @@ class Manifest(TypedDict):
     files: dict[str, int]
 
 
-def task_storage(flow: Any) -> BlobStorage:
-    """The storage of the running task's own datastore (whatever --datastore and its root say)."""
-    return flow._datastore._storage_impl
+def for_task(flow: Any, run_id: str, step_name: str, cache_dir: str | Path, keep: int) -> "CheckpointStore":
+    """The store of a running Metaflow step, in the task's own datastore (whatever --datastore and its root
+    say), at <flow>/checkpoints/<run id>/<step>: every attempt of that run and step finds the same checkpoints."""
+    storage = flow._datastore._storage_impl
+    return CheckpointStore(storage, storage.path_join(flow.name, "checkpoints", run_id, step_name), cache_dir, keep)
 
 
 class CheckpointStore:
@@ -52,6 +55,10 @@ class CheckpointStore:
         if keep < 1:
             raise ValueError(f"keep must be at least 1 checkpoint, got {keep}")
         self.storage, self.prefix, self.cache_dir, self.keep = storage, prefix, Path(cache_dir), keep
+
+    @property
+    def uri(self) -> str:
+        return self.storage.full_uri(self.prefix)
 
     def _key(self, slot: int, name: str) -> str:
         return self.storage.path_join(self.prefix, f"slot-{slot}", name)
