@@ -90,7 +90,9 @@ class CheckpointStore:
         self.storage.save_bytes([(self._key(slot, name), io.BytesIO(data))], overwrite=True)
 
     def latest(self) -> Optional[Path]:
-        """The newest complete checkpoint of this run and step as a local directory, or None if there is none yet."""
+        """The newest complete checkpoint of this run and step as a local directory, or None if there is none yet.
+
+        Files the cache already holds at the manifest's size (this machine wrote them) are not fetched again."""
         manifests = self._manifests()
         slot = max(range(self.keep), key=lambda i: _step(manifests[i]))
         step = _step(manifests[slot])
