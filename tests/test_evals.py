@@ -20,8 +20,13 @@ def test_table_headers_and_cells():
     ]
     table = evals.rank_models(events).table()
     assert table["headers"] == ["Model", "Avg Latency (ms)", "Avg Recall", "Recall (all photos)", "Error %",
-                                "Cost (USD)", "101 (05-06)"]
-    assert table["rows"] == [["prior:tag-prior", 20.0, 50.0, 50.0, 0.0, 0.003, "50.0 (2)"]]
+                                "Cost (USD)", *evals.FIXED_HEADERS[6:], "101 (05-06)"]
+    assert table["rows"] == [["prior:tag-prior", 20.0, 50.0, 50.0, 0.0, 0.003,
+                              0.0, 100.0, 2, 0.0, 100.0, 2,  # recall and recall over all photos: 95% interval, n
+                              50.0, 0.0, 100.0, 50.0, 0.0, 100.0,  # precision, F1 and their intervals
+                              1.5, 100.0, 20.0, 29.0,  # tags per photo, valid %, p50 and p95 latency
+                              None, None, None, 0, False,  # the only model: no paired difference from the best
+                              "50.0 (2)"]]
 
 
 def test_batch_labels_use_short_id_and_month_day_ordered_by_date_then_id():
@@ -98,13 +103,15 @@ def test_ranking_rows_hold_named_figures_and_a_number_summary_per_batch():
     (row,) = evals.rank_models(events).rows
     assert (row.model, row.avg_latency_ms, row.avg_recall, row.avg_recall_all, row.error_pct) == (
         "prior:tag-prior", 30.0, 50.0, 33.33, 33.33)
-    assert row.batches == {"101": evals.BatchSummary(avg_recall=50.0, n=2), "202": evals.BatchSummary(avg_recall=None, n=0)}
+    assert row.batches == {"101": evals.BatchSummary(avg_recall=50.0, n=2, low=0.0, high=100.0),
+                           "202": evals.BatchSummary(avg_recall=None, n=0)}
 
 
 def test_a_stored_ranking_reads_back_equal_and_tolerates_fields_added_or_dropped_since():
     ranking = evals.rank_models([event(), event(model="knn:jec", batch="202", date="2024-05-07", tags=("cat", "pet"))])
     stored = ranking.to_dict()
-    assert evals.Ranking.from_dict(stored) == ranking and stored["rows"][1]["batches"]["101"] == {"avg_recall": 50.0, "n": 1}
+    assert evals.Ranking.from_dict(stored) == ranking and stored["rows"][1]["batches"]["101"] == {
+        "avg_recall": 50.0, "n": 1, "low": 50.0, "high": 50.0}
     for row in stored["rows"]:
         row["added_later"] = 1.0
         del row["cost_usd"]
@@ -146,7 +153,7 @@ def test_read_runs_takes_every_result_from_the_artifact_whatever_the_log_kept():
                                                                "photos": photos, "results": results}}),
             TruncatedLogRun("PromptCustomModels/6", {"models_eval": {"batch_id": "9", "batch_date": "2024-05-06",
                                                                      "photos": {}, "results": {}}})]
-    read = dict(evals.read_runs(runs))
+    read = {run.pathspec: run.events for run in evals.read_runs(runs)}
     assert len(read["PromptModels/5"]) == 2 * n and read["PromptCustomModels/6"] == []
     assert {e["source_run"] for e in read["PromptModels/5"]} == {"5"}
     evals_table = evals.rank_models(read["PromptModels/5"]).table()

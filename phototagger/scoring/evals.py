@@ -12,9 +12,11 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Iterable, Iterator, Mapping, Optional, Protocol, TypedDict
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Protocol, TypedDict
 
-from phototagger.scoring.metrics import Summary, summarise
+from phototagger.scoring.metrics import (Interval, PerTag, ScoredPhoto, Summary, paired_difference, per_tag,
+                                         photo_figures, recall_interval, summarise, valid_recalls)
+from phototagger.scoring.tags import normalise_tags
 from phototagger.records import ModelResult, Photo
 
 COLUMNS = (
@@ -24,9 +26,34 @@ COLUMNS = (
     ("Recall (all photos)", "avg_recall_all"),
     ("Error %", "error_pct"),
     ("Cost (USD)", "cost_usd"),
+    ("Avg Recall 95% low", "avg_recall_low"),
+    ("Avg Recall 95% high", "avg_recall_high"),
+    ("Avg Recall n", "n_scored"),
+    ("Recall (all photos) 95% low", "avg_recall_all_low"),
+    ("Recall (all photos) 95% high", "avg_recall_all_high"),
+    ("Recall (all photos) n", "n_with_truth"),
+    ("Precision", "avg_precision"),
+    ("Precision 95% low", "avg_precision_low"),
+    ("Precision 95% high", "avg_precision_high"),
+    ("F1", "avg_f1"),
+    ("F1 95% low", "avg_f1_low"),
+    ("F1 95% high", "avg_f1_high"),
+    ("Tags/photo", "tags_per_photo"),
+    ("Valid %", "valid_pct"),
+    ("p50 Latency (ms)", "p50_latency_ms"),
+    ("p95 Latency (ms)", "p95_latency_ms"),
+    ("Recall vs best", "recall_vs_best"),
+    ("Recall vs best 95% low", "recall_vs_best_low"),
+    ("Recall vs best 95% high", "recall_vs_best_high"),
+    ("Recall vs best n", "n_paired"),
+    ("Tied with best", "tied_with_best"),
 )
 """The `evals` payload's columns before the per-batch ones, as (header, RankingRow field). Avg Recall
-is over valid answers; Recall (all photos) counts an errored photo as 0 (metrics.py)."""
+is over valid answers; Recall (all photos) counts an errored photo as 0; Precision and F1 are
+averaged over the same photos as Avg Recall (scikit-learn's average='samples'); each `95% low/high`
+is the percentile bootstrap interval over photos of the mean before it, `n` its photos (metrics.py).
+Recall vs best is the paired difference from the top row on the photos both answered; a row whose
+interval of it includes 0 is tied with the best."""
 FIXED_HEADERS = [header for header, _ in COLUMNS]
 
 _ISO_DATE = re.compile(r"^\d{4}-(\d{2})-(\d{2})")
@@ -118,19 +145,38 @@ def batches_of(events: Iterable[EvalEvent]) -> list[BatchInfo]:
 
 @dataclass(frozen=True)
 class BatchSummary:
-    """One model on one batch: mean recall over its valid answers, and how many valid answers (n) there were."""
+    """One model on one batch: mean recall over its valid answers, how many valid answers (n) there were,
+    and the 95% bootstrap interval of that mean over the batch's photos."""
 
     avg_recall: Optional[float]
     n: int
+    low: Optional[float] = None
+    high: Optional[float] = None
 
     @classmethod
-    def of(cls, summary: Summary) -> BatchSummary:
-        return cls(avg_recall=summary["avg_recall"], n=summary["scored"])
+    def of(cls, summary: Summary, interval: Interval) -> BatchSummary:
+        """From metrics.summarise and metrics.recall_interval of the batch's results."""
+        return cls(avg_recall=summary["avg_recall"], n=summary["scored"], low=interval.low, high=interval.high)
 
     @property
     def cell(self) -> str:
         """The `avg-recall (n)` cell of the `evals` payload."""
         return f"{self.avg_recall:.1f} ({self.n})" if self.avg_recall is not None else f"n/a ({self.n})"
+
+
+class ErrorClass(TypedDict):
+    count: int
+    example: str  # one of its messages (the result's `raw`, secrets already scrubbed), cut to EXAMPLE_CHARS
+
+
+EXAMPLE_CHARS = 240
+
+
+class SkippedModel(TypedDict):
+    """A configured model that its latest prompt run skipped (no key, no history yet, ...)."""
+
+    reason: str
+    run: str  # pathspec of that prompt run
 
 
 @dataclass
@@ -148,13 +194,52 @@ class RankingRow:
     error_pct: float = 0.0
     cost_usd: float = 0.0
     batches: dict[str, BatchSummary] = field(default_factory=dict)  # batch_id -> summary; only the batches it saw
+    avg_recall_low: Optional[float] = None
+    avg_recall_high: Optional[float] = None
+    n_scored: int = 0  # valid answers on photos with ground truth: the n of Avg Recall, Precision and F1
+    avg_recall_all_low: Optional[float] = None
+    avg_recall_all_high: Optional[float] = None
+    n_with_truth: int = 0  # photos with ground truth: the n of Recall (all photos)
+    avg_precision: Optional[float] = None
+    avg_precision_low: Optional[float] = None
+    avg_precision_high: Optional[float] = None
+    avg_f1: Optional[float] = None
+    avg_f1_low: Optional[float] = None
+    avg_f1_high: Optional[float] = None
+    tags_per_photo: Optional[float] = None
+    valid_pct: float = 0.0
+    p50_latency_ms: Optional[float] = None
+    p95_latency_ms: Optional[float] = None
+    recall_vs_best: Optional[float] = None  # mean of (this row - best row) recall on the photos both answered
+    recall_vs_best_low: Optional[float] = None
+    recall_vs_best_high: Optional[float] = None
+    n_paired: int = 0
+    tied_with_best: bool = False  # the interval of recall_vs_best includes 0
+    errors: dict[str, ErrorClass] = field(default_factory=dict)  # error class -> count and one example
 
     @classmethod
     def of(cls, model: str, summary: Summary, batches: dict[str, BatchSummary]) -> RankingRow:
         """The row of `model` from its metrics.summarise over all batches."""
         return cls(model=model, avg_latency_ms=summary["avg_latency_ms"], avg_recall=summary["avg_recall"],
                    avg_recall_all=summary["avg_recall_all"], error_pct=summary["error_pct"], cost_usd=summary["cost_usd"],
-                   batches=batches)
+                   batches=batches, avg_precision=summary["avg_precision"], avg_f1=summary["avg_f1"],
+                   valid_pct=summary["valid_pct"])
+
+    def add_photo_figures(self, photos: Mapping[str, ScoredPhoto]) -> None:
+        """The intervals, tags per photo and latency percentiles of this row, from its answers photo by photo."""
+        figures = photo_figures(photos)
+        self.avg_recall_low, self.avg_recall_high, self.n_scored = figures.recall.low, figures.recall.high, figures.recall.n
+        self.avg_recall_all_low, self.avg_recall_all_high = figures.recall_all.low, figures.recall_all.high
+        self.n_with_truth = figures.recall_all.n
+        self.avg_precision_low, self.avg_precision_high = figures.precision.low, figures.precision.high
+        self.avg_f1_low, self.avg_f1_high = figures.f1.low, figures.f1.high
+        self.tags_per_photo = figures.tags_per_photo
+        self.p50_latency_ms, self.p95_latency_ms = figures.p50_latency_ms, figures.p95_latency_ms
+
+    def compare_with_best(self, difference: Interval) -> None:
+        """Store the paired difference from the best row; tied when its interval includes 0."""
+        self.recall_vs_best, self.recall_vs_best_low, self.recall_vs_best_high = difference.mean, difference.low, difference.high
+        self.n_paired, self.tied_with_best = difference.n, difference.includes(0.0)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RankingRow:
@@ -171,11 +256,18 @@ class Ranking:
 
     rows: list[RankingRow] = field(default_factory=list)
     batches: list[BatchInfo] = field(default_factory=list)
+    per_tag: Optional[PerTag] = None  # metrics.per_tag: recall on the frequent tags, over-predicted tags
+    skipped: dict[str, SkippedModel] = field(default_factory=dict)  # model -> why its latest run skipped it
 
     @property
     def best(self) -> Optional[RankingRow]:
         """The top row, or None when no model has a valid answer yet."""
         return self.rows[0] if self.rows and self.rows[0].avg_recall is not None else None
+
+    @property
+    def tied_with_best(self) -> list[RankingRow]:
+        """The rows whose paired difference from the best one is not distinguishable from 0."""
+        return [row for row in self.rows[1:] if row.tied_with_best]
 
     def table(self) -> dict[str, list]:
         """The `evals` payload of DESIGN.md: {"headers", "rows"}, row cells following `headers`: the COLUMNS,
@@ -192,7 +284,8 @@ class Ranking:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Ranking:
         return cls(rows=[RankingRow.from_dict(row) for row in data.get("rows") or []],
-                   batches=[BatchInfo(**b) for b in data.get("batches") or []])
+                   batches=[BatchInfo(**b) for b in data.get("batches") or []],
+                   per_tag=data.get("per_tag"), skipped=dict(data.get("skipped") or {}))
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> Ranking:
@@ -224,19 +317,63 @@ def summaries_by_model(events: Iterable[EvalEvent]) -> dict[str, Summary]:
     return dict(ranked)
 
 
-def rank_models(events: Iterable[EvalEvent]) -> Ranking:
-    """One row per model over all batches, best Avg Recall first, with its summary on each batch it saw."""
+def photo_scores(events: Iterable[EvalEvent]) -> dict[str, dict[str, ScoredPhoto]]:
+    """model -> photo id -> ScoredPhoto: each model's answers photo by photo, which the intervals, the
+    paired comparison and the per-tag view read (the latest event wins for a photo seen twice)."""
+    scores: dict[str, dict[str, ScoredPhoto]] = defaultdict(dict)
+    for event in events:
+        scores[event["model_key"]][str(event["photo_id"])] = ScoredPhoto(
+            recall=event.get("recall"), precision=event.get("precision"), f1=event.get("f1"), error=event.get("error"),
+            latency_ms=None if event.get("cached") else event.get("latency_ms"),
+            tags=[] if event.get("error") else normalise_tags(event.get("tags") or []),
+            truth=normalise_tags(event.get("ground_truth_tags") or []))
+    return dict(scores)
+
+
+def error_classes(events: Iterable[EvalEvent]) -> dict[str, dict[str, ErrorClass]]:
+    """model -> error class -> its count and the latest message of that class."""
+    out: dict[str, dict[str, ErrorClass]] = defaultdict(dict)
+    for event in events:
+        if event.get("error"):
+            seen = out[event["model_key"]].get(event["error"])
+            example = (event.get("raw") or "")[:EXAMPLE_CHARS] or (seen["example"] if seen else "")
+            out[event["model_key"]][event["error"]] = ErrorClass(count=(seen["count"] if seen else 0) + 1, example=example)
+    return dict(out)
+
+
+def add_photo_figures(ranking: Ranking, scores: Mapping[str, Mapping[str, ScoredPhoto]]) -> Ranking:
+    """`ranking` with what needs answers photo by photo: intervals, the paired comparison with the best
+    row, and the per-tag view."""
+    for row in ranking.rows:
+        row.add_photo_figures(scores.get(row.model, {}))
+    best = ranking.best
+    if best is not None:
+        best_recalls = valid_recalls(scores.get(best.model, {}))
+        for row in ranking.rows[1:]:
+            row.compare_with_best(paired_difference(valid_recalls(scores.get(row.model, {})), best_recalls))
+    ranking.per_tag = per_tag(scores)
+    return ranking
+
+
+def rank_models(events: Iterable[EvalEvent], skipped: Optional[Mapping[str, SkippedModel]] = None) -> Ranking:
+    """One row per model over all batches, best Avg Recall first, with its summary on each batch it saw,
+    the intervals of its means and its error classes; `skipped` lists the configured models not run."""
     events = fold_events([], events)
     batches = batches_of(events)
     by_model_batch: dict[str, dict[str, list[EvalEvent]]] = defaultdict(lambda: defaultdict(list))
     for event in events:
         by_model_batch[event["model_key"]][str(event.get("batch_id", ""))].append(event)
+    errors = error_classes(events)
     rows = []
     for key, summary in summaries_by_model(events).items():
         seen = by_model_batch[key]
-        per_batch = {b["batch_id"]: BatchSummary.of(summarise(seen[b["batch_id"]])) for b in batches if b["batch_id"] in seen}
-        rows.append(RankingRow.of(key, summary, per_batch))
-    return Ranking(rows=rows, batches=batches)
+        per_batch = {b["batch_id"]: BatchSummary.of(summarise(seen[b["batch_id"]]), recall_interval(seen[b["batch_id"]]))
+                     for b in batches if b["batch_id"] in seen}
+        row = RankingRow.of(key, summary, per_batch)
+        row.errors = errors.get(key, {})
+        rows.append(row)
+    ranking = Ranking(rows=rows, batches=batches, skipped=dict(skipped or {}))
+    return add_photo_figures(ranking, photo_scores(events))
 
 
 def events_from_models_eval(models_eval: Mapping[str, Any], source_flow: str, source_run: str) -> list[EvalEvent]:
@@ -265,8 +402,24 @@ class _Run(Protocol):
     data: Any
 
 
-def read_runs(runs: Iterable[_Run]) -> Iterator[tuple[str, list[EvalEvent]]]:
-    """(pathspec, events) for each prompt run, rebuilt from its `models_eval` artifact (one artifact read per run)."""
+class PromptRun(NamedTuple):
+    pathspec: str
+    events: list[EvalEvent]
+    skipped: dict[str, str]  # model -> reason, the run's `skipped_models` ({} for runs stored before it)
+
+
+def read_runs(runs: Iterable[_Run]) -> Iterator[PromptRun]:
+    """Each prompt run's events, rebuilt from its `models_eval` artifact, and the models it skipped."""
     for run in runs:
         flow_name = run.pathspec.split("/", 1)[0]
-        yield run.pathspec, events_from_models_eval(run.data.models_eval, flow_name, run.id)
+        skipped = dict(run.data.skipped_models) if "skipped_models" in run.data else {}
+        yield PromptRun(run.pathspec, events_from_models_eval(run.data.models_eval, flow_name, run.id), skipped)
+
+
+def fold_skipped(skipped: Mapping[str, SkippedModel], run: PromptRun) -> dict[str, SkippedModel]:
+    """`skipped` after `run` (runs folded oldest first): a model it skipped gets the run's reason, a model it
+    prompted is no longer skipped, so each model keeps the word of its latest run."""
+    prompted = {event["model_key"] for event in run.events}
+    out = {model: entry for model, entry in skipped.items() if model not in prompted}
+    out.update({model: SkippedModel(reason=reason, run=run.pathspec) for model, reason in run.skipped.items()})
+    return out

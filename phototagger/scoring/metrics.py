@@ -10,8 +10,13 @@ failed call on a photo with ground truth recall 0 and keeps its error class besi
 """
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
+from functools import partial
 from statistics import mean
-from typing import Iterable, Optional, Sequence, TypedDict
+from typing import Iterable, Mapping, Optional, Sequence, TypedDict
+
+import numpy as np
 
 from phototagger.records import ModelResult, Photo
 from phototagger.scoring.tags import normalise_tags
@@ -90,3 +95,170 @@ def summarise(results: Iterable[ModelResult]) -> Summary:
         completion_tokens=sum(r.get("completion_tokens") or 0 for r in results),
         cost_usd=round(sum(r.get("cost_usd") or 0.0 for r in results), 6),
     )
+
+
+# ---------------------------------------------------------------- uncertainty over photos
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_LEVEL = 0.95
+_BOOTSTRAP_CELLS = 4_000_000  # resamples x photos drawn at once: bounds memory on large samples
+
+
+class ScoredPhoto(TypedDict):
+    """One model's answer on one photo, as the intervals, the paired comparison and the per-tag view read it.
+
+    A ranking builds these from its events today; a bounded sample of them per model can stand in.
+    """
+
+    recall: Optional[float]  # None without ground truth
+    precision: Optional[float]
+    f1: Optional[float]
+    error: Optional[str]
+    latency_ms: Optional[float]  # None when served from the cache
+    tags: list[str]  # predicted, normalised
+    truth: list[str]  # ground truth, normalised
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean over n photos and its percentile bootstrap interval (None throughout when n is 0)."""
+
+    mean: Optional[float]
+    low: Optional[float]
+    high: Optional[float]
+    n: int
+
+    @property
+    def half_width(self) -> Optional[float]:
+        return None if self.low is None or self.high is None else (self.high - self.low) / 2
+
+    def includes(self, value: float) -> bool:
+        return self.low is not None and self.high is not None and self.low <= value <= self.high
+
+
+def bootstrap_interval(values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                       level: float = BOOTSTRAP_LEVEL) -> Interval:
+    """The mean of `values` with its percentile bootstrap interval: `resamples` draws of n photos with
+    replacement (seeded, so a dashboard shows the same interval every time it is rendered)."""
+    data = np.asarray(list(values), dtype=float)
+    n = len(data)
+    if n == 0:
+        return Interval(mean=None, low=None, high=None, n=0)
+    rng = np.random.default_rng(seed)
+    per_draw = max(1, _BOOTSTRAP_CELLS // n)
+    means = np.concatenate([data[rng.integers(0, n, size=(min(per_draw, resamples - start), n))].mean(axis=1)
+                            for start in range(0, resamples, per_draw)])
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return Interval(mean=round(float(data.mean()), 2), low=round(float(low), 2), high=round(float(high), 2), n=n)
+
+
+def paired_difference(a: Mapping[str, float], b: Mapping[str, float], resamples: int = BOOTSTRAP_RESAMPLES,
+                      seed: int = 0) -> Interval:
+    """Mean of a - b over the photo ids both have, with its paired bootstrap interval: the photos are
+    resampled together, so what is hard for both models does not widen the interval of their difference."""
+    shared = sorted(a.keys() & b.keys())
+    return bootstrap_interval([a[p] - b[p] for p in shared], resamples=resamples, seed=seed)
+
+
+def percentile(values: Sequence[float], q: float) -> Optional[float]:
+    """The q-th percentile (0-100, linear interpolation), None for no values."""
+    return round(float(np.percentile(values, q)), 2) if len(values) else None
+
+
+@dataclass(frozen=True)
+class PhotoFigures:
+    """One model's figures that need its answers photo by photo: the intervals of its means, tags per
+    answer and latency percentiles."""
+
+    recall: Interval  # over valid answers on photos with ground truth
+    recall_all: Interval  # over photos with ground truth, a failed call as 0
+    precision: Interval
+    f1: Interval
+    tags_per_photo: Optional[float]  # over valid answers
+    p50_latency_ms: Optional[float]  # over calls not served from the cache
+    p95_latency_ms: Optional[float]
+
+
+def valid_recalls(photos: Mapping[str, ScoredPhoto]) -> dict[str, float]:
+    """Photo id -> recall over the photos the model answered that have ground truth (Avg Recall's photos)."""
+    return {p: s["recall"] for p, s in photos.items() if not s["error"] and s["recall"] is not None}
+
+
+def recall_interval(results: Iterable[ModelResult], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> Interval:
+    """Avg Recall of `results` (valid answers on photos with ground truth, as `summarise`) with its interval."""
+    return bootstrap_interval([r["recall"] for r in results if not r.get("error") and r.get("recall") is not None],
+                              resamples=resamples, seed=seed)
+
+
+def photo_figures(photos: Mapping[str, ScoredPhoto], resamples: int = BOOTSTRAP_RESAMPLES,
+                  seed: int = 0) -> PhotoFigures:
+    scored = [s for s in photos.values() if not s["error"] and s["recall"] is not None]
+    with_truth = [s for s in photos.values() if s["recall"] is not None]
+    answered = [s for s in photos.values() if not s["error"]]
+    timed = [s["latency_ms"] for s in photos.values() if s["latency_ms"] is not None]
+    interval = partial(bootstrap_interval, resamples=resamples, seed=seed)
+    return PhotoFigures(
+        recall=interval([s["recall"] for s in scored]),
+        recall_all=interval([s["recall"] or 0.0 for s in with_truth]),
+        precision=interval([s["precision"] for s in scored]),
+        f1=interval([s["f1"] for s in scored]),
+        tags_per_photo=round(mean(len(s["tags"]) for s in answered), 2) if answered else None,
+        p50_latency_ms=percentile(timed, 50),
+        p95_latency_ms=percentile(timed, 95),
+    )
+
+
+# ---------------------------------------------------------------- what each model misses
+PER_TAG_TOP = 15  # most frequent ground-truth tags in the per-tag view
+OVER_PREDICTED_TOP = 5  # over-predicted tags listed per model
+OVER_PREDICTED_MIN_WRONG = 2  # a tag is over-predicted from this many photos where it was not in the truth
+
+
+class TagCount(TypedDict):
+    tag: str
+    photos: int  # photos with this tag in their ground truth
+
+
+class TagRecall(TypedDict):
+    """One model on one ground-truth tag: on how many of its answered photos with the tag it found it."""
+
+    recall: Optional[float]  # found / photos x 100; None when the model answered no photo with the tag
+    found: int
+    photos: int
+
+
+class OverPredicted(TypedDict):
+    """A tag a model gives often where the ground truth rarely has it."""
+
+    tag: str
+    predicted: int  # answered photos with ground truth where the model gave the tag
+    right: int  # of those, photos whose ground truth has it
+
+
+class PerTag(TypedDict):
+    tags: list[TagCount]  # the most frequent ground-truth tags, most frequent first
+    recall: dict[str, dict[str, TagRecall]]  # model -> tag -> its recall on that tag
+    over_predicted: dict[str, list[OverPredicted]]  # model -> its most over-predicted tags
+
+
+def per_tag(scores: Mapping[str, Mapping[str, ScoredPhoto]], top: int = PER_TAG_TOP,
+            over_top: int = OVER_PREDICTED_TOP) -> PerTag:
+    """The per-tag view of `scores` (model -> photo id -> ScoredPhoto), over each model's valid answers on
+    photos with ground truth: what a user reads before editing a prompt."""
+    truth_of = {p: s["truth"] for photos in scores.values() for p, s in photos.items() if s["truth"]}
+    counts = Counter(tag for truth in truth_of.values() for tag in set(truth))
+    frequent = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top]
+    recall: dict[str, dict[str, TagRecall]] = {}
+    over: dict[str, list[OverPredicted]] = {}
+    for model, photos in scores.items():
+        answered = [s for s in photos.values() if not s["error"] and s["truth"]]
+        with_tag = Counter(tag for s in answered for tag in set(s["truth"]))
+        found = Counter(tag for s in answered for tag in set(s["truth"]) & set(s["tags"]))
+        recall[model] = {tag: TagRecall(recall=round(100.0 * found[tag] / with_tag[tag], 2) if with_tag[tag] else None,
+                                        found=found[tag], photos=with_tag[tag]) for tag, _ in frequent}
+        given = Counter(tag for s in answered for tag in set(s["tags"]))
+        right = Counter(tag for s in answered for tag in set(s["tags"]) & set(s["truth"]))
+        flagged = [OverPredicted(tag=tag, predicted=n, right=right[tag]) for tag, n in given.items()
+                   if n - right[tag] >= OVER_PREDICTED_MIN_WRONG and 2 * right[tag] < n]
+        over[model] = sorted(flagged, key=lambda o: (o["right"] - o["predicted"], o["tag"]))[:over_top]
+    return PerTag(tags=[TagCount(tag=t, photos=n) for t, n in frequent], recall=recall, over_predicted=over)
