@@ -158,3 +158,48 @@ def test_read_runs_takes_every_result_from_the_artifact_whatever_the_log_kept():
     assert {e["source_run"] for e in read["PromptModels/5"]} == {"5"}
     evals_table = evals.rank_models(read["PromptModels/5"]).table()
     assert {row[0]: row[-1] for row in evals_table["rows"]} == {"openai:gpt-4o-mini": f"100.0 ({n})", "knn:jec": f"100.0 ({n})"}
+
+
+def test_rows_within_noise_of_the_best_are_marked_tied_and_a_clear_gap_is_not():
+    photos = [f"p{i}" for i in range(12)]
+    events = ([event(model="knn:jec", photo=p, tags=("cat", "pet")) for p in photos]
+              + [event(model="prior:tag-prior", photo=p, tags=("cat", "pet") if i else ("dog",)) for i, p in enumerate(photos)]
+              + [event(model="openai:gpt-4o-mini", photo=p, tags=("cat",)) for p in photos])
+    ranking = evals.rank_models(events)
+    best, close, worse = ranking.rows
+    assert best.model == "knn:jec" and not best.tied_with_best and best.recall_vs_best is None
+    assert (close.model, close.n_paired, close.tied_with_best) == ("prior:tag-prior", 12, True)
+    assert close.recall_vs_best_low < 0 and close.recall_vs_best_high == 0.0  # one photo of 12 differs
+    assert (worse.recall_vs_best, worse.recall_vs_best_low, worse.recall_vs_best_high) == (-50.0, -50.0, -50.0)
+    assert not worse.tied_with_best and [row.model for row in ranking.tied_with_best] == ["prior:tag-prior"]
+
+
+def test_models_that_answered_no_common_photo_are_not_called_tied():
+    events = [event(model="knn:jec", photo="p1", tags=("cat", "pet")), event(model="prior:tag-prior", photo="p2")]
+    (_, other) = evals.rank_models(events).rows
+    assert other.n_paired == 0 and other.recall_vs_best is None and not other.tied_with_best
+
+
+def test_each_error_class_is_counted_with_one_example_message():
+    events = [event(photo="p1", error="auth"), event(photo="p2", error="auth"), event(photo="p3", error="timeout")]
+    events[1]["raw"] = "openai rejected the key (HTTP 401): check openai_api"
+    events[2]["raw"] = "no answer within 30 s"
+    (row,) = evals.rank_models(events).rows
+    assert row.errors == {"auth": {"count": 2, "example": "openai rejected the key (HTTP 401): check openai_api"},
+                          "timeout": {"count": 1, "example": "no answer within 30 s"}}
+
+
+def test_skipped_models_keep_the_reason_of_their_latest_run():
+    first = evals.PromptRun("PromptModels/1", [], {"knn:jec": "no earlier batch", "openai:gpt-4o-mini": "no key"})
+    second = evals.PromptRun("PromptModels/2", [event(model="knn:jec")], {"openai:gpt-4o-mini": "key missing: export openai_api"})
+    skipped = evals.fold_skipped(evals.fold_skipped({}, first), second)
+    assert skipped == {"openai:gpt-4o-mini": {"reason": "key missing: export openai_api", "run": "PromptModels/2"}}
+    ranking = evals.rank_models(second.events, skipped=skipped)
+    assert evals.Ranking.from_dict(ranking.to_dict()).skipped == skipped
+
+
+def test_read_runs_reads_the_skipped_models_and_tolerates_runs_stored_before_them():
+    models_eval = {"batch_id": "9", "batch_date": "2024-05-06", "photos": {}, "results": {}}
+    runs = [TruncatedLogRun("PromptModels/5", {"models_eval": models_eval, "skipped_models": {"openai:gpt-4o": "no key"}}),
+            TruncatedLogRun("PromptCustomModels/6", {"models_eval": models_eval})]
+    assert [run.skipped for run in evals.read_runs(runs)] == [{"openai:gpt-4o": "no key"}, {}]

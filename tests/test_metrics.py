@@ -1,6 +1,10 @@
+from math import comb
+
+import numpy as np
 import pytest
 
-from phototagger.scoring.metrics import score_photo, summarise
+from phototagger.scoring.metrics import (bootstrap_interval, paired_difference, per_tag, photo_figures, score_photo,
+                                         summarise)
 
 
 def test_recall_counts_ground_truth_tags_predicted_after_normalisation():
@@ -52,3 +56,86 @@ def test_summary_latency_ignores_cached_answers():
 def test_summary_of_nothing_is_empty_not_a_crash():
     s = summarise([])
     assert s["photos"] == 0 and s["avg_recall"] is None and s["error_pct"] == 0.0
+
+
+def test_constant_recall_has_a_zero_width_interval():
+    interval = bootstrap_interval([40.0] * 25)
+    assert (interval.mean, interval.low, interval.high, interval.n) == (40.0, 40.0, 40.0, 25)
+
+
+def test_no_photos_give_no_interval_not_a_crash():
+    interval = bootstrap_interval([])
+    assert (interval.mean, interval.low, interval.high, interval.n) == (None, None, None, 0)
+
+
+def _exact_bootstrap_quantile(n: int, hits: int, q: float) -> float:
+    """The q-quantile of the mean of n draws from n photos of which `hits` score 100, the others 0:
+    the mean is 100 K / n with K ~ Binomial(n, hits / n), so the bootstrap distribution is known exactly."""
+    p, cdf = hits / n, 0.0
+    for k in range(n + 1):
+        cdf += comb(n, k) * p ** k * (1 - p) ** (n - k)
+        if cdf >= q:
+            return 100.0 * k / n
+    return 100.0
+
+
+def test_two_valued_sample_interval_matches_the_exact_bootstrap_distribution():
+    n, hits = 20, 10
+    interval = bootstrap_interval([100.0] * hits + [0.0] * (n - hits), resamples=2000, seed=3)
+    step = 100.0 / n  # one photo more or less in a resample
+    assert interval.mean == 50.0 and interval.n == n
+    assert interval.low == pytest.approx(_exact_bootstrap_quantile(n, hits, 0.025), abs=step)  # 30
+    assert interval.high == pytest.approx(_exact_bootstrap_quantile(n, hits, 0.975), abs=step)  # 70
+
+
+def test_interval_agrees_with_a_large_resample_reference_and_is_seeded():
+    values = np.random.default_rng(7).uniform(0, 100, size=300)
+    reference = np.random.default_rng(99).choice(values, size=(20000, len(values))).mean(axis=1)
+    interval = bootstrap_interval(values, resamples=4000)
+    assert interval.low == pytest.approx(np.percentile(reference, 2.5), abs=0.5)
+    assert interval.high == pytest.approx(np.percentile(reference, 97.5), abs=0.5)
+    assert bootstrap_interval(values) == bootstrap_interval(values)
+
+
+def test_paired_difference_sees_a_steady_gap_that_separate_intervals_overlap_on():
+    best = {f"p{i}": float(r) for i, r in enumerate(np.linspace(10, 100, 30))}
+    worse = {p: r - 8.0 for p, r in best.items()}
+    a, b = bootstrap_interval(list(best.values())), bootstrap_interval(list(worse.values()))
+    assert a.low < b.high  # on their own the two means look alike
+    gap = paired_difference(worse, best)
+    assert (gap.mean, gap.low, gap.high, gap.n) == (-8.0, -8.0, -8.0, 30) and not gap.includes(0.0)
+
+
+def test_paired_difference_uses_only_the_photos_both_answered():
+    gap = paired_difference({"p1": 50.0, "p2": 0.0, "p3": 100.0}, {"p1": 50.0, "p3": 0.0, "p4": 100.0})
+    assert gap.n == 2 and gap.mean == 50.0
+
+
+def _scored(recall, tags=(), truth=("cat",), error=None, latency=100.0):
+    return {"recall": recall, "precision": recall, "f1": recall, "error": error, "latency_ms": latency,
+            "tags": list(tags), "truth": list(truth)}
+
+
+def test_photo_figures_give_precision_f1_tags_per_photo_and_latency_percentiles():
+    photos = {"p1": _scored(100.0, ["cat", "pet"], latency=10.0), "p2": _scored(0.0, ["dog"], latency=20.0),
+              "p3": _scored(0.0, error="timeout", latency=None), "p4": _scored(None, ["sky"], truth=(), latency=30.0)}
+    figures = photo_figures(photos)
+    assert (figures.recall.mean, figures.recall.n) == (50.0, 2)
+    assert (figures.recall_all.mean, figures.recall_all.n) == (33.33, 3)  # the timeout counts as 0
+    assert figures.precision.n == figures.f1.n == 2
+    assert figures.tags_per_photo == 1.33  # (2 + 1 + 1) tags over the 3 valid answers
+    assert figures.p50_latency_ms == 20.0 and figures.p95_latency_ms == 29.0  # the timeout has no latency
+
+
+def test_per_tag_view_shows_recall_on_frequent_tags_and_over_predicted_tags():
+    scores = {
+        "knn:jec": {"p1": _scored(50.0, ["cat", "sky"], ["cat", "pet"]), "p2": _scored(0.0, ["sky"], ["cat"]),
+                    "p3": _scored(0.0, ["sky"], ["tree"]), "p4": _scored(0.0, error="timeout", truth=["cat"])},
+        "prior:tag-prior": {"p1": _scored(100.0, ["cat", "pet"], ["cat", "pet"])},
+    }
+    view = per_tag(scores, top=2)
+    assert view["tags"] == [{"tag": "cat", "photos": 3}, {"tag": "pet", "photos": 1}]
+    assert view["recall"]["knn:jec"]["cat"] == {"recall": 50.0, "found": 1, "photos": 2}  # the timeout is not an answer
+    assert view["recall"]["knn:jec"]["pet"] == {"recall": 0.0, "found": 0, "photos": 1}
+    assert view["recall"]["prior:tag-prior"]["cat"]["recall"] == 100.0
+    assert view["over_predicted"] == {"knn:jec": [{"tag": "sky", "predicted": 3, "right": 0}], "prior:tag-prior": []}
