@@ -17,12 +17,15 @@ SOURCE_FLOWS = ("PromptModels", "PromptCustomModels")
 class EvaluationFlow(FlowSpec):
     """Fold the prompt flows' per-photo results into one model ranking and render it as a card.
 
-    1) Load the events and the list of folded runs from this flow's previous successful run of
-       the same project branch (or start empty with --rebuild).
+    1) Load the events, the skipped models and the list of folded runs from this flow's previous
+       successful run of the same project branch (or start empty with --rebuild).
     2) Read the `models_eval` artifact of each PromptModels and PromptCustomModels run not folded
-       before and fold its results in as events, a rerun of a batch replacing the earlier answers.
-    3) Rank the models, store the ranking (`ranking`, and the `evals` table of DESIGN.md) and render
-       the dashboard card: ranking, recall vs latency chart and per-photo drill-down.
+       before and fold its results in as events, a rerun of a batch replacing the earlier answers;
+       each model skipped by a run (`skipped_models`) keeps the reason of its latest run.
+    3) Rank the models with 95% bootstrap intervals and a paired comparison with the best one, store
+       the ranking (`ranking`, the `evals` table of DESIGN.md, `per_tag`) and render the dashboard card:
+       ranking, skipped models and error classes, recall vs latency chart, per-tag view and per-photo
+       drill-down.
     """
 
     rebuild = Parameter(
@@ -40,6 +43,7 @@ class EvaluationFlow(FlowSpec):
         previous = None if self.rebuild else latest_successful_run(current.flow_name, current.branch_name)
         self.folded_runs = list(previous.data.folded_runs) if previous else []
         self.events = list(previous.data.events) if previous else []
+        self.skipped_models = dict(previous.data.skipped_models) if previous and "skipped_models" in previous.data else {}
         print(f"Starting from {len(self.events)} events of {len(self.folded_runs)} folded runs"
               + (f" ({previous.pathspec})." if previous else "."))
         self.next(self.collect)
@@ -47,16 +51,17 @@ class EvaluationFlow(FlowSpec):
     @step
     def collect(self):
         """Read the stored results (`models_eval`) of every successful prompt run of this branch not folded
-        before, oldest first, and fold them into the accumulated events."""
+        before, oldest first, and fold them into the accumulated events and skipped models."""
         folded = set(self.folded_runs)
         new_runs = sorted(
             (run for flow in SOURCE_FLOWS for run in runs_of(flow, current.branch_name) if run.pathspec not in folded),
             key=lambda run: run.created_at,
         )
         new_events = []
-        for pathspec, events in evals.read_runs(new_runs):
-            print(f"{pathspec}: {len(events)} events")
-            new_events += events
+        for run in evals.read_runs(new_runs):
+            print(f"{run.pathspec}: {len(run.events)} events" + (f", skipped {', '.join(run.skipped)}" if run.skipped else ""))
+            new_events += run.events
+            self.skipped_models = evals.fold_skipped(self.skipped_models, run)
         self.events = evals.fold_events(self.events, new_events)
         self.folded_runs = self.folded_runs + [run.pathspec for run in new_runs]
         self.next(self.end)
@@ -66,15 +71,20 @@ class EvaluationFlow(FlowSpec):
     def end(self):
         """Rank the models, store the ranking as `ranking` and as the `evals` table, fetch the thumbnails the
         drill-down shows, and render the dashboard into `html`, which the html card shows as it is."""
-        ranking = evals.rank_models(self.events)
+        ranking = evals.rank_models(self.events, skipped=self.skipped_models)
         self.ranking = ranking.to_dict()
         self.evals = ranking.table()
+        self.per_tag = ranking.per_tag
         thumbs = thumbnails(dashboard.drilldown_image_urls(self.events))
         self.html = dashboard.render_dashboard(ranking, self.events, title=self.title, thumbs=thumbs)
         best = ranking.best
         if best:
             latency = f"{best.avg_latency_ms:.0f} ms/photo" if best.avg_latency_ms is not None else "every answer from the cache"
-            print(f"Best model: {best.model} (avg recall {best.avg_recall:.1f}%, error {best.error_pct:.1f}%, {latency})")
+            print(f"Best model: {best.model} (avg recall {best.avg_recall:.1f}%, 95% interval {best.avg_recall_low:.1f}-"
+                  f"{best.avg_recall_high:.1f} over {best.n_scored} photos, error {best.error_pct:.1f}%, {latency})")
+            if ranking.tied_with_best:
+                print(f"Tied with it (paired difference not distinguishable from 0): "
+                      f"{', '.join(row.model for row in ranking.tied_with_best)}")
         else:
             print(
                 "No model has a valid answer yet: run promptmodels.py (after updatephotos.py), then this flow again."
