@@ -55,15 +55,16 @@ def test_table_has_every_model_row_best_first(dashboard):
     rendered = re.findall(r'<tr data-model="([^"]*)"', page)
     assert rendered == [escape(r[0]) for r in table["rows"]]
     assert rendered[:3] == ["openai:gpt-4o-mini", "knn:jec", "prior:tag-prior"]
-    for header in table["headers"]:
-        assert f">{header}</th>" in page
+    shown = [h for h in table["headers"] if f">{h}</th>" in page]
+    assert shown == [*card.CARD_HEADERS, *table["headers"][len(evals.FIXED_HEADERS):]]
+    assert {"Precision", "F1", "Tags/photo", "Valid %", "p50 Latency (ms)", "p95 Latency (ms)", "Recall vs best"} <= set(shown)
 
 
 def test_recall_cells_are_shaded_by_decile_higher_is_stronger(dashboard):
     _, _, page = dashboard
     assert '<td class="rec d9"' in page  # gpt-4o-mini: 100
     assert '<td class="rec d2"' in page  # knn: 25 over valid answers
-    assert '<td class="rec none">' in page  # the rate-limited model has no valid answer
+    assert '<td class="rec none" title="no interval (n=0)">' in page  # the rate-limited model has no valid answer
     assert [card.decile(v) for v in (0, 9.9, 10, 55, 99.9, 100, None)] == [0, 0, 1, 5, 9, 9, None]
     colours = re.findall(r"\.d(\d)\{background:#([0-9a-f]{6})", page)
     darkness = [sum(int(c[i:i + 2], 16) for i in (0, 2, 4)) for _, c in colours]

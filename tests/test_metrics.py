@@ -3,7 +3,7 @@ from math import comb
 import numpy as np
 import pytest
 
-from phototagger.scoring.metrics import (bootstrap_interval, paired_difference, per_tag, photo_figures, score_photo,
+from phototagger.scoring.metrics import (Interval, bootstrap_interval, paired_difference, per_tag, photo_figures, score_photo,
                                          summarise)
 
 
@@ -63,9 +63,9 @@ def test_constant_recall_has_a_zero_width_interval():
     assert (interval.mean, interval.low, interval.high, interval.n) == (40.0, 40.0, 40.0, 25)
 
 
-def test_no_photos_give_no_interval_not_a_crash():
-    interval = bootstrap_interval([])
-    assert (interval.mean, interval.low, interval.high, interval.n) == (None, None, None, 0)
+def test_no_photos_or_one_photo_give_no_interval_not_a_crash():
+    assert bootstrap_interval([]) == Interval(mean=None, low=None, high=None, n=0)
+    assert bootstrap_interval([70.0]) == Interval(mean=70.0, low=None, high=None, n=1)  # one photo shows no spread
 
 
 def _exact_bootstrap_quantile(n: int, hits: int, q: float) -> float:

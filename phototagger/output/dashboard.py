@@ -19,11 +19,17 @@ import vl_convert
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
-from phototagger.scoring.evals import FIXED_HEADERS, EvalEvent, Ranking, RankingRow, batches_of, fold_events
+from phototagger.scoring.evals import COLUMNS, EvalEvent, Ranking, RankingRow, batches_of, fold_events
 from phototagger.scoring.tags import normalise_tag
 
 DEFAULT_TITLE = "Photo Tagger: model evaluation"
 DRILLDOWN_BATCHES = 3  # newest batches shown photo by photo; the table covers all of them
+IN_CELL_FIELDS = {"avg_recall_low", "avg_recall_high", "n_scored", "avg_recall_all_low", "avg_recall_all_high",
+                  "n_with_truth", "avg_precision_low", "avg_precision_high", "avg_f1_low", "avg_f1_high",
+                  "recall_vs_best_low", "recall_vs_best_high", "n_paired", "tied_with_best"}
+"""`evals` columns the ranking table shows inside another column's cell (an interval on hover, a tie badge)."""
+CARD_HEADERS = [header for header, name in COLUMNS if name not in IN_CELL_FIELDS]
+"""The ranking table's column headers before the batches: every other `evals` column."""
 
 # Colours: one hue for recall deciles (light = low, strong = high), a categorical set for models.
 _DECILE_LOW, _DECILE_HIGH = (0xEE, 0xF6, 0xF1), (0x0B, 0x6E, 0x4F)
@@ -57,6 +63,18 @@ def _fmt_latency(ms: Optional[float]) -> str:
     return f"{ms:,.1f}" if ms < 100 else f"{ms:,.0f}"
 
 
+def _pm(low: Optional[float], high: Optional[float]) -> str:
+    """`±h`, half the width of a 95% interval, for showing next to its mean; "" without an interval."""
+    return "" if low is None or high is None else f"\u00b1{(high - low) / 2:,.1f}"
+
+
+def _interval(low: Optional[float], high: Optional[float], n: int) -> str:
+    """The hover text of a mean: its 95% bootstrap interval and n."""
+    if low is None or high is None:
+        return f"no interval (n={n})"
+    return f"95% bootstrap interval {low:,.1f} to {high:,.1f} over n={n} photos"
+
+
 def _fmt_cost(usd: Optional[float]) -> str:
     if not usd:
         return "$0"
@@ -72,7 +90,7 @@ def short_name(model_key: str, limit: int = 32) -> str:
 
 _ENV = Environment(loader=FileSystemLoader(Path(__file__).with_name("templates")), autoescape=True,
                    undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-_ENV.filters.update(fmt=_fmt, latency=_fmt_latency, cost=_fmt_cost, decile=decile, short_name=short_name)
+_ENV.filters.update(fmt=_fmt, latency=_fmt_latency, cost=_fmt_cost, decile=decile, short_name=short_name, pm=_pm)
 
 
 # ---------------------------------------------------------------- recall vs latency chart
@@ -131,29 +149,88 @@ def _inline_svg(spec: dict) -> Markup:
 
 
 # ---------------------------------------------------------------- the page's parts
-def _kpis(ranking: Ranking, events: list[EvalEvent]) -> list[tuple[str, str, str]]:
-    best = ranking.best
+def _kpis(ranking: Ranking, events: list[EvalEvent]) -> list[tuple[str, str, str, str]]:
+    """(label, value, size class, note) per KPI tile."""
+    best, tied = ranking.best, ranking.tied_with_best
     photos = {(e.get("batch_id", ""), e["photo_id"]) for e in events}
     errors = sum(1 for e in events if e.get("error"))
+    ranked = {row.model for row in ranking.rows}
+    not_ranked = [m for m in ranking.skipped if m not in ranked]
+    compared = [row for row in ranking.rows[1:] if row.recall_vs_best_low is not None]
+    tie_note = (f"tied with {', '.join(row.model for row in tied)}: the paired 95% interval of the difference includes 0"
+                if tied else f"ahead of {len(compared)} compared models beyond noise" if compared else "")
     return [
-        ("Best model", best.model if best else "\u2013", "small"),
-        ("Best avg recall", f"{best.avg_recall:.1f}%" if best else "\u2013", ""),
-        ("Models", str(len(ranking.rows)), ""),
-        ("Photos", f"{len(photos):,}", ""),
-        ("Batches", str(len(ranking.batches)), ""),
-        ("Errored calls", f"{errors:,} of {len(events):,}", "small"),
+        ("Best model (tie)" if tied else "Best model", best.model if best else "\u2013", "small", tie_note),
+        ("Best avg recall", f"{best.avg_recall:.1f}% {_pm(best.avg_recall_low, best.avg_recall_high)}" if best else "\u2013",
+         "", _interval(best.avg_recall_low, best.avg_recall_high, best.n_scored) if best else ""),
+        ("Models", str(len(ranked) + len(not_ranked)), "",
+         f"{len(ranked)} ranked \u00b7 {len(not_ranked)} skipped" if not_ranked else ""),
+        ("Photos", f"{len(photos):,}", "", ""),
+        ("Batches", str(len(ranking.batches)), "", ""),
+        ("Errored calls", f"{errors:,} of {len(events):,}", "small", ""),
     ]
+
+
+def _mean(value: Optional[float], low: Optional[float], high: Optional[float], n: int) -> dict:
+    return {"value": value, "pm": _pm(low, high), "title": _interval(low, high, n)}
+
+
+def _versus_best(row: RankingRow, best: Optional[RankingRow]) -> dict:
+    if best is None or row is best:
+        return {"text": "best" if best is not None else "\u2013", "pm": "", "title": "", "tied": False}
+    if row.recall_vs_best is None:
+        return {"text": "\u2013", "pm": "", "tied": False, "title": f"no photo answered by both this model and {best.model}"}
+    if row.recall_vs_best_low is None:
+        return {"text": f"{row.recall_vs_best:+,.1f}", "pm": "", "tied": False,
+                "title": f"one photo answered by both this model and {best.model}: too few to compare"}
+    title = (f"paired difference from {best.model} on the n={row.n_paired} photos both answered: 95% interval "
+             f"{row.recall_vs_best_low:+,.1f} to {row.recall_vs_best_high:+,.1f}"
+             + ("; it includes 0, so this model is tied with the best" if row.tied_with_best else ""))
+    return {"text": f"{row.recall_vs_best:+,.1f}", "pm": _pm(row.recall_vs_best_low, row.recall_vs_best_high),
+            "title": title, "tied": row.tied_with_best}
 
 
 def _table_rows(ranking: Ranking, colours: Mapping[str, str]) -> list[dict]:
     out = []
     for row in ranking.rows:
         cells = [row.batches.get(b["batch_id"]) for b in ranking.batches]
-        batches = [{"recall": cell.avg_recall, "n": f"({cell.n})"} if cell else None for cell in cells]
+        batches = [{"recall": cell.avg_recall, "n": f"({cell.n})", "pm": _pm(cell.low, cell.high),
+                    "title": _interval(cell.low, cell.high, cell.n)} if cell else None for cell in cells]
         out.append({"model": row.model, "colour": colours[row.model], "latency": row.avg_latency_ms,
-                    "recall": row.avg_recall, "recall_all": row.avg_recall_all, "error_pct": row.error_pct,
-                    "cost": row.cost_usd, "batches": batches})
+                    "recall": _mean(row.avg_recall, row.avg_recall_low, row.avg_recall_high, row.n_scored),
+                    "recall_all": _mean(row.avg_recall_all, row.avg_recall_all_low, row.avg_recall_all_high, row.n_with_truth),
+                    "precision": _mean(row.avg_precision, row.avg_precision_low, row.avg_precision_high, row.n_scored),
+                    "f1": _mean(row.avg_f1, row.avg_f1_low, row.avg_f1_high, row.n_scored),
+                    "error_pct": row.error_pct, "cost": row.cost_usd, "tags_per_photo": row.tags_per_photo,
+                    "valid_pct": row.valid_pct, "p50": row.p50_latency_ms, "p95": row.p95_latency_ms,
+                    "versus_best": _versus_best(row, ranking.best), "batches": batches})
     return out
+
+
+def _model_status(ranking: Ranking) -> list[dict]:
+    """One line per skipped model (with its latest run's reason) and per error class of a ranked model
+    (with its count and one example message): what the ranking table alone does not say."""
+    ranked = {row.model for row in ranking.rows}
+    lines = [{"model": model, "kind": "skipped", "label": "skipped", "count": "",
+              "detail": entry["reason"], "run": entry["run"], "also_ranked": model in ranked}
+             for model, entry in ranking.skipped.items()]
+    for row in ranking.rows:
+        for error, seen in sorted(row.errors.items(), key=lambda item: (-item[1]["count"], item[0])):
+            lines.append({"model": row.model, "kind": "error", "label": error, "count": f"\u00d7{seen['count']}",
+                          "detail": seen["example"], "run": "", "also_ranked": False})
+    return lines
+
+
+def _per_tag(ranking: Ranking) -> Optional[dict]:
+    """The per-tag heatmap: rows are the frequent ground-truth tags, columns the ranked models."""
+    view = ranking.per_tag
+    if not view or not view["tags"]:
+        return None
+    models = [row.model for row in ranking.rows if row.model in view["recall"]]
+    rows = [{"tag": t["tag"], "photos": t["photos"],
+             "cells": [{**view["recall"][m][t["tag"]], "model": m} for m in models]} for t in view["tags"]]
+    over = [{"model": m, "tags": view["over_predicted"].get(m) or []} for m in models]
+    return {"models": models, "rows": rows, "over": over}
 
 
 def _photo(photo_events: list[EvalEvent], order: Mapping[str, int], thumbs: Mapping[str, Optional[str]]) -> dict:
@@ -186,8 +263,15 @@ def drilldown_image_urls(events: Iterable[EvalEvent], drilldown_batches: int = D
                   - {""})
 
 
+def _batch_means(ranking: Ranking, batch_id: str) -> list[dict]:
+    """Each model's mean recall on one batch with its interval, for the batch's drill-down header."""
+    return [{"model": row.model, "recall": cell.avg_recall, "pm": _pm(cell.low, cell.high), "n": cell.n,
+             "title": f"{row.model}: {_interval(cell.low, cell.high, cell.n)}"}
+            for row in ranking.rows if (cell := row.batches.get(batch_id)) is not None]
+
+
 def _drilldown(events: list[EvalEvent], order: Mapping[str, int], max_batches: int,
-               thumbs: Mapping[str, Optional[str]]) -> list[dict]:
+               thumbs: Mapping[str, Optional[str]], ranking: Ranking) -> list[dict]:
     by_photo = _events_by_photo(events)
     out = []
     for batch in _shown_batches(events, max_batches):
@@ -197,7 +281,8 @@ def _drilldown(events: list[EvalEvent], order: Mapping[str, int], max_batches: i
         if errors:
             meta += f" \u00b7 {errors} errored calls"
         photos = [_photo(by_photo[k], order, thumbs) for k in keys]
-        out.append({"label": batch["label"], "meta": meta, "photos": photos})
+        out.append({"label": batch["label"], "meta": meta, "photos": photos,
+                    "means": _batch_means(ranking, batch["batch_id"])})
     return out
 
 
@@ -225,11 +310,13 @@ def render_dashboard(
         title=title,
         decile_colours=_decile_colours(),
         kpis=_kpis(ranking, events),
-        fixed_headers=FIXED_HEADERS,
+        fixed_headers=CARD_HEADERS,
         batch_headers=[b["label"] for b in ranking.batches],
         rows=_table_rows(ranking, colours),
+        model_status=_model_status(ranking),
+        per_tag=_per_tag(ranking),
         chart=_inline_svg(recall_latency_spec(points, colours)) if points else None,
         not_plotted=[row.model for row in ranking.rows if not _plottable(row)],
-        batches=_drilldown(events, {m: i for i, m in enumerate(models)}, drilldown_batches, thumbs or {}),
+        batches=_drilldown(events, {m: i for i, m in enumerate(models)}, drilldown_batches, thumbs or {}, ranking),
         older_batches=max(0, len(batches_of(events)) - drilldown_batches),
     )

@@ -138,11 +138,12 @@ class Interval:
 def bootstrap_interval(values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
                        level: float = BOOTSTRAP_LEVEL) -> Interval:
     """The mean of `values` with its percentile bootstrap interval: `resamples` draws of n photos with
-    replacement (seeded, so a dashboard shows the same interval every time it is rendered)."""
+    replacement (seeded, so a dashboard shows the same interval every time it is rendered). One photo
+    says nothing about spread: its mean gets no interval."""
     data = np.asarray(list(values), dtype=float)
     n = len(data)
-    if n == 0:
-        return Interval(mean=None, low=None, high=None, n=0)
+    if n < 2:
+        return Interval(mean=round(float(data[0]), 2) if n else None, low=None, high=None, n=n)
     rng = np.random.default_rng(seed)
     per_draw = max(1, _BOOTSTRAP_CELLS // n)
     means = np.concatenate([data[rng.integers(0, n, size=(min(per_draw, resamples - start), n))].mean(axis=1)
