@@ -183,3 +183,54 @@ def test_empty_dashboard_renders_with_hints():
     page = card.render_dashboard(evals.rank_models([]), [])
     assert "No model results yet" in page and "No photos yet" in page
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+
+
+def test_means_show_plus_minus_with_the_interval_and_n_on_hover():
+    events = [event("knn:jec", f"p{i}", "", ["cat", "pet"], ["cat", "pet"] if i % 2 else ["cat"]) for i in range(10)]
+    row = evals.rank_models(events).rows[0]
+    page = card.render_dashboard(evals.rank_models(events), events)
+    assert (row.avg_recall, row.n_scored) == (75.0, 10) and row.avg_recall_low < 75.0 < row.avg_recall_high
+    hover = f"95% bootstrap interval {row.avg_recall_low:.1f} to {row.avg_recall_high:.1f} over n=10 photos"
+    assert (f'<td class="rec d7" title="{hover}; recall decile 8 of 10">75.0'
+            f'<span class="pm">\u00b1{(row.avg_recall_high - row.avg_recall_low) / 2:.1f}</span></td>') in page
+    assert f'<span class="mean" title="knn:jec: {hover}">' in page  # the batch's mean in the drill-down
+
+
+def test_a_tie_at_the_top_is_marked_on_the_row_and_in_the_best_model_kpi():
+    photos = [f"p{i}" for i in range(8)]
+    events = ([event("knn:jec", p, "", ["cat", "pet"], ["cat", "pet"]) for p in photos]
+              + [event("prior:tag-prior", p, "", ["cat", "pet"], ["cat", "pet"] if i else ["cat"]) for i, p in enumerate(photos)]
+              + [event("openai:gpt-4o-mini", p, "", ["cat", "pet"], ["dog"]) for p in photos])
+    page = card.render_dashboard(evals.rank_models(events), events)
+    assert '<div class="k">Best model (tie)</div><div class="v small">knn:jec</div>' in page
+    assert "tied with prior:tag-prior: the paired 95% interval of the difference includes 0" in page
+    tied_row = re.search(r'<tr data-model="prior:tag-prior">.*?</tr>', page, re.DOTALL).group(0)
+    worse_row = re.search(r'<tr data-model="openai:gpt-4o-mini">.*?</tr>', page, re.DOTALL).group(0)
+    assert '<span class="tie"' in tied_row and '<span class="tie"' not in worse_row
+
+
+def test_skipped_models_are_listed_with_their_reason_and_errors_per_class_with_an_example():
+    events = [event("knn:jec", "p1", "", ["cat"], ["cat"]), event("knn:jec", "p2", "", ["cat"], error="timeout"),
+              event("knn:jec", "p3", "", ["cat"], error="auth")]
+    events[2]["raw"] = "openai rejected the key (HTTP 401)"
+    skipped = {"openai:gpt-4o": {"reason": "OPENAI key missing: export openai_api=...", "run": "PromptModels/4"},
+               "prior:tag-prior": {"reason": "no earlier batch to learn from yet", "run": "PromptModels/4"}}
+    page = card.render_dashboard(evals.rank_models(events, skipped=skipped), events)
+    assert '<div class="k">Models</div><div class="v ">3</div><div class="note">1 ranked \u00b7 2 skipped</div>' in page
+    for model, entry in skipped.items():
+        assert (f'<td class="m">{model}</td>\n<td><span class="chip skip">skipped</span></td>\n'
+                f'<td class="detail">{escape(entry["reason"])} <span class="meta">(PromptModels/4)</span>') in page
+    assert ('<span class="chip errc">auth</span> <span class="count">\u00d71</span></td>\n'
+            '<td class="detail">openai rejected the key (HTTP 401)</td>') in page
+    assert '<span class="chip errc">timeout</span>' in page
+
+
+def test_per_tag_view_shows_recall_per_frequent_tag_and_over_predicted_tags():
+    events = [event("knn:jec", f"p{i}", "", ["cat", "pet"] if i < 3 else ["tree"], ["cat", "sky"]) for i in range(4)]
+    page = card.render_dashboard(evals.rank_models(events), events)
+    section = page[page.index("<h2>What each model misses</h2>"):page.index("<h2>Per-photo results</h2>")]
+    assert re.findall(r'<td class="tag">(\w+) <span class="n">\((\d+)\)</span>', section) == [
+        ("cat", "3"), ("pet", "3"), ("tree", "1")]
+    assert 'title="knn:jec found cat on 3 of 3 answered photos with it">100</td>' in section
+    assert 'title="knn:jec found pet on 0 of 3 answered photos with it">0</td>' in section
+    assert 'title="given on 4 photos, in their ground truth on 0">sky 0/4</span>' in section
