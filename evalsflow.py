@@ -80,8 +80,9 @@ class EvaluationFlow(FlowSpec):
         best = ranking.best
         if best:
             latency = f"{best.avg_latency_ms:.0f} ms/photo" if best.avg_latency_ms is not None else "every answer from the cache"
-            print(f"Best model: {best.model} (avg recall {best.avg_recall:.1f}%, 95% interval {best.avg_recall_low:.1f}-"
-                  f"{best.avg_recall_high:.1f} over {best.n_scored} photos, error {best.error_pct:.1f}%, {latency})")
+            spread = (f"95% interval {best.avg_recall_low:.1f}-{best.avg_recall_high:.1f} over {best.n_scored} photos"
+                      if best.avg_recall_low is not None else f"{best.n_scored} photo, no interval")
+            print(f"Best model: {best.model} (avg recall {best.avg_recall:.1f}%, {spread}, error {best.error_pct:.1f}%, {latency})")
             if ranking.tied_with_best:
                 print(f"Tied with it (paired difference not distinguishable from 0): "
                       f"{', '.join(row.model for row in ranking.tied_with_best)}")
