@@ -43,7 +43,8 @@ class EvaluationFlow(FlowSpec):
         previous = None if self.rebuild else latest_successful_run(current.flow_name, current.branch_name)
         self.folded_runs = list(previous.data.folded_runs) if previous else []
         self.events = list(previous.data.events) if previous else []
-        self.skipped_models = dict(previous.data.skipped_models) if previous and "skipped_models" in previous.data else {}
+        carried = previous is not None and "skipped_models" in previous.data
+        self.skipped_models = dict(previous.data.skipped_models) if carried else {}
         print(f"Starting from {len(self.events)} events of {len(self.folded_runs)} folded runs"
               + (f" ({previous.pathspec})." if previous else "."))
         self.next(self.collect)
@@ -59,7 +60,8 @@ class EvaluationFlow(FlowSpec):
         )
         new_events = []
         for run in evals.read_runs(new_runs):
-            print(f"{run.pathspec}: {len(run.events)} events" + (f", skipped {', '.join(run.skipped)}" if run.skipped else ""))
+            skipped = f", skipped {', '.join(run.skipped)}" if run.skipped else ""
+            print(f"{run.pathspec}: {len(run.events)} events{skipped}")
             new_events += run.events
             self.skipped_models = evals.fold_skipped(self.skipped_models, run)
         self.events = evals.fold_events(self.events, new_events)
@@ -82,7 +84,8 @@ class EvaluationFlow(FlowSpec):
             latency = f"{best.avg_latency_ms:.0f} ms/photo" if best.avg_latency_ms is not None else "every answer from the cache"
             spread = (f"95% interval {best.avg_recall_low:.1f}-{best.avg_recall_high:.1f} over {best.n_scored} photos"
                       if best.avg_recall_low is not None else f"{best.n_scored} photo, no interval")
-            print(f"Best model: {best.model} (avg recall {best.avg_recall:.1f}%, {spread}, error {best.error_pct:.1f}%, {latency})")
+            print(f"Best model: {best.model} (avg recall {best.avg_recall:.1f}%, {spread}, "
+                  f"error {best.error_pct:.1f}%, {latency})")
             if ranking.tied_with_best:
                 print(f"Tied with it (paired difference not distinguishable from 0): "
                       f"{', '.join(row.model for row in ranking.tied_with_best)}")

@@ -161,8 +161,9 @@ def _kpis(ranking: Ranking, events: list[EvalEvent]) -> list[tuple[str, str, str
                 if tied else f"ahead of {len(compared)} compared models beyond noise" if compared else "")
     return [
         ("Best model (tie)" if tied else "Best model", best.model if best else "\u2013", "small", tie_note),
-        ("Best avg recall", f"{best.avg_recall:.1f}% {_pm(best.avg_recall_low, best.avg_recall_high)}" if best else "\u2013",
-         "", _interval(best.avg_recall_low, best.avg_recall_high, best.n_scored) if best else ""),
+        ("Best avg recall",
+         f"{best.avg_recall:.1f}% {_pm(best.avg_recall_low, best.avg_recall_high)}" if best else "\u2013", "",
+         _interval(best.avg_recall_low, best.avg_recall_high, best.n_scored) if best else ""),
         ("Models", str(len(ranked) + len(not_ranked)), "",
          f"{len(ranked)} ranked \u00b7 {len(not_ranked)} skipped" if not_ranked else ""),
         ("Photos", f"{len(photos):,}", "", ""),
@@ -179,7 +180,8 @@ def _versus_best(row: RankingRow, best: Optional[RankingRow]) -> dict:
     if best is None or row is best:
         return {"text": "best" if best is not None else "\u2013", "pm": "", "title": "", "tied": False}
     if row.recall_vs_best is None:
-        return {"text": "\u2013", "pm": "", "tied": False, "title": f"no photo answered by both this model and {best.model}"}
+        return {"text": "\u2013", "pm": "", "tied": False,
+                "title": f"no photo answered by both this model and {best.model}"}
     if row.recall_vs_best_low is None:
         return {"text": f"{row.recall_vs_best:+,.1f}", "pm": "", "tied": False,
                 "title": f"one photo answered by both this model and {best.model}: too few to compare"}
@@ -198,7 +200,8 @@ def _table_rows(ranking: Ranking, colours: Mapping[str, str]) -> list[dict]:
                     "title": _interval(cell.low, cell.high, cell.n)} if cell else None for cell in cells]
         out.append({"model": row.model, "colour": colours[row.model], "latency": row.avg_latency_ms,
                     "recall": _mean(row.avg_recall, row.avg_recall_low, row.avg_recall_high, row.n_scored),
-                    "recall_all": _mean(row.avg_recall_all, row.avg_recall_all_low, row.avg_recall_all_high, row.n_with_truth),
+                    "recall_all": _mean(row.avg_recall_all, row.avg_recall_all_low, row.avg_recall_all_high,
+                                        row.n_with_truth),
                     "precision": _mean(row.avg_precision, row.avg_precision_low, row.avg_precision_high, row.n_scored),
                     "f1": _mean(row.avg_f1, row.avg_f1_low, row.avg_f1_high, row.n_scored),
                     "error_pct": row.error_pct, "cost": row.cost_usd, "tags_per_photo": row.tags_per_photo,

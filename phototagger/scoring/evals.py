@@ -228,7 +228,8 @@ class RankingRow:
     def add_photo_figures(self, photos: Mapping[str, ScoredPhoto]) -> None:
         """The intervals, tags per photo and latency percentiles of this row, from its answers photo by photo."""
         figures = photo_figures(photos)
-        self.avg_recall_low, self.avg_recall_high, self.n_scored = figures.recall.low, figures.recall.high, figures.recall.n
+        self.avg_recall_low, self.avg_recall_high = figures.recall.low, figures.recall.high
+        self.n_scored = figures.recall.n
         self.avg_recall_all_low, self.avg_recall_all_high = figures.recall_all.low, figures.recall_all.high
         self.n_with_truth = figures.recall_all.n
         self.avg_precision_low, self.avg_precision_high = figures.precision.low, figures.precision.high
@@ -238,7 +239,8 @@ class RankingRow:
 
     def compare_with_best(self, difference: Interval) -> None:
         """Store the paired difference from the best row; tied when its interval includes 0."""
-        self.recall_vs_best, self.recall_vs_best_low, self.recall_vs_best_high = difference.mean, difference.low, difference.high
+        self.recall_vs_best = difference.mean
+        self.recall_vs_best_low, self.recall_vs_best_high = difference.low, difference.high
         self.n_paired, self.tied_with_best = difference.n, difference.includes(0.0)
 
     @classmethod
