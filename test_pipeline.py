@@ -84,6 +84,12 @@ def test_baseline_loop_offline_on_demo_photos(flow_env):
     assert [row[0] for row in evals["rows"]] == sorted(rows, key=lambda m: -(rows[m]["Avg Recall"] or 0))
     for model in rows:
         assert f'data-model="{model}"' in html
+        assert rows[model]["Avg Recall 95% low"] <= rows[model]["Avg Recall"] <= rows[model]["Avg Recall 95% high"]
+        assert rows[model]["Avg Recall n"] == 12  # the two scored batches of 6 photos
+    configured = {f"{m['provider']}:{m['model']}" for m in json.loads((ROOT / "models.json").read_text())["models"]}
+    assert set(evals_run.data.ranking["skipped"]) == configured - set(rows)  # no keys here: listed, with the reason
+    assert f'<div class="v ">{len(configured)}</div><div class="note">2 ranked \u00b7 3 skipped</div>' in html
+    assert evals_run.data.per_tag["tags"] and "What each model misses" in html
     assert "card get" in out
 
     again, _ = run_flow("evalsflow.py", flow_env)
