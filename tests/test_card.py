@@ -234,3 +234,12 @@ def test_per_tag_view_shows_recall_per_frequent_tag_and_over_predicted_tags():
     assert 'title="knn:jec found cat on 3 of 3 answered photos with it">100</td>' in section
     assert 'title="knn:jec found pet on 0 of 3 answered photos with it">0</td>' in section
     assert 'title="given on 4 photos, in their ground truth on 0">sky 0/4</span>' in section
+
+
+def test_recall_vs_best_shows_the_paired_interval_itself():
+    photos = [f"p{i}" for i in range(6)]
+    events = ([event("knn:jec", p, "", ["cat", "pet"], ["cat", "pet"]) for p in photos]
+              + [event("prior:tag-prior", p, "", ["cat", "pet"], ["cat"]) for p in photos])
+    page = card.render_dashboard(evals.rank_models(events), events)
+    assert ('title="paired difference from knn:jec on the n=6 photos both answered: 95% interval -50.0 to -50.0">'
+            '-50.0<span class="pm">[-50.0, -50.0]</span></td>') in page

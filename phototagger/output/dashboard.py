@@ -188,8 +188,9 @@ def _versus_best(row: RankingRow, best: Optional[RankingRow]) -> dict:
     title = (f"paired difference from {best.model} on the n={row.n_paired} photos both answered: 95% interval "
              f"{row.recall_vs_best_low:+,.1f} to {row.recall_vs_best_high:+,.1f}"
              + ("; it includes 0, so this model is tied with the best" if row.tied_with_best else ""))
-    return {"text": f"{row.recall_vs_best:+,.1f}", "pm": _pm(row.recall_vs_best_low, row.recall_vs_best_high),
-            "title": title, "tied": row.tied_with_best}
+    # The interval itself, not ±: a difference's interval is often lopsided, and whether it holds 0 is the point.
+    bracket = f"[{row.recall_vs_best_low:+,.1f}, {row.recall_vs_best_high:+,.1f}]"
+    return {"text": f"{row.recall_vs_best:+,.1f}", "pm": bracket, "title": title, "tied": row.tied_with_best}
 
 
 def _table_rows(ranking: Ranking, colours: Mapping[str, str]) -> list[dict]:

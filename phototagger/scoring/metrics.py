@@ -203,7 +203,7 @@ def photo_figures(photos: Mapping[str, ScoredPhoto], resamples: int = BOOTSTRAP_
         recall_all=interval([s["recall"] or 0.0 for s in with_truth]),
         precision=interval([s["precision"] for s in scored]),
         f1=interval([s["f1"] for s in scored]),
-        tags_per_photo=round(mean(len(s["tags"]) for s in answered), 2) if answered else None,
+        tags_per_photo=round(float(mean(len(s["tags"]) for s in answered)), 2) if answered else None,
         p50_latency_ms=percentile(timed, 50),
         p95_latency_ms=percentile(timed, 95),
     )
