@@ -43,6 +43,7 @@ class ModelResult(TypedDict, total=False):
     completion_tokens: Optional[int]
     cost_usd: Optional[float]
     cached: bool
+    prompt_variant: str  # the prompt's variants.PromptVariant id, e.g. "default@3f2a1c"
 
 
 ERROR_CLASSES = (

@@ -19,7 +19,9 @@ import vl_convert
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
-from phototagger.scoring.evals import FIXED_HEADERS, EvalEvent, batches_of, best_model, fold_events, split_batch_cell
+from phototagger.scoring.evals import (
+    FIXED_HEADERS, EvalEvent, batches_of, best_model, fold_events, row_key, split_batch_cell, split_row_key,
+)
 from phototagger.scoring.tags import normalise_tag
 
 DEFAULT_TITLE = "Photo Tagger: model evaluation"
@@ -64,10 +66,12 @@ def _fmt_cost(usd: Optional[float]) -> str:
 
 
 def short_name(model_key: str, limit: int = 32) -> str:
-    """`provider:last-path-part` of a model key, cut to `limit` characters, for tight places."""
-    provider, _, model = model_key.partition(":")
+    """`provider:last-path-part` of a row's model, cut to `limit` characters, then its prompt variant whole, for tight places."""
+    model_part, variant = split_row_key(model_key)
+    provider, _, model = model_part.partition(":")
     name = f"{provider}:{model.rsplit('/', 1)[-1]}" if model else provider
-    return name if len(name) <= limit else name[: limit - 1] + "\u2026"
+    name = name if len(name) <= limit else name[: limit - 1] + "\u2026"
+    return row_key(name, variant)
 
 
 _ENV = Environment(loader=FileSystemLoader(Path(__file__).with_name("templates")), autoescape=True,

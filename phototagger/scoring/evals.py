@@ -26,7 +26,7 @@ _ISO_DATE = re.compile(r"^\d{4}-(\d{2})-(\d{2})")
 class EvalEvent(ModelResult, total=False):
     """One model's result on one photo, with what the dashboard needs to show it on its own."""
 
-    model_key: str  # "provider:model"
+    model_key: str  # the row: "provider:model | variant@hash" (row_key), "provider:model" for results without a variant
     batch_id: str  # UpdatePhotos run id that delivered the photo
     batch_date: str  # ISO date of that batch
     ground_truth_tags: list[str]
@@ -37,6 +37,20 @@ class EvalEvent(ModelResult, total=False):
 
 def model_key(provider: str, model: str) -> str:
     return f"{provider}:{model}"
+
+
+ROW_SEP = " | "
+
+
+def row_key(model: str, prompt_variant: Optional[str]) -> str:
+    """A ranking row, one per (model, prompt): `openai:gpt-4o-mini | default@3f2a1c`; the model key alone without a variant."""
+    return f"{model}{ROW_SEP}{prompt_variant}" if prompt_variant else model
+
+
+def split_row_key(key: str) -> tuple[str, str]:
+    """(model key, prompt variant or "") of a row key."""
+    model, _, variant = key.partition(ROW_SEP)
+    return model, variant
 
 
 def make_event(
@@ -51,7 +65,7 @@ def make_event(
     """The event for `result` on `photo`, with the batch and the prompt run it came from."""
     event = EvalEvent(**result)  # type: ignore[typeddict-item]
     event.update(
-        model_key=model_key(result.get("provider", ""), result.get("model", "")),
+        model_key=row_key(model_key(result.get("provider", ""), result.get("model", "")), result.get("prompt_variant")),
         batch_id=str(batch_id),
         batch_date=batch_date,
         ground_truth_tags=list(photo.get("ground_truth_tags") or []),
