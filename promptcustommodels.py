@@ -3,7 +3,8 @@
     python promptcustommodels.py run                                  # latest FineTuneVLM adapter, latest batch
     python promptcustommodels.py run --finetune-run FineTuneVLM/12 --update-run UpdatePhotos/34
     python promptcustommodels.py run --base-model /models/qwen2.5-vl-3b   # base not where it was trained
-    python promptcustommodels.py run --with kubernetes                # the evaluate step asks for one GPU
+    python promptcustommodels.py run --with kubernetes                # one GPU per shard of --shard-size photos
+    python promptcustommodels.py --config prompts prompts/demo.json run --all-prompts   # also on other prompts
 
 The results have the shape of PromptModels' (`models_eval`), so EvaluationFlow shows the
 fine-tuned model next to the vendor models.
@@ -11,16 +12,18 @@ fine-tuned model next to the vendor models.
 from collections import Counter
 from pathlib import PurePosixPath
 
-from metaflow import FlowSpec, Parameter, current, project, resources, step, trigger_on_finish
+from metaflow import Config, FlowSpec, Parameter, current, project, resources, step, trigger_on_finish
 
 from phototagger.prompting.batch import (
     DEFAULT_MAX_ERROR_SHARE,
     DEFAULT_MODEL_DEADLINE_S,
     ErrorBudgetExceeded,
     budget_problems,
+    prompt_config,
     run_summary_lines,
 )
-from phototagger.scoring.evals import model_key
+from phototagger.prompting import fanout
+from phototagger.prompting.variants import prompt_variants, trained_variants, variants_config
 from phototagger.scoring.metrics import summarise
 from phototagger.mfclient import resolve_run, runs_of, scored_update_run
 
@@ -33,11 +36,18 @@ class PromptCustomModels(FlowSpec):
     1) Read the newest adapter from the latest successful FineTuneVLM run of this branch that
        trained one (or --finetune-run), and the unseen photos of the latest UpdatePhotos run (or
        --update-run), leaving out any photo the adapter was trained on.
-    2) Prompt every photo with the `finetuned` provider (base + adapter, batched greedy generation)
-       and the prompt the model was trained with, and score every answer.
-    3) Store `models_eval` (PromptModels' shape) and `summaries`; print a three-line summary and fail
-       if the error budget was broken.
+    2) One branch per shard of --shard-size photos (each with its GPU) and prompt: prompt every photo
+       with the `finetuned` provider (base + adapter, batched greedy generation) and the prompt the
+       model was trained with (and, with --all-prompts, every configured variant); score every answer.
+    3) Join the shards in photo order: store `models_eval` (PromptModels' shape) and `summaries`.
+    4) Print a three-line summary and fail if the error budget was broken.
     """
+
+    prompt = Config("prompt", default="prompt.txt", parser=prompt_config, help="Plain-text prompt file (the `default` variant).")
+    prompts = Config(
+        "prompts", default_value={"variants": []}, parser=variants_config,
+        help="JSON list of named prompts (as PromptModels'); used with --all-prompts.",
+    )
 
     finetune_run = Parameter(
         "finetune-run", default="", help="FineTuneVLM run whose adapter to evaluate (pathspec or run id); default: the latest that trained one."
@@ -58,6 +68,11 @@ class PromptCustomModels(FlowSpec):
         "model-deadline-s", default=DEFAULT_MODEL_DEADLINE_S, type=float,
         help="Seconds the model gets for the whole batch; photos not answered by then are recorded as failed (class 'deadline').",
     )
+    all_prompts = Parameter(
+        "all-prompts", default=False, type=bool, is_flag=True,
+        help="Also evaluate on every configured prompt variant, not only on the prompt the model was trained with.",
+    )
+    shard_size = Parameter("shard-size", default=fanout.DEFAULT_SHARD_SIZE, type=int, help="Photos per task (each task loads the model on its own GPU).")
 
     @step
     def start(self):
@@ -74,7 +89,8 @@ class PromptCustomModels(FlowSpec):
         if finetune is None:
             print(f"Nothing to evaluate: no FineTuneVLM run on branch {current.branch_name} has trained an adapter yet "
                   "(run `python prepare_vlm_data.py run` on tagged photos, then `python finetune_vlm.py run`).")
-            self.next(self.evaluate)
+            self.work = self._work()
+            self.next(self.evaluate, foreach="work")
             return
         self.finetune_run_pathspec = finetune.pathspec
         dataset = resolve_run("PrepareVLMData", None, self.finetune_meta["dataset_run"])
@@ -91,7 +107,14 @@ class PromptCustomModels(FlowSpec):
         else:
             print(f"Tagging {len(self.photos)} photos of batch {self.batch_id} ({self.batch_date}) "
                   f"with finetuned:{self.model_name} from {finetune.pathspec}.")
-        self.next(self.evaluate)
+        self.work = self._work()
+        self.next(self.evaluate, foreach="work")
+
+    def _work(self):
+        """The foreach items: the fine-tuned model x its prompts x shards of the photos."""
+        configured = prompt_variants(self.prompt.text, self.prompts.to_dict())
+        self.prompt_variants = trained_variants((self.finetune_meta or {}).get("prompt_text", ""), configured, self.all_prompts)
+        return fanout.plan([{"provider": "finetuned", "model": self.model_name}], self.prompt_variants, len(self.photos), self.shard_size)
 
     def _finetune_run(self):
         """(run, its finetune_meta): the FineTuneVLM run named by --finetune-run, else the newest of this
@@ -111,10 +134,11 @@ class PromptCustomModels(FlowSpec):
     @resources(gpu=1, memory=24000)
     @step
     def evaluate(self):
-        """Unpack the adapter next to its processor, load base + adapter once, and prompt every photo in
+        """Unpack the adapter next to its processor, load base + adapter once, and prompt the shard's photos in
         batches through `batch.prompt_photos`, which scores each answer."""
-        self.results = []
-        if self.photos:
+        self.item, self.results, self.skip_reason = self.input, [], None
+        photos = fanout.shard_photos(self.photos, self.item)
+        if photos:
             import tempfile
 
             from phototagger.prompting.batch import prompt_photos
@@ -132,18 +156,27 @@ class PromptCustomModels(FlowSpec):
                     max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
                 )
                 self.results = prompt_photos(
-                    prompter, list(self.photos.values()), meta["prompt_text"], batch_size=self.batch_size,
+                    prompter, photos, self.item["variant"]["text"], batch_size=self.batch_size,
                     cache=make_cache(not self.no_cache), deadline_s=self.model_deadline_s,
                 )
+        self.next(self.join)
+
+    @step
+    def join(self, inputs):
+        """Join the shards in photo order into `models_eval` as PromptModels does, one row per prompt, and summarise each row."""
+        self.merge_artifacts(inputs, exclude=["item", "results", "skip_reason"])
+        results, self.skipped_models = fanout.join(
+            ({"item": i.item, "results": i.results, "skip_reason": i.skip_reason} for i in inputs), list(self.photos)
+        )
+        self.models_eval = {"batch_id": self.batch_id, "batch_date": self.batch_date, "photos": self.photos, "results": results,
+                            "prompts": {v["id"]: v["text"] for v in self.prompt_variants}}
+        self.summaries = {k: summarise(rows) for k, rows in results.items()}
         self.next(self.end)
 
     @step
     def end(self):
-        """Store `models_eval` as PromptModels does, print the summary, and fail clearly past the error budget."""
-        results = {model_key("finetuned", self.model_name): self.results} if self.results else {}
-        self.models_eval = {"batch_id": self.batch_id, "batch_date": self.batch_date, "photos": self.photos, "results": results}
-        self.summaries = {k: summarise(rows) for k, rows in results.items()}
-        self.skipped_models = {}
+        """Print the summary, and fail clearly past the error budget."""
+        results = self.models_eval["results"]
         for line in run_summary_lines(self.models_eval, self.summaries, self.skipped_models):
             print(line)
         problems = budget_problems(results, self.max_error_share)

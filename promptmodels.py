@@ -4,6 +4,8 @@
     python promptmodels.py run --models prior,knn                    # only some (keys or providers)
     python promptmodels.py --config model-list my_models.json run    # another model list
     python promptmodels.py --config prices my_prices.json run        # another price table
+    python promptmodels.py --config prompts prompts/demo.json run    # several prompts side by side
+    python promptmodels.py run --shard-size 100 --max-workers 8      # 100 photos per task, 8 tasks at once
 
 prompt.txt, models.json and prices.json are Metaflow Configs: edit them or pass your own file.
 prices.json holds list prices (USD per 1M tokens) published by OpenAI and Together AI in 2025;
@@ -29,8 +31,9 @@ from phototagger.prompting.batch import (
     run_summary_lines,
     select_models,
 )
+from phototagger.prompting import fanout
 from phototagger.prompting.cache import make_cache
-from phototagger.scoring.evals import model_key
+from phototagger.prompting.variants import prompt_variants, variants_config
 from phototagger.scoring.metrics import summarise
 from phototagger.mfclient import CARD_TIMEOUT_S, scored_update_run
 
@@ -43,14 +46,20 @@ class PromptModels(FlowSpec):
 
     1) Read the unseen batch (and the earlier photos, for the offline baselines) from the latest
        successful UpdatePhotos run of this branch, or the run given by --update-run.
-    2) One branch per model in models.json: prompt every photo (bounded adaptive concurrency,
-       response cache, retries), score and price; the results are what EvaluationFlow reads.
+    2) One branch per model in models.json x prompt variant x shard of --shard-size photos: prompt
+       every photo (bounded adaptive concurrency, a share of the model's, response cache, retries),
+       score and price; the results are what EvaluationFlow reads.
        A model that cannot run here (no API key; a baseline on the first batch) is skipped with one line.
-    3) Join: store `models_eval`, `summaries` and `skipped_models`, and check the error budget.
+    3) Join the shards in photo order: store `models_eval` (one row per model and prompt),
+       `summaries` and `skipped_models`, and check the error budget.
     4) End: print a three-line summary; fail if a model broke the error budget.
     """
 
     prompt = Config("prompt", default="prompt.txt", parser=prompt_config, help="Plain-text prompt file.")
+    prompts = Config(
+        "prompts", default_value={"variants": []}, parser=variants_config,
+        help='JSON list of named prompts to run side by side, e.g. prompts/demo.json; default: prompt.txt alone, as "default".',
+    )
     model_list = Config("model-list", default="models.json", help="JSON list of models to prompt (see models.json).")
     prices = Config("prices", default="prices.json", help="JSON price table, USD per 1M tokens (see prices.json).")
     deploy_secrets = mfdeploy.secrets_config()
@@ -70,6 +79,10 @@ class PromptModels(FlowSpec):
         help="Seconds a model gets for the whole batch; photos not answered by then are recorded as failed (class 'deadline').",
     )
     only_models = Parameter("models", default="", help="Comma-separated model keys or providers to run (e.g. prior,knn); default: all.")
+    shard_size = Parameter(
+        "shard-size", default=fanout.DEFAULT_SHARD_SIZE, type=int,
+        help="Photos per task: a bigger batch is split into tasks of this many photos (bound them with run --max-workers).",
+    )
 
     @step
     def start(self):
@@ -82,20 +95,24 @@ class PromptModels(FlowSpec):
         self.batch_id = str(run.data.batch_id)
         self.batch_date = run.data.batch_date
         self.models = select_models(self.model_list.to_dict(), self.only_models)
+        self.prompt_variants = prompt_variants(self.prompt.text, self.prompts.to_dict())
+        self.work = fanout.plan(self.models, self.prompt_variants, len(self.photos), self.shard_size, self.concurrency)
         if not self.photos:
             print(f"Nothing to do: {run.pathspec} delivered no new photos.")
         else:
-            print(f"Prompting {len(self.models)} models on {len(self.photos)} photos of batch {self.batch_id} ({self.batch_date}).")
-        self.next(self.prompt_model, foreach="models")
+            print(f"Prompting {len(self.models)} models with {len(self.prompt_variants)} prompts on {len(self.photos)} photos "
+                  f"of batch {self.batch_id} ({self.batch_date}) in {len(self.work)} tasks.")
+        self.next(self.prompt_model, foreach="work")
 
     @step
     def prompt_model(self):
-        """Prompt every photo of the batch with one model through `batch.prompt_photos`, which keeps one
-        result per photo whatever happens to the call and reuses cached answers."""
-        entry = self.input
-        self.model_key = model_key(entry["provider"], entry["model"])
+        """Prompt one shard of the batch with one model and one prompt through `batch.prompt_photos`, which
+        keeps one result per photo whatever happens to the call and reuses cached answers."""
+        self.item = self.input
+        entry, photos = self.item["entry"], fanout.shard_photos(self.photos, self.item)
+        self.model_key = fanout.item_model(self.item)
         self.results, self.skip_reason = [], None
-        if self.photos:
+        if photos:
             try:
                 prompter = make_prompter(entry, list(self.history.values()))
             except ModelSkipped as exc:
@@ -104,9 +121,9 @@ class PromptModels(FlowSpec):
             else:
                 self.results = prompt_photos(
                     prompter,
-                    list(self.photos.values()),
-                    self.prompt.text,
-                    concurrency=entry.get("concurrency") or self.concurrency,
+                    photos,
+                    self.item["variant"]["text"],
+                    concurrency=self.item["concurrency"],
                     cache=make_cache(not self.no_cache),
                     prices=self.prices.to_dict(),
                     deadline_s=self.model_deadline_s,
@@ -115,12 +132,15 @@ class PromptModels(FlowSpec):
 
     @step
     def join(self, inputs):
-        """Gather the models' results into `models_eval` (EvaluationFlow's input), summarise each model, list the skipped ones,
-        and note which models broke the error budget (the run fails in `end`, after these are stored)."""
-        self.merge_artifacts(inputs, include=["photos", "batch_id", "batch_date", "update_run_pathspec"])
-        self.skipped_models = {i.model_key: i.skip_reason for i in inputs if i.skip_reason}
-        results = {i.model_key: i.results for i in inputs if not i.skip_reason and i.results}
-        self.models_eval = {"batch_id": self.batch_id, "batch_date": self.batch_date, "photos": self.photos, "results": results}
+        """Join the shards in photo order into `models_eval` (EvaluationFlow's input), one row per model and prompt;
+        summarise each row, list the skipped models, and note which rows broke the error budget (the run fails
+        in `end`, after these are stored)."""
+        self.merge_artifacts(inputs, include=["photos", "batch_id", "batch_date", "update_run_pathspec", "prompt_variants"])
+        results, self.skipped_models = fanout.join(
+            ({"item": i.item, "results": i.results, "skip_reason": i.skip_reason} for i in inputs), list(self.photos)
+        )
+        self.models_eval = {"batch_id": self.batch_id, "batch_date": self.batch_date, "photos": self.photos, "results": results,
+                            "prompts": {v["id"]: v["text"] for v in self.prompt_variants}}
         self.summaries = {key: summarise(rows) for key, rows in results.items()}
         self.budget_errors = budget_problems(results, self.max_error_share)
         self.next(self.end)
