@@ -249,3 +249,14 @@ def test_only_the_users_own_files_get_sidecars_beside_them(tmp_path):
 def test_folder_models_config_whose_models_are_not_a_list_names_the_problem():
     with pytest.raises(ValueError, match='models.json: "models" must be a list of objects'):
         export.model_entry("openai:gpt-4o-mini", {"models": {"gpt": {"provider": "openai", "model": "gpt-4o-mini"}}})
+
+
+def test_a_bare_model_key_names_its_one_row_or_its_default_prompt_row_and_a_row_key_itself():
+    one = {"knn:jec | default@3f2a1c": []}
+    several = {"knn:jec | default@3f2a1c": [], "knn:jec | short@1a2db5": [], "prior:tag-prior | short@1a2db5": []}
+    assert export.result_key(one, "knn:jec") == "knn:jec | default@3f2a1c"
+    assert export.result_key(several, "knn:jec") == "knn:jec | default@3f2a1c"
+    assert export.result_key(several, "knn:jec | short@1a2db5") == "knn:jec | short@1a2db5"
+    assert export.result_key(several, "prior:tag-prior") == "prior:tag-prior | short@1a2db5"
+    assert export.result_key(several, "openai:gpt-4o-mini") is None
+    assert export.result_key({"knn:jec": []}, "knn:jec") == "knn:jec", "results stored before prompt variants"

@@ -27,7 +27,8 @@ from phototagger import mfclient
 from phototagger.output import xmp
 from phototagger.prompting.batch import DEFAULT_CONCURRENCY, ModelSkipped, make_prompter, prompt_photos, select_models
 from phototagger.prompting.cache import make_cache
-from phototagger.scoring.evals import best_model, model_key
+from phototagger.prompting.variants import DEFAULT_VARIANT
+from phototagger.scoring.evals import best_model, model_key, split_row_key
 from phototagger.http import is_url
 from phototagger.records import ModelResult, Photo
 from phototagger.ingest.sources import resolve_source
@@ -141,10 +142,21 @@ def dashboard_models(evals: Optional[Mapping[str, Any]]) -> list[str]:
 def tags_from_models_eval(models_eval: Mapping[str, Any], model: str, source: str) -> TagSet:
     """The model's tags per photo from a prompt flow's `models_eval` artifact."""
     results = models_eval.get("results") or {}
-    if model not in results:
+    key = result_key(results, model)
+    if key is None:
         available = ", ".join(sorted(results)) or "none"
         raise ExportError(f"{source} holds no results of {model}; models it holds: {available}. Pick one with --model")
-    return tagset_from_results(models_eval.get("photos") or {}, results[model], model, source)
+    return tagset_from_results(models_eval.get("photos") or {}, results[key], key, source)
+
+
+def result_key(results: Mapping[str, Any], model: str) -> Optional[str]:
+    """The row of `results` that `model` names: a row key ("knn:jec | default@3f2a1c") as it is; a bare model key,
+    its one row, or its row on the default prompt when it ran on several; None when it names none."""
+    if model in results:
+        return model
+    rows = [key for key in results if split_row_key(key)[0] == model]
+    default = [key for key in rows if split_row_key(key)[1].startswith(f"{DEFAULT_VARIANT}@")]
+    return rows[0] if len(rows) == 1 else (default[0] if len(default) == 1 else None)
 
 
 def tagset_from_results(photos: Mapping[str, Photo], results: Iterable[ModelResult], model: str, source: str) -> TagSet:
@@ -184,7 +196,7 @@ def _first_models_eval_with(runs: Iterable[Any], model: str) -> tuple[Optional[A
     for run in runs:
         models_eval = models_eval_of(run)
         held = set((models_eval or {}).get("results") or {})
-        if model in held:
+        if result_key(dict.fromkeys(held), model) is not None:
             return run, models_eval, seen | held
         log.info("%s holds no results of %s; looking at older runs", run.pathspec, model)
         seen |= held
@@ -265,7 +277,9 @@ def tags_from_folder(
     use_cache: bool = True,
     progress: bool = True,
 ) -> TagSet:
-    """Prompt `model` on every image under `folder` (the folder source's listing and ids) and keep its tags."""
+    """Prompt `model` (a model key, or a dashboard row whose prompt variant `prompt_text` replaces) on every image
+    under `folder` (the folder source's listing and ids) and keep its tags."""
+    model = split_row_key(model)[0]
     provider, _ = split_model_key(model)
     if provider == FINETUNED_PROVIDER:
         raise ExportError(
