@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from metaflow import Runner
 
+from phototagger.scoring.evals import split_row_key
 from tests import flowrun
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.fakes.unsplash_server import FakeUnsplashServer, sample_photos
@@ -50,8 +51,15 @@ def dashboard(run) -> tuple[dict, str]:
     return run.data.evals, run.data.html
 
 
+def by_model(rows: dict) -> dict:
+    """Rows keyed "provider:model | variant@hash" by their model alone (each model ran on one prompt)."""
+    keyed = {split_row_key(key)[0]: value for key, value in rows.items()}
+    assert len(keyed) == len(rows), f"a model ran on several prompts: {sorted(rows)}"
+    return keyed
+
+
 def rows_by_model(evals: dict) -> dict[str, dict]:
-    return {row[0]: dict(zip(evals["headers"], row)) for row in evals["rows"]}
+    return by_model({row[0]: dict(zip(evals["headers"], row)) for row in evals["rows"]})
 
 
 def test_baseline_loop_offline_on_demo_photos(flow_env):
@@ -65,7 +73,7 @@ def test_baseline_loop_offline_on_demo_photos(flow_env):
     evals_run, out = run_flow("evalsflow.py", flow_env)
 
     assert not set(second.data.unseen) & set(third.data.unseen), "a second UpdatePhotos run repeats no photo"
-    results = scored.data.models_eval["results"]
+    results = by_model(scored.data.models_eval["results"])
     assert set(results) == {"prior:tag-prior", "knn:jec"}
     assert all(len(r) == len(second.data.unseen) for r in results.values()), "every photo gets a record"
     assert set(scored.data.skipped_models) >= {"openai:gpt-4o-mini"}
@@ -75,14 +83,37 @@ def test_baseline_loop_offline_on_demo_photos(flow_env):
     assert set(rows) == {"prior:tag-prior", "knn:jec"}
     batch_cols = [h for h in evals["headers"] if h.endswith(")") and "(" in h and h[-6:-1].count("-") == 1]
     assert len(batch_cols) == 2, evals["headers"]
-    assert [row[0] for row in evals["rows"]] == sorted(rows, key=lambda m: -(rows[m]["Avg Recall"] or 0))
-    for model in rows:
-        assert f'data-model="{model}"' in html
+    assert [split_row_key(row[0])[0] for row in evals["rows"]] == sorted(rows, key=lambda m: -(rows[m]["Avg Recall"] or 0))
+    for row in evals["rows"]:
+        assert f'data-model="{row[0]}"' in html
     assert "card get" in out
 
     again, _ = run_flow("evalsflow.py", flow_env)
     assert again.data.folded_runs == evals_run.data.folded_runs, "nothing new to fold"
     assert len(again.data.events) == len(evals_run.data.events) and again.data.evals == evals
+
+
+def test_a_batch_in_shards_of_two_reaches_models_eval_whole_in_photo_order_for_every_model_and_prompt(flow_env):
+    run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
+    batch, _ = run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
+    prompted, out = flowrun.run_flow(
+        ROOT / "promptmodels.py", flow_env, ROOT, runner_options={"config": [("prompts", str(ROOT / "prompts" / "demo.json"))]},
+        models="prior,knn", shard_size=2, max_workers=2,
+    )
+    evals_run, _ = run_flow("evalsflow.py", flow_env)
+
+    models_eval = prompted.data.models_eval
+    variants = sorted(models_eval["prompts"])
+    assert [v.split("@")[0] for v in variants] == ["default", "short"]
+    assert len(list(prompted["prompt_model"])) == 2 * 2 * 3, "2 models x 2 prompts x 3 shards of 2 photos"
+    assert "in 12 tasks" in out
+    results = models_eval["results"]
+    assert sorted(results) == sorted(f"{m} | {v}" for m in ("prior:tag-prior", "knn:jec") for v in variants)
+    for key, rows in results.items():
+        assert [r["photo_id"] for r in rows] == list(batch.data.unseen), f"{key}: every photo once, in photo order"
+        assert {r["prompt_variant"] for r in rows} == {split_row_key(key)[1]}
+    assert sorted(row[0] for row in evals_run.data.evals["rows"]) == sorted(results), "one dashboard row per model and prompt"
+    assert len(evals_run.data.events) == 4 * len(batch.data.unseen)
 
 
 def test_baseline_loop_against_unsplash_and_openai_wire_formats(flow_env):
@@ -114,12 +145,12 @@ def test_baseline_loop_against_unsplash_and_openai_wire_formats(flow_env):
         evals_run, _ = run_flow("evalsflow.py", env)
 
     assert len(update.data.unseen) == 8 and update.data.source_name == "unsplash"
-    results = prompted.data.models_eval["results"]
+    results = by_model(prompted.data.models_eval["results"])
     vendor = [k for k in results if k.split(":")[0] in ("openai", "together")]
     assert len(vendor) == 3 and all(len(results[k]) == 8 for k in vendor)
     assert all(r["recall"] == 100.0 and r["valid"] for r in results["openai:gpt-4o-mini"])
     evals, html = dashboard(evals_run)
-    assert evals["rows"][0][0] == "openai:gpt-4o-mini", "best model first"
+    assert split_row_key(evals["rows"][0][0])[0] == "openai:gpt-4o-mini", "best model first"
     assert "prior:tag-prior" in prompted.data.skipped_models  # first batch: nothing to learn from yet
 
     leaked = [
@@ -171,7 +202,7 @@ def test_full_loop_puts_the_finetuned_model_on_the_dashboard(flow_env, tmp_path)
         output_dir=str(tmp_path / "checkpoints"),
     )
     # A random tiny model answers gibberish, cut at max-new-tokens: every answer fails, which the error budget would stop.
-    custom, _ = run_flow("promptcustommodels.py", flow_env, max_error_share=1.0)
+    custom, _ = run_flow("promptcustommodels.py", flow_env, max_error_share=1.0, shard_size=2)
     evals_run, _ = run_flow("evalsflow.py", flow_env)
 
     train_ids = {ex["photo_id"] for ex in dataset.data.train_examples + dataset.data.validation_examples}
@@ -181,10 +212,10 @@ def test_full_loop_puts_the_finetuned_model_on_the_dashboard(flow_env, tmp_path)
     assert len(trained.data.finetune_meta["train_loss"]) >= 1
 
     (key,) = custom.data.models_eval["results"]
-    assert key.startswith("finetuned:")
-    assert len(custom.data.models_eval["results"][key]) == len(newest.data.unseen)
+    assert key.startswith("finetuned:") and split_row_key(key)[1].startswith("default@"), "trained on prompt.txt"
+    assert [r["photo_id"] for r in custom.data.models_eval["results"][key]] == list(newest.data.unseen), "3 shards, joined in order"
     evals, html = dashboard(evals_run)
-    assert key in rows_by_model(evals)
+    assert key in [row[0] for row in evals["rows"]]
     assert f'data-model="{key}"' in html
 
 
@@ -201,5 +232,5 @@ def test_a_model_past_its_error_budget_fails_the_run_but_keeps_every_record(flow
     assert status == "failed"
     message = run["end"].task.stderr
     assert "openai:gpt-4o-mini" in message and "unparseable" in message
-    stored = run["join"].task.data.models_eval["results"]["openai:gpt-4o-mini"]
+    (stored,) = run["join"].task.data.models_eval["results"].values()
     assert [r["error"] for r in stored] == ["unparseable"] * 4, "the failed run still stored one record per photo"
