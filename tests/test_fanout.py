@@ -34,7 +34,7 @@ def test_a_changed_prompt_text_is_a_new_variant_and_the_same_text_the_same_one()
 
 
 def test_without_a_prompts_config_prompt_txt_is_the_one_default_variant():
-    assert prompt_variants("Tag it.", {"variants": []}) == [make_variant("default", "Tag it.")]
+    assert prompt_variants("Tag it.", variants_config('{"variants": []}')) == [make_variant("default", "Tag it.")]
 
 
 def test_the_prompts_config_reads_each_variants_file_or_text(tmp_path, monkeypatch):
@@ -49,7 +49,8 @@ def test_the_prompts_config_reads_each_variants_file_or_text(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("config, problem", [
-    ({"variants": []}, "write {"),
+    ({"prompts": ["prompt.txt"]}, "write {"),
+    ({"variants": ["prompt.txt"]}, "write {"),
     ({"variants": [{"name": "a", "text": "x"}, {"name": "a", "text": "y"}]}, "must be unique"),
     ({"variants": [{"name": "a b", "text": "x"}]}, "must be unique"),
     ({"variants": [{"name": "a", "file": "no-such-prompt.txt"}]}, "no file no-such-prompt.txt"),

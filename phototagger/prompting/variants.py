@@ -37,12 +37,13 @@ def make_variant(name: str, text: str) -> PromptVariant:
 
 
 def variants_config(text: str) -> dict[str, Any]:
-    """Metaflow Config parser for a variants file: {"variants": [{"name", "file" or "text"}]} -> {"variants": [{"name", "text"}]}."""
+    """Metaflow Config parser for a variants file: {"variants": [{"name", "file" or "text"}]} -> {"variants": [{"name", "text"}]}.
+    An empty list (the flows' default) means prompt.txt alone."""
     try:
         listed = json.loads(text).get("variants")
     except (ValueError, AttributeError):
         listed = None
-    if not isinstance(listed, list) or not listed or not all(isinstance(v, Mapping) for v in listed):
+    if not isinstance(listed, list) or not all(isinstance(v, Mapping) for v in listed):
         raise ValueError('--config prompts: write {"variants": [{"name": "default", "file": "prompt.txt"}, '
                          '{"name": "short", "file": "prompts/short.txt"}]}')
     variants, seen = [], set()
