@@ -4,10 +4,11 @@ import json
 import pytest
 
 from phototagger.output.dashboard import short_name
+from phototagger.prompting.batch import run_summary_lines
 from phototagger.prompting import fanout
 from phototagger.prompting.variants import make_variant, prompt_variants, trained_variants, variants_config
 from phototagger.scoring import evals
-from phototagger.scoring.metrics import score_photo
+from phototagger.scoring.metrics import score_photo, summarise
 
 DEFAULT = make_variant("default", "Tag this photo. Answer {\"tags\": [...]}")
 SHORT = make_variant("short", "Tags as JSON.")
@@ -146,3 +147,12 @@ def test_the_dashboards_short_name_keeps_the_prompt_variant():
     key = evals.row_key("together:meta-llama/Llama-4-Maverick-17B-128E-Instruct-FP8", SHORT["id"])
     assert short_name(key) == f"together:Llama-4-Maverick-17B-1\u2026 | {SHORT['id']}"
     assert short_name("prior:tag-prior") == "prior:tag-prior"
+
+
+def test_the_run_summary_counts_models_not_rows_and_says_how_many_prompts():
+    batch = photos(2)
+    items = fanout.plan([PRIOR], [DEFAULT, SHORT], n_photos=2)
+    results, _ = fanout.join([{"item": i, "results": answered(i, batch), "skip_reason": None} for i in items], list(batch))
+    models_eval = {"batch_id": "17", "batch_date": "2025-03-04", "photos": batch, "results": results}
+    lines = run_summary_lines(models_eval, {k: summarise(v) for k, v in results.items()}, {"openai:gpt-4o-mini": "key missing"})
+    assert lines[0].startswith("Prompted 1 of 2 models with 2 prompts on 2 photos of batch 17")

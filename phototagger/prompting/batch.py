@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from phototagger.prompting.cache import ResponseCache
 from phototagger.prompting.cost import load_prices, result_cost
-from phototagger.scoring.evals import model_key
+from phototagger.scoring.evals import model_key, split_row_key
 from phototagger.prompting.limiter import AdaptiveLimiter
 from phototagger.scoring.metrics import Summary, score_photo
 from phototagger.prompting.prompter import Prompter, failed_result
@@ -327,8 +327,11 @@ def run_summary_lines(models_eval: Mapping[str, Any], summaries: Mapping[str, Su
     cached = sum(1 for rows in results.values() for r in rows if r.get("cached"))
     calls = sum(len(rows) for rows in results.values())
     cost = sum(s["cost_usd"] for s in summaries.values())
+    ran = {split_row_key(key)[0] for key in results}
+    prompts = {split_row_key(key)[1] for key in results}
+    prompts_text = f" with {len(prompts)} prompts" if len(prompts) > 1 else ""
     return [
-        f"Prompted {len(results)} of {len(results) + len(skipped)} models on {len(photos)} photos of batch {models_eval['batch_id']} ({models_eval['batch_date']}){skipped_text}.",
+        f"Prompted {len(ran)} of {len(ran) + len(skipped)} models{prompts_text} on {len(photos)} photos of batch {models_eval['batch_id']} ({models_eval['batch_date']}){skipped_text}.",
         f"Avg recall: {ranking}.",
         f"Cost ${cost:.4f} at list price; {cached} of {calls} answers from the cache. Next: python evalsflow.py run",
     ]
