@@ -189,6 +189,7 @@ def test_every_prompted_photo_reaches_the_dashboard_past_the_log_cap(flow_env):
     assert not [p["id"] for p in photos if p["id"] in prompt_out], "no line per photo in the terminal"
 
 
+@pytest.mark.timeout(900)  # trains, then loads the tiny model once per shard, on a CPU
 def test_full_loop_puts_the_finetuned_model_on_the_dashboard(flow_env, tmp_path):
     # Built in a child process, as run_demo.sh does: torch imported after Metaflow's client has run in
     # this process can trip over Metaflow's vendored typing_extensions.
@@ -202,7 +203,7 @@ def test_full_loop_puts_the_finetuned_model_on_the_dashboard(flow_env, tmp_path)
         output_dir=str(tmp_path / "checkpoints"),
     )
     # A random tiny model answers gibberish, cut at max-new-tokens: every answer fails, which the error budget would stop.
-    custom, _ = run_flow("promptcustommodels.py", flow_env, max_error_share=1.0, shard_size=2)
+    custom, _ = run_flow("promptcustommodels.py", flow_env, max_error_share=1.0, shard_size=3)
     evals_run, _ = run_flow("evalsflow.py", flow_env)
 
     train_ids = {ex["photo_id"] for ex in dataset.data.train_examples + dataset.data.validation_examples}
@@ -211,9 +212,10 @@ def test_full_loop_puts_the_finetuned_model_on_the_dashboard(flow_env, tmp_path)
     assert trained.data.adapter_files and trained.data.finetune_meta["base_model"] == str(base)
     assert len(trained.data.finetune_meta["train_loss"]) >= 1
 
+    assert len(list(custom["evaluate"])) == 2, "6 photos in shards of 3: two evaluate tasks"
     (key,) = custom.data.models_eval["results"]
     assert key.startswith("finetuned:") and split_row_key(key)[1].startswith("default@"), "trained on prompt.txt"
-    assert [r["photo_id"] for r in custom.data.models_eval["results"][key]] == list(newest.data.unseen), "3 shards, joined in order"
+    assert [r["photo_id"] for r in custom.data.models_eval["results"][key]] == list(newest.data.unseen), "2 shards, joined in order"
     evals, html = dashboard(evals_run)
     assert key in [row[0] for row in evals["rows"]]
     assert f'data-model="{key}"' in html
