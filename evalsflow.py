@@ -1,12 +1,16 @@
 """EvaluationFlow: rank the models on every batch they have tagged, as a dashboard card."""
-from metaflow import FlowSpec, Parameter, card, current, project, step, trigger_on_finish
+from pathlib import Path
+
+from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
 
 from phototagger.output import dashboard
-from phototagger.scoring import evals
+from phototagger.scoring import evals, metrics
+from phototagger.scoring.vocabulary import Vocabulary, parse_file
 from phototagger.mfclient import CARD_TIMEOUT_S, latest_successful_run, runs_of
 from phototagger.output.thumbnails import thumbnails
 
 SOURCE_FLOWS = ("PromptModels", "PromptCustomModels")
+VOCABULARY = str(Path(__file__).resolve().with_name("vocabulary.json"))
 
 
 @trigger_on_finish(flows=list(SOURCE_FLOWS))
@@ -18,9 +22,13 @@ class EvaluationFlow(FlowSpec):
        the same project branch (or start empty with --rebuild).
     2) Read the `models_eval` artifact of each PromptModels and PromptCustomModels run not folded
        before and fold its results in as events, a rerun of a batch replacing the earlier answers.
-    3) Build the `evals` table and render the dashboard card: ranking, recall vs latency chart and
-       per-photo drill-down.
+    3) Score every event again under both matching rules with this flow's vocabulary, so all runs,
+       older ones included, share one lenient rule; build the `evals` table and render the dashboard
+       card: ranking, recall vs latency chart and per-photo drill-down.
     """
+
+    vocabulary = Config("vocabulary", default=VOCABULARY, parser=parse_file,
+                        help="JSON vocabulary of the lenient matching rule: synonyms, stop_tags, parents (see vocabulary.json).")
 
     rebuild = Parameter(
         "rebuild",
@@ -63,6 +71,7 @@ class EvaluationFlow(FlowSpec):
     def end(self):
         """Build the ranking table, fetch the thumbnails the drill-down shows, and render the dashboard into
         `html`, which the html card shows as it is."""
+        self.events = metrics.rescore(self.events, Vocabulary.from_dict(self.vocabulary.to_dict()))
         self.evals = evals.build_evals(self.events)
         thumbs = thumbnails(dashboard.drilldown_image_urls(self.events))
         self.html = dashboard.render_dashboard(self.evals, self.events, title=self.title, thumbs=thumbs)
@@ -70,7 +79,8 @@ class EvaluationFlow(FlowSpec):
         if best:
             row = self.evals["rows"][0]
             latency = f"{row[1]:.0f} ms/photo" if row[1] is not None else "every answer from the cache"
-            print(f"Best model: {best} (avg recall {row[2]:.1f}%, error {row[4]:.1f}%, {latency})")
+            lenient = f"{row[6]:.1f}%" if row[6] is not None else "n/a"
+            print(f"Best model: {best} (avg recall {row[2]:.1f}% exact, {lenient} lenient; error {row[4]:.1f}%, {latency})")
         else:
             print(
                 "No model has a valid answer yet: run promptmodels.py (after updatephotos.py), then this flow again."

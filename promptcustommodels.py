@@ -9,9 +9,9 @@ The results have the shape of PromptModels' (`models_eval`), so EvaluationFlow s
 fine-tuned model next to the vendor models.
 """
 from collections import Counter
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
-from metaflow import FlowSpec, Parameter, current, project, resources, step, trigger_on_finish
+from metaflow import Config, FlowSpec, Parameter, current, project, resources, step, trigger_on_finish
 
 from phototagger.prompting.batch import (
     DEFAULT_MAX_ERROR_SHARE,
@@ -22,6 +22,7 @@ from phototagger.prompting.batch import (
 )
 from phototagger.scoring.evals import model_key
 from phototagger.scoring.metrics import summarise
+from phototagger.scoring.vocabulary import Vocabulary, parse_file
 from phototagger.mfclient import resolve_run, runs_of, scored_update_run
 
 
@@ -38,6 +39,9 @@ class PromptCustomModels(FlowSpec):
     3) Store `models_eval` (PromptModels' shape) and `summaries`; print a three-line summary and fail
        if the error budget was broken.
     """
+
+    vocabulary = Config("vocabulary", default=str(Path(__file__).resolve().with_name("vocabulary.json")), parser=parse_file,
+                        help="JSON vocabulary of the lenient matching rule: synonyms, stop_tags, parents (see vocabulary.json).")
 
     finetune_run = Parameter(
         "finetune-run", default="", help="FineTuneVLM run whose adapter to evaluate (pathspec or run id); default: the latest that trained one."
@@ -134,6 +138,7 @@ class PromptCustomModels(FlowSpec):
                 self.results = prompt_photos(
                     prompter, list(self.photos.values()), meta["prompt_text"], batch_size=self.batch_size,
                     cache=make_cache(not self.no_cache), deadline_s=self.model_deadline_s,
+                    vocabulary=Vocabulary.from_dict(self.vocabulary.to_dict()),
                 )
         self.next(self.end)
 

@@ -5,11 +5,12 @@
     python promptmodels.py --config model-list my_models.json run    # another model list
     python promptmodels.py --config prices my_prices.json run        # another price table
 
-prompt.txt, models.json and prices.json are Metaflow Configs: edit them or pass your own file.
+prompt.txt, models.json, prices.json and vocabulary.json are Metaflow Configs: edit them or pass your own file.
 prices.json holds list prices (USD per 1M tokens) published by OpenAI and Together AI in 2025;
 they are editable, and a model missing from the table is shown without a cost.
 """
 from collections import Counter
+from pathlib import Path
 
 from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults before Metaflow reads them
 
@@ -32,6 +33,7 @@ from phototagger.prompting.batch import (
 from phototagger.prompting.cache import make_cache
 from phototagger.scoring.evals import model_key
 from phototagger.scoring.metrics import summarise
+from phototagger.scoring.vocabulary import Vocabulary, parse_file
 from phototagger.mfclient import CARD_TIMEOUT_S, scored_update_run
 
 
@@ -53,6 +55,8 @@ class PromptModels(FlowSpec):
     prompt = Config("prompt", default="prompt.txt", parser=prompt_config, help="Plain-text prompt file.")
     model_list = Config("model-list", default="models.json", help="JSON list of models to prompt (see models.json).")
     prices = Config("prices", default="prices.json", help="JSON price table, USD per 1M tokens (see prices.json).")
+    vocabulary = Config("vocabulary", default=str(Path(__file__).resolve().with_name("vocabulary.json")), parser=parse_file,
+                        help="JSON vocabulary of the lenient matching rule: synonyms, stop_tags, parents (see vocabulary.json).")
     deploy_secrets = mfdeploy.secrets_config()
 
     update_run = Parameter(
@@ -110,6 +114,7 @@ class PromptModels(FlowSpec):
                     cache=make_cache(not self.no_cache),
                     prices=self.prices.to_dict(),
                     deadline_s=self.model_deadline_s,
+                    vocabulary=Vocabulary.from_dict(self.vocabulary.to_dict()),
                 )
         self.next(self.join)
 

@@ -75,7 +75,7 @@ def test_baseline_loop_offline_on_demo_photos(flow_env):
     assert set(rows) == {"prior:tag-prior", "knn:jec"}
     batch_cols = [h for h in evals["headers"] if h.endswith(")") and "(" in h and h[-6:-1].count("-") == 1]
     assert len(batch_cols) == 2, evals["headers"]
-    assert [row[0] for row in evals["rows"]] == sorted(rows, key=lambda m: -(rows[m]["Avg Recall"] or 0))
+    assert [row[0] for row in evals["rows"]] == sorted(rows, key=lambda m: -(rows[m]["Avg Recall (exact)"] or 0))
     for model in rows:
         assert f'data-model="{model}"' in html
     assert "card get" in out

@@ -243,7 +243,7 @@ def test_summary_is_three_lines_and_says_when_there_was_nothing_to_do():
     lines = run_summary_lines(models_eval, {"fake:tagger": summarise(results)}, {"openai:gpt-4o-mini": "key missing"})
     assert len(lines) == 3
     assert lines[0].startswith("Prompted 1 of 2 models on 2 photos of batch 17 (2025-03-04); skipped openai:gpt-4o-mini")
-    assert "fake:tagger 0.0% (0.0% over all photos, 50% errors)" in lines[1]
+    assert "fake:tagger 0.0% exact, 0.0% lenient (0.0% exact over all photos, 50% errors)" in lines[1]
     empty = run_summary_lines({"batch_id": "18", "batch_date": "2025-03-05", "photos": {}, "results": {}}, {}, {})
     assert len(empty) == 3 and "no new photos" in empty[0]
 

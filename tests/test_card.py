@@ -105,7 +105,7 @@ def test_chart_is_well_formed_svg_with_a_labelled_point_per_model(dashboard):
     plotted = [r[0] for r in table["rows"] if r[1] is not None and r[2] is not None]
     assert len(svg.findall(".//path[@aria-roledescription='circle']")) == len(plotted) == 3
     texts = [t.text for t in svg.iter("text")]
-    assert "Avg recall (%)" in texts
+    assert "Avg recall, exact rule (%)" in texts
     assert any(t and t.startswith("Avg latency per photo (ms") for t in texts)
     assert {card.short_name(m) for m in plotted} <= set(texts)
     assert "Not plotted" in page and "together:&lt;b&gt;evil&lt;/b&gt;" in page

@@ -11,11 +11,11 @@ def test_recall_counts_ground_truth_tags_predicted_after_normalisation():
 
 
 def test_photo_without_ground_truth_scores_none():
-    assert score_photo([], ["cat"]) == {"recall": None, "precision": None, "f1": None}
+    assert set(score_photo([], ["cat"]).values()) == {None}
 
 
 def test_nothing_predicted_scores_zero_not_error():
-    assert score_photo(["cat"], []) == {"recall": 0.0, "precision": 0.0, "f1": 0.0}
+    assert set(score_photo(["cat"], []).values()) == {0.0}
 
 
 def _result(recall, error=None, latency=100.0, cached=False, cost=0.001):

@@ -77,7 +77,7 @@ _ENV.filters.update(fmt=_fmt, latency=_fmt_latency, cost=_fmt_cost, decile=decil
 
 # ---------------------------------------------------------------- recall vs latency chart
 def recall_latency_spec(points: Sequence[tuple[str, float, float]], colours: Mapping[str, str]) -> dict:
-    """A Vega-Lite scatter of avg recall (0-100) against avg latency, one labelled point per model.
+    """A Vega-Lite scatter of avg recall (exact rule, 0-100) against avg latency, one labelled point per model.
 
     `points` are (model, latency ms, recall %). Latency is on a log scale when it spans more than 20x,
     with 1-2-5 ticks over whole decades; otherwise linear with 10% padding.
@@ -96,7 +96,7 @@ def recall_latency_spec(points: Sequence[tuple[str, float, float]], colours: Map
         x_title = "Avg latency per photo (ms)"
     x_axis["labelExpr"] = "datum.value >= 1000 ? format(datum.value / 1000, '~g') + 'k' : format(datum.value, '~g')"
     rows = [{"model": m, "latency": max(lat, 0.01), "recall": rec,
-             "description": f"{m}: recall {rec:.1f}%, latency {_fmt_latency(lat)} ms"} for m, lat, rec in points]
+             "description": f"{m}: recall (exact) {rec:.1f}%, latency {_fmt_latency(lat)} ms"} for m, lat, rec in points]
     models = [m for m, _, _ in points]
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
@@ -111,7 +111,7 @@ def recall_latency_spec(points: Sequence[tuple[str, float, float]], colours: Map
         "mark": {"type": "circle", "size": 144, "opacity": 0.9, "stroke": "#ffffff", "strokeWidth": 1.5},
         "encoding": {
             "x": {"field": "latency", "type": "quantitative", "title": x_title, "scale": x_scale, "axis": x_axis},
-            "y": {"field": "recall", "type": "quantitative", "title": "Avg recall (%)",
+            "y": {"field": "recall", "type": "quantitative", "title": "Avg recall, exact rule (%)",
                   "scale": {"domain": [0, 100]}, "axis": {"values": list(range(0, 101, 20))}},
             # The legend names each point, best model first, so close points never hide each other's label.
             "color": {"field": "model", "type": "nominal", "title": None,
@@ -138,7 +138,8 @@ def _kpis(evals: Mapping[str, list], events: list[EvalEvent]) -> list[tuple[str,
     errors = sum(1 for e in events if e.get("error"))
     return [
         ("Best model", best[0] if best else "\u2013", "small"),
-        ("Best avg recall", f"{best[2]:.1f}%" if best else "\u2013", ""),
+        ("Best avg recall (exact)", f"{best[2]:.1f}%" if best else "\u2013", ""),
+        ("Its avg recall (lenient)", f"{best[6]:.1f}%" if best and best[6] is not None else "\u2013", ""),
         ("Models", str(len(rows)), ""),
         ("Photos", f"{len(photos):,}", ""),
         ("Batches", str(len(evals.get("headers", [])) - len(FIXED_HEADERS)), ""),
@@ -149,13 +150,14 @@ def _kpis(evals: Mapping[str, list], events: list[EvalEvent]) -> list[tuple[str,
 def _table_rows(rows: Sequence[list], colours: Mapping[str, str]) -> list[dict]:
     out = []
     for row in rows:
-        model, latency, recall, recall_all, error_pct, cost = row[: len(FIXED_HEADERS)]
+        model, latency, recall, recall_all, error_pct, cost, recall_lenient, recall_all_lenient = row[: len(FIXED_HEADERS)]
         batches = []
         for cell in row[len(FIXED_HEADERS):]:
             value, n = split_batch_cell(cell)
             batches.append({"recall": value, "n": n} if cell else None)
         out.append({"model": model, "colour": colours[model], "latency": latency, "recall": recall,
-                    "recall_all": recall_all, "error_pct": error_pct, "cost": cost, "batches": batches})
+                    "recall_all": recall_all, "error_pct": error_pct, "cost": cost, "batches": batches,
+                    "recall_lenient": recall_lenient, "recall_all_lenient": recall_all_lenient})
     return out
 
 
@@ -164,6 +166,7 @@ def _photo(photo_events: list[EvalEvent], order: Mapping[str, int], thumbs: Mapp
     truth_tags = list(first.get("ground_truth_tags") or [])
     truth = {normalise_tag(t) for t in truth_tags}
     answers = [{"model_key": ev["model_key"], "error": ev.get("error"), "recall": ev.get("recall"),
+                "recall_lenient": ev.get("recall_lenient"),
                 "tags": [(tag, normalise_tag(tag) in truth) for tag in ev.get("tags") or []]}
                for ev in sorted(photo_events, key=lambda e: order.get(e["model_key"], len(order)))]
     return {"photo_id": first["photo_id"], "thumb": thumbs.get(first.get("image_url", "")), "truth": truth_tags,

@@ -21,6 +21,7 @@ from phototagger.prompting.cost import load_prices, result_cost
 from phototagger.scoring.evals import model_key
 from phototagger.prompting.limiter import AdaptiveLimiter
 from phototagger.scoring.metrics import Summary, score_photo
+from phototagger.scoring.vocabulary import Vocabulary
 from phototagger.prompting.prompter import Prompter, failed_result
 from phototagger.prompting.providers import MissingKeyError, provider_class
 from phototagger.records import ModelResult, Photo
@@ -55,6 +56,7 @@ def prompt_photos(
     batch_size: int = DEFAULT_BATCH_SIZE,
     deadline_s: float = DEFAULT_MODEL_DEADLINE_S,
     max_auth_failures: int = DEFAULT_MAX_AUTH_FAILURES,
+    vocabulary: Optional[Vocabulary] = None,
 ) -> list[ModelResult]:
     """Tag every photo with `prompter` and return one scored result per photo, in input order.
 
@@ -62,7 +64,8 @@ def prompt_photos(
     prompter's own limiter if it has one). A prompter with `supports_batching` (a local GPU
     model) gets chunks of `batch_size` photos through `prompt_batch`, one chunk at a time.
     Answers come from `cache` when it has them; new successful answers go into it. Each result
-    is scored against the photo's ground truth and priced with `prices` (the prices.json table);
+    is scored against the photo's ground truth under both matching rules (`vocabulary` for the
+    lenient one) and priced with `prices` (the prices.json table);
     the flows store the results as their `models_eval` artifact, which EvaluationFlow reads.
     No call starts after `deadline_s` (nor a retry that would wait past it), and `max_auth_failures`
     rejected keys in a row stop the calls: the photos left are recorded as `deadline`, or with
@@ -86,7 +89,7 @@ def prompt_photos(
         result.setdefault("tags", [])
         result.setdefault("cached", False)
         result["photo_id"] = photo["id"]
-        result.update(score_photo(photo.get("ground_truth_tags") or [], [] if result.get("error") else result["tags"]))
+        result.update(score_photo(photo.get("ground_truth_tags") or [], [] if result.get("error") else result["tags"], vocabulary))
         result["cost_usd"] = result_cost(result, price_table)
         results[index] = result
         errors += bool(result.get("error"))
@@ -321,7 +324,7 @@ def run_summary_lines(models_eval: Mapping[str, Any], summaries: Mapping[str, Su
     skipped_text = f"; skipped {', '.join(skipped)} (reasons in skipped_models)" if skipped else ""
     ranked = sorted(summaries.items(), key=lambda kv: -(kv[1]["avg_recall"] if kv[1]["avg_recall"] is not None else -1))
     ranking = "; ".join(
-        f"{key} {_pct(s['avg_recall'])} ({_pct(s['avg_recall_all'])} over all photos, {s['error_pct']:g}% errors)"
+        f"{key} {_pct(s['avg_recall'])} exact, {_pct(s['avg_recall_lenient'])} lenient ({_pct(s['avg_recall_all'])} exact over all photos, {s['error_pct']:g}% errors)"
         for key, s in ranked
     ) or "none ran"
     cached = sum(1 for rows in results.values() for r in rows if r.get("cached"))

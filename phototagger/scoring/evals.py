@@ -16,9 +16,11 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Protocol
 from phototagger.scoring.metrics import Summary, summarise
 from phototagger.records import ModelResult, Photo
 
-FIXED_HEADERS = ["Model", "Avg Latency (ms)", "Avg Recall", "Recall (all photos)", "Error %", "Cost (USD)"]
+FIXED_HEADERS = ["Model", "Avg Latency (ms)", "Avg Recall (exact)", "Recall (all photos, exact)", "Error %", "Cost (USD)",
+                 "Avg Recall (lenient)", "Recall (all photos, lenient)"]
 """The columns before the per-batch ones. Avg Recall is over valid answers; Recall (all photos)
-counts an errored photo as 0 (metrics.py)."""
+counts an errored photo as 0 (metrics.py). Each recall names its matching rule (vocabulary.RULES):
+exact is the default, ranks the rows and fills the batch cells."""
 
 _ISO_DATE = re.compile(r"^\d{4}-(\d{2})-(\d{2})")
 
@@ -147,8 +149,8 @@ def build_evals(events: Iterable[EvalEvent]) -> dict[str, list]:
     """The ranking table {"headers", "rows"}: one row per model, best Avg Recall first.
 
     Row cells follow `headers`: model key, avg latency (ms), avg recall over valid answers, recall
-    over all photos with ground truth (errors as 0), error %, cost in USD, then one
-    `avg-recall (n)` string per batch ("" where the model did not see that batch).
+    over all photos with ground truth (errors as 0), error %, cost in USD, the two recalls under the
+    lenient rule, then one exact `avg-recall (n)` string per batch ("" where the model did not see that batch).
     """
     events = fold_events([], events)
     batches = batches_of(events)
@@ -157,7 +159,8 @@ def build_evals(events: Iterable[EvalEvent]) -> dict[str, list]:
         per_cell[(event["model_key"], str(event.get("batch_id", "")))].append(event)
     rows = []
     for key, s in summaries_by_model(events).items():
-        row: list[Any] = [key, s["avg_latency_ms"], s["avg_recall"], s["avg_recall_all"], s["error_pct"], s["cost_usd"]]
+        row: list[Any] = [key, s["avg_latency_ms"], s["avg_recall"], s["avg_recall_all"], s["error_pct"], s["cost_usd"],
+                          s["avg_recall_lenient"], s["avg_recall_all_lenient"]]
         for batch in batches:
             cell = per_cell.get((key, batch["batch_id"]))
             row.append(batch_cell(summarise(cell)) if cell else "")
