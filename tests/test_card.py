@@ -182,3 +182,12 @@ def test_empty_dashboard_renders_with_hints():
     page = card.render_dashboard(evals.build_evals([]), [])
     assert "No model results yet" in page and "No photos yet" in page
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+
+
+def test_every_recall_figure_on_the_card_names_its_matching_rule(dashboard):
+    table, _, page = dashboard
+    recall_headers = [h for h in table["headers"] if "recall" in h.lower()]
+    assert recall_headers == ["Avg Recall (exact)", "Recall (all photos, exact)", "Avg Recall (lenient)", "Recall (all photos, lenient)"]
+    assert "Avg Recall (exact) by batch" in page
+    assert "Best avg recall (exact)" in page and "Its avg recall (lenient)" in page
+    assert "recall (exact &middot; lenient)" in page and ">100 &middot; 100</td>" in page  # the drill-down shows both

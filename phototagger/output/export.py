@@ -10,6 +10,11 @@ Where sidecars go: next to the image for the user's own files (photos of the fol
 file is on this machine; named by `xmp.sidecar_path`); for everything else (image URLs, the demo's
 package images, a path this machine does not have) into the output folder as `<photo id>.xmp`.
 CSV and JSONL go into the output folder unless given their own paths.
+
+With a vocabulary (vocabulary.json, the lenient matching rule's) every output gets the tags in the
+form that rule scores: synonyms and inflections folded ("motorbikes" -> "motorcycle"), stop-tags
+("photo", "hd wallpapers") left out, and in the sidecars each tag filed under its parents
+("vehicle|motorcycle", "vehicle/motorcycle").
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import json
 import logging
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
@@ -28,6 +33,7 @@ from phototagger.output import xmp
 from phototagger.prompting.batch import DEFAULT_CONCURRENCY, ModelSkipped, make_prompter, prompt_photos, select_models
 from phototagger.prompting.cache import make_cache
 from phototagger.scoring.evals import best_model, model_key
+from phototagger.scoring.vocabulary import Vocabulary
 from phototagger.http import is_url
 from phototagger.records import ModelResult, Photo
 from phototagger.ingest.sources import resolve_source
@@ -82,6 +88,7 @@ class ExportOptions:
     write_xmp: bool = True
     tag_prefix: str = ""  # see xmp.py: flat tags, or filed under this path in the hierarchical fields
     dry_run: bool = False
+    vocabulary: Optional[Vocabulary] = None  # None: the tags as the model gave them, flat
 
 
 @dataclass
@@ -301,6 +308,12 @@ def tags_from_folder(
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+def with_vocabulary(tagset: TagSet, vocabulary: Vocabulary) -> TagSet:
+    """`tagset` with each photo's tags in the vocabulary's canonical form, stop-tags left out."""
+    tagged = [replace(photo, tags=vocabulary.canonical_tags(photo.tags)) for photo in tagset.tagged]
+    return replace(tagset, tagged=tagged)
+
+
 def sidecar_for(photo: TaggedPhoto, options: ExportOptions) -> Path:
     """Next to the user's own image file (folder source); else `<out_dir>/<photo id>.xmp`."""
     if photo.source == FOLDER_SOURCE and photo.image and not is_url(photo.image) and Path(photo.image).is_file():
@@ -321,7 +334,8 @@ def write_sidecars(tagset: TagSet, options: ExportOptions) -> tuple[list[xmp.Sid
             continue
         claimed[path] = photo.photo_id
         try:
-            change = xmp.write_sidecar(path, photo.tags, options.tag_prefix, dry_run=options.dry_run)
+            tags = [options.vocabulary.path(tag) for tag in photo.tags] if options.vocabulary else photo.tags
+            change = xmp.write_sidecar(path, tags, options.tag_prefix, dry_run=options.dry_run)
         except (xmp.XmpError, OSError) as exc:
             failures.append(SkippedPhoto(photo.photo_id, photo.image, str(exc)))
             continue

@@ -7,7 +7,7 @@ Each is computed under two named matching rules (vocabulary.RULES): "exact" (the
 `precision`, `f1` fields) compares tags normalised with `tags.normalise_tags`; "lenient" (the
 `*_lenient` fields) compares the vocabulary's canonical forms (inflections and synonyms folded,
 stop-tags dropped), and a tag counts as found when a more specific tag was given ("kitten" finds
-"cat" and "animal"; a predicted "animal" is right about a "cat"). Photos without ground truth get
+"cat" and "animal", and is right); a predicted parent is right too ("animal" for a "cat") but finds nothing. Photos without ground truth get
 None and are counted apart; errors are counted apart too and reported two ways: recall over
 valid answers only, and recall over all photos with an error scoring 0 (the scorer gives a
 failed call on a photo with ground truth recall 0 and keeps its error class beside it).
@@ -50,7 +50,8 @@ def score_photo(ground_truth: Iterable[str], predicted: Iterable[str], vocabular
     recall, precision, f1 = _scores(hits, len(truth), hits, len(pred))
     truth_c, pred_c = set(vocabulary.canonical_tags(ground_truth)), set(vocabulary.canonical_tags(predicted))
     found = len(truth_c & vocabulary.closure(pred_c))
-    right = len(pred_c & vocabulary.closure(truth_c))
+    implied = vocabulary.closure(truth_c)
+    right = sum(1 for tag in pred_c if tag in implied or truth_c & vocabulary.closure([tag]))
     recall_l, precision_l, f1_l = _scores(found, len(truth_c), right, len(pred_c))
     return PhotoScore(recall=recall, precision=precision, f1=f1,
                       recall_lenient=recall_l, precision_lenient=precision_l, f1_lenient=f1_l)
