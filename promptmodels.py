@@ -9,7 +9,6 @@ prompt.txt, models.json, prices.json and vocabulary.json are Metaflow Configs: e
 prices.json holds list prices (USD per 1M tokens) published by OpenAI and Together AI in 2025;
 they are editable, and a model missing from the table is shown without a cost.
 """
-from collections import Counter
 from pathlib import Path
 
 from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults before Metaflow reads them
@@ -17,22 +16,14 @@ from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults befo
 from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
 from metaflow.cards import Markdown
 
-from phototagger.prompting.batch import (
-    DEFAULT_CONCURRENCY,
-    DEFAULT_MAX_ERROR_SHARE,
-    DEFAULT_MODEL_DEADLINE_S,
-    ErrorBudgetExceeded,
-    ModelSkipped,
-    budget_problems,
-    make_prompter,
-    prompt_config,
-    prompt_photos,
-    run_summary_lines,
-    select_models,
-)
+from phototagger.prompting.batch import DEFAULT_CONCURRENCY, DEFAULT_MODEL_DEADLINE_S, PromptSettings, prompt_photos
+from phototagger.prompting.budget import DEFAULT_MAX_ERROR_SHARE, ErrorBudget
 from phototagger.prompting.cache import make_cache
+from phototagger.prompting.configs import ModelSkipped, make_prompter, prompt_config, select_models
+from phototagger.prompting.cost import load_prices, price_results
+from phototagger.prompting.summary import run_summary_lines
 from phototagger.scoring.evals import model_key
-from phototagger.scoring.metrics import summarise
+from phototagger.scoring.metrics import score_results, summarise
 from phototagger.scoring.vocabulary import Vocabulary, parse_file
 from phototagger.mfclient import CARD_TIMEOUT_S, scored_update_run
 
@@ -95,7 +86,7 @@ class PromptModels(FlowSpec):
     @step
     def prompt_model(self):
         """Prompt every photo of the batch with one model through `batch.prompt_photos`, which keeps one
-        result per photo whatever happens to the call and reuses cached answers."""
+        result per photo whatever happens to the call and reuses cached answers; then score and price them."""
         entry = self.input
         self.model_key = model_key(entry["provider"], entry["model"])
         self.results, self.skip_reason = [], None
@@ -106,16 +97,12 @@ class PromptModels(FlowSpec):
                 self.skip_reason = str(exc)
                 print(f"Skipping {self.model_key}: {exc}")
             else:
-                self.results = prompt_photos(
-                    prompter,
-                    list(self.photos.values()),
-                    self.prompt.text,
-                    concurrency=entry.get("concurrency") or self.concurrency,
-                    cache=make_cache(not self.no_cache),
-                    prices=self.prices.to_dict(),
-                    deadline_s=self.model_deadline_s,
-                    vocabulary=Vocabulary.from_dict(self.vocabulary.to_dict()),
-                )
+                prices = load_prices(self.prices.to_dict())  # a bad table fails before any call
+                vocabulary = Vocabulary.from_dict(self.vocabulary.to_dict())
+                photos = list(self.photos.values())
+                settings = PromptSettings(concurrency=entry.get("concurrency") or self.concurrency, deadline_s=self.model_deadline_s)
+                results = prompt_photos(prompter, photos, self.prompt.text, settings, cache=make_cache(not self.no_cache))
+                self.results = price_results(score_results(photos, results, vocabulary), prices)
         self.next(self.join)
 
     @step
@@ -127,7 +114,7 @@ class PromptModels(FlowSpec):
         results = {i.model_key: i.results for i in inputs if not i.skip_reason and i.results}
         self.models_eval = {"batch_id": self.batch_id, "batch_date": self.batch_date, "photos": self.photos, "results": results}
         self.summaries = {key: summarise(rows) for key, rows in results.items()}
-        self.budget_errors = budget_problems(results, self.max_error_share)
+        self.budget_errors = ErrorBudget(self.max_error_share).check(results)
         self.next(self.end)
 
     @card(type="blank", timeout=CARD_TIMEOUT_S)
@@ -139,9 +126,7 @@ class PromptModels(FlowSpec):
         for line in lines:
             print(line)
         current.card.append(Markdown("# PromptModels\n\n" + "\n\n".join(lines)))
-        if self.budget_errors:
-            counts = sum((Counter(p["counts"]) for p in self.budget_errors.values()), Counter())
-            raise ErrorBudgetExceeded("\n".join(p["message"] for p in self.budget_errors.values()), counts)
+        ErrorBudget(self.max_error_share).raise_if_broken(self.models_eval["results"])
 
 
 if __name__ == "__main__":

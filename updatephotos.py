@@ -10,7 +10,7 @@ from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults befo
 from metaflow import FlowSpec, Parameter, card, current, project, schedule, step
 from metaflow.cards import Markdown
 
-from phototagger import mfclient
+from phototagger import claims, mfclient
 from phototagger.ingest import batches
 from phototagger.ingest.sources import SPECS, resolve_source
 
@@ -24,7 +24,8 @@ class UpdatePhotos(FlowSpec):
     1) Read what the previous successful run of this branch delivered (its `history` and
        `unseen`), unless --reset-existing starts over.
     2) Fetch up to --batch-size photos from --source that are not among them, with their
-       normalised ground-truth tags, and store them as `unseen` for the downstream flows.
+       normalised ground-truth tags, claim each in the datastore so that a run started at the
+       same moment cannot deliver it too, and store the won ones as `unseen` for the downstream flows.
     3) Print a short summary and render it on a card; an empty batch ends the run cleanly.
     """
 
@@ -62,19 +63,21 @@ class UpdatePhotos(FlowSpec):
             self.notes.append("Started over (--reset-existing): earlier batches of this branch are not excluded.")
         else:
             previous = mfclient.latest_successful_run(batches.UPDATE_FLOW, current.branch_name)
-        self.history = batches.delivered_before(batches.previous_state(previous), self.reset_existing)
+        state = batches.previous_state(previous)
+        self.history = batches.delivered_before(state, self.reset_existing)
+        self.claim_epoch = claims.epoch(state, self.reset_existing, current.run_id)
         self.next(self.fetch)
 
     @step
     def fetch(self):
-        """Ask the source for up to --batch-size photos not in `history` and keep the new ones as
-        `unseen`, labelled with this run's id and date so the dashboard can show them as a batch."""
+        """Ask the source for up to --batch-size photos not in `history`, keep the ones this run wins the
+        claim of as `unseen` (photos another run delivered join `history`), labelled with this run's id
+        and date so the dashboard can show them as a batch."""
         source = resolve_source(self.source)
-        photos = source.fetch(set(self.history), self.batch_size or source.default_batch_size)
-        batch = batches.plan_batch(self.history, photos)
-        self.unseen = batch.unseen
-        self.seen_ids = batch.seen_ids
-        self.notes = self.notes + source.notes
+        run_claims = mfclient.run_claims(current.flow_name, current.branch_name, self.claim_epoch, current.run_id)
+        batch, notes = batches.fetch_claimed(source, self.history, self.batch_size or source.default_batch_size, run_claims)
+        self.unseen, self.history, self.seen_ids = batch
+        self.notes = self.notes + notes
         self.batch_id = str(current.run_id)
         self.batch_date = batches.batch_date()
         self.next(self.end)

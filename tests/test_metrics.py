@@ -1,6 +1,6 @@
 import pytest
 
-from phototagger.scoring.metrics import rescore, score_photo, summarise
+from phototagger.scoring.metrics import rescore, score_photo, score_results, summarise
 from phototagger.scoring.vocabulary import Vocabulary
 
 
@@ -92,3 +92,12 @@ def test_rescore_puts_stored_results_under_a_new_vocabulary_errors_still_zero():
     out = rescore(events, Vocabulary.from_dict({"synonyms": {"motorcycle": ["motorbike"]}}))
     assert [e.get("recall_lenient") for e in out] == [100.0, 0.0, None]
     assert events[0]["recall_lenient"] == 0.0  # the stored records are not changed in place
+
+
+def test_score_results_scores_the_lenient_rule_with_the_given_vocabulary():
+    photos = [{"id": "p1", "ground_truth_tags": ["motorcycle"]}]
+    results = [{"photo_id": "p1", "tags": ["motorbikes"], "error": None}]
+    vocab = Vocabulary.from_dict({"synonyms": {"motorcycle": ["motorbike"]}})
+    (scored,) = score_results(photos, results, vocab)
+    assert (scored["recall"], scored["recall_lenient"]) == (0.0, 100.0)
+    assert score_results(photos, results)[0]["recall_lenient"] == 0.0  # without one, only inflections fold

@@ -3,13 +3,16 @@
 A run of UpdatePhotos stores `history` (photos delivered by earlier runs of its project branch)
 and `unseen` (its own new photos). The next run's history is the two together, so each run
 reads only the previous successful run, never all of them, and a photo is delivered once per
-branch. `--reset-existing` starts from an empty history.
+branch. `--reset-existing` starts from an empty history. Runs started together share a previous
+run, so each photo is also claimed (claims.py) and only the run that wins it delivers it.
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, NamedTuple, Optional
 
+from phototagger.claims import Claims
+from phototagger.ingest.sources.base import Source
 from phototagger.records import Photo
 
 UPDATE_FLOW = "UpdatePhotos"
@@ -22,12 +25,16 @@ class Batch(NamedTuple):
     seen_ids: list[str]  # history ids, then unseen ids
 
 
-def previous_state(run: Any) -> Optional[dict[str, dict[str, Photo]]]:
-    """`{"history", "unseen"}` of an earlier UpdatePhotos run (a Metaflow client Run), None without one."""
+def previous_state(run: Any) -> Optional[dict[str, Any]]:
+    """`{"history", "unseen", "claim_epoch"}` of an earlier UpdatePhotos run (a Metaflow client Run), None without one."""
     if run is None:
         return None
     data = run.data
-    return {"history": dict(getattr(data, "history", {}) or {}), "unseen": dict(getattr(data, "unseen", {}) or {})}
+    return {
+        "history": dict(getattr(data, "history", {}) or {}),
+        "unseen": dict(getattr(data, "unseen", {}) or {}),
+        "claim_epoch": getattr(data, "claim_epoch", None),
+    }
 
 
 def delivered_before(previous: Optional[Mapping[str, Mapping[str, Photo]]], reset: bool = False) -> dict[str, Photo]:
@@ -44,6 +51,40 @@ def plan_batch(history: Mapping[str, Photo], photos: Iterable[Photo]) -> Batch:
         if photo["id"] not in history:
             unseen.setdefault(photo["id"], photo)
     return Batch(unseen=unseen, history=dict(history), seen_ids=[*history, *unseen])
+
+
+def fetch_claimed(source: Source, history: Mapping[str, Photo], limit: int, claims: Claims) -> tuple[Batch, list[str]]:
+    """Fetch up to `limit` new photos and keep those this run wins the claim of, fetching again while
+    other runs held some. Photos a successful run delivered join `history`, so later runs skip them;
+    photos of a run still going do not, so they come back to a later run if that run fails."""
+    unseen: dict[str, Photo] = {}
+    delivered: dict[str, Photo] = {}
+    pending: dict[str, str] = {}
+    notes: list[str] = []
+    tried = set(history)
+    lost = True
+    while lost and len(unseen) < limit:
+        lost = False
+        fetched = plan_batch({}, [p for p in source.fetch(set(tried), limit - len(unseen)) if p["id"] not in tried]).unseen
+        notes += [note for note in source.notes if note not in notes]
+        for photo_id, photo in fetched.items():
+            tried.add(photo_id)
+            claim = claims.claim(photo_id)
+            if claim.state == "won":
+                unseen[photo_id] = photo
+            else:
+                lost = True
+                if claim.state == "delivered":
+                    delivered[photo_id] = photo
+                else:
+                    pending[photo_id] = claim.holder
+    if delivered:
+        notes.append(f"Skipped {len(delivered)} photos another run of this branch delivered; they join the history.")
+    if pending:
+        runs = ", ".join(f"{UPDATE_FLOW}/{run_id}" for run_id in sorted(set(pending.values())))
+        notes.append(f"Skipped {len(pending)} photos claimed by runs still in progress ({runs}).")
+    history = {**history, **delivered}
+    return Batch(unseen=unseen, history=history, seen_ids=[*history, *unseen]), notes
 
 
 def batch_date(now: Optional[datetime] = None) -> str:

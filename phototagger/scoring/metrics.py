@@ -15,9 +15,9 @@ failed call on a photo with ground truth recall 0 and keeps its error class besi
 from __future__ import annotations
 
 from statistics import mean
-from typing import Any, Iterable, Mapping, Optional, TypedDict
+from typing import Any, Iterable, Mapping, Optional, Sequence, TypedDict
 
-from phototagger.records import ModelResult
+from phototagger.records import ModelResult, Photo
 from phototagger.scoring.tags import normalise_tags
 from phototagger.scoring.vocabulary import Vocabulary
 
@@ -55,6 +55,18 @@ def score_photo(ground_truth: Iterable[str], predicted: Iterable[str], vocabular
     recall_l, precision_l, f1_l = _scores(found, len(truth_c), right, len(pred_c))
     return PhotoScore(recall=recall, precision=precision, f1=f1,
                       recall_lenient=recall_l, precision_lenient=precision_l, f1_lenient=f1_l)
+
+
+def score_results(photos: Sequence[Photo], results: Iterable[ModelResult],
+                  vocabulary: Optional[Vocabulary] = None) -> list[ModelResult]:
+    """The results with recall, precision and F1 under both rules (`vocabulary` for the lenient one)
+    against their photo's ground truth (matched by `photo_id`).
+
+    A failed call is scored as an empty answer, so on a photo with ground truth it counts as recall 0.
+    """
+    truth = {photo["id"]: photo.get("ground_truth_tags") or [] for photo in photos}
+    return [{**r, **score_photo(truth.get(r["photo_id"], []), [] if r.get("error") else r.get("tags") or [], vocabulary)}
+            for r in results]
 
 
 class Summary(TypedDict):
