@@ -1,15 +1,17 @@
 """The logic of UpdatePhotos without Metaflow: what earlier runs delivered, and what is new.
 
-A run of UpdatePhotos stores `history` (photos delivered by earlier runs of its project branch)
-and `unseen` (its own new photos). The next run's history is the two together, so each run
-reads only the previous successful run, never all of them, and a photo is delivered once per
-branch. `--reset-existing` starts from an empty history.
+A run of UpdatePhotos stores its own new photos (`unseen`) and the state of everything delivered
+before them (state.py: ids in chunks written once, tag counts, a bounded sample for the baselines).
+The next run folds the batch into that state, so each run reads only the previous successful run,
+stores what grows with its batch plus a small constant, and a photo is delivered once per branch.
+`--reset-existing` starts from an empty state.
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping, NamedTuple, Optional
+from typing import Any, Collection, Iterable, Mapping, NamedTuple, Optional
 
+from phototagger.ingest import state
 from phototagger.records import Photo
 
 UPDATE_FLOW = "UpdatePhotos"
@@ -18,32 +20,46 @@ NOTES_SHOWN = 5  # notes printed in full at the end of a run; the card and the `
 
 class Batch(NamedTuple):
     unseen: dict[str, Photo]  # new photos, by id, in the source's order
-    history: dict[str, Photo]  # everything delivered before this batch
-    seen_ids: list[str]  # history ids, then unseen ids
+    delivered_before: int  # photos delivered before this batch
 
 
-def previous_state(run: Any) -> Optional[dict[str, dict[str, Photo]]]:
-    """`{"history", "unseen"}` of an earlier UpdatePhotos run (a Metaflow client Run), None without one."""
+class Previous(NamedTuple):
+    """What this run reads of the previous one: its state (of the photos before its batch) and its batch."""
+
+    state: state.IngestState
+    unseen: dict[str, Photo]
+    batch_id: str
+    legacy_history: Optional[dict[str, Photo]] = None  # a run from before state.py stored all of `history`
+
+
+def previous_state(run: Any) -> Optional[Previous]:
+    """The state and batch of an earlier UpdatePhotos run (a Metaflow client Run), None without one."""
     if run is None:
         return None
     data = run.data
-    return {"history": dict(getattr(data, "history", {}) or {}), "unseen": dict(getattr(data, "unseen", {}) or {})}
+    unseen, batch_id = dict(data.unseen or {}), str(data.batch_id)
+    if "delivered" not in data:
+        return Previous(state.empty_state(), unseen, batch_id, legacy_history=dict(data.history or {}))
+    ingest_state = state.IngestState(delivered=data.delivered, tag_stats=data.tag_stats, reference=data.reference)
+    return Previous(ingest_state, unseen, batch_id)
 
 
-def delivered_before(previous: Optional[Mapping[str, Mapping[str, Photo]]], reset: bool = False) -> dict[str, Photo]:
-    """Every photo earlier runs delivered: the previous run's history plus its batch (empty on reset)."""
-    if reset or not previous:
-        return {}
-    return {**previous.get("history", {}), **previous.get("unseen", {})}
+def delivered_before(store: state.BlobStore, previous: Optional[Previous], reset: bool = False) -> state.IngestState:
+    """The state of every photo earlier runs delivered: the previous run's, with its batch folded in (empty on reset)."""
+    if reset or previous is None:
+        return state.empty_state()
+    if previous.legacy_history:
+        previous = previous._replace(state=state.fold_batch(store, previous.state, previous.legacy_history, seed="history"))
+    return state.fold_batch(store, previous.state, previous.unseen, seed=previous.batch_id)
 
 
-def plan_batch(history: Mapping[str, Photo], photos: Iterable[Photo]) -> Batch:
+def plan_batch(delivered: Collection[str], photos: Iterable[Photo]) -> Batch:
     """Keep the fetched photos no earlier run delivered, once each, in the order they came."""
     unseen: dict[str, Photo] = {}
     for photo in photos:
-        if photo["id"] not in history:
+        if photo["id"] not in delivered:
             unseen.setdefault(photo["id"], photo)
-    return Batch(unseen=unseen, history=dict(history), seen_ids=[*history, *unseen])
+    return Batch(unseen=unseen, delivered_before=len(delivered))
 
 
 def batch_date(now: Optional[datetime] = None) -> str:
@@ -61,7 +77,7 @@ def summary_lines(source_name: str, batch: Batch, notes: Iterable[str]) -> list[
         new = f"No new photos from {source_name}: an empty batch, downstream flows have nothing to do."
     return [
         new,
-        f"{len(batch.seen_ids)} photos seen in total on this branch ({len(batch.history)} before this run).",
+        f"{batch.delivered_before + len(batch.unseen)} photos seen in total on this branch ({batch.delivered_before} before this run).",
         "Notes: " + (" ".join(notes[:NOTES_SHOWN]) if notes else "none.") + _more_notes(len(notes)),
     ]
 
