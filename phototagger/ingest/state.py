@@ -24,7 +24,7 @@ from phototagger.records import Photo
 from phototagger.scoring.tags import normalise_tags
 
 CHUNK_IDS = 1024  # ids per sealed chunk: bounds the tail a run rewrites (~20 KB) and the keys it lists
-REFERENCE_PHOTOS = 500  # about this many earlier photos in knn's sample (bench/knn_history.py measures the choice)
+REFERENCE_PHOTOS = 150  # about this many earlier photos in knn's sample: bench/knn_history.py measures time and recall against it
 
 
 class BlobStore(Protocol):
