@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 from phototagger import mfclient
 from phototagger.output import export
-from phototagger.prompting.batch import prompt_config
+from phototagger.prompting.configs import prompt_config
 from phototagger.prompting.providers.base import ProviderError
 from phototagger.ingest.sources.base import SourceError
 from phototagger.output.xmp import NAMINGS
@@ -60,11 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def collect_tags(args: argparse.Namespace, branch: str) -> export.TagSet:
     """Pick the model and gather its tags, from a prompt run or by prompting it on --folder."""
-    evals = export.dashboard_evals(branch)
-    model = export.choose_model(args.model, evals, branch)
+    ranking = export.dashboard_ranking(branch)
+    model = export.choose_model(args.model, ranking, branch)
     print(f"Model: {model}" + ("" if args.model else f" (best on the dashboard of {branch})"))
     if not args.folder:
-        return export.tags_from_runs(model, branch, args.run, listed=export.dashboard_models(evals))
+        return export.tags_from_runs(model, branch, args.run, listed=export.dashboard_models(ranking))
     prompt_text = prompt_config(_read(args.prompt, "--prompt"))["text"]
     models_path = args.models_config or HERE / "models.json"
     models_config = json.loads(_read(models_path, "--models-config")) if args.models_config or models_path.is_file() else None

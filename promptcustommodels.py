@@ -8,18 +8,13 @@
 The results have the shape of PromptModels' (`models_eval`), so EvaluationFlow shows the
 fine-tuned model next to the vendor models.
 """
-from collections import Counter
 from pathlib import PurePosixPath
 
 from metaflow import FlowSpec, Parameter, current, project, resources, step, trigger_on_finish
 
-from phototagger.prompting.batch import (
-    DEFAULT_MAX_ERROR_SHARE,
-    DEFAULT_MODEL_DEADLINE_S,
-    ErrorBudgetExceeded,
-    budget_problems,
-    run_summary_lines,
-)
+from phototagger.prompting.batch import DEFAULT_MODEL_DEADLINE_S
+from phototagger.prompting.budget import DEFAULT_MAX_ERROR_SHARE, ErrorBudget
+from phototagger.prompting.summary import run_summary_lines
 from phototagger.scoring.evals import model_key
 from phototagger.scoring.metrics import summarise
 from phototagger.mfclient import resolve_run, runs_of, scored_update_run
@@ -117,9 +112,10 @@ class PromptCustomModels(FlowSpec):
         if self.photos:
             import tempfile
 
-            from phototagger.prompting.batch import prompt_photos
+            from phototagger.prompting.batch import PromptSettings, prompt_photos
             from phototagger.prompting.cache import make_cache
             from phototagger.prompting.prompter import Prompter
+            from phototagger.scoring.metrics import score_results
             from phototagger.training.train import unpack_adapter
 
             meta = self.finetune_meta
@@ -131,10 +127,10 @@ class PromptCustomModels(FlowSpec):
                     quantize=meta["quantize"], min_pixels=meta["min_pixels"], max_pixels=meta["max_pixels"],
                     max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
                 )
-                self.results = prompt_photos(
-                    prompter, list(self.photos.values()), meta["prompt_text"], batch_size=self.batch_size,
-                    cache=make_cache(not self.no_cache), deadline_s=self.model_deadline_s,
-                )
+                photos = list(self.photos.values())
+                settings = PromptSettings(batch_size=self.batch_size, deadline_s=self.model_deadline_s)
+                results = prompt_photos(prompter, photos, meta["prompt_text"], settings, cache=make_cache(not self.no_cache))
+                self.results = score_results(photos, results)
         self.next(self.end)
 
     @step
@@ -146,10 +142,7 @@ class PromptCustomModels(FlowSpec):
         self.skipped_models = {}
         for line in run_summary_lines(self.models_eval, self.summaries, self.skipped_models):
             print(line)
-        problems = budget_problems(results, self.max_error_share)
-        if problems:
-            counts = sum((Counter(p["counts"]) for p in problems.values()), Counter())
-            raise ErrorBudgetExceeded("\n".join(p["message"] for p in problems.values()), counts)
+        ErrorBudget(self.max_error_share).raise_if_broken(results)
 
 
 if __name__ == "__main__":

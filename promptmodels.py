@@ -9,33 +9,22 @@ prompt.txt, models.json and prices.json are Metaflow Configs: edit them or pass 
 prices.json holds list prices (USD per 1M tokens) published by OpenAI and Together AI in 2025;
 they are editable, and a model missing from the table is shown without a cost.
 """
-from collections import Counter
-
 from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults before Metaflow reads them
 
 from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
 from metaflow.cards import Markdown
 
-from phototagger.prompting.batch import (
-    DEFAULT_CONCURRENCY,
-    DEFAULT_MAX_ERROR_SHARE,
-    DEFAULT_MODEL_DEADLINE_S,
-    ErrorBudgetExceeded,
-    ModelSkipped,
-    budget_problems,
-    make_prompter,
-    prompt_config,
-    prompt_photos,
-    run_summary_lines,
-    select_models,
-    skipped_models,
-)
 from phototagger.ingest.batches import UPDATE_FLOW
 from phototagger.ingest.state import reference_photos
+from phototagger.prompting.batch import DEFAULT_CONCURRENCY, DEFAULT_MODEL_DEADLINE_S, PromptSettings, prompt_photos
+from phototagger.prompting.budget import DEFAULT_MAX_ERROR_SHARE, ErrorBudget
 from phototagger.prompting.providers import provider_class
 from phototagger.prompting.cache import make_cache
+from phototagger.prompting.configs import ModelSkipped, make_prompter, prompt_config, select_models, skipped_models
+from phototagger.prompting.cost import load_prices, price_results
+from phototagger.prompting.summary import run_summary_lines
 from phototagger.scoring.evals import model_key
-from phototagger.scoring.metrics import summarise
+from phototagger.scoring.metrics import score_results, summarise
 from phototagger.mfclient import CARD_TIMEOUT_S, DatastoreBlobs, scored_update_run
 
 
@@ -103,7 +92,7 @@ class PromptModels(FlowSpec):
     @step
     def prompt_model(self):
         """Prompt every photo of the batch with one model through `batch.prompt_photos`, which keeps one
-        result per photo whatever happens to the call and reuses cached answers."""
+        result per photo whatever happens to the call and reuses cached answers; then score and price them."""
         entry = self.input
         self.model_key = model_key(entry["provider"], entry["model"]) if entry else None
         self.results, self.skip_reason = [], None
@@ -116,15 +105,11 @@ class PromptModels(FlowSpec):
                 self.skip_reason = str(exc)
                 print(f"Skipping {self.model_key}: {exc}")
             else:
-                self.results = prompt_photos(
-                    prompter,
-                    list(self.photos.values()),
-                    self.prompt.text,
-                    concurrency=entry.get("concurrency") or self.concurrency,
-                    cache=make_cache(not self.no_cache),
-                    prices=self.prices.to_dict(),
-                    deadline_s=self.model_deadline_s,
-                )
+                prices = load_prices(self.prices.to_dict())  # a bad table fails before any call
+                photos = list(self.photos.values())
+                settings = PromptSettings(concurrency=entry.get("concurrency") or self.concurrency, deadline_s=self.model_deadline_s)
+                results = prompt_photos(prompter, photos, self.prompt.text, settings, cache=make_cache(not self.no_cache))
+                self.results = price_results(score_results(photos, results), prices)
         self.next(self.join)
 
     @step
@@ -136,7 +121,7 @@ class PromptModels(FlowSpec):
         results = {i.model_key: i.results for i in inputs if i.model_key and not i.skip_reason and i.results}
         self.models_eval = {"batch_id": self.batch_id, "batch_date": self.batch_date, "photos": self.photos, "results": results}
         self.summaries = {key: summarise(rows) for key, rows in results.items()}
-        self.budget_errors = budget_problems(results, self.max_error_share)
+        self.budget_errors = ErrorBudget(self.max_error_share).check(results)
         self.next(self.end)
 
     @card(type="blank", timeout=CARD_TIMEOUT_S)
@@ -148,9 +133,7 @@ class PromptModels(FlowSpec):
         for line in lines:
             print(line)
         current.card.append(Markdown("# PromptModels\n\n" + "\n\n".join(lines)))
-        if self.budget_errors:
-            counts = sum((Counter(p["counts"]) for p in self.budget_errors.values()), Counter())
-            raise ErrorBudgetExceeded("\n".join(p["message"] for p in self.budget_errors.values()), counts)
+        ErrorBudget(self.max_error_share).raise_if_broken(self.models_eval["results"])
 
 
 if __name__ == "__main__":

@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from PIL import Image
 
 from phototagger.ingest import batches, state
@@ -66,6 +72,9 @@ def test_previous_state_reads_the_runs_artifacts():
     data = {**before, "unseen": {"b": photo("b")}, "batch_id": "7"}
     run = SimpleNamespace(data=RunData(data))
     assert batches.previous_state(run) == batches.Previous(before, {"b": photo("b")}, "7")
+    assert batches.previous_state(run).claim_epoch is None
+    run = SimpleNamespace(data=RunData({**data, "claim_epoch": "reset-5"}))
+    assert batches.previous_state(run) == batches.Previous(before, {"b": photo("b")}, "7", claim_epoch="reset-5")
     assert batches.previous_state(None) is None
 
 
@@ -160,3 +169,81 @@ def test_updatephotos_delivers_the_good_photos_of_a_folder_holding_a_decompressi
     assert sorted(Path(p["image_url"]).name for p in run.data.unseen.values()) == ["a.jpg", "c.jpg"]
     assert any("bomb.png" in note for note in run.data.notes) and "bomb.png" in out
     assert any(note.startswith("c.jpg has no ground truth") for note in run.data.notes)
+@pytest.fixture
+def datastore_env(request, tmp_path):
+    """The environment of a run on the local datastore, or on S3 (a moto server on 127.0.0.1), as deployed runs use."""
+    env = {"METAFLOW_USER": "test", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path)}
+    if request.param == "local":
+        yield env
+        return
+    import boto3
+
+    moto = Path(sys.executable).with_name("moto_server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    keys = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    s3 = boto3.client(
+        "s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
+    )
+    for _ in range(100):
+        try:
+            s3.create_bucket(Bucket="photo-tagger-claims")
+            break
+        except Exception:
+            time.sleep(0.1)
+    yield {
+        **env,
+        **keys,
+        "METAFLOW_DEFAULT_DATASTORE": "s3",
+        "METAFLOW_DATASTORE_SYSROOT_S3": "s3://photo-tagger-claims/metaflow",
+        "METAFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.mark.parametrize("datastore_env", ["local", "s3"], indirect=True)
+def test_two_updatephotos_runs_started_together_deliver_each_photo_once(datastore_env, tmp_path, monkeypatch):
+    """Both runs read the same (empty) history; the claims in the datastore keep them apart."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from metaflow import Runner
+
+    monkeypatch.setenv("USER", "test")
+
+    def run_once() -> str:
+        runner = Runner(str(REPO / "updatephotos.py"), show_output=False, env=datastore_env, cwd=str(tmp_path))
+        with runner.run(source="demo") as running:
+            assert running.status == "successful", running.stderr
+            return running.run.id
+
+    with ThreadPoolExecutor(2) as pool:
+        together = [pool.submit(run_once) for _ in range(2)]
+        run_ids = [future.result() for future in together]
+    run_ids.append(run_once())
+    first, second, later = delivered_by(run_ids, datastore_env, tmp_path)
+
+    assert len(first["unseen"]) == len(second["unseen"]) == 9, "two full batches"
+    assert not set(first["unseen"]) & set(second["unseen"]), "no photo in both"
+    assert later["unseen"] == [] and sorted(later["delivered"]) == sorted(first["unseen"] + second["unseen"])
+
+
+def delivered_by(run_ids: list[str], env: dict, cwd: Path) -> list[dict]:
+    """`unseen` ids and `delivered` ids (before the batch) of UpdatePhotos runs, read by a client in a process with the runs' datastore settings."""
+    script = (
+        "import json, sys\n"
+        "from metaflow import Run, namespace\n"
+        "from phototagger.ingest.state import delivered_ids\n"
+        "from phototagger.mfclient import DatastoreBlobs\n"
+        "namespace(None)\n"
+        "data = [Run('UpdatePhotos/' + i).data for i in sys.argv[1:]]\n"
+        "blobs = DatastoreBlobs('UpdatePhotos')\n"
+        "print(json.dumps([{'unseen': list(d.unseen), 'delivered': sorted(delivered_ids(blobs, d.delivered))} for d in data]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, *run_ids], env={**os.environ, **env, "PYTHONPATH": str(REPO)}, cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -4,14 +4,17 @@ A run of UpdatePhotos stores its own new photos (`unseen`) and the state of ever
 before them (state.py: ids in chunks written once, tag counts, a bounded sample for the baselines).
 The next run folds the batch into that state, so each run reads only the previous successful run,
 stores what grows with its batch plus a small constant, and a photo is delivered once per branch.
-`--reset-existing` starts from an empty state.
+`--reset-existing` starts from an empty state. Runs started together share a previous run, so each
+photo is also claimed (claims.py) and only the run that wins it delivers it.
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Collection, Iterable, Mapping, NamedTuple, Optional
+from typing import Any, Collection, Iterable, NamedTuple, Optional
 
+from phototagger.claims import Claims
 from phototagger.ingest import state
+from phototagger.ingest.sources.base import Source
 from phototagger.records import Photo
 
 UPDATE_FLOW = "UpdatePhotos"
@@ -24,24 +27,33 @@ class Batch(NamedTuple):
 
 
 class Previous(NamedTuple):
-    """What this run reads of the previous one: its state (of the photos before its batch) and its batch."""
+    """What this run reads of the previous one: its state (of the photos before its batch), its batch
+    and its claim epoch."""
 
     state: state.IngestState
     unseen: dict[str, Photo]
     batch_id: str
     legacy_history: Optional[dict[str, Photo]] = None  # a run from before state.py stored all of `history`
+    claim_epoch: Optional[str] = None  # None: a run from before claims, in the first epoch
+
+
+class Claimed(NamedTuple):
+    batch: Batch  # the photos this run won; `delivered_before` counts those other runs delivered too
+    elsewhere: dict[str, Photo]  # fetched photos a successful run of this branch delivered: they join `delivered`
+    notes: list[str]
 
 
 def previous_state(run: Any) -> Optional[Previous]:
-    """The state and batch of an earlier UpdatePhotos run (a Metaflow client Run), None without one."""
+    """The state, batch and claim epoch of an earlier UpdatePhotos run (a Metaflow client Run), None without one."""
     if run is None:
         return None
     data = run.data
     unseen, batch_id = dict(data.unseen or {}), str(data.batch_id)
+    epoch = data.claim_epoch if "claim_epoch" in data else None
     if "delivered" not in data:
-        return Previous(state.empty_state(), unseen, batch_id, legacy_history=dict(data.history or {}))
+        return Previous(state.empty_state(), unseen, batch_id, legacy_history=dict(data.history or {}), claim_epoch=epoch)
     ingest_state = state.IngestState(delivered=data.delivered, tag_stats=data.tag_stats, reference=data.reference)
-    return Previous(ingest_state, unseen, batch_id)
+    return Previous(ingest_state, unseen, batch_id, claim_epoch=epoch)
 
 
 def delivered_before(store: state.BlobStore, previous: Optional[Previous], reset: bool = False) -> state.IngestState:
@@ -60,6 +72,40 @@ def plan_batch(delivered: Collection[str], photos: Iterable[Photo]) -> Batch:
         if photo["id"] not in delivered:
             unseen.setdefault(photo["id"], photo)
     return Batch(unseen=unseen, delivered_before=len(delivered))
+
+
+def fetch_claimed(source: Source, delivered: Collection[str], limit: int, claims: Claims) -> Claimed:
+    """Fetch up to `limit` photos not among the `delivered` ids and keep those this run wins the claim
+    of, fetching again while other runs held some. Photos a successful run delivered come back as
+    `elsewhere`, for the flow to fold into `delivered`, so later runs skip them; photos of a run still
+    going do not, so they come back to a later run if that run fails."""
+    unseen: dict[str, Photo] = {}
+    elsewhere: dict[str, Photo] = {}
+    pending: dict[str, str] = {}
+    notes: list[str] = []
+    tried = set(delivered)  # grows with the photos this run has claimed or lost
+    lost = True
+    while lost and len(unseen) < limit:
+        lost = False
+        fetched = plan_batch(tried, source.fetch(tried, limit - len(unseen))).unseen
+        notes += [note for note in source.notes if note not in notes]
+        for photo_id, photo in fetched.items():
+            tried.add(photo_id)
+            claim = claims.claim(photo_id)
+            if claim.state == "won":
+                unseen[photo_id] = photo
+            else:
+                lost = True
+                if claim.state == "delivered":
+                    elsewhere[photo_id] = photo
+                else:
+                    pending[photo_id] = claim.holder
+    if elsewhere:
+        notes.append(f"Skipped {len(elsewhere)} photos another run of this branch delivered; they join the history.")
+    if pending:
+        runs = ", ".join(f"{UPDATE_FLOW}/{run_id}" for run_id in sorted(set(pending.values())))
+        notes.append(f"Skipped {len(pending)} photos claimed by runs still in progress ({runs}).")
+    return Claimed(Batch(unseen=unseen, delivered_before=len(delivered) + len(elsewhere)), elsewhere, notes)
 
 
 def batch_date(now: Optional[datetime] = None) -> str:

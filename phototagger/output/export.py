@@ -25,9 +25,10 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from phototagger import mfclient
 from phototagger.output import xmp
-from phototagger.prompting.batch import DEFAULT_CONCURRENCY, ModelSkipped, make_prompter, prompt_photos, select_models
+from phototagger.prompting.batch import DEFAULT_CONCURRENCY, PromptSettings, prompt_photos
 from phototagger.prompting.cache import make_cache
-from phototagger.scoring.evals import best_model, model_key
+from phototagger.prompting.configs import ModelSkipped, make_prompter, select_models
+from phototagger.scoring.evals import Ranking, model_key
 from phototagger.http import is_url
 from phototagger.records import ModelResult, Photo
 from phototagger.ingest.sources import resolve_source
@@ -105,35 +106,38 @@ def split_model_key(key: str) -> tuple[str, str]:
     return provider, model
 
 
-def choose_model(requested: Optional[str], evals: Optional[Mapping[str, Any]], branch: str) -> str:
-    """The model named with --model, else the top row of the dashboard's `evals` table."""
+def choose_model(requested: Optional[str], ranking: Optional[Ranking], branch: str) -> str:
+    """The model named with --model, else the top row of the dashboard's ranking."""
     if requested:
         split_model_key(requested)
         return requested
-    if evals is None:
+    if ranking is None:
         raise ExportError(
             f"No EvaluationFlow run on branch {branch} yet, so there is no best model to pick: run "
             "`python evalsflow.py run` (after promptmodels.py), or name one with --model provider:model"
         )
-    best = best_model(evals)
-    if best is None:
+    if ranking.best is None:
         raise ExportError(
             f"The dashboard of branch {branch} ranks no model with a recall yet: run promptmodels.py and "
             "evalsflow.py on photos with tags, or name one with --model provider:model"
         )
-    return best
+    return ranking.best.model
 
 
-def dashboard_evals(branch: str) -> Optional[dict[str, Any]]:
-    """The `evals` table of the latest successful EvaluationFlow run of `branch`, None without one."""
+def dashboard_ranking(branch: str) -> Optional[Ranking]:
+    """The model ranking of the latest successful EvaluationFlow run of `branch`, None without one
+    (read from its `evals` table when the run is older than the `ranking` artifact)."""
     run = mfclient.latest_successful_run(DASHBOARD_FLOW, branch)
-    if run is None or "evals" not in run.data:
+    if run is None:
         return None
-    return run.data.evals
+    data = run.data  # a client Run lists its artifacts anew on every `.data`
+    if "ranking" in data:
+        return Ranking.from_dict(data.ranking)
+    return Ranking.from_table(data.evals) if "evals" in data else None
 
 
-def dashboard_models(evals: Optional[Mapping[str, Any]]) -> list[str]:
-    return [row[0] for row in (evals or {}).get("rows") or []]
+def dashboard_models(ranking: Optional[Ranking]) -> list[str]:
+    return [row.model for row in ranking.rows] if ranking is not None else []
 
 
 # -- tags from a prompt run -----------------------------------------------------------------------
@@ -284,14 +288,8 @@ def tags_from_folder(
         prompter = make_prompter(entry, list(history))
     except ModelSkipped as exc:
         raise ExportError(f"{model} cannot tag {folder} here: {exc}") from None
-    results = prompt_photos(
-        prompter,
-        photos,
-        prompt_text,
-        concurrency=concurrency or entry.get("concurrency") or DEFAULT_CONCURRENCY,
-        cache=make_cache(use_cache),
-        progress=progress,
-    )
+    settings = PromptSettings(concurrency=concurrency or entry.get("concurrency") or DEFAULT_CONCURRENCY, progress=progress)
+    results = prompt_photos(prompter, photos, prompt_text, settings, cache=make_cache(use_cache))
     tagset = tagset_from_results({p["id"]: p for p in photos}, results, model, source.name)
     tagset.notes = list(source.notes)
     return tagset

@@ -11,9 +11,9 @@ failed call on a photo with ground truth recall 0 and keeps its error class besi
 from __future__ import annotations
 
 from statistics import mean
-from typing import Iterable, Optional, TypedDict
+from typing import Iterable, Optional, Sequence, TypedDict
 
-from phototagger.records import ModelResult
+from phototagger.records import ModelResult, Photo
 from phototagger.scoring.tags import normalise_tags
 
 
@@ -33,6 +33,16 @@ def score_photo(ground_truth: Iterable[str], predicted: Iterable[str]) -> PhotoS
     precision = 100.0 * hits / len(pred) if pred else 0.0
     f1 = 2 * recall * precision / (recall + precision) if hits else 0.0
     return PhotoScore(recall=recall, precision=precision, f1=f1)
+
+
+def score_results(photos: Sequence[Photo], results: Iterable[ModelResult]) -> list[ModelResult]:
+    """The results with recall, precision and F1 against their photo's ground truth (matched by `photo_id`).
+
+    A failed call is scored as an empty answer, so on a photo with ground truth it counts as recall 0.
+    """
+    truth = {photo["id"]: photo.get("ground_truth_tags") or [] for photo in photos}
+    return [{**r, **score_photo(truth.get(r["photo_id"], []), [] if r.get("error") else r.get("tags") or [])}
+            for r in results]
 
 
 class Summary(TypedDict):
