@@ -75,6 +75,8 @@ def test_baseline_loop_offline_on_demo_photos(flow_env):
     assert set(results) == {"prior:tag-prior", "knn:jec"}
     assert all(len(r) == len(second.data.unseen) for r in results.values()), "every photo gets a record"
     assert set(scored.data.skipped_models) >= {"openai:gpt-4o-mini"}
+    tasks = [task.data.model_key for task in scored["prompt_model"]]
+    assert sorted(tasks) == ["knn:jec", "prior:tag-prior"], "a model skipped for lack of a key gets no task"
 
     evals, html = dashboard(evals_run)
     rows = rows_by_model(evals)

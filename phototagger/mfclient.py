@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 from metaflow import Flow, Run, namespace
 from metaflow.exception import MetaflowNotFound
@@ -80,6 +80,27 @@ def scored_update_run(branch: Optional[str], pathspec: str = "") -> Run:
             "run `python updatephotos.py run` first, or pass --update-run UpdatePhotos/<run id>"
         )
     return run
+
+
+class DatastoreBlobs:
+    """A flow's blobs in Metaflow's content-addressed store (the one its artifacts live in): a blob
+    is keyed by its sha1, and saving one that is already there writes nothing."""
+
+    def __init__(self, flow_name: str) -> None:
+        from metaflow.datastore import FlowDataStore
+        from metaflow.metaflow_config import DEFAULT_DATASTORE
+        from metaflow.plugins import DATASTORES
+
+        storage = next(impl for impl in DATASTORES if impl.TYPE == DEFAULT_DATASTORE)
+        root = storage.get_datastore_root_from_config(lambda *args, **kwargs: None)
+        self._store = FlowDataStore(flow_name, storage_impl=storage, ds_root=root)
+
+    def save(self, blobs: Sequence[bytes]) -> list[str]:
+        return [key for _, key in self._store.save_data(iter(blobs), len_hint=len(blobs))]
+
+    def load(self, keys: Sequence[str]) -> list[bytes]:
+        loaded = dict(self._store.load_data(list(keys)))
+        return [loaded[key] for key in keys]
 
 
 def claim_store(flow_name: str) -> ClaimStore:

@@ -270,7 +270,7 @@ def test_deployed_prompt_step_fetches_its_keys_from_the_named_secret_sources(dep
                  METAFLOW_EXTRACTED_ROOT=str(tmp_path / "pod"), PYTHONPATH=str(tmp_path / "pod" / ".mf_code")),
     )
     assert shown.returncode == 0, shown.stderr[-2000:]
-    assert "@secrets\nStep prompt_model" in shown.stdout
-    assert shown.stdout.count("@secrets") == 1, "only the step that calls the models fetches keys"
+    assert "@secrets\nStep prompt_model" in shown.stdout and "@secrets\nStep start" in shown.stdout
+    assert shown.stdout.count("@secrets") == 2, "only start (which skips models without a key) and the step that calls the models fetch keys"
     configs = json.loads((tmp_path / "pod" / ".mf_meta" / "CONFIG").read_text())["user_configs"]
     assert configs["deploy-secrets"][0] == {"sources": SECRET_SOURCES}

@@ -38,6 +38,7 @@ from phototagger.scoring.vocabulary import Vocabulary
 from phototagger.http import is_url
 from phototagger.records import ModelResult, Photo
 from phototagger.ingest.sources import resolve_source
+from phototagger.ingest.state import reference_photos
 
 log = logging.getLogger(__name__)
 
@@ -258,11 +259,12 @@ def model_entry(model: str, models_config: Optional[Mapping[str, Any]]) -> dict[
 
 
 def history_photos(branch: str) -> list[Photo]:
-    """Every photo UpdatePhotos has delivered on `branch`: what the offline baselines learn from."""
+    """What the offline baselines learn from on `branch`: UpdatePhotos' bounded sample of earlier photos and its newest batch."""
     run = mfclient.latest_successful_run(UPDATE_FLOW, branch)
     if run is None:
         return []
-    return [*dict(run.data.history).values(), *dict(run.data.unseen).values()]
+    data = run.data
+    return [*reference_photos(mfclient.DatastoreBlobs(UPDATE_FLOW), data.reference), *dict(data.unseen).values()]
 
 
 def tags_from_folder(

@@ -1,12 +1,13 @@
 """The prompt flows' Configs: the model list (models.json) and the prompt file (prompt.txt).
 
 `select_models` reads and filters the model list, `make_prompter` turns one entry into a Prompter
-(or says why the model is skipped here), and `prompt_config` is the Metaflow Config parser every
+(or says why the model is skipped here), `skipped_models` says up front which entries cannot run
+(so they get no task), and `prompt_config` is the Metaflow Config parser every
 flow that reads prompt.txt shares (the prompt flows, PrepareVLMData, export_tags.py).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from phototagger.prompting.prompter import Prompter
 from phototagger.prompting.providers import MissingKeyError, provider_class
@@ -20,8 +21,12 @@ class ModelSkipped(Exception):
     """A configured model cannot run here (no key, no base URL, no history yet); the flow skips it with this reason."""
 
 
-def make_prompter(entry: Mapping[str, Any], history: Sequence[Photo] = ()) -> Prompter:
+NO_HISTORY_YET = "no earlier batch to learn from yet; it is scored from the next batch on"
+
+
+def make_prompter(entry: Mapping[str, Any], history: Sequence[Photo] = (), tag_stats: Optional[Mapping[str, Any]] = None) -> Prompter:
     """A Prompter for one models.json entry; the other fields are provider options (base_url, timeout_s, ...).
+    An offline baseline learns from `history` (earlier photos, or UpdatePhotos' sample of them) and `tag_stats`.
 
     Raises ModelSkipped when the provider's key or base URL is missing, or when an offline baseline
     has no earlier batch to learn from (the first batch of a branch): neither is a failed call.
@@ -29,15 +34,33 @@ def make_prompter(entry: Mapping[str, Any], history: Sequence[Photo] = ()) -> Pr
     key = model_key(entry["provider"], entry["model"])
     options = {k: v for k, v in entry.items() if k not in ENTRY_FIELDS}
     if provider_class(entry["provider"]).learns_from_history:
-        if not history:
-            raise ModelSkipped("no earlier batch to learn from yet; it is scored from the next batch on")
+        if not history and not (tag_stats or {}).get("photos"):
+            raise ModelSkipped(NO_HISTORY_YET)
         options["history"] = list(history)
+        if tag_stats:
+            options["tag_stats"] = tag_stats
     try:
         return Prompter(entry["provider"], entry["model"], **options)
     except MissingKeyError as exc:
         raise ModelSkipped(str(exc)) from None
     except TypeError as exc:
         raise ValueError(f"models.json entry {key}: unknown option ({exc})") from None
+
+
+def skipped_models(entries: Sequence[Mapping[str, Any]], has_history: bool) -> dict[str, str]:
+    """The entries that cannot run here, by model key, with the reason: decided before any model task
+    starts, so a model without a key costs no task. Baselines need only an earlier batch; the others
+    are built (which checks the key and base URL) and dropped."""
+    skipped = {}
+    for entry in entries:
+        try:
+            if not provider_class(entry["provider"]).learns_from_history:
+                make_prompter(entry)
+            elif not has_history:
+                raise ModelSkipped(NO_HISTORY_YET)
+        except ModelSkipped as exc:
+            skipped[model_key(entry["provider"], entry["model"])] = str(exc)
+    return skipped
 
 
 def prompt_config(text: str) -> dict[str, str]:
