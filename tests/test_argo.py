@@ -249,7 +249,7 @@ def test_evaluationflow_sensor_waits_for_promptmodels_alone_so_the_baseline_path
 
 def test_deployed_prompt_step_fetches_its_keys_from_the_named_secret_sources(deployed_promptmodels, argo_env, tmp_path):
     """The pod sees neither PHOTOTAGGER_SECRETS nor the deployer's files: it reads the sources from the
-    code package the template names, and Metaflow then puts @secrets on the step that calls the models."""
+    code package the template names, and Metaflow then puts @secrets on start (which skips models without a key) and on the step that calls the models."""
     import boto3
 
     wf = deployed_promptmodels["WorkflowTemplate"]
