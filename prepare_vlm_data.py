@@ -17,7 +17,7 @@ from metaflow import Config, FlowSpec, Parameter, card, current, project, step, 
 from metaflow.cards import Markdown
 
 from phototagger.training import vlm
-from phototagger.prompting.batch import prompt_config
+from phototagger.prompting.configs import prompt_config
 from phototagger.training import curate as curation
 from phototagger.mfclient import CARD_TIMEOUT_S, latest_successful_run, runs_of
 

@@ -9,22 +9,18 @@
 The results have the shape of PromptModels' (`models_eval`), so EvaluationFlow shows the
 fine-tuned model next to the vendor models.
 """
-from collections import Counter
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from metaflow import Config, FlowSpec, Parameter, current, project, resources, step, trigger_on_finish
 
-from phototagger.prompting.batch import (
-    DEFAULT_MAX_ERROR_SHARE,
-    DEFAULT_MODEL_DEADLINE_S,
-    ErrorBudgetExceeded,
-    budget_problems,
-    prompt_config,
-    run_summary_lines,
-)
 from phototagger.prompting import fanout
+from phototagger.prompting.batch import DEFAULT_MODEL_DEADLINE_S
+from phototagger.prompting.budget import DEFAULT_MAX_ERROR_SHARE, ErrorBudget
+from phototagger.prompting.configs import prompt_config
+from phototagger.prompting.summary import run_summary_lines
 from phototagger.prompting.variants import prompt_variants, trained_variants, variants_config
 from phototagger.scoring.metrics import summarise
+from phototagger.scoring.vocabulary import Vocabulary, parse_file
 from phototagger.mfclient import resolve_run, runs_of, scored_update_run
 
 
@@ -48,6 +44,8 @@ class PromptCustomModels(FlowSpec):
         "prompts", default_value={"variants": []}, parser=variants_config,
         help="JSON list of named prompts (as PromptModels'); used with --all-prompts.",
     )
+    vocabulary = Config("vocabulary", default=str(Path(__file__).resolve().with_name("vocabulary.json")), parser=parse_file,
+                        help="JSON vocabulary of the lenient matching rule: synonyms, stop_tags, parents (see vocabulary.json).")
 
     finetune_run = Parameter(
         "finetune-run", default="", help="FineTuneVLM run whose adapter to evaluate (pathspec or run id); default: the latest that trained one."
@@ -135,15 +133,16 @@ class PromptCustomModels(FlowSpec):
     @step
     def evaluate(self):
         """Unpack the adapter next to its processor, load base + adapter once, and prompt the shard's photos in
-        batches through `batch.prompt_photos`, which scores each answer."""
+        batches through `batch.prompt_photos`, then score each answer."""
         self.item, self.results, self.skip_reason = self.input, [], None
         photos = fanout.shard_photos(self.photos, self.item)
         if photos:
             import tempfile
 
-            from phototagger.prompting.batch import prompt_photos
+            from phototagger.prompting.batch import PromptSettings, prompt_photos
             from phototagger.prompting.cache import make_cache
             from phototagger.prompting.prompter import Prompter
+            from phototagger.scoring.metrics import score_results
             from phototagger.training.train import unpack_adapter
 
             meta = self.finetune_meta
@@ -155,10 +154,9 @@ class PromptCustomModels(FlowSpec):
                     quantize=meta["quantize"], min_pixels=meta["min_pixels"], max_pixels=meta["max_pixels"],
                     max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
                 )
-                self.results = prompt_photos(
-                    prompter, photos, self.item["variant"]["text"], batch_size=self.batch_size,
-                    cache=make_cache(not self.no_cache), deadline_s=self.model_deadline_s,
-                )
+                settings = PromptSettings(batch_size=self.batch_size, deadline_s=self.model_deadline_s)
+                results = prompt_photos(prompter, photos, self.item["variant"]["text"], settings, cache=make_cache(not self.no_cache))
+                self.results = score_results(photos, results, Vocabulary.from_dict(self.vocabulary.to_dict()))
         self.next(self.join)
 
     @step
@@ -179,10 +177,7 @@ class PromptCustomModels(FlowSpec):
         results = self.models_eval["results"]
         for line in run_summary_lines(self.models_eval, self.summaries, self.skipped_models):
             print(line)
-        problems = budget_problems(results, self.max_error_share)
-        if problems:
-            counts = sum((Counter(p["counts"]) for p in problems.values()), Counter())
-            raise ErrorBudgetExceeded("\n".join(p["message"] for p in problems.values()), counts)
+        ErrorBudget(self.max_error_share).raise_if_broken(results)
 
 
 if __name__ == "__main__":

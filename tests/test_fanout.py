@@ -1,10 +1,11 @@
 """The prompt flows' fan-out, without Metaflow: prompt variants, (model, prompt, shard) items, the join in photo order."""
 import json
+import re
 
 import pytest
 
-from phototagger.output.dashboard import short_name
-from phototagger.prompting.batch import run_summary_lines
+from phototagger.output.dashboard import render_dashboard, short_name
+from phototagger.prompting.summary import run_summary_lines
 from phototagger.prompting import fanout
 from phototagger.prompting.variants import make_variant, prompt_variants, trained_variants, variants_config
 from phototagger.scoring import evals
@@ -138,9 +139,33 @@ def test_evaluation_keeps_the_prompts_of_a_model_apart_as_rows():
     events = evals.events_from_models_eval({"batch_id": "1", "batch_date": "2024-05-06", "photos": batch, "results": results},
                                            "PromptModels", "3")
     assert len(evals.fold_events([], events)) == 4, "two photos x two prompts: none replaces another"
-    table = evals.build_evals(events)
+    table = evals.rank_models(events).table()
     assert [(row[0], row[2]) for row in table["rows"]] == [(f"prior:tag-prior | {DEFAULT['id']}", 100.0),
                                                            (f"prior:tag-prior | {SHORT['id']}", 0.0)]
+
+
+def test_a_ranking_row_names_its_model_and_prompt_and_the_dashboard_shows_a_models_rows_together():
+    batch = photos(2)
+    knn = {"provider": "knn", "model": "jec"}
+    items = fanout.plan([PRIOR, knn], [DEFAULT, SHORT], n_photos=2)
+    recall = {("prior:tag-prior", DEFAULT["id"]): 2, ("knn:jec", DEFAULT["id"]): 1}  # photos answered "cat"; the rest "dog"
+    outputs = []
+    for item in items:
+        hits = recall.get((fanout.item_model(item), item["variant"]["id"]), 0)
+        rows = [answered(item, {pid: photo}, ("cat",) if n < hits else ("dog",))[0] for n, (pid, photo) in enumerate(batch.items())]
+        outputs.append({"item": item, "results": rows, "skip_reason": None})
+    results, _ = fanout.join(outputs, list(batch))
+    events = evals.events_from_models_eval({"batch_id": "1", "batch_date": "2024-05-06", "photos": batch, "results": results},
+                                           "PromptModels", "3")
+    ranking = evals.rank_models(events)
+    assert [(row.model, row.prompt_variant, row.avg_recall) for row in ranking.rows[:2]] == [
+        ("prior:tag-prior", DEFAULT["id"], 100.0), ("knn:jec", DEFAULT["id"], 50.0)]
+    assert ranking.best.key == f"prior:tag-prior | {DEFAULT['id']}"
+    assert evals.Ranking.from_dict(ranking.to_dict()) == ranking
+    assert [row.key for row in evals.Ranking.from_table(ranking.table()).rows] == [row.key for row in ranking.rows]
+    shown = re.findall(r'<tr data-model="([^"]+)"', render_dashboard(ranking, events))
+    assert shown == [f"prior:tag-prior | {DEFAULT['id']}", f"prior:tag-prior | {SHORT['id']}",
+                     f"knn:jec | {DEFAULT['id']}", f"knn:jec | {SHORT['id']}"], "a model's rows together, best model first"
 
 
 def test_the_dashboards_short_name_keeps_the_prompt_variant():
