@@ -12,7 +12,6 @@ from typing import Any, Iterable, Mapping, NamedTuple, Optional
 
 from phototagger.records import Photo
 
-UPDATE_FLOW = "UpdatePhotos"
 NOTES_SHOWN = 5  # notes printed in full at the end of a run; the card and the `notes` artifact hold them all
 
 
