@@ -10,6 +10,7 @@ prices.json holds list prices (USD per 1M tokens) published by OpenAI and Togeth
 they are editable, and a model missing from the table is shown without a cost.
 """
 from collections import Counter
+from pathlib import Path
 
 from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults before Metaflow reads them
 
@@ -24,6 +25,7 @@ from phototagger.prompting.batch import (
     ModelSkipped,
     budget_problems,
     make_prompter,
+    model_list_config,
     prompt_config,
     prompt_photos,
     run_summary_lines,
@@ -32,7 +34,10 @@ from phototagger.prompting.batch import (
 from phototagger.prompting.cache import make_cache
 from phototagger.scoring.evals import model_key
 from phototagger.scoring.metrics import summarise
+from phototagger import mfclient
 from phototagger.mfclient import CARD_TIMEOUT_S, scored_update_run
+
+HERE = Path(__file__).resolve().parent  # the default Configs sit beside this file, wherever it is run from
 
 
 @mfdeploy.keys_in_steps("prompt_model")
@@ -50,9 +55,11 @@ class PromptModels(FlowSpec):
     4) End: print a three-line summary; fail if a model broke the error budget.
     """
 
-    prompt = Config("prompt", default="prompt.txt", parser=prompt_config, help="Plain-text prompt file.")
-    model_list = Config("model-list", default="models.json", help="JSON list of models to prompt (see models.json).")
-    prices = Config("prices", default="prices.json", help="JSON price table, USD per 1M tokens (see prices.json).")
+    prompt = Config("prompt", default=str(HERE / "prompt.txt"), parser=prompt_config, help="Plain-text prompt file.")
+    model_list = Config(
+        "model-list", default=str(HERE / "models.json"), parser=model_list_config, help="JSON list of models to prompt (see models.json)."
+    )
+    prices = Config("prices", default=str(HERE / "prices.json"), help="JSON price table, USD per 1M tokens (see prices.json).")
     deploy_secrets = mfdeploy.secrets_config()
 
     update_run = Parameter(
@@ -130,7 +137,7 @@ class PromptModels(FlowSpec):
     def end(self):
         """Print what was prompted, the best model and what it cost, and show the same on the run's card;
         fail clearly if a model broke the error budget."""
-        lines = run_summary_lines(self.models_eval, self.summaries, self.skipped_models)
+        lines = run_summary_lines(self.models_eval, self.summaries, self.skipped_models, failed=bool(self.budget_errors))
         for line in lines:
             print(line)
         current.card.append(Markdown("# PromptModels\n\n" + "\n\n".join(lines)))
@@ -140,4 +147,4 @@ class PromptModels(FlowSpec):
 
 
 if __name__ == "__main__":
-    PromptModels()
+    mfclient.run_cli(PromptModels)

@@ -101,6 +101,16 @@ def run_cli(flow_cls: type) -> None:
     flow_cls()
 
 
+def config_file(config: str, default: str) -> str:
+    """The file a flow's Config `config` is read from: the one given with --config, else its default.
+    For Config parsers, which Metaflow hands only the file's text, so their errors can name the file."""
+    args = sys.argv
+    for i, arg in enumerate(args[:-2]):
+        if arg == "--config" and args[i + 1] == config:
+            return args[i + 2]
+    return default
+
+
 def flow_command(flow_name: str, branch: Optional[str], command: str = "run") -> str:
     """The command line that runs `flow_name` on the full `branch`, for hints (`python updatephotos.py --branch x run`)."""
     options = flow_branch_args(branch) if branch else []

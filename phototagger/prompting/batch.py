@@ -7,6 +7,7 @@ Whether the run as a whole is acceptable is `check_error_budget`'s call, made af
 """
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -16,13 +17,15 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from tqdm.auto import tqdm
 
+from phototagger.errors import UserError
+from phototagger.mfclient import config_file
 from phototagger.prompting.cache import ResponseCache
 from phototagger.prompting.cost import load_prices, result_cost
 from phototagger.scoring.evals import model_key
 from phototagger.prompting.limiter import AdaptiveLimiter
 from phototagger.scoring.metrics import Summary, score_photo
 from phototagger.prompting.prompter import Prompter, failed_result
-from phototagger.prompting.providers import MissingKeyError, provider_class
+from phototagger.prompting.providers import MissingKeyError, known_providers, provider_class
 from phototagger.records import ModelResult, Photo
 
 log = logging.getLogger(__name__)
@@ -35,7 +38,7 @@ DEFAULT_MAX_AUTH_FAILURES = 3  # rejected keys in a row before the rest of the b
 ENTRY_FIELDS = frozenset({"provider", "model", "concurrency"})  # models.json fields that are not provider options
 
 
-class ErrorBudgetExceeded(Exception):
+class ErrorBudgetExceeded(UserError):
     """More than the allowed share of a model's calls ended in error."""
 
     def __init__(self, message: str, counts: Mapping[str, int]):
@@ -238,10 +241,12 @@ def check_error_budget(results: Sequence[ModelResult], max_error_share: float = 
         return
     label = label or model_key(results[0].get("provider", ""), results[0].get("model", ""))
     by_class = ", ".join(f"{name}={n}" for name, n in counts.most_common())
+    first_class = counts.most_common(1)[0][0]
+    example = next(r.get("raw") or "no message" for r in results if r.get("error") == first_class)
     raise ErrorBudgetExceeded(
         f"{label}: {failed} of {len(results)} calls failed ({100.0 * failed / len(results):.1f}% > "
-        f"{100.0 * max_error_share:g}% allowed): {by_class}. Fix the cause (key, quota, base URL, model name), "
-        f"lower --concurrency, or raise --max-error-share",
+        f"{100.0 * max_error_share:g}% allowed): {by_class}. First {first_class} error: {example} "
+        f"Fix the cause (key, quota, base URL, model name), lower --concurrency, or raise --max-error-share",
         counts,
     )
 
@@ -267,26 +272,49 @@ def make_prompter(entry: Mapping[str, Any], history: Sequence[Photo] = ()) -> Pr
     except MissingKeyError as exc:
         raise ModelSkipped(str(exc)) from None
     except TypeError as exc:
-        raise ValueError(f"models.json entry {key}: unknown option ({exc})") from None
+        raise UserError(f"models.json entry {key}: unknown option ({exc})", "remove it, or see the provider's options in the README") from None
 
 
 def prompt_config(text: str) -> dict[str, str]:
     """Metaflow Config parser for prompt.txt: a plain-text prompt becomes {"text": ...}."""
+    if not text.strip():
+        raise UserError(f"{config_file('prompt', 'prompt.txt')} is empty", "write the prompt into it, or pass --config prompt FILE")
     return {"text": text.strip()}
+
+
+def model_list_config(text: str) -> dict[str, Any]:
+    """Metaflow Config parser for models.json: a mistake in it fails at parse time, naming the file and the field."""
+    name = config_file("model-list", "models.json")
+    try:
+        config = json.loads(text)
+    except ValueError as exc:
+        raise UserError(f"{name} is not valid JSON ({exc})", "correct the file at that line and column, or pass --config model-list FILE") from None
+    check_model_list(config, name)
+    return config
+
+
+def check_model_list(models_config: Any, name: str = "models.json") -> None:
+    """Raise UserError unless `models_config` is {"models": [{"provider": <known>, "model": ...}, ...]}."""
+    models = models_config.get("models") if isinstance(models_config, Mapping) else None
+    if not isinstance(models, (list, tuple)) or not all(isinstance(entry, Mapping) for entry in models):
+        raise UserError(
+            f'{name}: "models" must be a list of objects, got {models!r:.80}',
+            'write {"models": [{"provider": "openai", "model": "gpt-4o-mini"}, ...]}',
+        )
+    for number, entry in enumerate(models, 1):
+        missing = [field for field in ("provider", "model") if not entry.get(field)]
+        if missing:
+            raise UserError(f'{name}: model {number} ({dict(entry)}) has no "{missing[0]}"', 'give every entry a "provider" and a "model"')
+        if entry["provider"] not in known_providers():
+            raise UserError(
+                f'{name}: model {number} has an unknown "provider" {entry["provider"]!r}', f"use one of: {', '.join(known_providers())}"
+            )
 
 
 def select_models(models_config: Mapping[str, Any], only: str = "") -> list[dict[str, Any]]:
     """The entries of models.json to run: all, or those whose model key or provider is in comma-separated `only`."""
-    models = models_config.get("models") or []
-    if not isinstance(models, (list, tuple)) or not all(isinstance(entry, Mapping) for entry in models):
-        raise ValueError(
-            f'models.json: "models" must be a list of objects, got {models!r:.80}; '
-            'write {"models": [{"provider": "openai", "model": "gpt-4o-mini"}, ...]}'
-        )
-    entries = [dict(entry) for entry in models]
-    for entry in entries:
-        if not entry.get("provider") or not entry.get("model"):
-            raise ValueError(f"models.json entry {entry!r} needs a provider and a model")
+    check_model_list(models_config)
+    entries = [dict(entry) for entry in models_config["models"]]
     wanted = {name.strip() for name in only.split(",") if name.strip()}
     if not wanted:
         return entries
@@ -294,7 +322,7 @@ def select_models(models_config: Mapping[str, Any], only: str = "") -> list[dict
     unknown = wanted - {e["provider"] for e in entries} - {model_key(e["provider"], e["model"]) for e in entries}
     if unknown or not chosen:
         known = ", ".join(model_key(e["provider"], e["model"]) for e in entries)
-        raise ValueError(f"--models {only!r}: no configured model matches {', '.join(sorted(unknown)) or only}; known: {known}")
+        raise UserError(f"--models {only!r}: no configured model matches {', '.join(sorted(unknown)) or only}", f"use some of: {known}")
     return chosen
 
 
@@ -309,8 +337,11 @@ def budget_problems(results_by_model: Mapping[str, Sequence[ModelResult]], max_e
     return problems
 
 
-def run_summary_lines(models_eval: Mapping[str, Any], summaries: Mapping[str, Summary], skipped: Mapping[str, str]) -> list[str]:
-    """Three lines for the end of a prompt flow: what ran, how the models rank, what it cost."""
+def run_summary_lines(
+    models_eval: Mapping[str, Any], summaries: Mapping[str, Summary], skipped: Mapping[str, str], failed: bool = False
+) -> list[str]:
+    """Three lines for the end of a prompt flow: what ran, how the models rank, what it cost, and what to run
+    next unless the run `failed` (its error budget was broken, so there is nothing to evaluate yet)."""
     photos, results = models_eval["photos"], models_eval["results"]
     if not photos:
         return [
@@ -330,7 +361,8 @@ def run_summary_lines(models_eval: Mapping[str, Any], summaries: Mapping[str, Su
     return [
         f"Prompted {len(results)} of {len(results) + len(skipped)} models on {len(photos)} photos of batch {models_eval['batch_id']} ({models_eval['batch_date']}){skipped_text}.",
         f"Avg recall: {ranking}.",
-        f"Cost ${cost:.4f} at list price; {cached} of {calls} answers from the cache. Next: python evalsflow.py run",
+        f"Cost ${cost:.4f} at list price; {cached} of {calls} answers from the cache."
+        + ("" if failed else " Next: python evalsflow.py run"),
     ]
 
 
