@@ -9,21 +9,23 @@ The base model is downloaded once by transformers (about 7.5 GB for Qwen/Qwen2.5
 read from a local path. Resume after a failure:
 - the train step checkpoints every --save-steps optimizer steps into --output-dir (default
   finetune_checkpoints/<run id> under the working directory) and continues from the last checkpoint
-  there, so @retry and `python finetune_vlm.py resume train` (same origin run id) pick up where it stopped;
+  there, so `python finetune_vlm.py resume train` (same origin run id) picks up where it stopped;
 - from a fresh run, pass --resume-from <that run's checkpoint dir>;
 - on remote compute, point --output-dir at storage that outlives the pod (a mounted volume).
 """
-from metaflow import FlowSpec, Parameter, card, current, project, resources, retry, step, trigger_on_finish
+from metaflow import FlowSpec, Parameter, card, current, project, resources, step, trigger_on_finish
 from metaflow.cards import Markdown, Table, VegaChart
 
+from phototagger import mfclient
+from phototagger.errors import UserError
 from phototagger.training import vlm
-from phototagger.mfclient import CARD_TIMEOUT_S, resolve_run
+from phototagger.mfclient import CARD_TIMEOUT_S, DATASET_FLOW
 
 CHECKPOINT_ROOT = "finetune_checkpoints"
 
 
 @project(name="photo_tagger")
-@trigger_on_finish(flow="PrepareVLMData")
+@trigger_on_finish(flow=DATASET_FLOW)
 class FineTuneVLM(FlowSpec):
     """Fine-tune Qwen2.5-VL to answer the tagging prompt with a photo's real tags.
 
@@ -58,15 +60,11 @@ class FineTuneVLM(FlowSpec):
     @step
     def start(self):
         """Find the PrepareVLMData run through the Metaflow client and take its examples, prompt and pixel
-        caps; check the settings early, before a GPU is requested."""
+        caps; check the settings and that the base model can be loaded early, before a GPU is requested."""
         if self.quantize not in ("4bit", "none"):
-            raise ValueError(f"--quantize must be 4bit or none, got {self.quantize!r}")
-        run = resolve_run("PrepareVLMData", current.branch_name, self.dataset_run)
-        if run is None:
-            raise RuntimeError(
-                f"No successful PrepareVLMData run on branch {current.branch_name}: "
-                "run `python prepare_vlm_data.py run` first, or pass --dataset-run PrepareVLMData/<run id>"
-            )
+            raise UserError(f"--quantize {self.quantize!r} is not a choice", "pass --quantize 4bit or --quantize none")
+        vlm.check_base_model(self.base_model)
+        run = mfclient.required_run(DATASET_FLOW, current.branch_name, self.dataset_run, "--dataset-run")
         data = run.data  # each attribute read loads the artifact again: read each once
         self.train_examples = list(data.train_examples)
         self.validation_examples = list(data.validation_examples)
@@ -84,7 +82,6 @@ class FineTuneVLM(FlowSpec):
         self.next(self.train)
 
     @card(type="blank", timeout=CARD_TIMEOUT_S)
-    @retry(times=1)
     @resources(gpu=1, memory=32000)
     @step
     def train(self):
@@ -137,4 +134,4 @@ class FineTuneVLM(FlowSpec):
 
 
 if __name__ == "__main__":
-    FineTuneVLM()
+    mfclient.run_cli(FineTuneVLM)

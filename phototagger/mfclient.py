@@ -113,6 +113,9 @@ def config_file(config: str, default: str) -> str:
 
 def flow_command(flow_name: str, branch: Optional[str], command: str = "run") -> str:
     """The command line that runs `flow_name` on the full `branch`, for hints (`python updatephotos.py --branch x run`)."""
+    kind, _, name = (branch or "").partition(".")
+    if kind == "user" and branch != user_branch():
+        return f"METAFLOW_USER={name} python {SCRIPTS[flow_name]} {command}"
     options = flow_branch_args(branch) if branch else []
     return " ".join(["python", SCRIPTS[flow_name], *options, command])
 
@@ -148,10 +151,7 @@ def resolve_run(flow_name: str, branch: Optional[str], pathspec: str = "") -> Op
     namespace(None)
     if "/" not in pathspec:
         pathspec = f"{flow_name}/{pathspec}"
-    try:
-        run = Run(pathspec)
-    except MetaflowNotFound:
-        raise UserError(f"No run {pathspec}", f"pass the pathspec or id of a successful {flow_name} run") from None
+    run = Run(pathspec)
     if not run.successful:
         raise UserError(f"{pathspec} did not finish successfully", "pick a successful run")
     return run
@@ -162,11 +162,26 @@ def required_run(flow_name: str, branch: Optional[str], pathspec: str = "", opti
     fix names the upstream command on this same branch."""
     run = resolve_run(flow_name, branch, pathspec)
     if run is None:
-        raise UserError(
-            f"No successful {flow_name} run on branch {branch} yet",
-            f"run `{flow_command(flow_name, branch)}` first" + (f", or pass {option} {flow_name}/<run id>" if option else ""),
-        )
+        raise no_run_error(flow_name, branch, option)
     return run
+
+
+def no_run_error(flow_name: str, branch: Optional[str], option: str = "") -> UserError:
+    """No successful `flow_name` run on `branch` yet: the fix runs it on this same branch (or names `option`)."""
+    return UserError(
+        f"No successful {flow_name} run on branch {branch} yet",
+        f"run `{flow_command(flow_name, branch)}` first" + (f", or pass {option} {flow_name}/<run id>" if option else ""),
+    )
+
+
+def require_prompt_runs(branch: Optional[str]) -> None:
+    """Raise UserError when `branch` has no successful prompt run for EvaluationFlow to rank, naming the
+    commands that make one on this same branch."""
+    if not any(latest_successful_run(flow, branch) for flow in PROMPT_FLOWS):
+        raise UserError(
+            f"No successful {' or '.join(PROMPT_FLOWS)} run on branch {branch} yet: nothing to rank",
+            f"run `{flow_command(UPDATE_FLOW, branch)}`, then `{flow_command(PROMPT_FLOW, branch)}`",
+        )
 
 
 def scored_update_run(branch: Optional[str], pathspec: str = "") -> Run:

@@ -295,7 +295,7 @@ def model_list_config(text: str) -> dict[str, Any]:
 
 def check_model_list(models_config: Any, name: str = "models.json") -> None:
     """Raise UserError unless `models_config` is {"models": [{"provider": <known>, "model": ...}, ...]}."""
-    models = models_config.get("models") if isinstance(models_config, Mapping) else None
+    models = (models_config.get("models") or []) if isinstance(models_config, Mapping) else None
     if not isinstance(models, (list, tuple)) or not all(isinstance(entry, Mapping) for entry in models):
         raise UserError(
             f'{name}: "models" must be a list of objects, got {models!r:.80}',
@@ -314,7 +314,7 @@ def check_model_list(models_config: Any, name: str = "models.json") -> None:
 def select_models(models_config: Mapping[str, Any], only: str = "") -> list[dict[str, Any]]:
     """The entries of models.json to run: all, or those whose model key or provider is in comma-separated `only`."""
     check_model_list(models_config)
-    entries = [dict(entry) for entry in models_config["models"]]
+    entries = [dict(entry) for entry in models_config.get("models") or []]
     wanted = {name.strip() for name in only.split(",") if name.strip()}
     if not wanted:
         return entries
@@ -322,7 +322,10 @@ def select_models(models_config: Mapping[str, Any], only: str = "") -> list[dict
     unknown = wanted - {e["provider"] for e in entries} - {model_key(e["provider"], e["model"]) for e in entries}
     if unknown or not chosen:
         known = ", ".join(model_key(e["provider"], e["model"]) for e in entries)
-        raise UserError(f"--models {only!r}: no configured model matches {', '.join(sorted(unknown)) or only}", f"use some of: {known}")
+        raise UserError(
+            f"--models {only!r}: no configured model matches {', '.join(sorted(unknown)) or only}; known: {known}",
+            "name some of those, or add the model to models.json",
+        )
     return chosen
 
 
