@@ -11,7 +11,7 @@ from metaflow import FlowSpec, Parameter, card, current, project, schedule, step
 from metaflow.cards import Markdown
 
 from phototagger import mfclient
-from phototagger.errors import Checked, count
+from phototagger.errors import checked, count
 from phototagger.ingest import batches
 from phototagger.ingest.sources import SPECS, checked_spec, resolve_source
 
@@ -34,13 +34,14 @@ class UpdatePhotos(FlowSpec):
     source = Parameter(
         "source",
         default="auto",
-        type=Checked("source", checked_spec, local_only=True),
+        callback=checked(checked_spec, local_only=True),
         help="Where photos come from: " + ", ".join(SPECS) + ". 'auto' is unsplash when client_id is set, else demo.",
     )
     batch_size = Parameter(
         "batch-size",
         default=0,
-        type=Checked("count", count, int),
+        type=int,
+        callback=checked(count),
         help="Most new photos to deliver in this run; 0 uses the source's default (demo: half the set).",
     )
     reset_existing = Parameter(

@@ -33,25 +33,23 @@ class UserError(MetaflowException):
         return f"{self.problem}; {self.fix}" if self.fix else self.problem
 
 
-class Checked(click.ParamType):
-    """A flow Parameter type whose `convert(value)` runs at parse time, so a bad value fails before the
-    run starts with click's one-line "Invalid value for '--NAME': ..."; `convert` returns the value to keep."""
+def checked(convert: Callable[[Any], Any], local_only: bool = False) -> Callable[[Any, Any, Any], Any]:
+    """A click callback for a flow Parameter (`Parameter(..., callback=checked(fn))`): `fn(value)` runs at parse
+    time and returns the value to keep, so a bad value fails before the run starts with click's one-line
+    "Invalid value for '--NAME': ...". (A callback, not a click type: Metaflow's Runner knows only its own types.)
 
-    def __init__(self, name: str, convert: Callable[[Any], Any], base: type = str, local_only: bool = False):
-        """`local_only`: check only for `run` and `resume`, not when deploying or triggering a deployment,
-        whose steps see other keys and files than this machine (they check again in `start`)."""
-        self.name = name
-        self.__name__ = base.__name__  # argo-workflows create names a parameter's type by `type.__name__`
-        self._convert = convert
-        self._local_only = local_only
+    `local_only`: check only for `run` and `resume`, not when deploying or triggering a deployment, whose steps
+    see other keys and files than this machine (and check again in `start`)."""
 
-    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
-        if self._local_only and ctx is not None and ctx.info_name not in ("run", "resume"):
+    def callback(ctx: Any, param: Any, value: Any) -> Any:
+        if local_only and ctx is not None and ctx.info_name not in ("run", "resume"):
             return value
         try:
-            return self._convert(value)
+            return convert(value)
         except (UserError, ValueError) as exc:
-            self.fail(exc.one_line() if isinstance(exc, UserError) else str(exc), param, ctx)
+            raise click.BadParameter(exc.one_line() if isinstance(exc, UserError) else str(exc), ctx=ctx, param=param) from None
+
+    return callback
 
 
 def count(value: Any) -> int:
