@@ -1,14 +1,22 @@
 """EvaluationFlow: rank the models on every batch they have tagged, as a dashboard card."""
-from metaflow import FlowSpec, Parameter, card, current, project, step, trigger_on_finish
+from pathlib import Path
+
+from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
 
 from phototagger import mfclient
 from phototagger.output import dashboard
-from phototagger.scoring import evals
-from phototagger.mfclient import CARD_TIMEOUT_S, PROMPT_FLOWS, latest_successful_run, runs_of
+from phototagger.scoring import evals, metrics
+from phototagger.scoring.vocabulary import Vocabulary, parse_file
+from phototagger.mfclient import CARD_TIMEOUT_S, PROMPT_FLOW, PROMPT_FLOWS, latest_successful_run, runs_of
 from phototagger.output.thumbnails import thumbnails
 
+VOCABULARY = str(Path(__file__).resolve().with_name("vocabulary.json"))
 
-@trigger_on_finish(flows=list(PROMPT_FLOWS))
+
+# Deployed, a Sensor on two flows waits for both (Argo Events resolves every dependency before it
+# triggers), and the quick baseline path has no PromptCustomModels run: the hourly PromptModels run
+# triggers the dashboard, and `collect` folds every prompt flow's runs that finished since.
+@trigger_on_finish(flow=PROMPT_FLOW)
 @project(name="photo_tagger")
 class EvaluationFlow(FlowSpec):
     """Fold the prompt flows' per-photo results into one model ranking and render it as a card.
@@ -17,9 +25,14 @@ class EvaluationFlow(FlowSpec):
        the same project branch (or start empty with --rebuild).
     2) Read the `models_eval` artifact of each PromptModels and PromptCustomModels run not folded
        before and fold its results in as events, a rerun of a batch replacing the earlier answers.
-    3) Build the `evals` table and render the dashboard card: ranking, recall vs latency chart and
-       per-photo drill-down.
+    3) Score every event again under both matching rules with this flow's vocabulary, so all runs,
+       older ones included, share one lenient rule; rank the models, store the ranking (`ranking`,
+       and the `evals` table of DESIGN.md) and render the dashboard card: ranking, recall vs latency
+       chart and per-photo drill-down.
     """
+
+    vocabulary = Config("vocabulary", default=VOCABULARY, parser=parse_file,
+                        help="JSON vocabulary of the lenient matching rule: synonyms, stop_tags, parents (see vocabulary.json).")
 
     rebuild = Parameter(
         "rebuild",
@@ -63,20 +76,25 @@ class EvaluationFlow(FlowSpec):
     @card(type="html", id="dashboard", timeout=CARD_TIMEOUT_S)
     @step
     def end(self):
-        """Build the ranking table, fetch the thumbnails the drill-down shows, and render the dashboard into
-        `html`, which the html card shows as it is."""
-        self.evals = evals.build_evals(self.events)
+        """Score every event under this flow's vocabulary, rank the models, store the ranking as `ranking` and
+        as the `evals` table, fetch the thumbnails the drill-down shows, and render the dashboard into `html`,
+        which the html card shows as it is."""
+        self.events = metrics.rescore(self.events, Vocabulary.from_dict(self.vocabulary.to_dict()))
+        ranking = evals.rank_models(self.events)
+        self.ranking = ranking.to_dict()
+        self.evals = ranking.table()
         thumbs = thumbnails(dashboard.drilldown_image_urls(self.events))
-        self.html = dashboard.render_dashboard(self.evals, self.events, title=self.title, thumbs=thumbs)
-        best = evals.best_model(self.evals)
+        self.html = dashboard.render_dashboard(ranking, self.events, title=self.title, thumbs=thumbs)
+        best = ranking.best
         if best:
-            row = self.evals["rows"][0]
-            latency = f"{row[1]:.0f} ms/photo" if row[1] is not None else "every answer from the cache"
-            print(f"Best model: {best} (avg recall {row[2]:.1f}%, error {row[4]:.1f}%, {latency})")
+            latency = f"{best.avg_latency_ms:.0f} ms/photo" if best.avg_latency_ms is not None else "every answer from the cache"
+            lenient = f"{best.avg_recall_lenient:.1f}%" if best.avg_recall_lenient is not None else "n/a"
+            print(f"Best model: {best.model} (avg recall {best.avg_recall:.1f}% exact, {lenient} lenient; "
+                  f"error {best.error_pct:.1f}%, {latency})")
         else:
             print(
                 "No model has a valid answer yet: run promptmodels.py (after updatephotos.py), then this flow again."
-                if not self.evals["rows"]
+                if not ranking.rows
                 else "No model has a valid answer yet: see the Error % column and the drill-down on the card."
             )
         print(f"Dashboard: python evalsflow.py card get {current.run_id}/end dashboard.html")

@@ -8,12 +8,13 @@
 The base model is downloaded once by transformers (about 7.5 GB for Qwen/Qwen2.5-VL-3B-Instruct) or
 read from a local path. Resume after a failure:
 - the train step checkpoints every --save-steps optimizer steps into --output-dir (default
-  finetune_checkpoints/<run id> under the working directory) and continues from the last checkpoint
-  there, so `python finetune_vlm.py resume train` (same origin run id) picks up where it stopped;
-- from a fresh run, pass --resume-from <that run's checkpoint dir>;
-- on remote compute, point --output-dir at storage that outlives the pod (a mounted volume).
+  finetune_checkpoints/<run id> under the working directory, a cache) and stores each checkpoint in the
+  run's Metaflow datastore (local or S3, at FineTuneVLM/checkpoints/<run id>/train); @retry, on this machine
+  or a new pod, and `python finetune_vlm.py resume train` (same origin run id) continue from the newest
+  complete one there;
+- from a fresh run, pass --resume-from <a local checkpoint dir of an earlier run>.
 """
-from metaflow import FlowSpec, Parameter, card, current, project, resources, step, trigger_on_finish
+from metaflow import FlowSpec, Parameter, card, current, project, resources, retry, step, trigger_on_finish
 from metaflow.cards import Markdown, Table, VegaChart
 
 from phototagger import mfclient
@@ -33,8 +34,8 @@ class FineTuneVLM(FlowSpec):
        successful PrepareVLMData run of this branch (or --dataset-run).
     2) Train a LoRA adapter on the language model (base loaded 4-bit NF4 unless --quantize none),
        loss on the assistant's answer only, evaluating on the validation split each epoch and
-       resuming from the last checkpoint after a failure. Store the adapter with its processor as
-       `adapter_files`, and `finetune_meta`; the card shows the loss curves.
+       resuming from the newest checkpoint in the datastore after a failure. Store the adapter with its
+       processor as `adapter_files`, and `finetune_meta`; the card shows the loss curves.
     3) Print where the adapter is and what to run next. An empty dataset ends the run cleanly.
     """
 
@@ -53,7 +54,7 @@ class FineTuneVLM(FlowSpec):
     max_steps = Parameter("max-steps", default=-1, type=int, help="Stop after this many optimizer steps; -1 trains for --epochs.")
     save_steps = Parameter("save-steps", default=50, type=int, help="Checkpoint every this many optimizer steps (and at the end).")
     output_dir = Parameter(
-        "output-dir", default="", help=f"Checkpoint directory; default {CHECKPOINT_ROOT}/<run id> under the working directory."
+        "output-dir", default="", help=f"Local checkpoint directory (a cache of the datastore's); default {CHECKPOINT_ROOT}/<run id> under the working directory."
     )
     resume_from = Parameter("resume-from", default="", help="Checkpoint directory of an earlier run to continue from (its last checkpoint).")
 
@@ -82,18 +83,19 @@ class FineTuneVLM(FlowSpec):
         self.next(self.train)
 
     @card(type="blank", timeout=CARD_TIMEOUT_S)
+    @retry(times=1)  # a lost pod resumes from the datastore's checkpoint; start already stopped what a retry cannot fix (a base model that will not load)
     @resources(gpu=1, memory=32000)
     @step
     def train(self):
         """Train the LoRA adapter with the transformers Trainer (phototagger.training.train), resuming from the
-        last checkpoint in the output directory, and store the adapter (never merged into the base)
-        with its processor as `adapter_files`, the metadata as `finetune_meta`, and the loss curves on the card."""
+        newest checkpoint this run stored in the datastore (an earlier attempt's, on any machine), and store the
+        adapter (never merged into the base) with its processor as `adapter_files`, the metadata as `finetune_meta`, and the loss curves on the card."""
         self.adapter_files, self.finetune_meta = {}, None
         if not self.train_examples:
             current.card.append(Markdown("# FineTuneVLM\nNo training examples: nothing was trained."))
             self.next(self.end)
             return
-        from phototagger.training import train
+        from phototagger.training import checkpoint_store, train
 
         config = train.FineTuneConfig(
             epochs=self.epochs, batch_size=self.batch_size, grad_accum=self.grad_accum, learning_rate=self.learning_rate,
@@ -101,9 +103,12 @@ class FineTuneVLM(FlowSpec):
             max_steps=self.max_steps, min_pixels=self.min_pixels, max_pixels=self.max_pixels, seed=self.seed,
             save_steps=self.save_steps,
         )
-        output_dir = self.resume_from or self.output_dir or f"{CHECKPOINT_ROOT}/{current.origin_run_id or current.run_id}"
-        result = train.train_adapter(self.train_examples, self.validation_examples, self.base_model, output_dir, config)
-        self.checkpoint_dir = str(output_dir)
+        run_id = current.origin_run_id or current.run_id
+        output_dir = self.resume_from or self.output_dir or f"{CHECKPOINT_ROOT}/{run_id}"
+        store = checkpoint_store.for_task(self, run_id, current.step_name, output_dir, keep=config.save_total_limit)
+        result = train.train_adapter(self.train_examples, self.validation_examples, self.base_model, output_dir, config,
+                                     store=store)
+        self.checkpoint_dir, self.checkpoint_uri = str(output_dir), store.uri
         self.adapter_files = train.pack_adapter(result.adapter_dir)
         self.finetune_meta = train.finetune_meta(result, config, self.base_model, self.dataset)
         current.card.append(Markdown(
@@ -129,7 +134,8 @@ class FineTuneVLM(FlowSpec):
         size_mb = sum(len(b) for b in self.adapter_files.values()) / 1e6
         print(f"Adapter of {meta['base_model']} trained for {meta['training']['global_step']} steps: "
               f"train loss {last_train:.3f}, validation loss {last_eval}.")
-        print(f"Stored as adapter_files ({size_mb:.1f} MB) in {current.pathspec}; checkpoints in {self.checkpoint_dir}.")
+        print(f"Stored as adapter_files ({size_mb:.1f} MB) in {current.pathspec}; checkpoints in {self.checkpoint_uri} "
+              f"(cached in {self.checkpoint_dir}).")
         print("Next: python promptcustommodels.py run")
 
 

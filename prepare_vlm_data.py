@@ -18,7 +18,7 @@ from metaflow import Config, FlowSpec, Parameter, card, current, project, step, 
 from metaflow.cards import Markdown
 
 from phototagger.training import vlm
-from phototagger.prompting.batch import prompt_config
+from phototagger.prompting.configs import prompt_config
 from phototagger.training import curate as curation
 from phototagger import mfclient
 from phototagger.errors import UserError

@@ -8,22 +8,21 @@
 The results have the shape of PromptModels' (`models_eval`), so EvaluationFlow shows the
 fine-tuned model next to the vendor models.
 """
-from collections import Counter
+from pathlib import Path
 
-from metaflow import FlowSpec, Parameter, current, project, resources, step, trigger_on_finish
+from metaflow import Config, FlowSpec, Parameter, current, project, resources, step, trigger_on_finish
 
-from phototagger.prompting.batch import (
-    DEFAULT_MAX_ERROR_SHARE,
-    DEFAULT_MODEL_DEADLINE_S,
-    ErrorBudgetExceeded,
-    budget_problems,
-    run_summary_lines,
-)
+from phototagger.prompting.batch import DEFAULT_MODEL_DEADLINE_S
+from phototagger.prompting.budget import DEFAULT_MAX_ERROR_SHARE, ErrorBudget
+from phototagger.prompting.summary import run_summary_lines
 from phototagger.scoring.evals import model_key
 from phototagger.scoring.metrics import summarise
+from phototagger.scoring.vocabulary import Vocabulary, parse_file
 from phototagger import mfclient
 from phototagger.mfclient import FINETUNE_FLOW, resolve_run
 from phototagger.prompting.custom_batch import plan_custom_batch
+
+HERE = Path(__file__).resolve().parent  # the default Config sits beside this file, wherever it is run from
 
 
 @project(name="photo_tagger")
@@ -39,6 +38,9 @@ class PromptCustomModels(FlowSpec):
     3) Store `models_eval` (PromptModels' shape) and `summaries`; print a three-line summary and fail
        if the error budget was broken.
     """
+
+    vocabulary = Config("vocabulary", default=str(HERE / "vocabulary.json"), parser=parse_file,
+                        help="JSON vocabulary of the lenient matching rule: synonyms, stop_tags, parents (see vocabulary.json).")
 
     finetune_run = Parameter(
         "finetune-run", default="", help="FineTuneVLM run whose adapter to evaluate (pathspec or run id); default: the latest that trained one."
@@ -81,9 +83,10 @@ class PromptCustomModels(FlowSpec):
         if self.photos:
             import tempfile
 
-            from phototagger.prompting.batch import prompt_photos
+            from phototagger.prompting.batch import PromptSettings, prompt_photos
             from phototagger.prompting.cache import make_cache
             from phototagger.prompting.prompter import Prompter
+            from phototagger.scoring.metrics import score_results
             from phototagger.training.train import unpack_adapter
 
             meta = self.finetune_meta
@@ -95,10 +98,10 @@ class PromptCustomModels(FlowSpec):
                     quantize=meta["quantize"], min_pixels=meta["min_pixels"], max_pixels=meta["max_pixels"],
                     max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
                 )
-                self.results = prompt_photos(
-                    prompter, list(self.photos.values()), meta["prompt_text"], batch_size=self.batch_size,
-                    cache=make_cache(not self.no_cache), deadline_s=self.model_deadline_s,
-                )
+                photos = list(self.photos.values())
+                settings = PromptSettings(batch_size=self.batch_size, deadline_s=self.model_deadline_s)
+                results = prompt_photos(prompter, photos, meta["prompt_text"], settings, cache=make_cache(not self.no_cache))
+                self.results = score_results(photos, results, Vocabulary.from_dict(self.vocabulary.to_dict()))
         self.next(self.end)
 
     @step
@@ -108,12 +111,10 @@ class PromptCustomModels(FlowSpec):
         self.models_eval = {"batch_id": self.batch_id, "batch_date": self.batch_date, "photos": self.photos, "results": results}
         self.summaries = {k: summarise(rows) for k, rows in results.items()}
         self.skipped_models = {}
-        problems = budget_problems(results, self.max_error_share)
-        for line in run_summary_lines(self.models_eval, self.summaries, self.skipped_models, failed=bool(problems)):
+        budget = ErrorBudget(self.max_error_share)
+        for line in run_summary_lines(self.models_eval, self.summaries, self.skipped_models, failed=bool(budget.check(results))):
             print(line)
-        if problems:
-            counts = sum((Counter(p["counts"]) for p in problems.values()), Counter())
-            raise ErrorBudgetExceeded("\n".join(p["message"] for p in problems.values()), counts)
+        budget.raise_if_broken(results)
 
 
 if __name__ == "__main__":

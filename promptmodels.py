@@ -5,11 +5,10 @@
     python promptmodels.py --config model-list my_models.json run    # another model list
     python promptmodels.py --config prices my_prices.json run        # another price table
 
-prompt.txt, models.json and prices.json are Metaflow Configs: edit them or pass your own file.
+prompt.txt, models.json, prices.json and vocabulary.json are Metaflow Configs: edit them or pass your own file.
 prices.json holds list prices (USD per 1M tokens) published by OpenAI and Together AI in 2025;
 they are editable, and a model missing from the table is shown without a cost.
 """
-from collections import Counter
 from pathlib import Path
 
 from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults before Metaflow reads them
@@ -17,40 +16,35 @@ from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults befo
 from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
 from metaflow.cards import Markdown
 
-from phototagger.prompting.batch import (
-    DEFAULT_CONCURRENCY,
-    DEFAULT_MAX_ERROR_SHARE,
-    DEFAULT_MODEL_DEADLINE_S,
-    ErrorBudgetExceeded,
-    ModelSkipped,
-    budget_problems,
-    make_prompter,
-    model_list_config,
-    prompt_config,
-    prompt_photos,
-    run_summary_lines,
-    select_models,
-)
+from phototagger.ingest.state import reference_photos
+from phototagger.prompting.batch import DEFAULT_CONCURRENCY, DEFAULT_MODEL_DEADLINE_S, PromptSettings, prompt_photos
+from phototagger.prompting.budget import DEFAULT_MAX_ERROR_SHARE, ErrorBudget
+from phototagger.prompting.providers import provider_class
 from phototagger.prompting.cache import make_cache
+from phototagger.prompting.configs import ModelSkipped, make_prompter, model_list_config, prompt_config, select_models, skipped_models
+from phototagger.prompting.cost import load_prices, price_results
+from phototagger.prompting.summary import run_summary_lines
 from phototagger.scoring.evals import model_key
-from phototagger.scoring.metrics import summarise
+from phototagger.scoring.metrics import score_results, summarise
+from phototagger.scoring.vocabulary import Vocabulary, parse_file
 from phototagger import mfclient
-from phototagger.mfclient import CARD_TIMEOUT_S, scored_update_run
+from phototagger.mfclient import CARD_TIMEOUT_S, UPDATE_FLOW, DatastoreBlobs, scored_update_run
 
 HERE = Path(__file__).resolve().parent  # the default Configs sit beside this file, wherever it is run from
 
 
-@mfdeploy.keys_in_steps("prompt_model")
+@mfdeploy.keys_in_steps("start", "prompt_model")  # start decides which models have their key
 @project(name="photo_tagger")
-@trigger_on_finish(flow="UpdatePhotos")
+@trigger_on_finish(flow=UPDATE_FLOW)
 class PromptModels(FlowSpec):
     """Tag a batch of photos with several vision-language models and score them against ground truth.
 
-    1) Read the unseen batch (and the earlier photos, for the offline baselines) from the latest
-       successful UpdatePhotos run of this branch, or the run given by --update-run.
-    2) One branch per model in models.json: prompt every photo (bounded adaptive concurrency,
+    1) Read the unseen batch (and, for the offline baselines, the tag counts and the keys of a
+       bounded sample of earlier photos, never all of history) from the latest successful
+       UpdatePhotos run of this branch, or the run given by --update-run. Decide here which
+       models cannot run (no API key; a baseline on the first batch): they get no branch.
+    2) One branch per runnable model in models.json: prompt every photo (bounded adaptive concurrency,
        response cache, retries), score and price; the results are what EvaluationFlow reads.
-       A model that cannot run here (no API key; a baseline on the first batch) is skipped with one line.
     3) Join: store `models_eval`, `summaries` and `skipped_models`, and check the error budget.
     4) End: print a three-line summary; fail if a model broke the error budget.
     """
@@ -60,6 +54,8 @@ class PromptModels(FlowSpec):
         "model-list", default=str(HERE / "models.json"), parser=model_list_config, help="JSON list of models to prompt (see models.json)."
     )
     prices = Config("prices", default=str(HERE / "prices.json"), help="JSON price table, USD per 1M tokens (see prices.json).")
+    vocabulary = Config("vocabulary", default=str(HERE / "vocabulary.json"), parser=parse_file,
+                        help="JSON vocabulary of the lenient matching rule: synonyms, stop_tags, parents (see vocabulary.json).")
     deploy_secrets = mfdeploy.secrets_config()
 
     update_run = Parameter(
@@ -80,56 +76,62 @@ class PromptModels(FlowSpec):
 
     @step
     def start(self):
-        """Find the UpdatePhotos run through the Metaflow client and take its unseen photos and history.
+        """Find the UpdatePhotos run through the Metaflow client and take its unseen photos, tag counts and
+        reference sample keys; skip the models that cannot run here with their reason (`skipped_models`).
         An empty batch is not an error: every model branch then has nothing to do and the run ends cleanly."""
         run = scored_update_run(current.branch_name, self.update_run)
+        data = run.data  # each attribute read loads the artifact again: read each once
         self.update_run_pathspec = run.pathspec
-        self.photos = dict(run.data.unseen)
-        self.history = dict(run.data.history)
-        self.batch_id = str(run.data.batch_id)
-        self.batch_date = run.data.batch_date
-        self.models = select_models(self.model_list.to_dict(), self.only_models)
+        self.photos = dict(data.unseen)
+        self.tag_stats, self.reference = data.tag_stats, data.reference
+        self.batch_id = str(data.batch_id)
+        self.batch_date = data.batch_date
+        configured = select_models(self.model_list.to_dict(), self.only_models)
+        self.skipped_models = skipped_models(configured, bool(self.tag_stats["photos"])) if self.photos else {}
+        runnable = [e for e in configured if model_key(e["provider"], e["model"]) not in self.skipped_models] if self.photos else []
+        for key, reason in self.skipped_models.items():
+            print(f"Skipping {key}: {reason}")
         if not self.photos:
             print(f"Nothing to do: {run.pathspec} delivered no new photos.")
         else:
-            print(f"Prompting {len(self.models)} models on {len(self.photos)} photos of batch {self.batch_id} ({self.batch_date}).")
+            print(f"Prompting {len(runnable)} models on {len(self.photos)} photos of batch {self.batch_id} ({self.batch_date}).")
+        self.models = runnable or [None]  # a foreach needs one split: with nothing to run, one empty task
         self.next(self.prompt_model, foreach="models")
 
     @step
     def prompt_model(self):
         """Prompt every photo of the batch with one model through `batch.prompt_photos`, which keeps one
-        result per photo whatever happens to the call and reuses cached answers."""
+        result per photo whatever happens to the call and reuses cached answers; then score and price them."""
         entry = self.input
-        self.model_key = model_key(entry["provider"], entry["model"])
+        self.model_key = model_key(entry["provider"], entry["model"]) if entry else None
         self.results, self.skip_reason = [], None
-        if self.photos:
+        if entry:
+            learns = provider_class(entry["provider"]).learns_from_history
+            history = reference_photos(DatastoreBlobs(UPDATE_FLOW), self.reference) if learns else []
             try:
-                prompter = make_prompter(entry, list(self.history.values()))
+                prompter = make_prompter(entry, history, self.tag_stats)
             except ModelSkipped as exc:
                 self.skip_reason = str(exc)
                 print(f"Skipping {self.model_key}: {exc}")
             else:
-                self.results = prompt_photos(
-                    prompter,
-                    list(self.photos.values()),
-                    self.prompt.text,
-                    concurrency=entry.get("concurrency") or self.concurrency,
-                    cache=make_cache(not self.no_cache),
-                    prices=self.prices.to_dict(),
-                    deadline_s=self.model_deadline_s,
-                )
+                prices = load_prices(self.prices.to_dict())  # a bad table fails before any call
+                vocabulary = Vocabulary.from_dict(self.vocabulary.to_dict())
+                photos = list(self.photos.values())
+                settings = PromptSettings(concurrency=entry.get("concurrency") or self.concurrency, deadline_s=self.model_deadline_s)
+                results = prompt_photos(prompter, photos, self.prompt.text, settings, cache=make_cache(not self.no_cache))
+                self.results = price_results(score_results(photos, results, vocabulary), prices)
         self.next(self.join)
 
     @step
     def join(self, inputs):
         """Gather the models' results into `models_eval` (EvaluationFlow's input), summarise each model, list the skipped ones,
         and note which models broke the error budget (the run fails in `end`, after these are stored)."""
-        self.merge_artifacts(inputs, include=["photos", "batch_id", "batch_date", "update_run_pathspec"])
-        self.skipped_models = {i.model_key: i.skip_reason for i in inputs if i.skip_reason}
-        results = {i.model_key: i.results for i in inputs if not i.skip_reason and i.results}
+        self.merge_artifacts(inputs, include=["photos", "batch_id", "batch_date", "update_run_pathspec", "skipped_models"])
+        self.skipped_models = {**self.skipped_models, **{i.model_key: i.skip_reason for i in inputs if i.skip_reason}}
+        results = {i.model_key: i.results for i in inputs if i.model_key and not i.skip_reason and i.results}
         self.models_eval = {"batch_id": self.batch_id, "batch_date": self.batch_date, "photos": self.photos, "results": results}
         self.summaries = {key: summarise(rows) for key, rows in results.items()}
-        self.budget_errors = budget_problems(results, self.max_error_share)
+        self.budget_errors = ErrorBudget(self.max_error_share).check(results)
         self.next(self.end)
 
     @card(type="blank", timeout=CARD_TIMEOUT_S)
@@ -141,9 +143,7 @@ class PromptModels(FlowSpec):
         for line in lines:
             print(line)
         current.card.append(Markdown("# PromptModels\n\n" + "\n\n".join(lines)))
-        if self.budget_errors:
-            counts = sum((Counter(p["counts"]) for p in self.budget_errors.values()), Counter())
-            raise ErrorBudgetExceeded("\n".join(p["message"] for p in self.budget_errors.values()), counts)
+        ErrorBudget(self.max_error_share).raise_if_broken(self.models_eval["results"])
 
 
 if __name__ == "__main__":

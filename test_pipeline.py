@@ -5,13 +5,19 @@
    with fake keys exported as a user would, and a scan that the keys landed nowhere.
 3) The full loop: PrepareVLMData -> FineTuneVLM on a tiny Qwen2.5-VL built from config ->
    PromptCustomModels -> EvaluationFlow, with the fine-tuned row on the dashboard.
+4) A train task killed after its first checkpoint resumes on @retry from the datastore, its local disk gone.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -69,13 +75,15 @@ def test_baseline_loop_offline_on_demo_photos(flow_env):
     assert set(results) == {"prior:tag-prior", "knn:jec"}
     assert all(len(r) == len(second.data.unseen) for r in results.values()), "every photo gets a record"
     assert set(scored.data.skipped_models) >= {"openai:gpt-4o-mini"}
+    tasks = [task.data.model_key for task in scored["prompt_model"]]
+    assert sorted(tasks) == ["knn:jec", "prior:tag-prior"], "a model skipped for lack of a key gets no task"
 
     evals, html = dashboard(evals_run)
     rows = rows_by_model(evals)
     assert set(rows) == {"prior:tag-prior", "knn:jec"}
     batch_cols = [h for h in evals["headers"] if h.endswith(")") and "(" in h and h[-6:-1].count("-") == 1]
     assert len(batch_cols) == 2, evals["headers"]
-    assert [row[0] for row in evals["rows"]] == sorted(rows, key=lambda m: -(rows[m]["Avg Recall"] or 0))
+    assert [row[0] for row in evals["rows"]] == sorted(rows, key=lambda m: -(rows[m]["Avg Recall (exact)"] or 0))
     for model in rows:
         assert f'data-model="{model}"' in html
     assert "card get" in out
@@ -186,6 +194,60 @@ def test_full_loop_puts_the_finetuned_model_on_the_dashboard(flow_env, tmp_path)
     evals, html = dashboard(evals_run)
     assert key in rows_by_model(evals)
     assert f'data-model="{key}"' in html
+
+
+def train_task_pids(datastore_root: Path) -> list[int]:
+    """The FineTuneVLM train task processes this test's runs started (they carry its private datastore root)."""
+    marker = f"METAFLOW_DATASTORE_SYSROOT_LOCAL={datastore_root}".encode()
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            args, environ = (proc / "cmdline").read_bytes().split(b"\0"), (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"finetune_vlm.py" in b" ".join(args) and b"step" in args and b"train" in args and marker in environ:
+            pids.append(int(proc.name))
+    return pids
+
+
+def kill_train_after_first_stored_checkpoint(datastore_root: Path, cache_dir: Path, killed: list) -> None:
+    """What a lost pod does: SIGKILL the train task once a checkpoint is complete in the datastore, and its disk is gone."""
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        manifests = [json.loads(p.read_text()) for p in datastore_root.glob("**/checkpoints/*/train/slot-*/MANIFEST.json")]
+        if any(m["step"] for m in manifests):
+            pids = train_task_pids(datastore_root)
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            shutil.rmtree(cache_dir, ignore_errors=True)
+            killed.extend(pids)
+            return
+        time.sleep(0.05)
+
+
+def test_a_killed_train_task_resumes_on_retry_from_the_datastore_not_the_lost_disk(flow_env, tmp_path):
+    base = tmp_path / "tiny-qwen"
+    subprocess.run([sys.executable, "-m", "phototagger.training.random_qwen", str(base), "--size", "tiny"], cwd=ROOT, check=True)
+    run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
+    run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
+    run_flow("prepare_vlm_data.py", flow_env)
+    cache, killed = tmp_path / "pod-disk", []
+    killer = threading.Thread(target=kill_train_after_first_stored_checkpoint, args=(tmp_path, cache, killed), daemon=True)
+    killer.start()
+    trained, _ = run_flow(
+        "finetune_vlm.py", flow_env, base_model=str(base), max_steps=40, save_steps=2, batch_size=2, grad_accum=1,
+        quantize="none", output_dir=str(cache),
+    )
+    killer.join(timeout=5)
+
+    assert killed, "the train task was killed after its first stored checkpoint"
+    (task,) = trained["train"]
+    assert task.current_attempt == 1
+    training = trained.data.finetune_meta["training"]
+    resumed_step = int(training["resumed_from"].rsplit("checkpoint-", 1)[1])
+    assert training["resumed_from"].startswith(str(cache)) and 2 <= resumed_step < 40
+    assert training["global_step"] == 40
+    assert [p["step"] for p in trained.data.finetune_meta["train_loss"]] == list(range(1, 41))
 
 
 def test_a_model_past_its_error_budget_fails_the_run_but_keeps_every_record(flow_env):

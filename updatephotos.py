@@ -10,9 +10,9 @@ from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults befo
 from metaflow import FlowSpec, Parameter, card, current, project, schedule, step
 from metaflow.cards import Markdown
 
-from phototagger import mfclient
+from phototagger import claims, mfclient
 from phototagger.errors import checked, count
-from phototagger.ingest import batches
+from phototagger.ingest import batches, state
 from phototagger.ingest.sources import SPECS, checked_spec, resolve_source
 
 
@@ -22,10 +22,13 @@ from phototagger.ingest.sources import SPECS, checked_spec, resolve_source
 class UpdatePhotos(FlowSpec):
     """Deliver photos that no earlier run of this project branch has delivered.
 
-    1) Read what the previous successful run of this branch delivered (its `history` and
-       `unseen`), unless --reset-existing starts over.
+    1) Read what the previous successful run of this branch delivered (its state and its
+       `unseen`), unless --reset-existing starts over, and fold its batch into the state:
+       `delivered` ids, `tag_stats` and the `reference` sample (ingest/state.py), none of which
+       grows with history beyond chunks written once.
     2) Fetch up to --batch-size photos from --source that are not among them, with their
-       normalised ground-truth tags, and store them as `unseen` for the downstream flows.
+       normalised ground-truth tags, claim each in the datastore so that a run started at the
+       same moment cannot deliver it too, and store the won ones as `unseen` for the downstream flows.
     3) Print a short summary and render it on a card; an empty batch ends the run cleanly.
     """
 
@@ -55,8 +58,8 @@ class UpdatePhotos(FlowSpec):
     @step
     def start(self):
         """Check the source spec (and key) before anything else, then read the previous successful
-        run of this project branch through the Metaflow client: the photos it and the runs before
-        it delivered form `history`, so this run can skip them without reading every earlier run."""
+        run of this project branch through the Metaflow client: its state plus its batch is what was
+        delivered before this run, so this run can skip those photos without reading every earlier run."""
         self.source_name = resolve_source(self.source).name
         self.notes = []
         previous = None
@@ -64,19 +67,27 @@ class UpdatePhotos(FlowSpec):
             self.notes.append("Started over (--reset-existing): earlier batches of this branch are not excluded.")
         else:
             previous = mfclient.latest_successful_run(mfclient.UPDATE_FLOW, current.branch_name)
-        self.history = batches.delivered_before(batches.previous_state(previous), self.reset_existing)
+        previous_state = batches.previous_state(previous)
+        before = batches.delivered_before(mfclient.DatastoreBlobs(current.flow_name), previous_state, self.reset_existing)
+        self.delivered, self.tag_stats, self.reference = before["delivered"], before["tag_stats"], before["reference"]
+        self.claim_epoch = claims.epoch(previous_state.claim_epoch if previous_state else None, self.reset_existing, current.run_id)
         self.next(self.fetch)
 
     @step
     def fetch(self):
-        """Ask the source for up to --batch-size photos not in `history` and keep the new ones as
-        `unseen`, labelled with this run's id and date so the dashboard can show them as a batch."""
+        """Ask the source for up to --batch-size photos not among the `delivered` ids, keep the ones this run
+        wins the claim of as `unseen` (photos another run delivered are folded into `delivered`), labelled
+        with this run's id and date so the dashboard can show them as a batch."""
         source = resolve_source(self.source)
-        photos = source.fetch(set(self.history), self.batch_size or source.default_batch_size)
-        batch = batches.plan_batch(self.history, photos)
-        self.unseen = batch.unseen
-        self.seen_ids = batch.seen_ids
-        self.notes = self.notes + source.notes
+        store = mfclient.DatastoreBlobs(current.flow_name)
+        run_claims = mfclient.run_claims(current.flow_name, current.branch_name, self.claim_epoch, current.run_id)
+        delivered = state.delivered_ids(store, self.delivered)
+        claimed = batches.fetch_claimed(source, delivered, self.batch_size or source.default_batch_size, run_claims)
+        before = state.IngestState(delivered=self.delivered, tag_stats=self.tag_stats, reference=self.reference)
+        after = state.fold_batch(store, before, claimed.elsewhere, seed=f"{current.run_id}-elsewhere")
+        self.delivered, self.tag_stats, self.reference = after["delivered"], after["tag_stats"], after["reference"]
+        self.unseen = claimed.batch.unseen
+        self.notes = self.notes + claimed.notes
         self.batch_id = str(current.run_id)
         self.batch_date = batches.batch_date()
         self.next(self.end)
@@ -86,7 +97,7 @@ class UpdatePhotos(FlowSpec):
     def end(self):
         """Print what this run delivered (an empty batch is a normal, successful outcome: downstream
         flows see `unseen == {}` and have nothing to do) and show the same on the run's card."""
-        batch = batches.Batch(self.unseen, self.history, self.seen_ids)
+        batch = batches.Batch(self.unseen, self.delivered["count"])
         for line in batches.summary_lines(self.source_name, batch, self.notes):
             print(line)
         current.card.append(Markdown(batches.summary_markdown(self.source_name, batch, self.notes)))

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from phototagger.prompting.batch import prompt_photos  # noqa: E402
+from phototagger.prompting.batch import PromptSettings, prompt_photos  # noqa: E402
 from phototagger.prompting.cache import LocalCacheBackend, ResponseCache  # noqa: E402
 from phototagger.prompting.prompter import Prompter  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAIServer  # noqa: E402
@@ -46,10 +46,11 @@ def main() -> None:
         for i in range(args.photos)
     ]
     with FakeOpenAIServer(latency_s=args.latency) as server, tempfile.TemporaryDirectory() as cache_dir:
+        settings = PromptSettings(concurrency=args.concurrency, progress=False)
         prompter = Prompter("openai", "gpt-4o-mini", api_key="sk-bench-local", base_url=server.base_url, timeout_s=30)
         # SDK set-up and the connection pool (one connection per concurrent call), outside the timings.
         warm_up = [{"id": f"warm-up-{i}", "image_url": f"https://images.example.com/warm-up-{i}.jpg"} for i in range(args.concurrency)]
-        prompt_photos(prompter, warm_up, PROMPT, concurrency=args.concurrency, progress=False)
+        prompt_photos(prompter, warm_up, PROMPT, settings)
 
         started = time.perf_counter()
         sequential = [prompter.prompt(PROMPT, p["image_url"], p["id"]) for p in photos]
@@ -61,14 +62,14 @@ def main() -> None:
         for trial in range(args.trials):
             cache = ResponseCache(LocalCacheBackend(Path(cache_dir) / f"trial-{trial}"))
             started = time.perf_counter()
-            concurrent = prompt_photos(prompter, photos, PROMPT, concurrency=args.concurrency, cache=cache, progress=False)
+            concurrent = prompt_photos(prompter, photos, PROMPT, settings, cache=cache)
             trials.append(time.perf_counter() - started)
             print(f"prompt_photos x{args.concurrency}: {len(concurrent)} photos in {trials[-1]:.2f} s (cold cache)", flush=True)
         concurrent_s = statistics.median(trials)
 
         calls_before = server.calls
         started = time.perf_counter()
-        cached = prompt_photos(prompter, photos, PROMPT, concurrency=args.concurrency, cache=cache, progress=False)
+        cached = prompt_photos(prompter, photos, PROMPT, settings, cache=cache)
         cached_s = time.perf_counter() - started
         print(f"warm-cache rerun:  {len(cached)} photos in {cached_s:.2f} s, {server.calls - calls_before} calls", flush=True)
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Iterator, Optional
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
 
 from metaflow import Flow, Run, namespace
 from metaflow.exception import MetaflowNotFound
 
+from phototagger.claims import Claims, ClaimStore, LocalClaimStore, RunState, S3ClaimStore
 from phototagger.errors import UserError
 
 PROJECT = "photo_tagger"
@@ -203,3 +205,68 @@ def adapter_run(branch: Optional[str], pathspec: str = "") -> tuple[Optional[Run
         if meta:
             return run, dict(meta)
     return None, None
+
+
+class DatastoreBlobs:
+    """A flow's blobs in Metaflow's content-addressed store (the one its artifacts live in): a blob
+    is keyed by its sha1, and saving one that is already there writes nothing."""
+
+    def __init__(self, flow_name: str) -> None:
+        from metaflow.datastore import FlowDataStore
+        from metaflow.metaflow_config import DEFAULT_DATASTORE
+        from metaflow.plugins import DATASTORES
+
+        storage = next(impl for impl in DATASTORES if impl.TYPE == DEFAULT_DATASTORE)
+        root = storage.get_datastore_root_from_config(lambda *args, **kwargs: None)
+        self._store = FlowDataStore(flow_name, storage_impl=storage, ds_root=root)
+
+    def save(self, blobs: Sequence[bytes]) -> list[str]:
+        return [key for _, key in self._store.save_data(iter(blobs), len_hint=len(blobs))]
+
+    def load(self, keys: Sequence[str]) -> list[bytes]:
+        loaded = dict(self._store.load_data(list(keys)))
+        return [loaded[key] for key in keys]
+
+
+def claim_store(flow_name: str) -> ClaimStore:
+    """Where a flow's claims live: beside its runs in the configured datastore (local folder or S3)."""
+    from metaflow.metaflow_config import DATASTORE_SYSROOT_S3, DEFAULT_DATASTORE
+
+    if DEFAULT_DATASTORE == "local":
+        from metaflow.plugins.datastores.local_storage import LocalStorage
+
+        root = LocalStorage.get_datastore_root_from_config(lambda *args, **kwargs: None)
+        return LocalClaimStore(Path(root) / flow_name / "_claims")
+    if DEFAULT_DATASTORE == "s3":
+        from metaflow.plugins.datatools.s3.s3util import get_s3_client
+
+        client, _ = get_s3_client()
+        return S3ClaimStore(f"{DATASTORE_SYSROOT_S3.rstrip('/')}/{flow_name}/_claims", client)
+    raise ValueError(
+        f"{flow_name} claims its photos in a local or S3 datastore, not {DEFAULT_DATASTORE!r}: "
+        "set METAFLOW_DEFAULT_DATASTORE=local or s3"
+    )
+
+
+def run_state(flow_name: str, run_id: str) -> RunState:
+    """`successful`, `failed` (a task ended in error) or `running` (also: not visible yet, or killed)."""
+    namespace(None)
+    try:
+        run = Run(f"{flow_name}/{run_id}")
+    except MetaflowNotFound:
+        return "running"
+    if run.successful:
+        return "successful"
+    for step in run:
+        for task in step:
+            try:
+                if task["_task_ok"].data is False:
+                    return "failed"
+            except KeyError:
+                continue
+    return "running"
+
+
+def run_claims(flow_name: str, branch: str, epoch: str, run_id: str) -> Claims:
+    """The claims of one run of `flow_name`, in the configured datastore, judging other holders through the client."""
+    return Claims(claim_store(flow_name), branch, epoch, run_id, lambda holder: run_state(flow_name, holder))

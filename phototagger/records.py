@@ -43,6 +43,9 @@ class ModelResult(TypedDict, total=False):
     completion_tokens: Optional[int]
     cost_usd: Optional[float]
     cached: bool
+    recall_lenient: Optional[float]  # the lenient matching rule (scoring/metrics.py); the three above are "exact"
+    precision_lenient: Optional[float]
+    f1_lenient: Optional[float]
 
 
 ERROR_CLASSES = (

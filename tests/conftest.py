@@ -7,6 +7,19 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Import torch's compiler stack before any test runs a flow through Metaflow's Runner.
+
+    The Runner loads Metaflow's vendored typing_extensions, which re-patches `typing` so that torch's
+    own typing_extensions objects fail when torch._dynamo is first imported afterwards ("TypeError: Type
+    parameter ~_T1 without a default follows type parameter with a default"): without this, whether the
+    fine-tuning tests pass depends on which test ran a flow first.
+    """
+    import torch._dynamo  # noqa: F401
+
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 190, 40), "blue": (30, 40, 210), "yellow": (235, 225, 20)}
 
 

@@ -168,9 +168,9 @@ def test_promptcustommodels_evaluates_on_a_gpu_after_finetuning(argo_env):
     assert mebibytes(res["requests"]["memory"]) >= 16000
 
 
-def test_evaluationflow_runs_after_either_prompt_flow(argo_env):
+def test_evaluationflow_runs_after_each_promptmodels_run(argo_env):
     wf = compile_flow("evalsflow.py", argo_env)
-    assert {"PromptModels", "PromptCustomModels"} <= triggers(wf)
+    assert triggers(wf) == {"PromptModels"}
     assert not gpu_steps(wf)
 
 
@@ -237,10 +237,11 @@ def test_promptmodels_sensor_starts_it_when_updatephotos_of_the_same_branch_fini
     assert triggered_template(sensor) == {deployed_promptmodels["WorkflowTemplate"]["metadata"]["name"]}
 
 
-def test_evaluationflow_sensor_listens_for_both_prompt_flows(argo_env, kube):
+def test_evaluationflow_sensor_waits_for_promptmodels_alone_so_the_baseline_path_refreshes_it(argo_env, kube):
+    """A Sensor with two dependencies waits for both, and the quick baseline path never runs PromptCustomModels."""
     deployed = deploy_flow("evalsflow.py", argo_env, kube)
     sensor = deployed["Sensor"]
-    assert sensor_flows(sensor) == {"PromptModels", "PromptCustomModels"}
+    assert sensor_flows(sensor) == {"PromptModels"}
     assert sensor_branches(sensor) == {"user.ci"}
     assert triggered_template(sensor) == {deployed["WorkflowTemplate"]["metadata"]["name"]}
     assert "CronWorkflow" not in deployed
@@ -248,7 +249,7 @@ def test_evaluationflow_sensor_listens_for_both_prompt_flows(argo_env, kube):
 
 def test_deployed_prompt_step_fetches_its_keys_from_the_named_secret_sources(deployed_promptmodels, argo_env, tmp_path):
     """The pod sees neither PHOTOTAGGER_SECRETS nor the deployer's files: it reads the sources from the
-    code package the template names, and Metaflow then puts @secrets on the step that calls the models."""
+    code package the template names, and Metaflow then puts @secrets on start (which skips models without a key) and on the step that calls the models."""
     import boto3
 
     wf = deployed_promptmodels["WorkflowTemplate"]
@@ -269,7 +270,7 @@ def test_deployed_prompt_step_fetches_its_keys_from_the_named_secret_sources(dep
                  METAFLOW_EXTRACTED_ROOT=str(tmp_path / "pod"), PYTHONPATH=str(tmp_path / "pod" / ".mf_code")),
     )
     assert shown.returncode == 0, shown.stderr[-2000:]
-    assert "@secrets\nStep prompt_model" in shown.stdout
-    assert shown.stdout.count("@secrets") == 1, "only the step that calls the models fetches keys"
+    assert "@secrets\nStep prompt_model" in shown.stdout and "@secrets\nStep start" in shown.stdout
+    assert shown.stdout.count("@secrets") == 2, "only start (which skips models without a key) and the step that calls the models fetch keys"
     configs = json.loads((tmp_path / "pod" / ".mf_meta" / "CONFIG").read_text())["user_configs"]
     assert configs["deploy-secrets"][0] == {"sources": SECRET_SOURCES}

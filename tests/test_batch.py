@@ -8,19 +8,13 @@ import time
 import pytest
 
 from phototagger.errors import UserError
-from phototagger.prompting.batch import (
-    ErrorBudgetExceeded,
-    ModelSkipped,
-    budget_problems,
-    check_error_budget,
-    make_prompter,
-    prompt_config,
-    prompt_photos,
-    run_summary_lines,
-    select_models,
-)
+from phototagger.prompting.batch import PromptSettings, prompt_photos
+from phototagger.prompting.budget import ErrorBudget, ErrorBudgetExceeded
 from phototagger.prompting.cache import LocalCacheBackend, ResponseCache
-from phototagger.scoring.metrics import summarise
+from phototagger.prompting.configs import ModelSkipped, make_prompter, prompt_config, select_models
+from phototagger.prompting.cost import load_prices, price_results
+from phototagger.prompting.summary import run_summary_lines
+from phototagger.scoring.metrics import score_results, summarise
 
 PRICES = {"fake:tagger": {"input_per_1m": 1.0, "output_per_1m": 2.0}}
 
@@ -79,9 +73,11 @@ def photos(n, truth=("cat", "pet")):
     return [{"id": f"p{i}", "image_url": f"https://img.example/{i}.jpg", "ground_truth_tags": list(truth)} for i in range(n)]
 
 
-def run(prompter, items, **kwargs):
-    kwargs.setdefault("progress", False)
-    return prompt_photos(prompter, items, "tag it", **kwargs)
+def run(prompter, items, cache=None, prices=None, **settings):
+    """prompt_photos, then scored and priced as the prompt flows do."""
+    settings.setdefault("progress", False)
+    results = prompt_photos(prompter, items, "tag it", PromptSettings(**settings), cache=cache)
+    return price_results(score_results(items, results), load_prices(prices))
 
 
 def test_every_photo_gets_one_record_in_input_order_even_when_calls_finish_out_of_order():
@@ -144,7 +140,7 @@ def test_cache_key_includes_the_prompt(tmp_path):
     cache = ResponseCache(LocalCacheBackend(tmp_path))
     run(ScriptedPrompter(), photos(2), cache=cache)
     other_prompt = ScriptedPrompter()
-    prompt_photos(other_prompt, photos(2), "another prompt", cache=cache, progress=False)
+    prompt_photos(other_prompt, photos(2), "another prompt", PromptSettings(progress=False), cache=cache)
     assert len(other_prompt.calls) == 2
 
 
@@ -204,18 +200,28 @@ def results_with(errors):
 
 
 def test_error_budget_passes_at_the_limit_and_fails_above_it_with_counts():
-    check_error_budget(results_with(["timeout", None, None, None, None]), 0.2)
-    check_error_budget([], 0.2)
+    ErrorBudget(0.2).raise_if_broken({"fake:tagger": results_with(["timeout", None, None, None, None])})
+    ErrorBudget(0.2).raise_if_broken({"fake:tagger": []})
     with pytest.raises(ErrorBudgetExceeded) as failed:
-        check_error_budget(results_with(["timeout", "rate_limited", "timeout", None, None]), 0.2)
+        ErrorBudget(0.2).raise_if_broken({"fake:tagger": results_with(["timeout", "rate_limited", "timeout", None, None])})
     assert failed.value.counts == {"timeout": 2, "rate_limited": 1}
     assert "fake:tagger: 3 of 5 calls failed (60.0% > 20% allowed): timeout=2, rate_limited=1" in str(failed.value)
     assert "--max-error-share" in str(failed.value)
 
 
 def test_budget_problems_names_only_the_models_over_budget():
-    problems = budget_problems({"a:ok": results_with([None, None]), "b:bad": results_with(["auth", "auth"])}, 0.5)
+    problems = ErrorBudget(0.5).check({"a:ok": results_with([None, None]), "b:bad": results_with(["auth", "auth"])})
     assert list(problems) == ["b:bad"] and problems["b:bad"]["counts"] == {"auth": 2}
+
+
+def test_error_budget_fails_once_naming_every_model_over_it_with_the_counts_summed():
+    over = {"a:ok": results_with([None, None]), "b:bad": results_with(["auth", "auth"]),
+            "c:bad": results_with(["auth", "timeout"])}
+    with pytest.raises(ErrorBudgetExceeded) as failed:
+        ErrorBudget(0.5).raise_if_broken(over)
+    assert str(failed.value).splitlines()[0].startswith("b:bad: 2 of 2 calls failed")
+    assert str(failed.value).splitlines()[1].startswith("c:bad: 2 of 2 calls failed")
+    assert failed.value.counts == {"auth": 3, "timeout": 1} and list(failed.value.problems) == ["b:bad", "c:bad"]
 
 
 def test_model_filter_by_key_or_provider_and_unknown_names_fail_with_the_known_ones():
@@ -244,7 +250,7 @@ def test_summary_is_three_lines_and_says_when_there_was_nothing_to_do():
     lines = run_summary_lines(models_eval, {"fake:tagger": summarise(results)}, {"openai:gpt-4o-mini": "key missing"})
     assert len(lines) == 3
     assert lines[0].startswith("Prompted 1 of 2 models on 2 photos of batch 17 (2025-03-04); skipped openai:gpt-4o-mini")
-    assert "fake:tagger 0.0% (0.0% over all photos, 50% errors)" in lines[1]
+    assert "fake:tagger 0.0% exact, 0.0% lenient (0.0% exact over all photos, 50% errors)" in lines[1]
     empty = run_summary_lines({"batch_id": "18", "batch_date": "2025-03-05", "photos": {}, "results": {}}, {}, {})
     assert len(empty) == 3 and "no new photos" in empty[0]
 

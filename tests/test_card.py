@@ -45,9 +45,9 @@ def dashboard(tmp_path):
         event("prior:tag-prior", "p-gone", missing, ["tree"], error="no_history"),
         event("together:<b>evil</b>", "p-cat", cat, ["cat", "pet"], error="rate_limited", latency=None),
     ]
-    table = evals.build_evals(events)
+    ranking = evals.rank_models(events)
     thumbs = thumbnails.thumbnails(card.drilldown_image_urls(events))
-    return table, events, card.render_dashboard(table, events, title=f"Dash {EVIL}", thumbs=thumbs)
+    return ranking.table(), events, card.render_dashboard(ranking, events, title=f"Dash {EVIL}", thumbs=thumbs)
 
 
 def test_table_has_every_model_row_best_first(dashboard):
@@ -81,7 +81,7 @@ def test_answer_and_model_name_with_script_and_quotes_render_as_text_everywhere(
     model, tag = 'openai:x"><script>alert("m")</script>', '\'"><script>alert("t")</script>'
     events = [event(model, "p1", "", ["cat"], ["cat", tag], latency=40),
               event("knn:jec", "p1", "", ["cat"], ["cat"], latency=4)]
-    page = card.render_dashboard(evals.build_evals(events), events)
+    page = card.render_dashboard(evals.rank_models(events), events)
     assert "<script" not in page.lower()
     assert f'<tr data-model="{escape(model)}">' in page  # the attribute holds the name, it does not end early
     assert f'<span class="chip miss" title="not in ground truth">{escape(tag)}</span>' in page
@@ -105,7 +105,7 @@ def test_chart_is_well_formed_svg_with_a_labelled_point_per_model(dashboard):
     plotted = [r[0] for r in table["rows"] if r[1] is not None and r[2] is not None]
     assert len(svg.findall(".//path[@aria-roledescription='circle']")) == len(plotted) == 3
     texts = [t.text for t in svg.iter("text")]
-    assert "Avg recall (%)" in texts
+    assert "Avg recall, exact rule (%)" in texts
     assert any(t and t.startswith("Avg latency per photo (ms") for t in texts)
     assert {card.short_name(m) for m in plotted} <= set(texts)
     assert "Not plotted" in page and "together:&lt;b&gt;evil&lt;/b&gt;" in page
@@ -172,13 +172,22 @@ def test_slow_image_source_delays_the_dashboard_only_by_the_budget(image_server)
 
 def test_drilldown_shows_newest_batches_only_and_says_so(tmp_path):
     events = [event("knn:jec", f"p{i}", "", ["cat"], ["cat"], batch=str(i), date=f"2024-05-0{i}") for i in range(1, 6)]
-    page = card.render_dashboard(evals.build_evals(events), events, drilldown_batches=2)
+    page = card.render_dashboard(evals.rank_models(events), events, drilldown_batches=2)
     assert page.count('<details class="batch"') == 2
     assert '<details class="batch" open><summary>5 (05-05)' in page
     assert "3 older batches" in page
 
 
 def test_empty_dashboard_renders_with_hints():
-    page = card.render_dashboard(evals.build_evals([]), [])
+    page = card.render_dashboard(evals.rank_models([]), [])
     assert "No model results yet" in page and "No photos yet" in page
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+
+
+def test_every_recall_figure_on_the_card_names_its_matching_rule(dashboard):
+    table, _, page = dashboard
+    recall_headers = [h for h in table["headers"] if "recall" in h.lower()]
+    assert recall_headers == ["Avg Recall (exact)", "Recall (all photos, exact)", "Avg Recall (lenient)", "Recall (all photos, lenient)"]
+    assert "Avg Recall (exact) by batch" in page
+    assert "Best avg recall (exact)" in page and "Its avg recall (lenient)" in page
+    assert "recall (exact &middot; lenient)" in page and ">100 &middot; 100</td>" in page  # the drill-down shows both

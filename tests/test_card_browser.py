@@ -97,10 +97,11 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     """The ranking table and the dashboard HTML file rendered from `realistic_events`."""
     root = tmp_path_factory.mktemp("dashboard")
     events = realistic_events(root)
-    table = evals.build_evals(events)
+    ranking = evals.rank_models(events)
+    table = ranking.table()
     path = root / "dashboard.html"
     thumbs = thumbnails.thumbnails(card.drilldown_image_urls(events))
-    page = card.render_dashboard(table, events, title="Photo Tagger: model evaluation", thumbs=thumbs)
+    page = card.render_dashboard(ranking, events, title="Photo Tagger: model evaluation", thumbs=thumbs)
     path.write_text(page, encoding="utf-8")
     return table, path
 

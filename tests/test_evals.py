@@ -18,10 +18,10 @@ def test_table_headers_and_cells():
         event(photo="p1", tags=("cat", "pet"), latency=10.0, cost=0.001),
         event(photo="p2", tags=("dog",), latency=30.0, cost=0.002),
     ]
-    table = evals.build_evals(events)
-    assert table["headers"] == ["Model", "Avg Latency (ms)", "Avg Recall", "Recall (all photos)", "Error %",
-                                "Cost (USD)", "101 (05-06)"]
-    assert table["rows"] == [["prior:tag-prior", 20.0, 50.0, 50.0, 0.0, 0.003, "50.0 (2)"]]
+    table = evals.rank_models(events).table()
+    assert table["headers"] == ["Model", "Avg Latency (ms)", "Avg Recall (exact)", "Recall (all photos, exact)", "Error %",
+                                "Cost (USD)", "Avg Recall (lenient)", "Recall (all photos, lenient)", "101 (05-06)"]
+    assert table["rows"] == [["prior:tag-prior", 20.0, 50.0, 50.0, 0.0, 0.003, 50.0, 50.0, "50.0 (2)"]]
 
 
 def test_batch_labels_use_short_id_and_month_day_ordered_by_date_then_id():
@@ -30,7 +30,7 @@ def test_batch_labels_use_short_id_and_month_day_ordered_by_date_then_id():
         event(batch="12", date="2024-05-06"),
         event(batch="9", date="2024-05-06"),
     ]
-    headers = evals.build_evals(events)["headers"]
+    headers = evals.rank_models(events).table()["headers"]
     assert headers[len(evals.FIXED_HEADERS):] == ["9 (05-06)", "12 (05-06)", "123456 (06-01)"]
 
 
@@ -41,7 +41,7 @@ def test_rows_are_sorted_by_avg_recall_best_first_and_models_without_batch_get_e
         event(model="openai:gpt-4o-mini", tags=("car",)),
         event(model="knn:jec", photo="p2", batch="202", date="2024-05-07", tags=("cat",)),
     ]
-    table = evals.build_evals(events)
+    table = evals.rank_models(events).table()
     assert [r[0] for r in table["rows"]] == ["knn:jec", "prior:tag-prior", "openai:gpt-4o-mini"]
     assert table["rows"][0][-2:] == ["100.0 (1)", "50.0 (1)"]
     assert table["rows"][1][-2:] == ["50.0 (1)", ""]
@@ -50,7 +50,7 @@ def test_rows_are_sorted_by_avg_recall_best_first_and_models_without_batch_get_e
 def test_rerun_of_the_same_batch_keeps_the_latest_answer():
     first = event(photo="p1", tags=("dog",), run="7")
     rerun = event(photo="p1", tags=("cat", "pet"), run="8")
-    table = evals.build_evals([first, event(photo="p2", tags=("cat",)), rerun])
+    table = evals.rank_models([first, event(photo="p2", tags=("cat",)), rerun]).table()
     assert table["rows"][0][2] == 75.0
     assert table["rows"][0][-1] == "75.0 (2)"
 
@@ -62,7 +62,7 @@ def test_errors_count_in_error_pct_and_as_zero_in_recall_over_all_photos():
         event(photo="p3", error="rate_limited"),
         event(photo="p4", error="timeout"),
     ]
-    (row,) = evals.build_evals(events)["rows"]
+    (row,) = evals.rank_models(events).table()["rows"]
     model, latency, avg_recall, recall_all, error_pct = row[:5]
     assert avg_recall == 75.0  # over the two valid answers
     assert recall_all == 37.5  # (100 + 50 + 0 + 0) / 4
@@ -72,16 +72,17 @@ def test_errors_count_in_error_pct_and_as_zero_in_recall_over_all_photos():
 
 def test_model_with_only_errors_ranks_last_with_no_recall():
     events = [event(model="openai:gpt-4o", error="auth"), event(model="prior:tag-prior", tags=("dog",))]
-    rows = evals.build_evals(events)["rows"]
+    ranking = evals.rank_models(events)
+    rows = ranking.table()["rows"]
     assert [r[0] for r in rows] == ["prior:tag-prior", "openai:gpt-4o"]
     assert rows[1][2] is None and rows[1][-1] == "n/a (0)"
-    assert evals.best_model({"headers": [], "rows": rows}) == "prior:tag-prior"
+    assert ranking.best.model == "prior:tag-prior"
 
 
 def test_empty_events_give_an_empty_table():
-    table = evals.build_evals([])
-    assert table == {"headers": evals.FIXED_HEADERS, "rows": []}
-    assert evals.best_model(table) is None
+    ranking = evals.rank_models([])
+    assert ranking.table() == {"headers": evals.FIXED_HEADERS, "rows": []}
+    assert ranking.best is None
 
 
 def test_fold_replaces_rerun_events_and_keeps_others():
@@ -91,12 +92,23 @@ def test_fold_replaces_rerun_events_and_keeps_others():
     assert [(e["photo_id"], e["source_run"]) for e in folded] == [("p2", "7"), ("p1", "9"), ("p3", "7")]
 
 
-def test_cell_recall_reads_numbers_and_batch_cells():
-    assert evals.cell_recall(42.5) == 42.5
-    assert evals.cell_recall("61.3 (8)") == 61.3
-    assert evals.cell_recall("n/a (0)") is None
-    assert evals.cell_recall("") is None
-    assert evals.cell_recall(None) is None
+def test_ranking_rows_hold_named_figures_and_a_number_summary_per_batch():
+    events = [event(photo="p1", tags=("cat", "pet"), latency=10.0), event(photo="p2", tags=("dog",), latency=30.0),
+              event(photo="p3", batch="202", date="2024-05-07", error="timeout", latency=50.0)]
+    (row,) = evals.rank_models(events).rows
+    assert (row.model, row.avg_latency_ms, row.avg_recall, row.avg_recall_all, row.error_pct) == (
+        "prior:tag-prior", 30.0, 50.0, 33.33, 33.33)
+    assert row.batches == {"101": evals.BatchSummary(avg_recall=50.0, n=2), "202": evals.BatchSummary(avg_recall=None, n=0)}
+
+
+def test_a_stored_ranking_reads_back_equal_and_tolerates_fields_added_or_dropped_since():
+    ranking = evals.rank_models([event(), event(model="knn:jec", batch="202", date="2024-05-07", tags=("cat", "pet"))])
+    stored = ranking.to_dict()
+    assert evals.Ranking.from_dict(stored) == ranking and stored["rows"][1]["batches"]["101"] == {"avg_recall": 50.0, "n": 1}
+    for row in stored["rows"]:
+        row["added_later"] = 1.0
+        del row["cost_usd"]
+    assert [row.model for row in evals.Ranking.from_dict(stored).rows] == ["knn:jec", "prior:tag-prior"]
 
 
 def test_models_eval_artifact_becomes_one_event_per_result_with_photo_and_batch():
@@ -137,5 +149,5 @@ def test_read_runs_takes_every_result_from_the_artifact_whatever_the_log_kept():
     read = dict(evals.read_runs(runs))
     assert len(read["PromptModels/5"]) == 2 * n and read["PromptCustomModels/6"] == []
     assert {e["source_run"] for e in read["PromptModels/5"]} == {"5"}
-    evals_table = evals.build_evals(read["PromptModels/5"])
+    evals_table = evals.rank_models(read["PromptModels/5"]).table()
     assert {row[0]: row[-1] for row in evals_table["rows"]} == {"openai:gpt-4o-mini": f"100.0 ({n})", "knn:jec": f"100.0 ({n})"}

@@ -13,6 +13,7 @@ from PIL import Image
 import export_tags
 from phototagger.errors import UserError
 from phototagger.output import export
+from phototagger.scoring.evals import BatchSummary, Ranking, RankingRow
 
 NS = {"rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#", "dc": "http://purl.org/dc/elements/1.1/"}
 MODEL = "knn:jec"
@@ -134,14 +135,35 @@ def test_a_model_missing_from_the_run_names_the_models_it_holds(batch):
         export.tags_from_models_eval(models_eval, "openai:gpt-4o", "PromptModels/1")
 
 
+RANKING = Ranking(
+    rows=[RankingRow("knn:jec", 12.0, 41.5, 40.0, 0.0, 0.0, {"12345678": BatchSummary(41.5, 8)}),
+          RankingRow("prior:tag-prior", 1.0, 20.0, 20.0, 0.0, 0.0, {"12345678": BatchSummary(20.0, 8)})],
+    batches=[{"batch_id": "12345678", "batch_date": "2026-05-01", "label": "345678 (05-01)"}],
+)
+
+
 def test_the_best_model_is_the_first_row_of_the_dashboard():
-    evals = {
-        "headers": ["Model", "Avg Latency (ms)", "Avg Recall", "Recall (all photos)", "Error %", "Cost (USD)", "345678 (05-01)"],
-        "rows": [["knn:jec", 12.0, 41.5, 40.0, 0.0, 0.0, "41.5 (8)"], ["prior:tag-prior", 1.0, 20.0, 20.0, 0.0, 0.0, "20.0 (8)"]],
-    }
+    evals = RANKING
     assert export.choose_model(None, evals, "user.me") == "knn:jec"
     assert export.choose_model("prior:tag-prior", evals, "user.me") == "prior:tag-prior"
     assert export.dashboard_models(evals) == ["knn:jec", "prior:tag-prior"]
+
+
+OLD_EVALS = {  # the `evals` table of an EvaluationFlow run stored before the `ranking` artifact
+    "headers": ["Model", "Avg Latency (ms)", "Avg Recall", "Recall (all photos)", "Error %", "Cost (USD)", "345678 (05-01)"],
+    "rows": [["knn:jec", 12.0, 41.5, 40.0, 0.0, 0.0, "41.5 (8)"], ["prior:tag-prior", 1.0, 20.0, 20.0, 0.0, 0.0, "20.0 (8)"]],
+}
+
+
+@pytest.mark.parametrize("artifacts", [{"ranking": RANKING.to_dict(), "evals": RANKING.table()}, {"evals": OLD_EVALS}],
+                         ids=["ranking", "evals-only"])
+def test_the_dashboard_ranking_is_read_from_the_ranking_artifact_or_an_older_runs_evals_table(monkeypatch, artifacts):
+    run = FakeRun("EvaluationFlow/3", 0, None, **artifacts)
+    monkeypatch.setattr(export.mfclient, "latest_successful_run", lambda flow, branch: run)
+    ranking = export.dashboard_ranking("user.me")
+    assert export.choose_model(None, ranking, "user.me") == "knn:jec"
+    assert export.dashboard_models(ranking) == ["knn:jec", "prior:tag-prior"]
+    assert [row.avg_recall for row in ranking.rows] == [41.5, 20.0]
 
 
 def test_without_a_dashboard_the_error_says_how_to_get_one():
@@ -158,10 +180,10 @@ class FakeData(dict):
 
 
 class FakeRun:
-    def __init__(self, pathspec: str, minutes: int, models_eval: dict | None):
+    def __init__(self, pathspec: str, minutes: int, models_eval: dict | None, **artifacts):
         self.pathspec = pathspec
         self.created_at = datetime(2026, 5, 1) + timedelta(minutes=minutes)
-        self.data = FakeData(models_eval=models_eval) if models_eval is not None else FakeData()
+        self.data = FakeData(models_eval=models_eval, **artifacts) if models_eval is not None else FakeData(**artifacts)
 
 
 def test_tags_come_from_the_newest_run_holding_the_model():
@@ -250,3 +272,32 @@ def test_only_the_users_own_files_get_sidecars_beside_them(tmp_path):
 def test_folder_models_config_whose_models_are_not_a_list_names_the_problem():
     with pytest.raises(UserError, match='models.json: "models" must be a list of objects'):
         export.model_entry("openai:gpt-4o-mini", {"models": {"gpt": {"provider": "openai", "model": "gpt-4o-mini"}}})
+
+
+def test_export_with_the_vocabulary_folds_synonyms_drops_stop_tags_and_files_tags_under_parents(tmp_path):
+    from phototagger.output import xmp
+    from phototagger.scoring.vocabulary import Vocabulary
+
+    image = make_image(tmp_path / "photos" / "bike.jpg")
+    models_eval = models_eval_for({"p-1": str(image)}, {MODEL: [("p-1", ["Motorbikes", "HD wallpapers", "garage"], None)]})
+    vocab = Vocabulary.from_dict({"synonyms": {"motorcycle": ["motorbike"]}, "stop_tags": ["hd wallpapers"],
+                                  "parents": {"motorcycle": "vehicle"}})
+    tagset = export.with_vocabulary(export.tags_from_models_eval(models_eval, MODEL, "PromptModels/1"), vocab)
+    export.export(tagset, export.ExportOptions(out_dir=tmp_path / "out", vocabulary=vocab))
+    assert xmp.read_keywords(tmp_path / "photos" / "bike.jpg.xmp") == {
+        "dc:subject": ["vehicle", "motorcycle", "garage"],
+        "digiKam:TagsList": ["vehicle/motorcycle", "garage"],
+        "lr:hierarchicalSubject": ["vehicle|motorcycle", "garage"],
+    }
+    rows = list(csv.DictReader((tmp_path / "out" / "tags.csv").open()))
+    assert rows[0]["tags"] == "motorcycle;garage"
+
+
+def test_cli_exports_with_the_shipped_vocabulary_and_refuses_a_broken_one(tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "vocab.json"
+    bad.write_text('{"parents": {"cat": "cat"}}')
+    code = export_tags.main(["--vocabulary", str(bad), "--model", MODEL, "--branch", "test.nothing"])
+    assert code == 1 and "go round in a circle" in capsys.readouterr().err
+    args = export_tags.build_parser().parse_args([])
+    assert export_tags.load_vocabulary(args).canonical("motorbikes") == "motorcycle"
+    assert export_tags.load_vocabulary(export_tags.build_parser().parse_args(["--no-vocabulary"])) is None

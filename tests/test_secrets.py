@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from phototagger.prompting.batch import ErrorBudgetExceeded, check_error_budget, prompt_photos, run_summary_lines
+from phototagger.prompting.batch import PromptSettings, prompt_photos
+from phototagger.prompting.budget import ErrorBudget, ErrorBudgetExceeded
 from phototagger.prompting.cache import LocalCacheBackend, ResponseCache
+from phototagger.prompting.summary import run_summary_lines
 from phototagger.scoring.evals import events_from_models_eval
-from phototagger.scoring.metrics import summarise
+from phototagger.scoring.metrics import score_results, summarise
 from phototagger.redact import MIN_SECRET_LEN, scrub
 from phototagger.prompting.prompter import Prompter, RetryPolicy
 from phototagger.prompting.providers import ProviderError
@@ -67,10 +69,10 @@ def test_keys_stay_out_of_results_logs_errors_and_cache(monkeypatch, tmp_path, c
         server.fault_by_image = {"green": "auth", "blue": "server_error"}
         for provider, base_url in (("openai", server.base_url), ("together", server.root_url)):
             prompter = Prompter(provider, "vision-model", retry=RetryPolicy(max_attempts=2, base_delay_s=0.01), base_url=base_url)
-            results = prompt_photos(prompter, photos, "tag", cache=cache, progress=False)
+            results = prompt_photos(prompter, photos, "tag", PromptSettings(progress=False), cache=cache)
             assert [r["error"] for r in results] == [None, "auth", "server_error", None]
             with pytest.raises(ErrorBudgetExceeded) as failed:
-                check_error_budget(results, 0.2)
+                ErrorBudget(0.2).raise_if_broken({prompter.model_key: results})
             texts += [json.dumps(results), str(failed.value), repr(prompter.settings())]
         sent = {headers.get("authorization") for _, headers, _ in server.requests}
     assert sent == {f"Bearer {OPENAI_KEY}", f"Bearer {TOGETHER_KEY}"}  # the keys really went out
@@ -93,8 +95,8 @@ def test_a_key_echoed_in_the_answer_or_an_error_reaches_no_record_cache_event_lo
         for provider, base_url in (("openai", server.base_url), ("together", server.root_url)):
             prompter = Prompter(provider, "vision-model", retry=RetryPolicy(max_attempts=2, base_delay_s=0.01), base_url=base_url)
             for _ in range(2):  # the second run answers red, green and yellow from the cache
-                results = prompt_photos(prompter, photos, "tag", cache=ResponseCache(LocalCacheBackend(cache_dir)),
-                                        progress=False)
+                results = score_results(photos, prompt_photos(prompter, photos, "tag", PromptSettings(progress=False),
+                                                              cache=ResponseCache(LocalCacheBackend(cache_dir))))
             assert [r["error"] for r in results] == [None, None, "server_error", None]
             assert [r["cached"] for r in results] == [True, True, False, True]
             red = results[0]

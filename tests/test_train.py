@@ -1,13 +1,15 @@
-"""Fine-tuning on a tiny random Qwen2.5-VL: answer-only loss, real steps, 4-bit, save/reload, resume."""
+"""Fine-tuning on a tiny random Qwen2.5-VL: answer-only loss, real steps, 4-bit, save/reload, resume (also on a fresh disk)."""
 from __future__ import annotations
 
 import json
 
 import pytest
 from bitsandbytes.functional import has_avx512bf16
+from metaflow.plugins.datastores.local_storage import LocalStorage
 from transformers import TrainerCallback
 
 from phototagger.training import train, vlm
+from phototagger.training.checkpoint_store import CheckpointStore
 from phototagger.prompting.providers.base import Answer
 from phototagger.prompting.providers.finetuned import FineTunedProvider
 
@@ -120,3 +122,20 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tiny_qwen_dir, colour_
     assert result.resumed_from is not None and result.resumed_from.endswith("checkpoint-2")
     assert result.global_step == 4
     assert [point["step"] for point in result.train_loss] == [1, 2, 3, 4]
+
+
+def test_a_run_killed_after_its_first_checkpoint_resumes_from_the_datastore_on_a_fresh_disk(tiny_qwen_dir, colour_examples, tmp_path):
+    config = tiny_config(max_steps=4, save_steps=2)
+    storage = LocalStorage(str(tmp_path / "datastore"))
+    prefix = "FineTuneVLM/checkpoints/7/train"
+    with pytest.raises(RuntimeError, match="simulated preemption"):
+        train.train_adapter(colour_examples, [], str(tiny_qwen_dir), tmp_path / "pod-1", config, callbacks=[CrashAtStep(3)],
+                            store=CheckpointStore(storage, prefix, tmp_path / "pod-1"))
+
+    result = train.train_adapter(colour_examples, [], str(tiny_qwen_dir), tmp_path / "pod-2", config,
+                                 store=CheckpointStore(storage, prefix, tmp_path / "pod-2"))
+
+    assert result.resumed_from == str(tmp_path / "pod-2" / "checkpoint-2")
+    assert result.global_step == 4
+    assert [point["step"] for point in result.train_loss] == [1, 2, 3, 4]
+    assert CheckpointStore(storage, prefix, tmp_path / "pod-3").latest() == tmp_path / "pod-3" / "checkpoint-4"

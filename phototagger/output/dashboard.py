@@ -1,4 +1,4 @@
-"""The dashboard: one self-contained HTML page from the evals table and the events behind it.
+"""The dashboard: one self-contained HTML page from the model ranking and the events behind it.
 
 Everything the page needs is inside it (inline CSS, an inline SVG chart, thumbnails as data URIs the
 caller fetched, no script), so it renders the same opened from disk, offline, and inside Metaflow's
@@ -19,7 +19,7 @@ import vl_convert
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
-from phototagger.scoring.evals import FIXED_HEADERS, EvalEvent, batches_of, best_model, fold_events, split_batch_cell
+from phototagger.scoring.evals import FIXED_HEADERS, EvalEvent, Ranking, RankingRow, batches_of, fold_events
 from phototagger.scoring.tags import normalise_tag
 
 DEFAULT_TITLE = "Photo Tagger: model evaluation"
@@ -77,7 +77,7 @@ _ENV.filters.update(fmt=_fmt, latency=_fmt_latency, cost=_fmt_cost, decile=decil
 
 # ---------------------------------------------------------------- recall vs latency chart
 def recall_latency_spec(points: Sequence[tuple[str, float, float]], colours: Mapping[str, str]) -> dict:
-    """A Vega-Lite scatter of avg recall (0-100) against avg latency, one labelled point per model.
+    """A Vega-Lite scatter of avg recall (exact rule, 0-100) against avg latency, one labelled point per model.
 
     `points` are (model, latency ms, recall %). Latency is on a log scale when it spans more than 20x,
     with 1-2-5 ticks over whole decades; otherwise linear with 10% padding.
@@ -96,7 +96,7 @@ def recall_latency_spec(points: Sequence[tuple[str, float, float]], colours: Map
         x_title = "Avg latency per photo (ms)"
     x_axis["labelExpr"] = "datum.value >= 1000 ? format(datum.value / 1000, '~g') + 'k' : format(datum.value, '~g')"
     rows = [{"model": m, "latency": max(lat, 0.01), "recall": rec,
-             "description": f"{m}: recall {rec:.1f}%, latency {_fmt_latency(lat)} ms"} for m, lat, rec in points]
+             "description": f"{m}: recall (exact) {rec:.1f}%, latency {_fmt_latency(lat)} ms"} for m, lat, rec in points]
     models = [m for m, _, _ in points]
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
@@ -111,7 +111,7 @@ def recall_latency_spec(points: Sequence[tuple[str, float, float]], colours: Map
         "mark": {"type": "circle", "size": 144, "opacity": 0.9, "stroke": "#ffffff", "strokeWidth": 1.5},
         "encoding": {
             "x": {"field": "latency", "type": "quantitative", "title": x_title, "scale": x_scale, "axis": x_axis},
-            "y": {"field": "recall", "type": "quantitative", "title": "Avg recall (%)",
+            "y": {"field": "recall", "type": "quantitative", "title": "Avg recall, exact rule (%)",
                   "scale": {"domain": [0, 100]}, "axis": {"values": list(range(0, 101, 20))}},
             # The legend names each point, best model first, so close points never hide each other's label.
             "color": {"field": "model", "type": "nominal", "title": None,
@@ -131,31 +131,30 @@ def _inline_svg(spec: dict) -> Markup:
 
 
 # ---------------------------------------------------------------- the page's parts
-def _kpis(evals: Mapping[str, list], events: list[EvalEvent]) -> list[tuple[str, str, str]]:
-    rows = evals.get("rows") or []
-    best = rows[0] if best_model(evals) is not None else None
+def _kpis(ranking: Ranking, events: list[EvalEvent]) -> list[tuple[str, str, str]]:
+    best = ranking.best
     photos = {(e.get("batch_id", ""), e["photo_id"]) for e in events}
     errors = sum(1 for e in events if e.get("error"))
     return [
-        ("Best model", best[0] if best else "\u2013", "small"),
-        ("Best avg recall", f"{best[2]:.1f}%" if best else "\u2013", ""),
-        ("Models", str(len(rows)), ""),
+        ("Best model", best.model if best else "\u2013", "small"),
+        ("Best avg recall (exact)", f"{best.avg_recall:.1f}%" if best else "\u2013", ""),
+        ("Its avg recall (lenient)", f"{best.avg_recall_lenient:.1f}%" if best and best.avg_recall_lenient is not None else "\u2013", ""),
+        ("Models", str(len(ranking.rows)), ""),
         ("Photos", f"{len(photos):,}", ""),
-        ("Batches", str(len(evals.get("headers", [])) - len(FIXED_HEADERS)), ""),
+        ("Batches", str(len(ranking.batches)), ""),
         ("Errored calls", f"{errors:,} of {len(events):,}", "small"),
     ]
 
 
-def _table_rows(rows: Sequence[list], colours: Mapping[str, str]) -> list[dict]:
+def _table_rows(ranking: Ranking, colours: Mapping[str, str]) -> list[dict]:
     out = []
-    for row in rows:
-        model, latency, recall, recall_all, error_pct, cost = row[: len(FIXED_HEADERS)]
-        batches = []
-        for cell in row[len(FIXED_HEADERS):]:
-            value, n = split_batch_cell(cell)
-            batches.append({"recall": value, "n": n} if cell else None)
-        out.append({"model": model, "colour": colours[model], "latency": latency, "recall": recall,
-                    "recall_all": recall_all, "error_pct": error_pct, "cost": cost, "batches": batches})
+    for row in ranking.rows:
+        cells = [row.batches.get(b["batch_id"]) for b in ranking.batches]
+        batches = [{"recall": cell.avg_recall, "n": f"({cell.n})"} if cell else None for cell in cells]
+        out.append({"model": row.model, "colour": colours[row.model], "latency": row.avg_latency_ms,
+                    "recall": row.avg_recall, "recall_all": row.avg_recall_all, "error_pct": row.error_pct,
+                    "cost": row.cost_usd, "batches": batches,
+                    "recall_lenient": row.avg_recall_lenient, "recall_all_lenient": row.avg_recall_all_lenient})
     return out
 
 
@@ -164,6 +163,7 @@ def _photo(photo_events: list[EvalEvent], order: Mapping[str, int], thumbs: Mapp
     truth_tags = list(first.get("ground_truth_tags") or [])
     truth = {normalise_tag(t) for t in truth_tags}
     answers = [{"model_key": ev["model_key"], "error": ev.get("error"), "recall": ev.get("recall"),
+                "recall_lenient": ev.get("recall_lenient"),
                 "tags": [(tag, normalise_tag(tag) in truth) for tag in ev.get("tags") or []]}
                for ev in sorted(photo_events, key=lambda e: order.get(e["model_key"], len(order)))]
     return {"photo_id": first["photo_id"], "thumb": thumbs.get(first.get("image_url", "")), "truth": truth_tags,
@@ -204,31 +204,35 @@ def _drilldown(events: list[EvalEvent], order: Mapping[str, int], max_batches: i
     return out
 
 
+def _plottable(row: RankingRow) -> bool:
+    """A model is a point on the chart once it has both an avg latency and an avg recall."""
+    return row.avg_latency_ms is not None and row.avg_recall is not None
+
+
 def render_dashboard(
-    evals: Mapping[str, list],
+    ranking: Ranking,
     events: Iterable[EvalEvent],
     title: str = DEFAULT_TITLE,
     *,
     thumbs: Optional[Mapping[str, Optional[str]]] = None,
     drilldown_batches: int = DRILLDOWN_BATCHES,
 ) -> str:
-    """The whole dashboard as one HTML document. `thumbs` maps image URLs to data URIs
-    (thumbnails.thumbnails of drilldown_image_urls); a photo without one gets a placeholder."""
+    """The whole dashboard as one HTML document: `ranking` (evals.rank_models) and the `events` behind it.
+    `thumbs` maps image URLs to data URIs (thumbnails.thumbnails of drilldown_image_urls); a photo
+    without one gets a placeholder."""
     events = fold_events([], events)
-    rows = evals.get("rows") or []
-    models = [r[0] for r in rows]
+    models = [row.model for row in ranking.rows]
     colours = {m: _MODEL_COLOURS[i % len(_MODEL_COLOURS)] for i, m in enumerate(models)}
-    points = [(r[0], r[1], r[2]) for r in rows if r[1] is not None and r[2] is not None]
-    headers = list(evals.get("headers") or FIXED_HEADERS)
+    points = [(row.model, row.avg_latency_ms, row.avg_recall) for row in ranking.rows if _plottable(row)]
     return _ENV.get_template("dashboard.html.j2").render(
         title=title,
         decile_colours=_decile_colours(),
-        kpis=_kpis(evals, events),
-        fixed_headers=headers[: len(FIXED_HEADERS)],
-        batch_headers=headers[len(FIXED_HEADERS):],
-        rows=_table_rows(rows, colours),
+        kpis=_kpis(ranking, events),
+        fixed_headers=FIXED_HEADERS,
+        batch_headers=[b["label"] for b in ranking.batches],
+        rows=_table_rows(ranking, colours),
         chart=_inline_svg(recall_latency_spec(points, colours)) if points else None,
-        not_plotted=[r[0] for r in rows if r[1] is None or r[2] is None],
+        not_plotted=[row.model for row in ranking.rows if not _plottable(row)],
         batches=_drilldown(events, {m: i for i, m in enumerate(models)}, drilldown_batches, thumbs or {}),
         older_batches=max(0, len(batches_of(events)) - drilldown_batches),
     )

@@ -10,6 +10,11 @@ Where sidecars go: next to the image for the user's own files (photos of the fol
 file is on this machine; named by `xmp.sidecar_path`); for everything else (image URLs, the demo's
 package images, a path this machine does not have) into the output folder as `<photo id>.xmp`.
 CSV and JSONL go into the output folder unless given their own paths.
+
+With a vocabulary (vocabulary.json, the lenient matching rule's) every output gets the tags in the
+form that rule scores: synonyms and inflections folded ("motorbikes" -> "motorcycle"), stop-tags
+("photo", "hd wallpapers") left out, and in the sidecars each tag filed under its parents
+("vehicle|motorcycle", "vehicle/motorcycle").
 """
 from __future__ import annotations
 
@@ -19,19 +24,22 @@ import json
 import logging
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from phototagger import mfclient
 from phototagger.errors import UserError
 from phototagger.output import xmp
-from phototagger.prompting.batch import DEFAULT_CONCURRENCY, ModelSkipped, make_prompter, prompt_photos, select_models
+from phototagger.prompting.batch import DEFAULT_CONCURRENCY, PromptSettings, prompt_photos
 from phototagger.prompting.cache import make_cache
-from phototagger.scoring.evals import best_model, model_key
+from phototagger.prompting.configs import ModelSkipped, make_prompter, select_models
+from phototagger.scoring.evals import Ranking, model_key
+from phototagger.scoring.vocabulary import Vocabulary
 from phototagger.http import is_url
 from phototagger.records import ModelResult, Photo
 from phototagger.ingest.sources import resolve_source
+from phototagger.ingest.state import reference_photos
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +91,7 @@ class ExportOptions:
     write_xmp: bool = True
     tag_prefix: str = ""  # see xmp.py: flat tags, or filed under this path in the hierarchical fields
     dry_run: bool = False
+    vocabulary: Optional[Vocabulary] = None  # None: the tags as the model gave them, flat
 
 
 @dataclass
@@ -105,35 +114,38 @@ def split_model_key(key: str) -> tuple[str, str]:
     return provider, model
 
 
-def choose_model(requested: Optional[str], evals: Optional[Mapping[str, Any]], branch: str) -> str:
-    """The model named with --model, else the top row of the dashboard's `evals` table."""
+def choose_model(requested: Optional[str], ranking: Optional[Ranking], branch: str) -> str:
+    """The model named with --model, else the top row of the dashboard's ranking."""
     if requested:
         split_model_key(requested)
         return requested
-    if evals is None:
+    if ranking is None:
         raise ExportError(
             f"No EvaluationFlow run on branch {branch} yet, so there is no best model to pick: run "
             f"`{mfclient.flow_command(DASHBOARD_FLOW, branch)}` (after promptmodels.py), or name one with --model provider:model"
         )
-    best = best_model(evals)
-    if best is None:
+    if ranking.best is None:
         raise ExportError(
             f"The dashboard of branch {branch} ranks no model with a recall yet: run promptmodels.py and "
             "evalsflow.py on photos with tags, or name one with --model provider:model"
         )
-    return best
+    return ranking.best.model
 
 
-def dashboard_evals(branch: str) -> Optional[dict[str, Any]]:
-    """The `evals` table of the latest successful EvaluationFlow run of `branch`, None without one."""
+def dashboard_ranking(branch: str) -> Optional[Ranking]:
+    """The model ranking of the latest successful EvaluationFlow run of `branch`, None without one
+    (read from its `evals` table when the run is older than the `ranking` artifact)."""
     run = mfclient.latest_successful_run(DASHBOARD_FLOW, branch)
-    if run is None or "evals" not in run.data:
+    if run is None:
         return None
-    return run.data.evals
+    data = run.data  # a client Run lists its artifacts anew on every `.data`
+    if "ranking" in data:
+        return Ranking.from_dict(data.ranking)
+    return Ranking.from_table(data.evals) if "evals" in data else None
 
 
-def dashboard_models(evals: Optional[Mapping[str, Any]]) -> list[str]:
-    return [row[0] for row in (evals or {}).get("rows") or []]
+def dashboard_models(ranking: Optional[Ranking]) -> list[str]:
+    return [row.model for row in ranking.rows] if ranking is not None else []
 
 
 # -- tags from a prompt run -----------------------------------------------------------------------
@@ -248,11 +260,12 @@ def model_entry(model: str, models_config: Optional[Mapping[str, Any]]) -> dict[
 
 
 def history_photos(branch: str) -> list[Photo]:
-    """Every photo UpdatePhotos has delivered on `branch`: what the offline baselines learn from."""
+    """What the offline baselines learn from on `branch`: UpdatePhotos' bounded sample of earlier photos and its newest batch."""
     run = mfclient.latest_successful_run(UPDATE_FLOW, branch)
     if run is None:
         return []
-    return [*dict(run.data.history).values(), *dict(run.data.unseen).values()]
+    data = run.data
+    return [*reference_photos(mfclient.DatastoreBlobs(UPDATE_FLOW), data.reference), *dict(data.unseen).values()]
 
 
 def tags_from_folder(
@@ -283,14 +296,8 @@ def tags_from_folder(
         prompter = make_prompter(entry, list(history))
     except ModelSkipped as exc:
         raise ExportError(f"{model} cannot tag {folder} here: {exc}") from None
-    results = prompt_photos(
-        prompter,
-        photos,
-        prompt_text,
-        concurrency=concurrency or entry.get("concurrency") or DEFAULT_CONCURRENCY,
-        cache=make_cache(use_cache),
-        progress=progress,
-    )
+    settings = PromptSettings(concurrency=concurrency or entry.get("concurrency") or DEFAULT_CONCURRENCY, progress=progress)
+    results = prompt_photos(prompter, photos, prompt_text, settings, cache=make_cache(use_cache))
     tagset = tagset_from_results({p["id"]: p for p in photos}, results, model, source.name)
     tagset.notes = list(source.notes)
     return tagset
@@ -300,6 +307,12 @@ def tags_from_folder(
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def with_vocabulary(tagset: TagSet, vocabulary: Vocabulary) -> TagSet:
+    """`tagset` with each photo's tags in the vocabulary's canonical form, stop-tags left out."""
+    tagged = [replace(photo, tags=vocabulary.canonical_tags(photo.tags)) for photo in tagset.tagged]
+    return replace(tagset, tagged=tagged)
 
 
 def sidecar_for(photo: TaggedPhoto, options: ExportOptions) -> Path:
@@ -322,7 +335,8 @@ def write_sidecars(tagset: TagSet, options: ExportOptions) -> tuple[list[xmp.Sid
             continue
         claimed[path] = photo.photo_id
         try:
-            change = xmp.write_sidecar(path, photo.tags, options.tag_prefix, dry_run=options.dry_run)
+            tags = [options.vocabulary.path(tag) for tag in photo.tags] if options.vocabulary else photo.tags
+            change = xmp.write_sidecar(path, tags, options.tag_prefix, dry_run=options.dry_run)
         except (xmp.XmpError, OSError) as exc:
             failures.append(SkippedPhoto(photo.photo_id, photo.image, str(exc)))
             continue

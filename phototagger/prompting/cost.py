@@ -7,7 +7,7 @@ to USD per one million input and output tokens. A model missing from the table g
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple, Optional
+from typing import Any, Iterable, Mapping, NamedTuple, Optional
 
 from phototagger.records import ModelResult
 
@@ -46,3 +46,8 @@ def result_cost(result: ModelResult, prices: Mapping[str, Price]) -> Optional[fl
         return 0.0 if price == (0.0, 0.0) else None
     return round(((prompt or 0) * price.input_per_1m + (completion or 0) * price.output_per_1m) / 1e6, 8)
 
+
+def price_results(results: Iterable[ModelResult], prices: Mapping[str, Price]) -> list[ModelResult]:
+    """The results with `cost_usd` set from `prices` (a `load_prices` table; load it before prompting, so a bad
+    table fails before any call)."""
+    return [{**result, "cost_usd": result_cost(result, prices)} for result in results]

@@ -2,23 +2,37 @@
 
 Prompt flows store one result per photo and model in their `models_eval` artifact; EvaluationFlow
 reads that artifact of each prompt run it has not folded before through the Metaflow client, turns
-the results into events, folds them into the events it has gathered before, and builds the table
-the dashboard shows. Artifacts are the one channel: task logs are truncated past Metaflow's
---max-log-size and would lose events silently. Reading only the new runs keeps the dashboard's cost
+the results into events, folds them into the events it has gathered before, and ranks the models
+(`rank_models`: a typed Ranking, whose `table()` is the `evals` payload EvaluationFlow stores). Artifacts
+are the one channel: task logs are truncated past Metaflow's --max-log-size and would lose events silently. Reading only the new runs keeps the dashboard's cost
 growing with the new runs, not with all history.
 """
 from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Any, Iterable, Iterator, Mapping, Optional, Protocol
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Iterable, Iterator, Mapping, Optional, Protocol, TypedDict
 
 from phototagger.scoring.metrics import Summary, summarise
 from phototagger.records import ModelResult, Photo
 
-FIXED_HEADERS = ["Model", "Avg Latency (ms)", "Avg Recall", "Recall (all photos)", "Error %", "Cost (USD)"]
-"""The columns before the per-batch ones. Avg Recall is over valid answers; Recall (all photos)
-counts an errored photo as 0 (metrics.py)."""
+COLUMNS = (
+    ("Model", "model"),
+    ("Avg Latency (ms)", "avg_latency_ms"),
+    ("Avg Recall (exact)", "avg_recall"),
+    ("Recall (all photos, exact)", "avg_recall_all"),
+    ("Error %", "error_pct"),
+    ("Cost (USD)", "cost_usd"),
+    ("Avg Recall (lenient)", "avg_recall_lenient"),
+    ("Recall (all photos, lenient)", "avg_recall_all_lenient"),
+)
+"""The `evals` payload's columns before the per-batch ones, as (header, RankingRow field). Avg Recall
+is over valid answers; Recall (all photos) counts an errored photo as 0 (metrics.py). Each recall names
+its matching rule (vocabulary.RULES): exact is the default, ranks the rows and fills the batch cells."""
+FIXED_HEADERS = [header for header, _ in COLUMNS]
+_OLD_HEADERS = {"Avg Recall": "avg_recall", "Recall (all photos)": "avg_recall_all"}
+"""The two recall headers before they named their matching rule, as older `evals` tables hold them."""
 
 _ISO_DATE = re.compile(r"^\d{4}-(\d{2})-(\d{2})")
 
@@ -92,35 +106,110 @@ def batch_label(batch_id: str, batch_date: str) -> str:
     return f"{short} ({match.group(1)}-{match.group(2)})" if match else short
 
 
-def batches_of(events: Iterable[EvalEvent]) -> list[dict[str, str]]:
+class BatchInfo(TypedDict):
+    batch_id: str
+    batch_date: str
+    label: str  # batch_label(batch_id, batch_date), the batch's column header
+
+
+def batches_of(events: Iterable[EvalEvent]) -> list[BatchInfo]:
     """The batches in `events` as {"batch_id", "batch_date", "label"}, ordered by date then id."""
     dates: dict[str, str] = {}
     for event in events:
         dates.setdefault(str(event.get("batch_id", "")), event.get("batch_date") or "")
     ordered = sorted(dates.items(), key=lambda item: _batch_sort_key(*item))
-    return [{"batch_id": b, "batch_date": d, "label": batch_label(b, d)} for b, d in ordered]
+    return [BatchInfo(batch_id=b, batch_date=d, label=batch_label(b, d)) for b, d in ordered]
 
 
-def batch_cell(summary: Summary) -> str:
-    """`avg-recall (n)`: mean recall over the batch's valid answers and how many there were."""
-    recall = summary["avg_recall"]
-    return f"{recall:.1f} ({summary['scored']})" if recall is not None else f"n/a ({summary['scored']})"
+@dataclass(frozen=True)
+class BatchSummary:
+    """One model on one batch: mean recall over its valid answers, and how many valid answers (n) there were."""
+
+    avg_recall: Optional[float]
+    n: int
+
+    @classmethod
+    def of(cls, summary: Summary) -> BatchSummary:
+        return cls(avg_recall=summary["avg_recall"], n=summary["scored"])
+
+    @property
+    def cell(self) -> str:
+        """The `avg-recall (n)` cell of the `evals` payload."""
+        return f"{self.avg_recall:.1f} ({self.n})" if self.avg_recall is not None else f"n/a ({self.n})"
 
 
-def cell_recall(cell: Any) -> Optional[float]:
-    """The recall a table cell shows: a number, or the `avg-recall` part of a batch cell."""
-    if isinstance(cell, (int, float)) and not isinstance(cell, bool):
-        return float(cell)
-    return split_batch_cell(cell)[0]
+@dataclass
+class RankingRow:
+    """One model's line of the ranking, over all batches, and its summary per batch.
+
+    A new figure is a field here with a default (rankings stored before it then still load) and,
+    to show it in the `evals` payload, an entry in COLUMNS.
+    """
+
+    model: str  # "provider:model"
+    avg_latency_ms: Optional[float] = None
+    avg_recall: Optional[float] = None
+    avg_recall_all: Optional[float] = None
+    error_pct: float = 0.0
+    cost_usd: float = 0.0
+    batches: dict[str, BatchSummary] = field(default_factory=dict)  # batch_id -> summary; only the batches it saw
+    avg_recall_lenient: Optional[float] = None  # the two recalls above under the lenient matching rule
+    avg_recall_all_lenient: Optional[float] = None
+
+    @classmethod
+    def of(cls, model: str, summary: Summary, batches: dict[str, BatchSummary]) -> RankingRow:
+        """The row of `model` from its metrics.summarise over all batches."""
+        return cls(model=model, avg_latency_ms=summary["avg_latency_ms"], avg_recall=summary["avg_recall"],
+                   avg_recall_all=summary["avg_recall_all"], error_pct=summary["error_pct"], cost_usd=summary["cost_usd"],
+                   batches=batches, avg_recall_lenient=summary["avg_recall_lenient"],
+                   avg_recall_all_lenient=summary["avg_recall_all_lenient"])
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RankingRow:
+        """A row of `Ranking.to_dict`; fields it does not know are left out, fields it lacks get their defaults."""
+        known = {f.name for f in fields(cls)}
+        row = cls(**{k: v for k, v in data.items() if k in known})
+        row.batches = {b: BatchSummary(**s) for b, s in row.batches.items()}
+        return row
 
 
-def split_batch_cell(cell: Any) -> tuple[Optional[float], str]:
-    """A `batch_cell` read back: (recall or None, the "(n)" part or "")."""
-    recall, _, count = str(cell or "").partition(" ")
-    try:
-        return float(recall), count
-    except ValueError:
-        return None, count
+@dataclass
+class Ranking:
+    """The models best first, and the batches they were scored on, oldest first."""
+
+    rows: list[RankingRow] = field(default_factory=list)
+    batches: list[BatchInfo] = field(default_factory=list)
+
+    @property
+    def best(self) -> Optional[RankingRow]:
+        """The top row, or None when no model has a valid answer yet."""
+        return self.rows[0] if self.rows and self.rows[0].avg_recall is not None else None
+
+    def table(self) -> dict[str, list]:
+        """The `evals` payload of DESIGN.md: {"headers", "rows"}, row cells following `headers`: the COLUMNS,
+        then one `avg-recall (n)` string per batch ("" where the model did not see that batch)."""
+        rows = [[getattr(row, name) for _, name in COLUMNS]
+                + [row.batches[b["batch_id"]].cell if b["batch_id"] in row.batches else "" for b in self.batches]
+                for row in self.rows]
+        return {"headers": FIXED_HEADERS + [b["label"] for b in self.batches], "rows": rows}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dicts and lists, for an artifact any Metaflow client reads without this package."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Ranking:
+        return cls(rows=[RankingRow.from_dict(row) for row in data.get("rows") or []],
+                   batches=[BatchInfo(**b) for b in data.get("batches") or []])
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any]) -> Ranking:
+        """The COLUMNS of an `evals` payload, read by header, for an EvaluationFlow run stored before the
+        `ranking` artifact existed (recall headers then named no rule); its per-batch cells are not read back."""
+        names = {**dict(COLUMNS), **_OLD_HEADERS}
+        headers = table.get("headers") or []
+        return cls(rows=[RankingRow(**{names[h]: v for h, v in zip(headers, row) if h in names})
+                         for row in table.get("rows") or []])
 
 
 def _rank_key(item: tuple[str, Summary]) -> tuple:
@@ -143,32 +232,19 @@ def summaries_by_model(events: Iterable[EvalEvent]) -> dict[str, Summary]:
     return dict(ranked)
 
 
-def build_evals(events: Iterable[EvalEvent]) -> dict[str, list]:
-    """The ranking table {"headers", "rows"}: one row per model, best Avg Recall first.
-
-    Row cells follow `headers`: model key, avg latency (ms), avg recall over valid answers, recall
-    over all photos with ground truth (errors as 0), error %, cost in USD, then one
-    `avg-recall (n)` string per batch ("" where the model did not see that batch).
-    """
+def rank_models(events: Iterable[EvalEvent]) -> Ranking:
+    """One row per model over all batches, best Avg Recall (exact) first, with its summary on each batch it saw."""
     events = fold_events([], events)
     batches = batches_of(events)
-    per_cell: dict[tuple[str, str], list[EvalEvent]] = defaultdict(list)
+    by_model_batch: dict[str, dict[str, list[EvalEvent]]] = defaultdict(lambda: defaultdict(list))
     for event in events:
-        per_cell[(event["model_key"], str(event.get("batch_id", "")))].append(event)
+        by_model_batch[event["model_key"]][str(event.get("batch_id", ""))].append(event)
     rows = []
-    for key, s in summaries_by_model(events).items():
-        row: list[Any] = [key, s["avg_latency_ms"], s["avg_recall"], s["avg_recall_all"], s["error_pct"], s["cost_usd"]]
-        for batch in batches:
-            cell = per_cell.get((key, batch["batch_id"]))
-            row.append(batch_cell(summarise(cell)) if cell else "")
-        rows.append(row)
-    return {"headers": FIXED_HEADERS + [b["label"] for b in batches], "rows": rows}
-
-
-def best_model(evals: Mapping[str, list]) -> Optional[str]:
-    """The model key of the top row, or None for an empty table."""
-    rows = evals.get("rows") or []
-    return rows[0][0] if rows and rows[0][2] is not None else None
+    for key, summary in summaries_by_model(events).items():
+        seen = by_model_batch[key]
+        per_batch = {b["batch_id"]: BatchSummary.of(summarise(seen[b["batch_id"]])) for b in batches if b["batch_id"] in seen}
+        rows.append(RankingRow.of(key, summary, per_batch))
+    return Ranking(rows=rows, batches=batches)
 
 
 def events_from_models_eval(models_eval: Mapping[str, Any], source_flow: str, source_run: str) -> list[EvalEvent]:

@@ -21,6 +21,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from phototagger.training import vlm
+from phototagger.training.checkpoint_store import CheckpointStore, UploadCheckpoints
 from phototagger.images import load_image
 from phototagger.training.curate import example_image
 from phototagger.http import ImageFetchError
@@ -205,8 +206,10 @@ def train_adapter(
     output_dir: str | Path,
     config: FineTuneConfig,
     callbacks: Sequence[TrainerCallback] = (),
+    store: CheckpointStore | None = None,
 ) -> TrainResult:
-    """Train a LoRA adapter; resumes from the last checkpoint in output_dir when there is one.
+    """Train a LoRA adapter; resumes from the newest checkpoint in `store` (each new one is stored there
+    too), else from the last checkpoint in output_dir when there is one.
 
     The adapter and the processor (with its pixel caps and chat template) end up in output_dir/adapter.
     """
@@ -226,9 +229,10 @@ def train_adapter(
         data_collator=make_collate_fn(processor),
         train_dataset=train_data,
         eval_dataset=eval_data,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, UploadCheckpoints(store)] if store else list(callbacks),
     )
-    last_checkpoint = get_last_checkpoint(str(output_dir))
+    stored = store.latest() if store else None
+    last_checkpoint = str(stored) if stored else get_last_checkpoint(str(output_dir))
     if last_checkpoint:
         logger.info("resuming from %s", last_checkpoint)
     started = time.monotonic()
