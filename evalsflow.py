@@ -3,20 +3,20 @@ from pathlib import Path
 
 from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
 
+from phototagger import mfclient
 from phototagger.output import dashboard
 from phototagger.scoring import evals, metrics
 from phototagger.scoring.vocabulary import Vocabulary, parse_file
-from phototagger.mfclient import CARD_TIMEOUT_S, latest_successful_run, runs_of
+from phototagger.mfclient import CARD_TIMEOUT_S, PROMPT_FLOW, PROMPT_FLOWS, latest_successful_run, runs_of
 from phototagger.output.thumbnails import thumbnails
 
-SOURCE_FLOWS = ("PromptModels", "PromptCustomModels")
 VOCABULARY = str(Path(__file__).resolve().with_name("vocabulary.json"))
 
 
 # Deployed, a Sensor on two flows waits for both (Argo Events resolves every dependency before it
 # triggers), and the quick baseline path has no PromptCustomModels run: the hourly PromptModels run
 # triggers the dashboard, and `collect` folds every prompt flow's runs that finished since.
-@trigger_on_finish(flow="PromptModels")
+@trigger_on_finish(flow=PROMPT_FLOW)
 @project(name="photo_tagger")
 class EvaluationFlow(FlowSpec):
     """Fold the prompt flows' per-photo results into one model ranking and render it as a card.
@@ -38,7 +38,8 @@ class EvaluationFlow(FlowSpec):
         "rebuild",
         type=bool,
         default=False,
-        help="Set to true to refold all history instead of starting from the previous EvaluationFlow run.",
+        is_flag=True,
+        help="Refold all history instead of starting from the previous EvaluationFlow run.",
     )
     title = Parameter("title", default=dashboard.DEFAULT_TITLE, help="Title shown at the top of the dashboard card.")
 
@@ -47,6 +48,8 @@ class EvaluationFlow(FlowSpec):
         """Load the accumulated state of the previous successful run of this branch, so this run reads only
         the prompt runs that finished since; with --rebuild, start from nothing and refold everything."""
         previous = None if self.rebuild else latest_successful_run(current.flow_name, current.branch_name)
+        if previous is None:
+            mfclient.require_prompt_runs(current.branch_name)
         self.folded_runs = list(previous.data.folded_runs) if previous else []
         self.events = list(previous.data.events) if previous else []
         print(f"Starting from {len(self.events)} events of {len(self.folded_runs)} folded runs"
@@ -59,7 +62,7 @@ class EvaluationFlow(FlowSpec):
         before, oldest first, and fold them into the accumulated events."""
         folded = set(self.folded_runs)
         new_runs = sorted(
-            (run for flow in SOURCE_FLOWS for run in runs_of(flow, current.branch_name) if run.pathspec not in folded),
+            (run for flow in PROMPT_FLOWS for run in runs_of(flow, current.branch_name) if run.pathspec not in folded),
             key=lambda run: run.created_at,
         )
         new_events = []
@@ -98,4 +101,4 @@ class EvaluationFlow(FlowSpec):
 
 
 if __name__ == "__main__":
-    EvaluationFlow()
+    mfclient.run_cli(EvaluationFlow)

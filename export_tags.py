@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from phototagger import mfclient
+from phototagger.errors import UserError
 from phototagger.output import export
 from phototagger.prompting.configs import prompt_config
 from phototagger.prompting.providers.base import ProviderError
-from phototagger.ingest.sources.base import SourceError
 from phototagger.output.xmp import NAMINGS
 from phototagger.scoring.vocabulary import Vocabulary, VocabularyError, parse_file
 
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jsonl", metavar="FILE", type=Path, help="JSONL file to write (default: DIR/tags.jsonl).")
     parser.add_argument("--no-xmp", action="store_true", help="Write the CSV and JSONL only.")
     parser.add_argument("--dry-run", action="store_true", help="Show what would be written and write nothing (--folder still prompts the model; answers are cached).")
-    parser.add_argument("--branch", metavar="NAME", help="@project branch whose runs to read: user.<name>, test.<name> or prod (default: user.<your Metaflow user>).")
+    parser.add_argument("--branch", metavar="NAME", help="@project branch whose runs to read: the name a flow's --branch took (x, meaning test.x) or the full one (test.x, prod, user.<name>); default: user.<your Metaflow user>.")
     parser.add_argument("--prompt", metavar="FILE", type=Path, default=HERE / "prompt.txt", help="Prompt for --folder (default: prompt.txt).")
     parser.add_argument("--models-config", metavar="FILE", type=Path, help="Model options (base_url, timeout_s, concurrency) for --folder (default: models.json, if there).")
     parser.add_argument("--concurrency", metavar="N", type=int, help="Most calls in flight for --folder (default: the model's models.json entry, else 4).")
@@ -117,12 +117,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         vocabulary=vocabulary,
     )
     try:
-        branch = args.branch or mfclient.user_branch()
+        branch = mfclient.full_branch(args.branch)
         tagset = collect_tags(args, branch)
         if vocabulary:
             tagset = export.with_vocabulary(tagset, vocabulary)
         report = export.export(tagset, options)
-    except (export.ExportError, SourceError, ProviderError, ValueError) as exc:
+    except UserError as exc:
+        print(f"export_tags.py: {exc.one_line()}", file=sys.stderr)
+        return 1
+    except (ProviderError, ValueError) as exc:
         print(f"export_tags.py: {exc}", file=sys.stderr)
         return 1
     for line in export.report_lines(tagset, report):

@@ -9,7 +9,7 @@
 The results have the shape of PromptModels' (`models_eval`), so EvaluationFlow shows the
 fine-tuned model next to the vendor models.
 """
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from metaflow import Config, FlowSpec, Parameter, current, project, resources, step, trigger_on_finish
 
@@ -21,11 +21,15 @@ from phototagger.prompting.summary import run_summary_lines
 from phototagger.prompting.variants import prompt_variants, trained_variants, variants_config
 from phototagger.scoring.metrics import summarise
 from phototagger.scoring.vocabulary import Vocabulary, parse_file
-from phototagger.mfclient import resolve_run, runs_of, scored_update_run
+from phototagger import mfclient
+from phototagger.mfclient import FINETUNE_FLOW, resolve_run
+from phototagger.prompting.custom_batch import plan_custom_batch
+
+HERE = Path(__file__).resolve().parent  # the default Config sits beside this file, wherever it is run from
 
 
 @project(name="photo_tagger")
-@trigger_on_finish(flow="FineTuneVLM")
+@trigger_on_finish(flow=FINETUNE_FLOW)
 class PromptCustomModels(FlowSpec):
     """Evaluate the fine-tuned model exactly like the vendor models.
 
@@ -39,12 +43,12 @@ class PromptCustomModels(FlowSpec):
     4) Print a three-line summary and fail if the error budget was broken.
     """
 
-    prompt = Config("prompt", default="prompt.txt", parser=prompt_config, help="Plain-text prompt file (the `default` variant).")
+    prompt = Config("prompt", default=str(HERE / "prompt.txt"), parser=prompt_config, help="Plain-text prompt file (the `default` variant).")
     prompts = Config(
         "prompts", default_value={"variants": []}, parser=variants_config,
         help="JSON list of named prompts (as PromptModels'); used with --all-prompts.",
     )
-    vocabulary = Config("vocabulary", default=str(Path(__file__).resolve().with_name("vocabulary.json")), parser=parse_file,
+    vocabulary = Config("vocabulary", default=str(HERE / "vocabulary.json"), parser=parse_file,
                         help="JSON vocabulary of the lenient matching rule: synonyms, stop_tags, parents (see vocabulary.json).")
 
     finetune_run = Parameter(
@@ -77,57 +81,15 @@ class PromptCustomModels(FlowSpec):
         """Find the adapter and the photo batch through the Metaflow client; photos that were training
         examples of the adapter's dataset are left out so the score measures unseen photos only. No
         adapter yet (every FineTuneVLM run had an empty dataset) ends the run cleanly."""
-        update = scored_update_run(current.branch_name, self.update_run)
-        update_data = update.data  # a client Run lists its artifacts anew on every `.data`
-        self.update_run_pathspec = update.pathspec
-        self.batch_id = str(update_data.batch_id)
-        self.batch_date = update_data.batch_date
-        self.photos, self.excluded_trained_ids, self.model_name = {}, [], ""
-        finetune, self.finetune_meta = self._finetune_run()
-        if finetune is None:
-            print(f"Nothing to evaluate: no FineTuneVLM run on branch {current.branch_name} has trained an adapter yet "
-                  "(run `python prepare_vlm_data.py run` on tagged photos, then `python finetune_vlm.py run`).")
-            self.work = self._work()
-            self.next(self.evaluate, foreach="work")
-            return
-        self.finetune_run_pathspec = finetune.pathspec
-        dataset = resolve_run("PrepareVLMData", None, self.finetune_meta["dataset_run"])
-        trained_on = {example.get("photo_id") for example in dataset.data.train_examples}
-        unseen = dict(update_data.unseen)
-        self.excluded_trained_ids = sorted(pid for pid in unseen if pid in trained_on)
-        self.photos = {pid: photo for pid, photo in unseen.items() if pid not in trained_on}
-        base = self.base_model or self.finetune_meta["base_model"]
-        self.model_name = f"{PurePosixPath(base.rstrip('/')).name}-lora-{finetune.id}"
-        if self.excluded_trained_ids:
-            print(f"Leaving out {len(self.excluded_trained_ids)} photos the adapter was trained on.")
-        if not self.photos:
-            print(f"Nothing to do: {update.pathspec} has no photos the adapter has not seen.")
-        else:
-            print(f"Tagging {len(self.photos)} photos of batch {self.batch_id} ({self.batch_date}) "
-                  f"with finetuned:{self.model_name} from {finetune.pathspec}.")
-        self.work = self._work()
-        self.next(self.evaluate, foreach="work")
-
-    def _work(self):
-        """The foreach items: the fine-tuned model x its prompts x shards of the photos."""
+        batch = plan_custom_batch(current.branch_name, self.update_run, self.finetune_run, self.base_model)
+        self.update_run_pathspec, self.batch_id, self.batch_date = batch.update_run_pathspec, batch.batch_id, batch.batch_date
+        self.photos, self.excluded_trained_ids, self.model_name = batch.photos, batch.excluded_trained_ids, batch.model_name
+        self.finetune_run_pathspec, self.finetune_meta = batch.finetune_run_pathspec, batch.finetune_meta
+        print(batch.message)
         configured = prompt_variants(self.prompt.text, self.prompts.to_dict())
         self.prompt_variants = trained_variants((self.finetune_meta or {}).get("prompt_text", ""), configured, self.all_prompts)
-        return fanout.plan([{"provider": "finetuned", "model": self.model_name}], self.prompt_variants, len(self.photos), self.shard_size)
-
-    def _finetune_run(self):
-        """(run, its finetune_meta): the FineTuneVLM run named by --finetune-run, else the newest of this
-        branch that trained an adapter; (None, None) when none has."""
-        if self.finetune_run:
-            run = resolve_run("FineTuneVLM", current.branch_name, self.finetune_run)
-            meta = run.data.finetune_meta
-            if not meta:
-                raise RuntimeError(f"{run.pathspec} trained no adapter (its dataset was empty); pick another run")
-            return run, dict(meta)
-        for run in runs_of("FineTuneVLM", current.branch_name):
-            meta = run.data.finetune_meta
-            if meta:
-                return run, dict(meta)
-        return None, None
+        self.work = fanout.plan([{"provider": "finetuned", "model": self.model_name}], self.prompt_variants, len(self.photos), self.shard_size)
+        self.next(self.evaluate, foreach="work")
 
     @resources(gpu=1, memory=24000)
     @step
@@ -146,7 +108,7 @@ class PromptCustomModels(FlowSpec):
             from phototagger.training.train import unpack_adapter
 
             meta = self.finetune_meta
-            finetune = resolve_run("FineTuneVLM", None, self.finetune_run_pathspec)
+            finetune = resolve_run(FINETUNE_FLOW, None, self.finetune_run_pathspec)
             with tempfile.TemporaryDirectory(prefix="adapter-") as adapter_dir:
                 unpack_adapter(finetune.data.adapter_files, adapter_dir)
                 prompter = Prompter(
@@ -175,10 +137,11 @@ class PromptCustomModels(FlowSpec):
     def end(self):
         """Print the summary, and fail clearly past the error budget."""
         results = self.models_eval["results"]
-        for line in run_summary_lines(self.models_eval, self.summaries, self.skipped_models):
+        budget = ErrorBudget(self.max_error_share)
+        for line in run_summary_lines(self.models_eval, self.summaries, self.skipped_models, failed=bool(budget.check(results))):
             print(line)
-        ErrorBudget(self.max_error_share).raise_if_broken(results)
+        budget.raise_if_broken(results)
 
 
 if __name__ == "__main__":
-    PromptCustomModels()
+    mfclient.run_cli(PromptCustomModels)

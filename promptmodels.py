@@ -18,26 +18,28 @@ from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults befo
 from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
 from metaflow.cards import Markdown
 
-from phototagger.ingest.batches import UPDATE_FLOW
 from phototagger.ingest.state import reference_photos
 from phototagger.prompting import fanout
 from phototagger.prompting.batch import DEFAULT_CONCURRENCY, DEFAULT_MODEL_DEADLINE_S, PromptSettings, prompt_photos
 from phototagger.prompting.budget import DEFAULT_MAX_ERROR_SHARE, ErrorBudget
 from phototagger.prompting.providers import provider_class
 from phototagger.prompting.cache import make_cache
-from phototagger.prompting.configs import ModelSkipped, make_prompter, prompt_config, select_models, skipped_models
+from phototagger.prompting.configs import ModelSkipped, make_prompter, model_list_config, prompt_config, select_models, skipped_models
 from phototagger.prompting.cost import load_prices, price_results
 from phototagger.prompting.summary import run_summary_lines
 from phototagger.prompting.variants import prompt_variants, variants_config
 from phototagger.scoring.evals import model_key
 from phototagger.scoring.metrics import score_results, summarise
 from phototagger.scoring.vocabulary import Vocabulary, parse_file
-from phototagger.mfclient import CARD_TIMEOUT_S, DatastoreBlobs, scored_update_run
+from phototagger import mfclient
+from phototagger.mfclient import CARD_TIMEOUT_S, UPDATE_FLOW, DatastoreBlobs, scored_update_run
+
+HERE = Path(__file__).resolve().parent  # the default Configs sit beside this file, wherever it is run from
 
 
 @mfdeploy.keys_in_steps("start", "prompt_model")  # start decides which models have their key
 @project(name="photo_tagger")
-@trigger_on_finish(flow="UpdatePhotos")
+@trigger_on_finish(flow=UPDATE_FLOW)
 class PromptModels(FlowSpec):
     """Tag a batch of photos with several vision-language models and score them against ground truth.
 
@@ -53,14 +55,16 @@ class PromptModels(FlowSpec):
     4) End: print a three-line summary; fail if a model broke the error budget.
     """
 
-    prompt = Config("prompt", default="prompt.txt", parser=prompt_config, help="Plain-text prompt file.")
+    prompt = Config("prompt", default=str(HERE / "prompt.txt"), parser=prompt_config, help="Plain-text prompt file.")
     prompts = Config(
         "prompts", default_value={"variants": []}, parser=variants_config,
         help='JSON list of named prompts to run side by side, e.g. prompts/demo.json; default: prompt.txt alone, as "default".',
     )
-    model_list = Config("model-list", default="models.json", help="JSON list of models to prompt (see models.json).")
-    prices = Config("prices", default="prices.json", help="JSON price table, USD per 1M tokens (see prices.json).")
-    vocabulary = Config("vocabulary", default=str(Path(__file__).resolve().with_name("vocabulary.json")), parser=parse_file,
+    model_list = Config(
+        "model-list", default=str(HERE / "models.json"), parser=model_list_config, help="JSON list of models to prompt (see models.json)."
+    )
+    prices = Config("prices", default=str(HERE / "prices.json"), help="JSON price table, USD per 1M tokens (see prices.json).")
+    vocabulary = Config("vocabulary", default=str(HERE / "vocabulary.json"), parser=parse_file,
                         help="JSON vocabulary of the lenient matching rule: synonyms, stop_tags, parents (see vocabulary.json).")
     deploy_secrets = mfdeploy.secrets_config()
 
@@ -157,7 +161,7 @@ class PromptModels(FlowSpec):
     def end(self):
         """Print what was prompted, the best model and what it cost, and show the same on the run's card;
         fail clearly if a model broke the error budget."""
-        lines = run_summary_lines(self.models_eval, self.summaries, self.skipped_models)
+        lines = run_summary_lines(self.models_eval, self.summaries, self.skipped_models, failed=bool(self.budget_errors))
         for line in lines:
             print(line)
         current.card.append(Markdown("# PromptModels\n\n" + "\n\n".join(lines)))
@@ -165,4 +169,4 @@ class PromptModels(FlowSpec):
 
 
 if __name__ == "__main__":
-    PromptModels()
+    mfclient.run_cli(PromptModels)

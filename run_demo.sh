@@ -44,8 +44,8 @@ flow evalsflow.py --title "Photo Tagger demo"
 
 run_id=$(python - "$branch" <<'PY'
 import sys
-from phototagger.mfclient import latest_successful_run
-print(latest_successful_run("EvaluationFlow", "test." + sys.argv[1]).id)
+from phototagger.mfclient import EVAL_FLOW, full_branch, latest_successful_run
+print(latest_successful_run(EVAL_FLOW, full_branch(sys.argv[1])).id)
 PY
 )
 python evalsflow.py card get "$run_id/end" dashboard.html >/dev/null
@@ -54,3 +54,5 @@ echo "== Done. The dashboard card of EvaluationFlow/$run_id is in $(pwd)/dashboa
 echo "   Open it in a browser, or write it again with:"
 echo "     .venv/bin/python evalsflow.py card get $run_id/end dashboard.html"
 echo "   or browse every card with: .venv/bin/python evalsflow.py card server"
+echo "   Export the best model's tags of this demo (drop --dry-run to write them):"
+echo "     .venv/bin/python export_tags.py --branch $branch --dry-run"

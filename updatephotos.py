@@ -3,7 +3,7 @@
     python updatephotos.py run                                  # Unsplash if client_id is set, else the demo set
     python updatephotos.py run --source unsplash:search:beach
     python updatephotos.py run --source folder:/data/photos --batch-size 200
-    python updatephotos.py run --reset-existing true            # start over on this branch
+    python updatephotos.py run --reset-existing                 # start over on this branch
 """
 from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults before Metaflow reads them
 
@@ -11,8 +11,9 @@ from metaflow import FlowSpec, Parameter, card, current, project, schedule, step
 from metaflow.cards import Markdown
 
 from phototagger import claims, mfclient
+from phototagger.errors import checked, count
 from phototagger.ingest import batches, state
-from phototagger.ingest.sources import SPECS, resolve_source
+from phototagger.ingest.sources import SPECS, checked_spec, resolve_source
 
 
 @mfdeploy.keys_in_steps("start", "fetch")
@@ -36,19 +37,22 @@ class UpdatePhotos(FlowSpec):
     source = Parameter(
         "source",
         default="auto",
+        callback=checked(checked_spec, local_only=True),
         help="Where photos come from: " + ", ".join(SPECS) + ". 'auto' is unsplash when client_id is set, else demo.",
     )
     batch_size = Parameter(
         "batch-size",
         default=0,
         type=int,
+        callback=checked(count),
         help="Most new photos to deliver in this run; 0 uses the source's default (demo: half the set).",
     )
     reset_existing = Parameter(
         "reset-existing",
         default=False,
         type=bool,
-        help="Forget what earlier runs of this branch delivered and start over (--reset-existing true).",
+        is_flag=True,
+        help="Forget what earlier runs of this branch delivered and start over.",
     )
 
     @step
@@ -56,15 +60,13 @@ class UpdatePhotos(FlowSpec):
         """Check the source spec (and key) before anything else, then read the previous successful
         run of this project branch through the Metaflow client: its state plus its batch is what was
         delivered before this run, so this run can skip those photos without reading every earlier run."""
-        if self.batch_size < 0:
-            raise ValueError("--batch-size must be 0 (the source's default) or a positive number of photos")
         self.source_name = resolve_source(self.source).name
         self.notes = []
         previous = None
         if self.reset_existing:
             self.notes.append("Started over (--reset-existing): earlier batches of this branch are not excluded.")
         else:
-            previous = mfclient.latest_successful_run(batches.UPDATE_FLOW, current.branch_name)
+            previous = mfclient.latest_successful_run(mfclient.UPDATE_FLOW, current.branch_name)
         previous_state = batches.previous_state(previous)
         before = batches.delivered_before(mfclient.DatastoreBlobs(current.flow_name), previous_state, self.reset_existing)
         self.delivered, self.tag_stats, self.reference = before["delivered"], before["tag_stats"], before["reference"]
@@ -102,4 +104,4 @@ class UpdatePhotos(FlowSpec):
 
 
 if __name__ == "__main__":
-    UpdatePhotos()
+    mfclient.run_cli(UpdatePhotos)

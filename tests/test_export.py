@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 import export_tags
+from phototagger.errors import UserError
 from phototagger.output import export
 from phototagger.scoring.evals import BatchSummary, Ranking, RankingRow
 
@@ -269,7 +270,7 @@ def test_only_the_users_own_files_get_sidecars_beside_them(tmp_path):
 
 
 def test_folder_models_config_whose_models_are_not_a_list_names_the_problem():
-    with pytest.raises(ValueError, match='models.json: "models" must be a list of objects'):
+    with pytest.raises(UserError, match='models.json: "models" must be a list of objects'):
         export.model_entry("openai:gpt-4o-mini", {"models": {"gpt": {"provider": "openai", "model": "gpt-4o-mini"}}})
 
 

@@ -15,9 +15,9 @@ from typing import Any, Collection, Iterable, NamedTuple, Optional
 from phototagger.claims import Claims
 from phototagger.ingest import state
 from phototagger.ingest.sources.base import Source
+from phototagger.mfclient import UPDATE_FLOW
 from phototagger.records import Photo
 
-UPDATE_FLOW = "UpdatePhotos"
 NOTES_SHOWN = 5  # notes printed in full at the end of a run; the card and the `notes` artifact hold them all
 
 

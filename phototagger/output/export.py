@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from phototagger import mfclient
+from phototagger.errors import UserError
 from phototagger.output import xmp
 from phototagger.prompting.batch import DEFAULT_CONCURRENCY, PromptSettings, prompt_photos
 from phototagger.prompting.cache import make_cache
@@ -43,16 +44,16 @@ from phototagger.ingest.state import reference_photos
 
 log = logging.getLogger(__name__)
 
-DASHBOARD_FLOW = "EvaluationFlow"
-PROMPT_FLOWS = ("PromptModels", "PromptCustomModels")
-UPDATE_FLOW = "UpdatePhotos"
+DASHBOARD_FLOW = mfclient.EVAL_FLOW
+PROMPT_FLOWS = mfclient.PROMPT_FLOWS
+UPDATE_FLOW = mfclient.UPDATE_FLOW
 FINETUNED_PROVIDER = "finetuned"  # needs a FineTuneVLM adapter and a GPU: only PromptCustomModels prompts it
 FOLDER_SOURCE = "folder"  # Photo["source"] of the user's own files, the only ones that get sidecars beside them
 CSV_FIELDS = ("photo_id", "image", "tags", "model")
 CSV_TAG_SEPARATOR = ";"
 
 
-class ExportError(Exception):
+class ExportError(UserError):
     """The export cannot start: no dashboard, no run with the model, a bad model key. Says the fix."""
 
 
@@ -122,7 +123,7 @@ def choose_model(requested: Optional[str], ranking: Optional[Ranking], branch: s
     if ranking is None:
         raise ExportError(
             f"No EvaluationFlow run on branch {branch} yet, so there is no best model to pick: run "
-            "`python evalsflow.py run` (after promptmodels.py), or name one with --model provider:model"
+            f"`{mfclient.flow_command(DASHBOARD_FLOW, branch)}` (after promptmodels.py), or name one with --model provider:model"
         )
     if ranking.best is None:
         raise ExportError(
@@ -228,8 +229,8 @@ def resolve_prompt_run(pathspec: str, branch: str) -> Any:
             found.append(mfclient.resolve_run(name, branch, f"{name}/{run_id}"))
         except MetaflowNotFound:
             continue
-        except ValueError as exc:
-            raise ExportError(f"--run {pathspec}: {exc}") from None
+        except UserError as exc:
+            raise ExportError(f"--run {pathspec}: {exc.one_line()}") from None
     if not found:
         raise ExportError(f"--run {pathspec}: no such run of {' or '.join([flow] if flow else PROMPT_FLOWS)}; pass the pathspec of a successful run, e.g. PromptModels/1712345678")
     if len(found) > 1:

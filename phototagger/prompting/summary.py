@@ -7,8 +7,11 @@ from phototagger.scoring.evals import split_row_key
 from phototagger.scoring.metrics import Summary
 
 
-def run_summary_lines(models_eval: Mapping[str, Any], summaries: Mapping[str, Summary], skipped: Mapping[str, str]) -> list[str]:
-    """Three lines for the end of a prompt flow: what ran, how the models rank, what it cost."""
+def run_summary_lines(
+    models_eval: Mapping[str, Any], summaries: Mapping[str, Summary], skipped: Mapping[str, str], failed: bool = False
+) -> list[str]:
+    """Three lines for the end of a prompt flow: what ran, how the models rank, what it cost, and what to run
+    next unless the run `failed` (its error budget was broken, so there is nothing to evaluate yet)."""
     photos, results = models_eval["photos"], models_eval["results"]
     if not photos:
         return [
@@ -31,7 +34,8 @@ def run_summary_lines(models_eval: Mapping[str, Any], summaries: Mapping[str, Su
     return [
         f"Prompted {len(ran)} of {len(ran) + len(skipped)} models{prompts_text} on {len(photos)} photos of batch {models_eval['batch_id']} ({models_eval['batch_date']}){skipped_text}.",
         f"Avg recall: {ranking}.",
-        f"Cost ${cost:.4f} at list price; {cached} of {calls} answers from the cache. Next: python evalsflow.py run",
+        f"Cost ${cost:.4f} at list price; {cached} of {calls} answers from the cache."
+        + ("" if failed else " Next: python evalsflow.py run"),
     ]
 
 
