@@ -106,7 +106,7 @@ def test_a_rejected_key_ends_the_run_with_provider_variable_url_and_the_servers_
         models = tmp_path / "models.json"
         models.write_text(json.dumps({"models": [{"provider": "openai", "model": "gpt-4o-mini", "base_url": base_url}]}))
         done = run({**env, "openai_api": "sk-wrong"}, "promptmodels.py", "--branch", "badkey", "--config", "model-list", str(models), "run")
-    output = assert_user_error(done, "openai:gpt-4o-mini: 2 of 2 calls failed")
+    output = assert_user_error(done, "openai:gpt-4o-mini | default@", ": 2 of 2 calls failed")
     final = [line for line in output.splitlines() if "calls failed" in line][-1]
     for text in ("auth=2", f"at {base_url}", "rejected the key (HTTP 401)", "Incorrect API key", "Check openai_api"):
         assert text in final, final
