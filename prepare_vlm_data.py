@@ -15,12 +15,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
-from metaflow.cards import Markdown
 
 from phototagger.training import vlm
 from phototagger.prompting.configs import prompt_config
 from phototagger.training import curate as curation
 from phototagger import mfclient
+from phototagger.output import run_card
 from phototagger.errors import UserError
 from phototagger.mfclient import CARD_TIMEOUT_S, DATASET_FLOW, UPDATE_FLOW, latest_successful_run, runs_of
 
@@ -122,7 +122,7 @@ class PrepareVLMData(FlowSpec):
         self.prompt_hash = curation.prompt_hash(self.prompt_text)
         self.next(self.end)
 
-    @card(type="blank", timeout=CARD_TIMEOUT_S)
+    @card(type="html", timeout=CARD_TIMEOUT_S)
     @step
     def end(self):
         """Print how many examples each split holds and how many photos were left out for what, and show
@@ -136,7 +136,7 @@ class PrepareVLMData(FlowSpec):
         )
         for line in curation.summary_lines(dataset, len(self.held_out_ids)):
             print(line)
-        current.card.append(Markdown(curation.summary_markdown(dataset, len(self.held_out_ids))))
+        self.html = run_card.dataset_card(dataset, len(self.held_out_ids))
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ from pathlib import Path
 from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults before Metaflow reads them
 
 from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
-from metaflow.cards import Markdown
 
 from phototagger.ingest.state import reference_photos
+from phototagger.output.run_card import render_run_card
 from phototagger.prompting import fanout
 from phototagger.prompting.batch import DEFAULT_CONCURRENCY, DEFAULT_MODEL_DEADLINE_S, PromptSettings, prompt_photos
 from phototagger.prompting.budget import DEFAULT_MAX_ERROR_SHARE, ErrorBudget
@@ -156,7 +156,7 @@ class PromptModels(FlowSpec):
         self.budget_errors = ErrorBudget(self.max_error_share).check(results)
         self.next(self.end)
 
-    @card(type="blank", timeout=CARD_TIMEOUT_S)
+    @card(type="html", timeout=CARD_TIMEOUT_S)
     @step
     def end(self):
         """Print what was prompted, the best model and what it cost, and show the same on the run's card;
@@ -164,7 +164,7 @@ class PromptModels(FlowSpec):
         lines = run_summary_lines(self.models_eval, self.summaries, self.skipped_models, failed=bool(self.budget_errors))
         for line in lines:
             print(line)
-        current.card.append(Markdown("# PromptModels\n\n" + "\n\n".join(lines)))
+        self.html = render_run_card("PromptModels", lines)
         ErrorBudget(self.max_error_share).raise_if_broken(self.models_eval["results"])
 
 

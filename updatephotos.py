@@ -8,12 +8,12 @@
 from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults before Metaflow reads them
 
 from metaflow import FlowSpec, Parameter, card, current, project, schedule, step
-from metaflow.cards import Markdown
 
 from phototagger import claims, mfclient
 from phototagger.errors import checked, count
 from phototagger.ingest import batches, state
 from phototagger.ingest.sources import SPECS, checked_spec, resolve_source
+from phototagger.output import run_card
 
 
 @mfdeploy.keys_in_steps("start", "fetch")
@@ -92,7 +92,7 @@ class UpdatePhotos(FlowSpec):
         self.batch_date = batches.batch_date()
         self.next(self.end)
 
-    @card(type="blank", timeout=mfclient.CARD_TIMEOUT_S)
+    @card(type="html", timeout=mfclient.CARD_TIMEOUT_S)
     @step
     def end(self):
         """Print what this run delivered (an empty batch is a normal, successful outcome: downstream
@@ -100,7 +100,7 @@ class UpdatePhotos(FlowSpec):
         batch = batches.Batch(self.unseen, self.delivered["count"])
         for line in batches.summary_lines(self.source_name, batch, self.notes):
             print(line)
-        current.card.append(Markdown(batches.summary_markdown(self.source_name, batch, self.notes)))
+        self.html = run_card.updatephotos_card(self.source_name, batch, self.notes)
 
 
 if __name__ == "__main__":

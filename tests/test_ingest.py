@@ -11,10 +11,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
+from markupsafe import escape
+
 import pytest
 from PIL import Image
 
 from phototagger.ingest import batches, state
+from phototagger.output import run_card
 from phototagger.records import Photo
 from tests.fakes.bomb import bomb_png
 
@@ -102,7 +105,7 @@ def test_summary_says_what_arrived_and_what_is_seen():
         "3 photos seen in total on this branch (1 before this run).",
         "Notes: Stopped at the rate limit.",
     ]
-    assert "| b | cat |" in batches.summary_markdown("demo", batch, [])
+    assert "<tr><td>b</td><td>cat</td></tr>" in run_card.updatephotos_card("demo", batch, [])
 
 
 def test_empty_batch_summary_says_there_is_nothing_to_do():
@@ -120,8 +123,8 @@ def test_many_per_photo_notes_print_a_few_and_the_card_lists_them_all():
 
     line = batches.summary_lines("folder:/x", batch, notes)[2]
     assert line.count("has no ground truth") == batches.NOTES_SHOWN and line.endswith("and 35 more notes, all listed on the run's card.")
-    card = batches.summary_markdown("folder:/x", batch, notes)
-    assert all(f"  - {note}" in card.splitlines() for note in notes)
+    card = run_card.updatephotos_card("folder:/x", batch, notes)
+    assert all(f"<li>{escape(note)}</li>" in card.splitlines() for note in notes)
 
 
 def test_updatephotos_delivers_new_photos_each_run_then_an_empty_batch(tmp_path, monkeypatch):
@@ -247,3 +250,14 @@ def delivered_by(run_ids: list[str], env: dict, cwd: Path) -> list[dict]:
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_run_card_is_a_small_page_that_shows_hostile_names_as_text():
+    photos = [photo(f"p{i}", "cat") for i in range(150)] + [photo("<script>alert(1)</script>", "dog")]
+    batch = batches.plan_batch({}, photos)
+
+    card = run_card.updatephotos_card("folder:/x", batch, ['"bad.jpg" <img src=x> is not an image'])
+
+    assert "<script>" not in card and "&lt;script&gt;alert(1)&lt;/script&gt;" not in card  # row 151 is past the cap
+    assert "&#34;bad.jpg&#34; &lt;img src=x&gt; is not an image" in card and "and 51 more" in card
+    assert len(card.encode()) < 20_000  # Metaflow's blank card is about 1.1 MB

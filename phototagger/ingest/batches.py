@@ -131,18 +131,3 @@ def summary_lines(source_name: str, batch: Batch, notes: Iterable[str]) -> list[
 def _more_notes(count: int) -> str:
     hidden = count - NOTES_SHOWN
     return f" ... and {hidden} more notes, all listed on the run's card." if hidden > 0 else ""
-
-
-def summary_markdown(source_name: str, batch: Batch, notes: Iterable[str], max_rows: int = 100) -> str:
-    """The run's card: the summary lines with every note, then a row per new photo (the first `max_rows`) with its ground truth."""
-    notes = list(notes)
-    lines = ["# UpdatePhotos", "", *(f"- {line}" for line in summary_lines(source_name, batch, notes)[:2])]
-    lines += ["- Notes:" + ("" if notes else " none."), *(f"  - {note}" for note in notes)]
-    if batch.unseen:
-        lines += ["", "| Photo | Ground-truth tags |", "|---|---|"]
-        for photo_id, photo in list(batch.unseen.items())[:max_rows]:
-            tags = ", ".join(photo.get("ground_truth_tags") or []).replace("|", "\\|") or "(none)"
-            lines.append(f"| {photo_id} | {tags} |")
-        if len(batch.unseen) > max_rows:
-            lines.append(f"| ... and {len(batch.unseen) - max_rows} more | |")
-    return "\n".join(lines)
