@@ -1,10 +1,8 @@
 import base64
 import io
 import re
-import threading
 import time
 import xml.etree.ElementTree as ET
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
@@ -15,6 +13,7 @@ from phototagger.output import thumbnails
 from phototagger.output import dashboard as card
 from phototagger.scoring import evals
 from phototagger.scoring.metrics import score_photo
+from tests.fakes.image_server import ImageServer
 
 EVIL = "<script>alert('x')</script>"
 
@@ -132,29 +131,8 @@ def test_drilldown_marks_hits_misses_and_error_classes(dashboard):
 
 @pytest.fixture
 def image_server():
-    buf = io.BytesIO()
-    Image.new("RGB", (800, 600), (10, 90, 200)).save(buf, "JPEG")
-    body = buf.getvalue()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            if self.path == "/slow.jpg":
-                time.sleep(1.5)
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+    with ImageServer(size=(800, 600)) as server:
+        yield server.base_url
 
 
 def test_thumbnail_is_fetched_from_an_http_url(image_server):
