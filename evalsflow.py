@@ -1,18 +1,22 @@
 """EvaluationFlow: rank the models on every batch they have tagged, as a dashboard card."""
-from metaflow import FlowSpec, Parameter, card, current, project, step, trigger_on_finish
+from pathlib import Path
 
+from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
+
+from phototagger import mfclient
 from phototagger.output import dashboard
-from phototagger.scoring import evals
-from phototagger.mfclient import CARD_TIMEOUT_S, latest_successful_run, runs_of
+from phototagger.scoring import evals, metrics
+from phototagger.scoring.vocabulary import Vocabulary, parse_file
+from phototagger.mfclient import CARD_TIMEOUT_S, PROMPT_FLOW, PROMPT_FLOWS, latest_successful_run, runs_of
 from phototagger.output.thumbnails import thumbnails
 
-SOURCE_FLOWS = ("PromptModels", "PromptCustomModels")
+VOCABULARY = str(Path(__file__).resolve().with_name("vocabulary.json"))
 
 
 # Deployed, a Sensor on two flows waits for both (Argo Events resolves every dependency before it
 # triggers), and the quick baseline path has no PromptCustomModels run: the hourly PromptModels run
 # triggers the dashboard, and `collect` folds every prompt flow's runs that finished since.
-@trigger_on_finish(flow="PromptModels")
+@trigger_on_finish(flow=PROMPT_FLOW)
 @project(name="photo_tagger")
 class EvaluationFlow(FlowSpec):
     """Fold the prompt flows' per-photo results into one model ranking and render it as a card.
@@ -22,17 +26,22 @@ class EvaluationFlow(FlowSpec):
     2) Read the `models_eval` artifact of each PromptModels and PromptCustomModels run not folded
        before and fold its results in as events, a rerun of a batch replacing the earlier answers;
        each model skipped by a run (`skipped_models`) keeps the reason of its latest run.
-    3) Rank the models with 95% bootstrap intervals and a paired comparison with the best one, store
-       the ranking (`ranking`, the `evals` table of DESIGN.md, `per_tag`) and render the dashboard card:
-       ranking, skipped models and error classes, recall vs latency chart, per-tag view and per-photo
-       drill-down.
+    3) Score every event again under both matching rules with this flow's vocabulary, so all runs,
+       older ones included, share one lenient rule; rank the (model, prompt) rows with 95% bootstrap
+       intervals and a paired comparison with the best one, store the ranking (`ranking`, the `evals`
+       table of DESIGN.md, `per_tag`) and render the dashboard card: ranking, skipped models and error
+       classes, recall vs latency chart, per-tag view and per-photo drill-down.
     """
+
+    vocabulary = Config("vocabulary", default=VOCABULARY, parser=parse_file,
+                        help="JSON vocabulary of the lenient matching rule: synonyms, stop_tags, parents (see vocabulary.json).")
 
     rebuild = Parameter(
         "rebuild",
         type=bool,
         default=False,
-        help="Set to true to refold all history instead of starting from the previous EvaluationFlow run.",
+        is_flag=True,
+        help="Refold all history instead of starting from the previous EvaluationFlow run.",
     )
     title = Parameter("title", default=dashboard.DEFAULT_TITLE, help="Title shown at the top of the dashboard card.")
 
@@ -41,6 +50,8 @@ class EvaluationFlow(FlowSpec):
         """Load the accumulated state of the previous successful run of this branch, so this run reads only
         the prompt runs that finished since; with --rebuild, start from nothing and refold everything."""
         previous = None if self.rebuild else latest_successful_run(current.flow_name, current.branch_name)
+        if previous is None:
+            mfclient.require_prompt_runs(current.branch_name)
         self.folded_runs = list(previous.data.folded_runs) if previous else []
         self.events = list(previous.data.events) if previous else []
         carried = previous is not None and "skipped_models" in previous.data
@@ -55,7 +66,7 @@ class EvaluationFlow(FlowSpec):
         before, oldest first, and fold them into the accumulated events and skipped models."""
         folded = set(self.folded_runs)
         new_runs = sorted(
-            (run for flow in SOURCE_FLOWS for run in runs_of(flow, current.branch_name) if run.pathspec not in folded),
+            (run for flow in PROMPT_FLOWS for run in runs_of(flow, current.branch_name) if run.pathspec not in folded),
             key=lambda run: run.created_at,
         )
         new_events = []
@@ -71,8 +82,10 @@ class EvaluationFlow(FlowSpec):
     @card(type="html", id="dashboard", timeout=CARD_TIMEOUT_S)
     @step
     def end(self):
-        """Rank the models, store the ranking as `ranking` and as the `evals` table, fetch the thumbnails the
-        drill-down shows, and render the dashboard into `html`, which the html card shows as it is."""
+        """Score every event under this flow's vocabulary, rank the models, store the ranking as `ranking` and
+        as the `evals` table, fetch the thumbnails the drill-down shows, and render the dashboard into `html`,
+        which the html card shows as it is."""
+        self.events = metrics.rescore(self.events, Vocabulary.from_dict(self.vocabulary.to_dict()))
         ranking = evals.rank_models(self.events, skipped=self.skipped_models)
         self.ranking = ranking.to_dict()
         self.evals = ranking.table()
@@ -82,13 +95,14 @@ class EvaluationFlow(FlowSpec):
         best = ranking.best
         if best:
             latency = f"{best.avg_latency_ms:.0f} ms/photo" if best.avg_latency_ms is not None else "every answer from the cache"
+            lenient = f"{best.avg_recall_lenient:.1f}%" if best.avg_recall_lenient is not None else "n/a"
             spread = (f"95% interval {best.avg_recall_low:.1f}-{best.avg_recall_high:.1f} over {best.n_scored} photos"
                       if best.avg_recall_low is not None else f"{best.n_scored} photo, no interval")
-            print(f"Best model: {best.model} (avg recall {best.avg_recall:.1f}%, {spread}, "
+            print(f"Best model: {best.key} (avg recall {best.avg_recall:.1f}% exact, {spread}, {lenient} lenient; "
                   f"error {best.error_pct:.1f}%, {latency})")
             if ranking.tied_with_best:
                 print(f"Tied with it (paired difference not distinguishable from 0): "
-                      f"{', '.join(row.model for row in ranking.tied_with_best)}")
+                      f"{', '.join(row.key for row in ranking.tied_with_best)}")
         else:
             print(
                 "No model has a valid answer yet: run promptmodels.py (after updatephotos.py), then this flow again."
@@ -99,4 +113,4 @@ class EvaluationFlow(FlowSpec):
 
 
 if __name__ == "__main__":
-    EvaluationFlow()
+    mfclient.run_cli(EvaluationFlow)

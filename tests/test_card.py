@@ -1,10 +1,8 @@
 import base64
 import io
 import re
-import threading
 import time
 import xml.etree.ElementTree as ET
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
@@ -15,6 +13,7 @@ from phototagger.output import thumbnails
 from phototagger.output import dashboard as card
 from phototagger.scoring import evals
 from phototagger.scoring.metrics import score_photo
+from tests.fakes.image_server import ImageServer
 
 EVIL = "<script>alert('x')</script>"
 
@@ -24,10 +23,13 @@ def png(path, size=(640, 480), colour=(200, 120, 40)):
     return str(path)
 
 
-def event(model, photo, image_url, truth, tags=(), error=None, latency=100.0, batch="101", date="2024-05-06"):
+def event(model, photo, image_url, truth, tags=(), error=None, latency=100.0, batch="101", date="2024-05-06",
+          variant=None):
     provider, name = model.split(":", 1)
     result = {"photo_id": photo, "provider": provider, "model": name, "tags": [] if error else list(tags),
               "error": error, "valid": not error, "latency_ms": latency, **score_photo(truth, [] if error else tags)}
+    if variant:
+        result["prompt_variant"] = variant
     return evals.make_event(result, {"id": photo, "ground_truth_tags": list(truth), "image_url": image_url},
                             batch_id=batch, batch_date=date, source_flow="PromptModels", source_run="1")
 
@@ -106,7 +108,7 @@ def test_chart_is_well_formed_svg_with_a_labelled_point_per_model(dashboard):
     plotted = [r[0] for r in table["rows"] if r[1] is not None and r[2] is not None]
     assert len(svg.findall(".//path[@aria-roledescription='circle']")) == len(plotted) == 3
     texts = [t.text for t in svg.iter("text")]
-    assert "Avg recall (%)" in texts
+    assert "Avg recall, exact rule (%)" in texts
     assert any(t and t.startswith("Avg latency per photo (ms") for t in texts)
     assert {card.short_name(m) for m in plotted} <= set(texts)
     assert "Not plotted" in page and "together:&lt;b&gt;evil&lt;/b&gt;" in page
@@ -133,29 +135,8 @@ def test_drilldown_marks_hits_misses_and_error_classes(dashboard):
 
 @pytest.fixture
 def image_server():
-    buf = io.BytesIO()
-    Image.new("RGB", (800, 600), (10, 90, 200)).save(buf, "JPEG")
-    body = buf.getvalue()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            if self.path == "/slow.jpg":
-                time.sleep(1.5)
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+    with ImageServer(size=(800, 600)) as server:
+        yield server.base_url
 
 
 def test_thumbnail_is_fetched_from_an_http_url(image_server):
@@ -209,6 +190,19 @@ def test_a_tie_at_the_top_is_marked_on_the_row_and_in_the_best_model_kpi():
     assert '<span class="tie"' in tied_row and '<span class="tie"' not in worse_row
 
 
+def test_a_tie_between_prompt_variants_names_the_tied_row_and_per_tag_has_a_column_per_row():
+    photos = [f"p{i}" for i in range(8)]
+    events = [event("knn:jec", p, "", ["cat", "pet"], ["cat", "pet"] if i or v == "default" else ["cat"],
+                    variant=f"{v}@abc123") for v in ("default", "short") for i, p in enumerate(photos)]
+    page = card.render_dashboard(evals.rank_models(events), events)
+    assert '<div class="k">Best model (tie)</div><div class="v small">knn:jec | default@abc123</div>' in page
+    assert "tied with knn:jec | short@abc123: the paired 95% interval" in page
+    tied_row = re.search(r'<tr data-model="knn:jec \| short@abc123">.*?</tr>', page, re.DOTALL).group(0)
+    assert '<span class="tie"' in tied_row
+    section = page[page.index("<h2>What each model misses</h2>"):page.index("<h2>Per-photo results</h2>")]
+    assert 'title="knn:jec | short@abc123 found pet on 7 of 8 answered photos with it">88</td>' in section
+
+
 def test_skipped_models_are_listed_with_their_reason_and_errors_per_class_with_an_example():
     events = [event("knn:jec", "p1", "", ["cat"], ["cat"]), event("knn:jec", "p2", "", ["cat"], error="timeout"),
               event("knn:jec", "p3", "", ["cat"], error="auth")]
@@ -243,3 +237,13 @@ def test_recall_vs_best_shows_the_paired_interval_itself():
     page = card.render_dashboard(evals.rank_models(events), events)
     assert ('title="paired difference from knn:jec on the n=6 photos both answered: 95% interval -50.0 to -50.0">'
             '-50.0<span class="pm">[-50.0, -50.0]</span></td>') in page
+
+
+def test_every_recall_figure_on_the_card_names_its_matching_rule(dashboard):
+    _, _, page = dashboard
+    recall_headers = [h for h in card.CARD_HEADERS if "recall" in h.lower() and h != "Recall vs best"]
+    assert recall_headers == ["Avg Recall (exact)", "Recall (all photos, exact)", "Avg Recall (lenient)", "Recall (all photos, lenient)"]
+    assert "Avg Recall (exact) by batch" in page
+    assert "Best avg recall (exact)" in page and "Its avg recall (lenient)" in page
+    assert "recall (exact &middot; lenient)" in page and ">100 &middot; 100</td>" in page  # the drill-down shows both
+    assert "Mean difference in recall (exact) from the top row" in page  # Recall vs best, in the footer

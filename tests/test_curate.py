@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
+from phototagger.output import run_card
 from phototagger.training import curate, vlm
 from phototagger.images import load_image
 from phototagger.training.curate import CurationSettings, UpdateBatch
@@ -247,10 +248,10 @@ def test_card_lists_counts_and_every_dropped_photo(tmp_path):
     broken = make_photo(tmp_path, "a|b")
     Path(broken["image_url"]).write_bytes(b"x")
     dataset = curate.curate([batch("UpdatePhotos/1", make_photo(tmp_path, "ok"), broken)], set(), CurationSettings(PROMPT))
-    card = curate.summary_markdown(dataset, n_held_out=3)
-    assert "| train examples | 1 |" in card and "| held-out ids (never trained on) | 3 |" in card
-    assert "| dropped: bad_image | 1 |" in card
-    assert "| a\\|b | bad_image: image could not be decoded" in card
+    card = run_card.dataset_card(dataset, n_held_out=3)
+    assert "<li>1 train and 0 validation examples from 1 UpdatePhotos runs.</li>" in card
+    assert "<li>Left out 1 photos (bad_image 1); 3 photo ids are held out for evaluation.</li>" in card
+    assert "<tr><td>a|b</td><td>bad_image: image could not be decoded" in card
     assert curate.summary_lines(dataset, 3)[:2] == [
         "1 train and 0 validation examples from 1 UpdatePhotos runs.",
         "Left out 1 photos (bad_image 1); 3 photo ids are held out for evaluation.",

@@ -3,11 +3,13 @@ from phototagger.scoring.metrics import score_photo
 
 
 def event(model="prior:tag-prior", photo="p1", batch="101", date="2024-05-06", truth=("cat", "pet"), tags=("cat",),
-          error=None, latency=10.0, cost=None, run="7"):
+          error=None, latency=10.0, cost=None, run="7", variant=None):
     provider, name = model.split(":", 1)
     scores = score_photo(truth, [] if error else tags)
     result = {"photo_id": photo, "provider": provider, "model": name, "tags": [] if error else list(tags),
               "raw": "", "valid": not error, "error": error, "latency_ms": latency, "cost_usd": cost, **scores}
+    if variant:
+        result["prompt_variant"] = variant
     photo_rec = {"id": photo, "ground_truth_tags": list(truth), "image_url": f"/photos/{photo}.jpg"}
     return evals.make_event(result, photo_rec, batch_id=batch, batch_date=date, source_flow="PromptModels",
                             source_run=run)
@@ -19,9 +21,10 @@ def test_table_headers_and_cells():
         event(photo="p2", tags=("dog",), latency=30.0, cost=0.002),
     ]
     table = evals.rank_models(events).table()
-    assert table["headers"] == ["Model", "Avg Latency (ms)", "Avg Recall", "Recall (all photos)", "Error %",
-                                "Cost (USD)", *evals.FIXED_HEADERS[6:], "101 (05-06)"]
-    assert table["rows"] == [["prior:tag-prior", 20.0, 50.0, 50.0, 0.0, 0.003,
+    assert table["headers"] == ["Model", "Avg Latency (ms)", "Avg Recall (exact)", "Recall (all photos, exact)", "Error %",
+                                "Cost (USD)", "Avg Recall (lenient)", "Recall (all photos, lenient)",
+                                *evals.FIXED_HEADERS[8:], "101 (05-06)"]
+    assert table["rows"] == [["prior:tag-prior", 20.0, 50.0, 50.0, 0.0, 0.003, 50.0, 50.0,
                               0.0, 100.0, 2, 0.0, 100.0, 2,  # recall and recall over all photos: 95% interval, n
                               50.0, 0.0, 100.0, 50.0, 0.0, 100.0,  # precision, F1 and their intervals
                               1.5, 100.0, 20.0, 29.0,  # tags per photo, valid %, p50 and p95 latency
@@ -172,6 +175,30 @@ def test_rows_within_noise_of_the_best_are_marked_tied_and_a_clear_gap_is_not():
     assert close.recall_vs_best_low < 0 and close.recall_vs_best_high == 0.0  # one photo of 12 differs
     assert (worse.recall_vs_best, worse.recall_vs_best_low, worse.recall_vs_best_high) == (-50.0, -50.0, -50.0)
     assert not worse.tied_with_best and [row.model for row in ranking.tied_with_best] == ["prior:tag-prior"]
+
+
+def test_prompt_variants_of_one_model_are_compared_tied_and_viewed_per_tag_as_their_own_rows():
+    photos = [f"p{i}" for i in range(12)]
+    events = ([event(model="knn:jec", photo=p, tags=("cat", "pet"), variant="default@aaa") for p in photos]
+              + [event(model="knn:jec", photo=p, tags=("cat", "pet") if i else ("dog",), variant="short@bbb")
+                 for i, p in enumerate(photos)]
+              + [event(model="knn:jec", photo="p12", error="timeout", variant="short@bbb")]
+              + [event(model="prior:tag-prior", photo=p, tags=("cat",)) for p in photos])
+    ranking = evals.rank_models(events)
+    best, close, worse = ranking.rows
+    assert [row.key for row in ranking.rows] == ["knn:jec | default@aaa", "knn:jec | short@bbb", "prior:tag-prior"]
+    assert best.n_scored == close.n_scored == 12 and close.avg_recall_low is not None  # each row its own photos
+    assert (close.n_paired, close.tied_with_best) == (12, True) and [row.key for row in ranking.tied_with_best] == [close.key]
+    assert worse.recall_vs_best == -50.0 and not worse.tied_with_best
+    assert set(ranking.per_tag["recall"]) == {row.key for row in ranking.rows}
+    assert ranking.per_tag["recall"]["knn:jec | short@bbb"]["cat"]["found"] == 11
+    assert close.errors == {"timeout": {"count": 1, "example": ""}} and best.errors == {}
+
+
+def test_a_model_prompted_under_a_variant_is_no_longer_skipped():
+    first = evals.PromptRun("PromptModels/1", [], {"knn:jec": "no earlier batch"})
+    second = evals.PromptRun("PromptModels/2", [event(model="knn:jec", variant="default@aaa")], {})
+    assert evals.fold_skipped(evals.fold_skipped({}, first), second) == {}
 
 
 def test_models_that_answered_no_common_photo_are_not_called_tied():

@@ -5,19 +5,16 @@ socket connect to anything but 127.0.0.1 is recorded and refused, so a policy bu
 """
 from __future__ import annotations
 
-import io
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from PIL import Image
 
 from phototagger.output import thumbnails
 from phototagger.http import ImageFetchError, fetch_image_bytes
 from phototagger.prompting.providers import make_provider
 from phototagger.ingest.sources.base import SourceError
 from phototagger.ingest.sources.unsplash import UnsplashSource
+from tests.fakes.image_server import ImageServer
 
 FAKE_DNS = {
     "metadata.test": ["169.254.169.254"],
@@ -52,32 +49,8 @@ def off_host_connects(monkeypatch: pytest.MonkeyPatch):
 @pytest.fixture
 def server():
     """Serves /photo.jpg and /redirect?to=<url>; remembers each request's path and Authorization header."""
-    buf = io.BytesIO()
-    Image.new("RGB", (32, 24), (200, 40, 40)).save(buf, "JPEG")
-    photo, seen = buf.getvalue(), []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            seen.append((self.path, self.headers.get("Authorization")))
-            if self.path.startswith("/redirect?to="):
-                self.send_response(302)
-                self.send_header("Location", self.path.split("=", 1)[1])
-                self.end_headers()
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(photo)))
-            self.end_headers()
-            self.wfile.write(photo)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    httpd.base_url, httpd.seen = f"http://127.0.0.1:{httpd.server_port}", seen
-    yield httpd
-    httpd.shutdown()
+    with ImageServer() as httpd:
+        yield httpd
 
 
 def refusal(url: str) -> ImageFetchError:

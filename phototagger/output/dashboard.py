@@ -19,7 +19,9 @@ import vl_convert
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
-from phototagger.scoring.evals import COLUMNS, EvalEvent, Ranking, RankingRow, batches_of, fold_events
+from phototagger.scoring.evals import (
+    COLUMNS, EvalEvent, Ranking, RankingRow, batches_of, fold_events, row_key, split_row_key,
+)
 from phototagger.scoring.tags import normalise_tag
 
 DEFAULT_TITLE = "Photo Tagger: model evaluation"
@@ -82,10 +84,12 @@ def _fmt_cost(usd: Optional[float]) -> str:
 
 
 def short_name(model_key: str, limit: int = 32) -> str:
-    """`provider:last-path-part` of a model key, cut to `limit` characters, for tight places."""
-    provider, _, model = model_key.partition(":")
+    """`provider:last-path-part` of a row's model, cut to `limit` characters, then its prompt variant whole, for tight places."""
+    model_part, variant = split_row_key(model_key)
+    provider, _, model = model_part.partition(":")
     name = f"{provider}:{model.rsplit('/', 1)[-1]}" if model else provider
-    return name if len(name) <= limit else name[: limit - 1] + "\u2026"
+    name = name if len(name) <= limit else name[: limit - 1] + "\u2026"
+    return row_key(name, variant)
 
 
 _ENV = Environment(loader=FileSystemLoader(Path(__file__).with_name("templates")), autoescape=True,
@@ -95,7 +99,7 @@ _ENV.filters.update(fmt=_fmt, latency=_fmt_latency, cost=_fmt_cost, decile=decil
 
 # ---------------------------------------------------------------- recall vs latency chart
 def recall_latency_spec(points: Sequence[tuple[str, float, float]], colours: Mapping[str, str]) -> dict:
-    """A Vega-Lite scatter of avg recall (0-100) against avg latency, one labelled point per model.
+    """A Vega-Lite scatter of avg recall (exact rule, 0-100) against avg latency, one labelled point per model.
 
     `points` are (model, latency ms, recall %). Latency is on a log scale when it spans more than 20x,
     with 1-2-5 ticks over whole decades; otherwise linear with 10% padding.
@@ -114,7 +118,7 @@ def recall_latency_spec(points: Sequence[tuple[str, float, float]], colours: Map
         x_title = "Avg latency per photo (ms)"
     x_axis["labelExpr"] = "datum.value >= 1000 ? format(datum.value / 1000, '~g') + 'k' : format(datum.value, '~g')"
     rows = [{"model": m, "latency": max(lat, 0.01), "recall": rec,
-             "description": f"{m}: recall {rec:.1f}%, latency {_fmt_latency(lat)} ms"} for m, lat, rec in points]
+             "description": f"{m}: recall (exact) {rec:.1f}%, latency {_fmt_latency(lat)} ms"} for m, lat, rec in points]
     models = [m for m, _, _ in points]
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
@@ -129,7 +133,7 @@ def recall_latency_spec(points: Sequence[tuple[str, float, float]], colours: Map
         "mark": {"type": "circle", "size": 144, "opacity": 0.9, "stroke": "#ffffff", "strokeWidth": 1.5},
         "encoding": {
             "x": {"field": "latency", "type": "quantitative", "title": x_title, "scale": x_scale, "axis": x_axis},
-            "y": {"field": "recall", "type": "quantitative", "title": "Avg recall (%)",
+            "y": {"field": "recall", "type": "quantitative", "title": "Avg recall, exact rule (%)",
                   "scale": {"domain": [0, 100]}, "axis": {"values": list(range(0, 101, 20))}},
             # The legend names each point, best model first, so close points never hide each other's label.
             "color": {"field": "model", "type": "nominal", "title": None,
@@ -157,19 +161,29 @@ def _kpis(ranking: Ranking, events: list[EvalEvent]) -> list[tuple[str, str, str
     ranked = {row.model for row in ranking.rows}
     not_ranked = [m for m in ranking.skipped if m not in ranked]
     compared = [row for row in ranking.rows[1:] if row.recall_vs_best_low is not None]
-    tie_note = (f"tied with {', '.join(row.model for row in tied)}: the paired 95% interval of the difference includes 0"
-                if tied else f"ahead of {len(compared)} compared models beyond noise" if compared else "")
+    tie_note = (f"tied with {', '.join(row.key for row in tied)}: the paired 95% interval of the difference includes 0"
+                if tied else f"ahead of {len(compared)} compared rows beyond noise" if compared else "")
     return [
-        ("Best model (tie)" if tied else "Best model", best.model if best else "\u2013", "small", tie_note),
-        ("Best avg recall",
+        ("Best model (tie)" if tied else "Best model", best.key if best else "\u2013", "small", tie_note),
+        ("Best avg recall (exact)",
          f"{best.avg_recall:.1f}% {_pm(best.avg_recall_low, best.avg_recall_high)}" if best else "\u2013", "",
          _interval(best.avg_recall_low, best.avg_recall_high, best.n_scored) if best else ""),
+        ("Its avg recall (lenient)",
+         f"{best.avg_recall_lenient:.1f}%" if best and best.avg_recall_lenient is not None else "\u2013", "", ""),
         ("Models", str(len(ranked) + len(not_ranked)), "",
          f"{len(ranked)} ranked \u00b7 {len(not_ranked)} skipped" if not_ranked else ""),
         ("Photos", f"{len(photos):,}", "", ""),
         ("Batches", str(len(ranking.batches)), "", ""),
         ("Errored calls", f"{errors:,} of {len(events):,}", "small", ""),
     ]
+
+
+def grouped_by_model(rows: Sequence[RankingRow]) -> list[RankingRow]:
+    """`rows` (best first) with each model's prompt variants together: models in the order of their best row."""
+    first = {}
+    for index, row in enumerate(rows):
+        first.setdefault(row.model, index)
+    return sorted(rows, key=lambda row: first[row.model])
 
 
 def _mean(value: Optional[float], low: Optional[float], high: Optional[float], n: int) -> dict:
@@ -181,13 +195,13 @@ def _versus_best(row: RankingRow, best: Optional[RankingRow]) -> dict:
         return {"text": "best" if best is not None else "\u2013", "pm": "", "title": "", "tied": False}
     if row.recall_vs_best is None:
         return {"text": "\u2013", "pm": "", "tied": False,
-                "title": f"no photo answered by both this model and {best.model}"}
+                "title": f"no photo answered by both this row and {best.key}"}
     if row.recall_vs_best_low is None:
         return {"text": f"{row.recall_vs_best:+,.1f}", "pm": "", "tied": False,
-                "title": f"one photo answered by both this model and {best.model}: too few to compare"}
-    title = (f"paired difference from {best.model} on the n={row.n_paired} photos both answered: 95% interval "
+                "title": f"one photo answered by both this row and {best.key}: too few to compare"}
+    title = (f"paired difference from {best.key} on the n={row.n_paired} photos both answered: 95% interval "
              f"{row.recall_vs_best_low:+,.1f} to {row.recall_vs_best_high:+,.1f}"
-             + ("; it includes 0, so this model is tied with the best" if row.tied_with_best else ""))
+             + ("; it includes 0, so this row is tied with the best" if row.tied_with_best else ""))
     # The interval itself, not ±: a difference's interval is often lopsided, and whether it holds 0 is the point.
     bracket = f"[{row.recall_vs_best_low:+,.1f}, {row.recall_vs_best_high:+,.1f}]"
     return {"text": f"{row.recall_vs_best:+,.1f}", "pm": bracket, "title": title, "tied": row.tied_with_best}
@@ -195,14 +209,15 @@ def _versus_best(row: RankingRow, best: Optional[RankingRow]) -> dict:
 
 def _table_rows(ranking: Ranking, colours: Mapping[str, str]) -> list[dict]:
     out = []
-    for row in ranking.rows:
+    for row in grouped_by_model(ranking.rows):
         cells = [row.batches.get(b["batch_id"]) for b in ranking.batches]
         batches = [{"recall": cell.avg_recall, "n": f"({cell.n})", "pm": _pm(cell.low, cell.high),
                     "title": _interval(cell.low, cell.high, cell.n)} if cell else None for cell in cells]
-        out.append({"model": row.model, "colour": colours[row.model], "latency": row.avg_latency_ms,
+        out.append({"model": row.key, "colour": colours[row.key], "latency": row.avg_latency_ms,
                     "recall": _mean(row.avg_recall, row.avg_recall_low, row.avg_recall_high, row.n_scored),
                     "recall_all": _mean(row.avg_recall_all, row.avg_recall_all_low, row.avg_recall_all_high,
                                         row.n_with_truth),
+                    "recall_lenient": row.avg_recall_lenient, "recall_all_lenient": row.avg_recall_all_lenient,
                     "precision": _mean(row.avg_precision, row.avg_precision_low, row.avg_precision_high, row.n_scored),
                     "f1": _mean(row.avg_f1, row.avg_f1_low, row.avg_f1_high, row.n_scored),
                     "error_pct": row.error_pct, "cost": row.cost_usd, "tags_per_photo": row.tags_per_photo,
@@ -220,17 +235,17 @@ def _model_status(ranking: Ranking) -> list[dict]:
              for model, entry in ranking.skipped.items()]
     for row in ranking.rows:
         for error, seen in sorted(row.errors.items(), key=lambda item: (-item[1]["count"], item[0])):
-            lines.append({"model": row.model, "kind": "error", "label": error, "count": f"\u00d7{seen['count']}",
+            lines.append({"model": row.key, "kind": "error", "label": error, "count": f"\u00d7{seen['count']}",
                           "detail": seen["example"], "run": "", "also_ranked": False})
     return lines
 
 
 def _per_tag(ranking: Ranking) -> Optional[dict]:
-    """The per-tag heatmap: rows are the frequent ground-truth tags, columns the ranked models."""
+    """The per-tag heatmap: rows are the frequent ground-truth tags, columns the ranking's (model, prompt) rows."""
     view = ranking.per_tag
     if not view or not view["tags"]:
         return None
-    models = [row.model for row in ranking.rows if row.model in view["recall"]]
+    models = [row.key for row in grouped_by_model(ranking.rows) if row.key in view["recall"]]
     rows = [{"tag": t["tag"], "photos": t["photos"],
              "cells": [{**view["recall"][m][t["tag"]], "model": m} for m in models]} for t in view["tags"]]
     over = [{"model": m, "tags": view["over_predicted"].get(m) or []} for m in models]
@@ -242,6 +257,7 @@ def _photo(photo_events: list[EvalEvent], order: Mapping[str, int], thumbs: Mapp
     truth_tags = list(first.get("ground_truth_tags") or [])
     truth = {normalise_tag(t) for t in truth_tags}
     answers = [{"model_key": ev["model_key"], "error": ev.get("error"), "recall": ev.get("recall"),
+                "recall_lenient": ev.get("recall_lenient"),
                 "tags": [(tag, normalise_tag(tag) in truth) for tag in ev.get("tags") or []]}
                for ev in sorted(photo_events, key=lambda e: order.get(e["model_key"], len(order)))]
     return {"photo_id": first["photo_id"], "thumb": thumbs.get(first.get("image_url", "")), "truth": truth_tags,
@@ -268,10 +284,10 @@ def drilldown_image_urls(events: Iterable[EvalEvent], drilldown_batches: int = D
 
 
 def _batch_means(ranking: Ranking, batch_id: str) -> list[dict]:
-    """Each model's mean recall on one batch with its interval, for the batch's drill-down header."""
-    return [{"model": row.model, "recall": cell.avg_recall, "pm": _pm(cell.low, cell.high), "n": cell.n,
-             "title": f"{row.model}: {_interval(cell.low, cell.high, cell.n)}"}
-            for row in ranking.rows if (cell := row.batches.get(batch_id)) is not None]
+    """Each row's mean recall on one batch with its interval, for the batch's drill-down header."""
+    return [{"model": row.key, "recall": cell.avg_recall, "pm": _pm(cell.low, cell.high), "n": cell.n,
+             "title": f"{row.key}: {_interval(cell.low, cell.high, cell.n)}"}
+            for row in grouped_by_model(ranking.rows) if (cell := row.batches.get(batch_id)) is not None]
 
 
 def _drilldown(events: list[EvalEvent], order: Mapping[str, int], max_batches: int,
@@ -307,9 +323,9 @@ def render_dashboard(
     `thumbs` maps image URLs to data URIs (thumbnails.thumbnails of drilldown_image_urls); a photo
     without one gets a placeholder."""
     events = fold_events([], events)
-    models = [row.model for row in ranking.rows]
+    models = [row.key for row in grouped_by_model(ranking.rows)]
     colours = {m: _MODEL_COLOURS[i % len(_MODEL_COLOURS)] for i, m in enumerate(models)}
-    points = [(row.model, row.avg_latency_ms, row.avg_recall) for row in ranking.rows if _plottable(row)]
+    points = [(row.key, row.avg_latency_ms, row.avg_recall) for row in ranking.rows if _plottable(row)]
     return _ENV.get_template("dashboard.html.j2").render(
         title=title,
         decile_colours=_decile_colours(),
@@ -320,7 +336,7 @@ def render_dashboard(
         model_status=_model_status(ranking),
         per_tag=_per_tag(ranking),
         chart=_inline_svg(recall_latency_spec(points, colours)) if points else None,
-        not_plotted=[row.model for row in ranking.rows if not _plottable(row)],
+        not_plotted=[row.key for row in ranking.rows if not _plottable(row)],
         batches=_drilldown(events, {m: i for i, m in enumerate(models)}, drilldown_batches, thumbs or {}, ranking),
         older_batches=max(0, len(batches_of(events)) - drilldown_batches),
     )

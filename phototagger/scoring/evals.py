@@ -20,18 +20,20 @@ from phototagger.scoring.tags import normalise_tags
 from phototagger.records import ModelResult, Photo
 
 COLUMNS = (
-    ("Model", "model"),
+    ("Model", "key"),
     ("Avg Latency (ms)", "avg_latency_ms"),
-    ("Avg Recall", "avg_recall"),
-    ("Recall (all photos)", "avg_recall_all"),
+    ("Avg Recall (exact)", "avg_recall"),
+    ("Recall (all photos, exact)", "avg_recall_all"),
     ("Error %", "error_pct"),
     ("Cost (USD)", "cost_usd"),
-    ("Avg Recall 95% low", "avg_recall_low"),
-    ("Avg Recall 95% high", "avg_recall_high"),
-    ("Avg Recall n", "n_scored"),
-    ("Recall (all photos) 95% low", "avg_recall_all_low"),
-    ("Recall (all photos) 95% high", "avg_recall_all_high"),
-    ("Recall (all photos) n", "n_with_truth"),
+    ("Avg Recall (lenient)", "avg_recall_lenient"),
+    ("Recall (all photos, lenient)", "avg_recall_all_lenient"),
+    ("Avg Recall (exact) 95% low", "avg_recall_low"),
+    ("Avg Recall (exact) 95% high", "avg_recall_high"),
+    ("Avg Recall (exact) n", "n_scored"),
+    ("Recall (all photos, exact) 95% low", "avg_recall_all_low"),
+    ("Recall (all photos, exact) 95% high", "avg_recall_all_high"),
+    ("Recall (all photos, exact) n", "n_with_truth"),
     ("Precision", "avg_precision"),
     ("Precision 95% low", "avg_precision_low"),
     ("Precision 95% high", "avg_precision_high"),
@@ -48,13 +50,16 @@ COLUMNS = (
     ("Recall vs best n", "n_paired"),
     ("Tied with best", "tied_with_best"),
 )
-"""The `evals` payload's columns before the per-batch ones, as (header, RankingRow field). Avg Recall
-is over valid answers; Recall (all photos) counts an errored photo as 0; Precision and F1 are
-averaged over the same photos as Avg Recall (scikit-learn's average='samples'); each `95% low/high`
-is the percentile bootstrap interval over photos of the mean before it, `n` its photos (metrics.py).
-Recall vs best is the paired difference from the top row on the photos both answered; a row whose
-interval of it includes 0 is tied with the best."""
+"""The `evals` payload's columns before the per-batch ones, as (header, RankingRow field; "key" is the row's
+row_key, its model and prompt variant). Avg Recall is over valid answers; Recall (all photos) counts an
+errored photo as 0; each recall names its matching rule (vocabulary.RULES): exact is the default, ranks
+the rows and fills the batch cells. Precision and F1 (exact) are averaged over the same photos as Avg
+Recall (scikit-learn's average='samples'); each `95% low/high` is the percentile bootstrap interval over
+photos of the mean before it, `n` its photos (metrics.py). Recall vs best is the paired difference from
+the top row on the photos both answered; a row whose interval of it includes 0 is tied with the best."""
 FIXED_HEADERS = [header for header, _ in COLUMNS]
+_OLD_HEADERS = {"Avg Recall": "avg_recall", "Recall (all photos)": "avg_recall_all"}
+"""The two recall headers before they named their matching rule, as older `evals` tables hold them."""
 
 _ISO_DATE = re.compile(r"^\d{4}-(\d{2})-(\d{2})")
 
@@ -62,7 +67,7 @@ _ISO_DATE = re.compile(r"^\d{4}-(\d{2})-(\d{2})")
 class EvalEvent(ModelResult, total=False):
     """One model's result on one photo, with what the dashboard needs to show it on its own."""
 
-    model_key: str  # "provider:model"
+    model_key: str  # the row: "provider:model | variant@hash" (row_key), "provider:model" for results without a variant
     batch_id: str  # UpdatePhotos run id that delivered the photo
     batch_date: str  # ISO date of that batch
     ground_truth_tags: list[str]
@@ -73,6 +78,20 @@ class EvalEvent(ModelResult, total=False):
 
 def model_key(provider: str, model: str) -> str:
     return f"{provider}:{model}"
+
+
+ROW_SEP = " | "
+
+
+def row_key(model: str, prompt_variant: Optional[str]) -> str:
+    """A ranking row, one per (model, prompt): `openai:gpt-4o-mini | default@3f2a1c`; the model key alone without a variant."""
+    return f"{model}{ROW_SEP}{prompt_variant}" if prompt_variant else model
+
+
+def split_row_key(key: str) -> tuple[str, str]:
+    """(model key, prompt variant or "") of a row key."""
+    model, _, variant = key.partition(ROW_SEP)
+    return model, variant
 
 
 def make_event(
@@ -87,7 +106,7 @@ def make_event(
     """The event for `result` on `photo`, with the batch and the prompt run it came from."""
     event = EvalEvent(**result)  # type: ignore[typeddict-item]
     event.update(
-        model_key=model_key(result.get("provider", ""), result.get("model", "")),
+        model_key=row_key(model_key(result.get("provider", ""), result.get("model", "")), result.get("prompt_variant")),
         batch_id=str(batch_id),
         batch_date=batch_date,
         ground_truth_tags=list(photo.get("ground_truth_tags") or []),
@@ -181,7 +200,7 @@ class SkippedModel(TypedDict):
 
 @dataclass
 class RankingRow:
-    """One model's line of the ranking, over all batches, and its summary per batch.
+    """One (model, prompt variant) line of the ranking, over all batches, and its summary per batch.
 
     A new figure is a field here with a default (rankings stored before it then still load) and,
     to show it in the `evals` payload, an entry in COLUMNS.
@@ -194,6 +213,9 @@ class RankingRow:
     error_pct: float = 0.0
     cost_usd: float = 0.0
     batches: dict[str, BatchSummary] = field(default_factory=dict)  # batch_id -> summary; only the batches it saw
+    avg_recall_lenient: Optional[float] = None  # the two recalls above under the lenient matching rule
+    avg_recall_all_lenient: Optional[float] = None
+    prompt_variant: str = ""  # "default@3f2a1c"; "" for results stored before prompt variants
     avg_recall_low: Optional[float] = None
     avg_recall_high: Optional[float] = None
     n_scored: int = 0  # valid answers on photos with ground truth: the n of Avg Recall, Precision and F1
@@ -217,13 +239,20 @@ class RankingRow:
     tied_with_best: bool = False  # the interval of recall_vs_best includes 0
     errors: dict[str, ErrorClass] = field(default_factory=dict)  # error class -> count and one example
 
+    @property
+    def key(self) -> str:
+        """The row's row_key: `provider:model | variant@hash`, the model key alone without a variant."""
+        return row_key(self.model, self.prompt_variant)
+
     @classmethod
-    def of(cls, model: str, summary: Summary, batches: dict[str, BatchSummary]) -> RankingRow:
-        """The row of `model` from its metrics.summarise over all batches."""
-        return cls(model=model, avg_latency_ms=summary["avg_latency_ms"], avg_recall=summary["avg_recall"],
+    def of(cls, key: str, summary: Summary, batches: dict[str, BatchSummary]) -> RankingRow:
+        """The row of `key` (a row_key) from its metrics.summarise over all batches."""
+        model, variant = split_row_key(key)
+        return cls(model=model, prompt_variant=variant, avg_latency_ms=summary["avg_latency_ms"], avg_recall=summary["avg_recall"],
                    avg_recall_all=summary["avg_recall_all"], error_pct=summary["error_pct"], cost_usd=summary["cost_usd"],
-                   batches=batches, avg_precision=summary["avg_precision"], avg_f1=summary["avg_f1"],
-                   valid_pct=summary["valid_pct"])
+                   batches=batches, avg_recall_lenient=summary["avg_recall_lenient"],
+                   avg_recall_all_lenient=summary["avg_recall_all_lenient"], avg_precision=summary["avg_precision"],
+                   avg_f1=summary["avg_f1"], valid_pct=summary["valid_pct"])
 
     def add_photo_figures(self, photos: Mapping[str, ScoredPhoto]) -> None:
         """The intervals, tags per photo and latency percentiles of this row, from its answers photo by photo."""
@@ -251,15 +280,22 @@ class RankingRow:
         row.batches = {b: BatchSummary(**s) for b, s in row.batches.items()}
         return row
 
+    @classmethod
+    def from_cells(cls, cells: Mapping[str, Any]) -> RankingRow:
+        """A row from COLUMNS' fields, its "key" split into model and prompt variant."""
+        cells = dict(cells)
+        model, variant = split_row_key(str(cells.pop("key", "")))
+        return cls(model=model, prompt_variant=variant, **cells)
+
 
 @dataclass
 class Ranking:
-    """The models best first, and the batches they were scored on, oldest first."""
+    """The (model, prompt variant) rows best first, and the batches they were scored on, oldest first."""
 
     rows: list[RankingRow] = field(default_factory=list)
     batches: list[BatchInfo] = field(default_factory=list)
     per_tag: Optional[PerTag] = None  # metrics.per_tag: recall on the frequent tags, over-predicted tags
-    skipped: dict[str, SkippedModel] = field(default_factory=dict)  # model -> why its latest run skipped it
+    skipped: dict[str, SkippedModel] = field(default_factory=dict)  # model key -> why its latest run skipped it
 
     @property
     def best(self) -> Optional[RankingRow]:
@@ -292,10 +328,10 @@ class Ranking:
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> Ranking:
         """The COLUMNS of an `evals` payload, read by header, for an EvaluationFlow run stored before the
-        `ranking` artifact existed; its per-batch cells are not read back."""
-        names = dict(COLUMNS)
+        `ranking` artifact existed (recall headers then named no rule); its per-batch cells are not read back."""
+        names = {**dict(COLUMNS), **_OLD_HEADERS}
         headers = table.get("headers") or []
-        return cls(rows=[RankingRow(**{names[h]: v for h, v in zip(headers, row) if h in names})
+        return cls(rows=[RankingRow.from_cells({names[h]: v for h, v in zip(headers, row) if h in names})
                          for row in table.get("rows") or []])
 
 
@@ -320,8 +356,8 @@ def summaries_by_model(events: Iterable[EvalEvent]) -> dict[str, Summary]:
 
 
 def photo_scores(events: Iterable[EvalEvent]) -> dict[str, dict[str, ScoredPhoto]]:
-    """model -> photo id -> ScoredPhoto: each model's answers photo by photo, which the intervals, the
-    paired comparison and the per-tag view read (the latest event wins for a photo seen twice)."""
+    """row key -> photo id -> ScoredPhoto: each (model, prompt) row's answers photo by photo, which the
+    intervals, the paired comparison and the per-tag view read (the latest event wins for a photo seen twice)."""
     scores: dict[str, dict[str, ScoredPhoto]] = defaultdict(dict)
     for event in events:
         scores[event["model_key"]][str(event["photo_id"])] = ScoredPhoto(
@@ -333,7 +369,7 @@ def photo_scores(events: Iterable[EvalEvent]) -> dict[str, dict[str, ScoredPhoto
 
 
 def error_classes(events: Iterable[EvalEvent]) -> dict[str, dict[str, ErrorClass]]:
-    """model -> error class -> its count and the latest message of that class."""
+    """row key -> error class -> its count and the latest message of that class."""
     out: dict[str, dict[str, ErrorClass]] = defaultdict(dict)
     for event in events:
         if event.get("error"):
@@ -344,22 +380,23 @@ def error_classes(events: Iterable[EvalEvent]) -> dict[str, dict[str, ErrorClass
 
 
 def add_photo_figures(ranking: Ranking, scores: Mapping[str, Mapping[str, ScoredPhoto]]) -> Ranking:
-    """`ranking` with what needs answers photo by photo: intervals, the paired comparison with the best
-    row, and the per-tag view."""
+    """`ranking` with what needs answers photo by photo (`scores` by row key): intervals, each row's paired
+    comparison with the best row on the photos both answered, and the per-tag view per row."""
     for row in ranking.rows:
-        row.add_photo_figures(scores.get(row.model, {}))
+        row.add_photo_figures(scores.get(row.key, {}))
     best = ranking.best
     if best is not None:
-        best_recalls = valid_recalls(scores.get(best.model, {}))
+        best_recalls = valid_recalls(scores.get(best.key, {}))
         for row in ranking.rows[1:]:
-            row.compare_with_best(paired_difference(valid_recalls(scores.get(row.model, {})), best_recalls))
+            row.compare_with_best(paired_difference(valid_recalls(scores.get(row.key, {})), best_recalls))
     ranking.per_tag = per_tag(scores)
     return ranking
 
 
 def rank_models(events: Iterable[EvalEvent], skipped: Optional[Mapping[str, SkippedModel]] = None) -> Ranking:
-    """One row per model over all batches, best Avg Recall first, with its summary on each batch it saw,
-    the intervals of its means and its error classes; `skipped` lists the configured models not run."""
+    """One row per (model, prompt variant) over all batches, best Avg Recall (exact) first, with its summary
+    on each batch it saw, the intervals of its means and its error classes; `skipped` lists the configured
+    models (by model key) not run."""
     events = fold_events([], events)
     batches = batches_of(events)
     by_model_batch: dict[str, dict[str, list[EvalEvent]]] = defaultdict(lambda: defaultdict(list))
@@ -407,7 +444,7 @@ class _Run(Protocol):
 class PromptRun(NamedTuple):
     pathspec: str
     events: list[EvalEvent]
-    skipped: dict[str, str]  # model -> reason, the run's `skipped_models` ({} for runs stored before it)
+    skipped: dict[str, str]  # model key -> reason, the run's `skipped_models` ({} for runs stored before it)
 
 
 def read_runs(runs: Iterable[_Run]) -> Iterator[PromptRun]:
@@ -421,7 +458,7 @@ def read_runs(runs: Iterable[_Run]) -> Iterator[PromptRun]:
 def fold_skipped(skipped: Mapping[str, SkippedModel], run: PromptRun) -> dict[str, SkippedModel]:
     """`skipped` after `run` (runs folded oldest first): a model it skipped gets the run's reason, a model it
     prompted is no longer skipped, so each model keeps the word of its latest run."""
-    prompted = {event["model_key"] for event in run.events}
+    prompted = {split_row_key(event["model_key"])[0] for event in run.events}
     out = {model: entry for model, entry in skipped.items() if model not in prompted}
     out.update({model: SkippedModel(reason=reason, run=run.pathspec) for model, reason in run.skipped.items()})
     return out

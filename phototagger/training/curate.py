@@ -27,18 +27,17 @@ from PIL import Image
 
 from phototagger.training import vlm
 from phototagger.http import ImageFetchError
+from phototagger import mfclient
 from phototagger.images import load_image
 from phototagger.records import Photo
 from phototagger.scoring.tags import normalise_tags
 
 log = logging.getLogger(__name__)
 
-UPDATE_FLOW = "UpdatePhotos"
-DATASET_FLOW = "PrepareVLMData"
 # Flows whose scored photos stay out of training for good. By default the fine-tuned model's own
 # evaluations: PromptModels scores every hourly batch, so holding those out too would leave nothing
 # to train on; the newest batch, which both prompt flows score next, is always held out.
-DEFAULT_HOLDOUT_FLOWS = ("PromptCustomModels",)
+DEFAULT_HOLDOUT_FLOWS = (mfclient.CUSTOM_PROMPT_FLOW,)
 
 DEFAULT_MIN_TAGS = 3
 DEFAULT_MIN_SIDE = 64  # pixels; a smaller photo is a thumbnail or an icon, not something to tag
@@ -447,33 +446,3 @@ def summary_lines(dataset: Dataset, n_held_out: int) -> list[str]:
         f"Left out {len(dataset.dropped)} photos ({left_out}); {n_held_out} photo ids are held out for evaluation.",
         *dataset.notes,
     ]
-
-
-def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def summary_markdown(dataset: Dataset, n_held_out: int, max_rows: int = 500) -> str:
-    """The card: counts, then every dropped photo and why (the first `max_rows`; all are in `dropped`)."""
-    lines = [
-        "# PrepareVLMData",
-        "",
-        "| | photos |",
-        "|---|---:|",
-        f"| train examples | {len(dataset.train_examples)} |",
-        f"| validation examples | {len(dataset.validation_examples)} |",
-        f"| held-out ids (never trained on) | {n_held_out} |",
-        *(f"| dropped: {_cell(code)} | {n} |" for code, n in dropped_counts(dataset.dropped).items()),
-        "",
-        *(f"- {_cell(note)}" for note in dataset.notes),
-        "",
-        "## Dropped photos",
-        "",
-    ]
-    if not dataset.dropped:
-        return "\n".join([*lines, "None: every photo looked at became an example."])
-    lines += ["| photo | reason |", "|---|---|"]
-    lines += [f"| {_cell(d['photo_id'])} | {_cell(d['reason'])} |" for d in dataset.dropped[:max_rows]]
-    if len(dataset.dropped) > max_rows:
-        lines += ["", f"... and {len(dataset.dropped) - max_rows} more, all in the run's `dropped` artifact."]
-    return "\n".join(lines)

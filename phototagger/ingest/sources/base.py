@@ -7,13 +7,14 @@ with one provenance per tag, so downstream code never asks where a photo came fr
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Iterable, Optional, Protocol, runtime_checkable
+from typing import Any, Iterable, Optional, Protocol, Sequence, runtime_checkable
 
+from phototagger.errors import UserError
 from phototagger.records import Photo
 from phototagger.scoring.tags import normalise_tags
 
 
-class SourceError(Exception):
+class SourceError(UserError):
     """A source cannot deliver: a missing key, a missing file, a service that said no.
 
     The message names the problem and the fix; it never holds a secret.
@@ -29,6 +30,15 @@ class Source(Protocol):
     def fetch(self, exclude_ids: set[str], limit: int) -> list[Photo]:
         """Up to `limit` photos whose id is not in `exclude_ids`, in the source's stable order."""
         ...
+
+
+NAMES_IN_A_NOTE = 5
+
+
+def listing_note(what: str, names: Sequence[str], then: str = "") -> str:
+    """'<what> (<count>): a, b, c, d, e<then>': a note that counts every item and names the first few,
+    so a folder of 10,000 broken files gives one readable line."""
+    return f"{what.format(n=len(names))}: {', '.join(names[:NAMES_IN_A_NOTE])}{then}"
 
 
 def provenance_rank(provenance: str) -> float:

@@ -26,7 +26,7 @@ from typing import Any, Iterator, Optional
 from PIL import Image, UnidentifiedImageError
 
 from phototagger.records import Photo
-from phototagger.ingest.sources.base import SourceError, collect_tags, make_photo, utc_iso
+from phototagger.ingest.sources.base import SourceError, collect_tags, listing_note, make_photo, utc_iso
 from phototagger.ingest.sources.keywords import PLACE_NAMES, read_photo_keywords
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"})
@@ -125,22 +125,19 @@ class FolderSource:
             counts = ", ".join(f"{places[place]} from {label}" for place, label in PLACE_NAMES.items() if places[place])
             self.notes.append(f"{sum(places.values())} photos took their ground truth from their own keywords: {counts}.")
         if ours:
-            self.notes.append(
-                f"{len(ours)} photos took their ground truth from XMP sidecars that export_tags.py wrote and no photo tool "
-                f"has changed since, so it is a model's tags, not yours: {', '.join(ours[:5])}"
-            )
+            self.notes.append(listing_note(
+                "{n} photos took their ground truth from XMP sidecars that export_tags.py wrote and no photo tool "
+                "has changed since, so it is a model's tags, not yours", ours))
         if unreadable:
-            self.notes.append(f"Skipped {len(unreadable)} files that are not readable images: {', '.join(unreadable[:5])}")
+            self.notes.append(listing_note("Skipped {n} files that are not readable images", unreadable))
         if too_large:
-            self.notes.append(
-                f"Skipped {len(too_large)} images too large to decode safely (over {Image.MAX_IMAGE_PIXELS * 2} pixels, "
-                f"PIL's decompression-bomb limit): {', '.join(too_large[:5])}"
-            )
+            self.notes.append(listing_note(
+                f"Skipped {{n}} images too large to decode safely (over {Image.MAX_IMAGE_PIXELS * 2} pixels, "
+                "PIL's decompression-bomb limit)", too_large))
         if outside:
-            self.notes.append(
-                f"Refused {len(outside)} links to files outside {self.root} (their bytes would be sent to the models): "
-                f"{', '.join(outside[:5])}; copy the files into the folder instead"
-            )
+            self.notes.append(listing_note(
+                f"Refused {{n}} links to files outside {self.root} (their bytes would be sent to the models)", outside,
+                "; copy the files into the folder instead"))
         return photos
 
     def _images(self) -> Iterator[Path]:

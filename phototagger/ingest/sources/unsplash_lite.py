@@ -27,7 +27,7 @@ from typing import BinaryIO, Iterator, Optional
 from urllib.parse import parse_qsl
 
 from phototagger.records import Photo
-from phototagger.ingest.sources.base import SourceError, collect_tags, make_photo, provenance_rank, to_int, utc_iso
+from phototagger.ingest.sources.base import SourceError, collect_tags, listing_note, make_photo, provenance_rank, to_int, utc_iso
 from phototagger.ingest.sources.unsplash import unsplash_attribution, unsplash_photo_id
 
 OPTIONS = ("min_confidence", "user_only")
@@ -102,7 +102,7 @@ class UnsplashLiteSource:
                 f"user_only={int(self.user_only)})."
             )
         if without_id:
-            self.notes.append(f"Skipped {len(without_id)} rows with an empty photo_id: {', '.join(without_id[:5])}.")
+            self.notes.append(listing_note("Skipped {n} rows with an empty photo_id", without_id, "."))
         return [self._photo(row, keywords[raw_id]) for raw_id, row in chosen.items()]
 
     def _keeps(self, provenance: str) -> bool:
@@ -189,9 +189,9 @@ def parse_options(query: str) -> dict[str, object]:
             try:
                 options[key] = float(value)
             except ValueError:
-                raise ValueError(f"min_confidence must be a number from 0 to 100, got {value!r}") from None
+                raise SourceError(f"min_confidence must be a number from 0 to 100, got {value!r}") from None
         elif key == "user_only":
             options[key] = value.strip().lower() in _TRUE
         else:
-            raise ValueError(f"unknown unsplash-lite option {key!r}; known: {', '.join(OPTIONS)}")
+            raise SourceError(f"unknown unsplash-lite option {key!r}", f"use one of: {', '.join(OPTIONS)}")
     return options
