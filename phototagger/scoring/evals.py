@@ -99,6 +99,11 @@ def _batch_sort_key(batch_id: str, batch_date: str) -> tuple:
     return (batch_date, (0, int(batch_id), "") if batch_id.isdigit() else (1, 0, batch_id))
 
 
+def ordered_batches(dates: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(batch_id, batch_date) pairs of `dates`, oldest first: by date, then by id (numerically where it is a number)."""
+    return sorted(dates.items(), key=lambda item: _batch_sort_key(*item))
+
+
 def batch_label(batch_id: str, batch_date: str) -> str:
     """`<short batch id> (<MM-DD>)`: the last 6 characters of the id and the batch's day."""
     short = str(batch_id)[-6:] or "?"
@@ -264,7 +269,7 @@ def columns(dates: Mapping[str, str], newest: int = NEWEST_BATCHES,
     get a column per week and the rest a column per month, so a year of hourly batches is about
     thirty columns, not 8,760.
     """
-    ordered = sorted(dates.items(), key=lambda item: _batch_sort_key(*item))
+    ordered = ordered_batches(dates)
     older, recent = ordered[:max(0, len(ordered) - newest)], ordered[max(0, len(ordered) - newest):]
     weekly = {_rollup(d, True)[0] for _, d in older}
     weekly = set(sorted(weekly - {"undated"})[-weeks:]) if weeks else set()
