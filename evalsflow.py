@@ -3,6 +3,7 @@ from metaflow import FlowSpec, Parameter, card, current, project, step, trigger_
 
 from phototagger.output import dashboard
 from phototagger.scoring import evals
+from phototagger.scoring.evalstate import EvalState, photo_frame, to_parquet
 from phototagger.mfclient import CARD_TIMEOUT_S, latest_successful_run, runs_of
 from phototagger.output.thumbnails import thumbnails
 
@@ -17,12 +18,15 @@ SOURCE_FLOWS = ("PromptModels", "PromptCustomModels")
 class EvaluationFlow(FlowSpec):
     """Fold the prompt flows' per-photo results into one model ranking and render it as a card.
 
-    1) Load the events and the list of folded runs from this flow's previous successful run of
-       the same project branch (or start empty with --rebuild).
+    1) Load the state (`state`: totals per model and batch, the newest batches' events, a score
+       sample) and the list of folded runs from this flow's previous successful run of the same
+       project branch (or start empty with --rebuild).
     2) Read the `models_eval` artifact of each PromptModels and PromptCustomModels run not folded
-       before and fold its results in as events, a rerun of a batch replacing the earlier answers.
+       before, fold its results into the state, a rerun of a batch replacing the earlier answers,
+       and store them as `photo_results` (Parquet bytes): only this run's new rows.
     3) Rank the models, store the ranking (`ranking`, and the `evals` table of DESIGN.md) and render
-       the dashboard card: ranking, recall vs latency chart and per-photo drill-down.
+       the dashboard card: ranking, recall vs latency chart and a capped per-photo drill-down.
+    What a run loads, computes and stores is bounded by the new runs (phototagger/scoring/evalstate.py).
     """
 
     rebuild = Parameter(
@@ -39,15 +43,20 @@ class EvaluationFlow(FlowSpec):
         the prompt runs that finished since; with --rebuild, start from nothing and refold everything."""
         previous = None if self.rebuild else latest_successful_run(current.flow_name, current.branch_name)
         self.folded_runs = list(previous.data.folded_runs) if previous else []
-        self.events = list(previous.data.events) if previous else []
-        print(f"Starting from {len(self.events)} events of {len(self.folded_runs)} folded runs"
+        if previous is None:
+            self.state = EvalState()
+        elif "state" in previous.data:
+            self.state = previous.data.state
+        else:  # a run stored before EvalState: its `events` were all of history
+            self.state = EvalState.from_events(previous.data.events)
+        print(f"Starting from {len(self.state.dates)} batches of {len(self.folded_runs)} folded runs"
               + (f" ({previous.pathspec})." if previous else "."))
         self.next(self.collect)
 
     @step
     def collect(self):
         """Read the stored results (`models_eval`) of every successful prompt run of this branch not folded
-        before, oldest first, and fold them into the accumulated events."""
+        before, oldest first, fold them into the state and store them, and only them, as `photo_results`."""
         folded = set(self.folded_runs)
         new_runs = sorted(
             (run for flow in SOURCE_FLOWS for run in runs_of(flow, current.branch_name) if run.pathspec not in folded),
@@ -57,7 +66,9 @@ class EvaluationFlow(FlowSpec):
         for pathspec, events in evals.read_runs(new_runs):
             print(f"{pathspec}: {len(events)} events")
             new_events += events
-        self.events = evals.fold_events(self.events, new_events)
+        new_events = evals.fold_events([], new_events)
+        self.state = self.state.fold(new_events)
+        self.photo_results = to_parquet(photo_frame(new_events))
         self.folded_runs = self.folded_runs + [run.pathspec for run in new_runs]
         self.next(self.end)
 
@@ -66,11 +77,11 @@ class EvaluationFlow(FlowSpec):
     def end(self):
         """Rank the models, store the ranking as `ranking` and as the `evals` table, fetch the thumbnails the
         drill-down shows, and render the dashboard into `html`, which the html card shows as it is."""
-        ranking = evals.rank_models(self.events)
+        ranking = evals.rank_totals(self.state.totals, self.state.dates)
         self.ranking = ranking.to_dict()
         self.evals = ranking.table()
-        thumbs = thumbnails(dashboard.drilldown_image_urls(self.events))
-        self.html = dashboard.render_dashboard(ranking, self.events, title=self.title, thumbs=thumbs)
+        thumbs = thumbnails(dashboard.drilldown_image_urls(self.state.events))
+        self.html = dashboard.render_dashboard(ranking, self.state.events, title=self.title, thumbs=thumbs)
         best = ranking.best
         if best:
             latency = f"{best.avg_latency_ms:.0f} ms/photo" if best.avg_latency_ms is not None else "every answer from the cache"
