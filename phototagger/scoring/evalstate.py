@@ -94,7 +94,7 @@ class EvalState:
              sample_size: int = SAMPLE_SIZE) -> EvalState:
         """This state with the `new` events folded in, the latest answer per (model, photo, batch) winning."""
         new = fold_events([], new)
-        dates = {**batch_dates(new), **self.dates}
+        dates = {**self.dates, **{b: d for b, d in batch_dates(new).items() if b not in self.dates}}
         newest = ordered_batches(dates)[-drilldown_batches:] if drilldown_batches else []
         shown = {batch_id for batch_id, _ in newest}
         events = fold_events([e for e in self.events if str(e.get("batch_id", "")) in shown],
@@ -107,7 +107,8 @@ class EvalState:
         """`score` of the sampled photos, one row per (batch, photo) and one column per model, NaN where a
         model has none (or, with `valid_only`, erred): the paired sample a bootstrap over photos resamples."""
         rows = self.sample[self.sample["error"].isna()] if valid_only else self.sample
-        return rows.pivot_table(index=["batch_id", "photo_id"], columns="model_key", values=score, aggfunc="last", observed=True)
+        rows = rows.astype({"batch_id": "object", "model_key": "object"})
+        return rows.pivot(index=["batch_id", "photo_id"], columns="model_key", values=score)
 
 
 def photo_frame(events: Iterable[EvalEvent]) -> pd.DataFrame:
