@@ -3,7 +3,7 @@
 1. K hourly rounds through the real flows (Metaflow Runner, a temporary local datastore): UpdatePhotos
    delivers `--photos` new photos from a generated folder, PromptModels runs the offline baselines
    (prior, knn), EvaluationFlow folds them. Per round and flow: wall time and the bytes the round added
-   to that flow's datastore (artifacts and metadata; its cards apart). Figures at each K of `--ks` (mean of the rounds K-2..K) side by side,
+   to the datastore (artifacts, metadata and cards). Figures at each K of `--ks` (mean of the rounds K-2..K) side by side,
    with the ratio of the largest K to the smallest.
 2. A year in-process: the EvalState of 8,760 hourly rounds x 30 photos x 2 models (bench/synthetic_evals),
    then one hourly EvaluationFlow run's library work on it, in a child process: load the state,
@@ -52,13 +52,14 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
-def real_rounds(rounds: int, photos: int, work: Path) -> list[dict[str, tuple[float, int, int]]]:
-    """Per round: flow name -> (wall seconds, bytes added to its datastore, bytes of its cards)."""
+def real_rounds(rounds: int, photos: int, work: Path) -> list[dict[str, tuple[float, int]]]:
+    """Per round: flow name -> (wall seconds, bytes its run added to the datastore, cards included)."""
     from metaflow import Runner
 
     folder = work / "photos"
     photo_folder(folder, rounds * photos)
     env = {**os.environ, "METAFLOW_USER": "bench", "USER": "bench", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(work / "ds"),
+           "METAFLOW_CARD_LOCALROOT": str(work / "ds" / ".metaflow" / "mf.cards"),  # else cards land under the cwd
            "PHOTOTAGGER_CACHE_DIR": str(work / "cache"), "openai_api": "", "togetherai_api": "", "client_id": ""}
     params = {"UpdatePhotos": {"source": f"folder:{folder}", "batch_size": photos}, "PromptModels": {"models": "prior,knn"},
               "EvaluationFlow": {}}
@@ -66,27 +67,25 @@ def real_rounds(rounds: int, photos: int, work: Path) -> list[dict[str, tuple[fl
     for round_no in range(1, rounds + 1):
         figures = {}
         for flow, script in FLOWS:
-            store, cards = work / "ds" / ".metaflow" / flow, work / "ds" / ".metaflow" / "mf.cards" / flow
-            before, cards_before, started = dir_bytes(store), dir_bytes(cards), time.perf_counter()
+            before, started = dir_bytes(work / "ds"), time.perf_counter()  # flows run one at a time
             with Runner(str(ROOT / script), show_output=False, env=env, cwd=str(ROOT)).run(**params[flow]) as running:
                 if running.status != "successful":
                     sys.exit(f"round {round_no}: {flow} failed:\n{running.stderr[-3000:]}")
-            figures[flow] = (time.perf_counter() - started, dir_bytes(store) - before, dir_bytes(cards) - cards_before)
+            figures[flow] = (time.perf_counter() - started, dir_bytes(work / "ds") - before)
         out.append(figures)
-        print(f"round {round_no:3d}: " + "  ".join(f"{f} {s:5.1f} s {b / 1024:7.1f} KiB (card {c / 1024:.1f} KiB)"
-                                                  for f, (s, b, c) in figures.items()), flush=True)
+        print(f"round {round_no:3d}: " + "  ".join(f"{f} {s:5.1f} s {b / 1024:7.1f} KiB" for f, (s, b) in figures.items()),
+              flush=True)
     return out
 
 
-def report_rounds(per_round: list[dict[str, tuple[float, int, int]]], ks: list[int]) -> None:
+def report_rounds(per_round: list[dict[str, tuple[float, int]]], ks: list[int]) -> None:
     def at(k: int, flow: str, i: int) -> float:
         window = per_round[max(0, k - 3):k]
         return sum(r[flow][i] for r in window) / len(window)
 
     print("\nper round, mean of rounds K-2..K:")
     for flow, _ in FLOWS:
-        cells = "  ".join(f"K={k}: {at(k, flow, 0):5.1f} s {at(k, flow, 1) / 1024:7.1f} KiB card {at(k, flow, 2) / 1024:.1f} KiB"
-                          for k in ks)
+        cells = "  ".join(f"K={k}: {at(k, flow, 0):5.1f} s {at(k, flow, 1) / 1024:7.1f} KiB" for k in ks)
         lo, hi = ks[0], ks[-1]
         print(f"  {flow:15s} {cells}  time_ratio={at(hi, flow, 0) / at(lo, flow, 0):.2f} "
               f"bytes_ratio={at(hi, flow, 1) / max(1.0, at(lo, flow, 1)):.2f}")
