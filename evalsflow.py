@@ -1,54 +1,70 @@
 """EvaluationFlow: rank the models on every batch they have tagged, as a dashboard card."""
-from metaflow import FlowSpec, Parameter, card, current, project, step, trigger_on_finish
+from pathlib import Path
 
+from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
+
+from phototagger import mfclient
 from phototagger.output import dashboard
-from phototagger.scoring import evals
+from phototagger.scoring import evals, metrics
 from phototagger.scoring.evalstate import EvalState, photo_frame, to_parquet
-from phototagger.mfclient import CARD_TIMEOUT_S, latest_successful_run, runs_of
+from phototagger.scoring.vocabulary import Vocabulary, parse_file
+from phototagger.mfclient import CARD_TIMEOUT_S, PROMPT_FLOW, PROMPT_FLOWS, latest_successful_run, runs_of
 from phototagger.output.thumbnails import thumbnails
 
-SOURCE_FLOWS = ("PromptModels", "PromptCustomModels")
+VOCABULARY = str(Path(__file__).resolve().with_name("vocabulary.json"))
 
 
 # Deployed, a Sensor on two flows waits for both (Argo Events resolves every dependency before it
 # triggers), and the quick baseline path has no PromptCustomModels run: the hourly PromptModels run
 # triggers the dashboard, and `collect` folds every prompt flow's runs that finished since.
-@trigger_on_finish(flow="PromptModels")
+@trigger_on_finish(flow=PROMPT_FLOW)
 @project(name="photo_tagger")
 class EvaluationFlow(FlowSpec):
     """Fold the prompt flows' per-photo results into one model ranking and render it as a card.
 
-    1) Load the state (`state`: totals per model and batch, the newest batches' events, a score
+    1) Load the state (`state`: totals per (model, prompt) row and batch, the newest batches' events, a score
        sample) and the list of folded runs from this flow's previous successful run of the same
        project branch (or start empty with --rebuild).
     2) Read the `models_eval` artifact of each PromptModels and PromptCustomModels run not folded
-       before, fold its results into the state, a rerun of a batch replacing the earlier answers,
-       and store them as `photo_results` (Parquet bytes): only this run's new rows.
+       before, score its results under both matching rules with this flow's vocabulary, fold them
+       into the state, a rerun of a batch replacing the earlier answers, and store them as
+       `photo_results` (Parquet bytes): only this run's new rows.
     3) Rank the models, store the ranking (`ranking`, and the `evals` table of DESIGN.md) and render
        the dashboard card: ranking, recall vs latency chart and a capped per-photo drill-down.
-    What a run loads, computes and stores is bounded by the new runs (phototagger/scoring/evalstate.py).
+    What a run loads, computes and stores is bounded by the new runs (phototagger/scoring/evalstate.py);
+    the state holds scored totals, so a changed vocabulary scores the answers folded from then on, and
+    --rebuild scores all history again under it.
     """
+
+    vocabulary = Config("vocabulary", default=VOCABULARY, parser=parse_file,
+                        help="JSON vocabulary of the lenient matching rule: synonyms, stop_tags, parents (see vocabulary.json).")
 
     rebuild = Parameter(
         "rebuild",
         type=bool,
         default=False,
-        help="Set to true to refold all history instead of starting from the previous EvaluationFlow run.",
+        is_flag=True,
+        help="Refold all history instead of starting from the previous EvaluationFlow run.",
     )
     title = Parameter("title", default=dashboard.DEFAULT_TITLE, help="Title shown at the top of the dashboard card.")
+
+    def _vocabulary(self) -> Vocabulary:
+        return Vocabulary.from_dict(self.vocabulary.to_dict())
 
     @step
     def start(self):
         """Load the accumulated state of the previous successful run of this branch, so this run reads only
         the prompt runs that finished since; with --rebuild, start from nothing and refold everything."""
         previous = None if self.rebuild else latest_successful_run(current.flow_name, current.branch_name)
+        if previous is None:
+            mfclient.require_prompt_runs(current.branch_name)
         self.folded_runs = list(previous.data.folded_runs) if previous else []
         if previous is None:
             self.state = EvalState()
         elif "state" in previous.data:
             self.state = previous.data.state
         else:  # a run stored before EvalState: its `events` were all of history
-            self.state = EvalState.from_events(previous.data.events)
+            self.state = EvalState.from_events(metrics.rescore(previous.data.events, self._vocabulary()))
         print(f"Starting from {len(self.state.dates)} batches of {len(self.folded_runs)} folded runs"
               + (f" ({previous.pathspec})." if previous else "."))
         self.next(self.collect)
@@ -56,17 +72,18 @@ class EvaluationFlow(FlowSpec):
     @step
     def collect(self):
         """Read the stored results (`models_eval`) of every successful prompt run of this branch not folded
-        before, oldest first, fold them into the state and store them, and only them, as `photo_results`."""
+        before, oldest first, score them with this flow's vocabulary, fold them into the state and store them,
+        and only them, as `photo_results`."""
         folded = set(self.folded_runs)
         new_runs = sorted(
-            (run for flow in SOURCE_FLOWS for run in runs_of(flow, current.branch_name) if run.pathspec not in folded),
+            (run for flow in PROMPT_FLOWS for run in runs_of(flow, current.branch_name) if run.pathspec not in folded),
             key=lambda run: run.created_at,
         )
         new_events = []
         for pathspec, events in evals.read_runs(new_runs):
             print(f"{pathspec}: {len(events)} events")
             new_events += events
-        new_events = evals.fold_events([], new_events)
+        new_events = metrics.rescore(evals.fold_events([], new_events), self._vocabulary())
         self.state = self.state.fold(new_events)
         self.photo_results = to_parquet(photo_frame(new_events))
         self.folded_runs = self.folded_runs + [run.pathspec for run in new_runs]
@@ -85,7 +102,9 @@ class EvaluationFlow(FlowSpec):
         best = ranking.best
         if best:
             latency = f"{best.avg_latency_ms:.0f} ms/photo" if best.avg_latency_ms is not None else "every answer from the cache"
-            print(f"Best model: {best.model} (avg recall {best.avg_recall:.1f}%, error {best.error_pct:.1f}%, {latency})")
+            lenient = f"{best.avg_recall_lenient:.1f}%" if best.avg_recall_lenient is not None else "n/a"
+            print(f"Best model: {best.key} (avg recall {best.avg_recall:.1f}% exact, {lenient} lenient; "
+                  f"error {best.error_pct:.1f}%, {latency})")
         else:
             print(
                 "No model has a valid answer yet: run promptmodels.py (after updatephotos.py), then this flow again."
@@ -96,4 +115,4 @@ class EvaluationFlow(FlowSpec):
 
 
 if __name__ == "__main__":
-    EvaluationFlow()
+    mfclient.run_cli(EvaluationFlow)

@@ -7,7 +7,9 @@
     python export_tags.py --folder ~/Pictures/trip --xmp-naming basename --tag-prefix "Photo Tagger" --dry-run
 
 Sidecars are merged into, never overwritten: keywords, ratings and everything else already in them
-stay. The library code is phototagger/output/export.py and phototagger/output/xmp.py.
+stay. Tags go out as the lenient matching rule reads them (vocabulary.json, or --vocabulary FILE):
+synonyms folded, stop-tags left out, each tag filed under its parents in the keyword paths.
+The library code is phototagger/output/export.py and phototagger/output/xmp.py.
 """
 from __future__ import annotations
 
@@ -19,11 +21,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from phototagger import mfclient
+from phototagger.errors import UserError
 from phototagger.output import export
 from phototagger.prompting.configs import prompt_config
 from phototagger.prompting.providers.base import ProviderError
-from phototagger.ingest.sources.base import SourceError
 from phototagger.output.xmp import NAMINGS
+from phototagger.scoring.vocabulary import Vocabulary, VocabularyError, parse_file
 
 HERE = Path(__file__).resolve().parent
 
@@ -45,11 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="DIR", type=Path, default=Path("exports"), help="Folder for the CSV, the JSONL and the sidecars of URL images (default: %(default)s).")
     parser.add_argument("--xmp-naming", choices=NAMINGS, default="fullname", help="Sidecar naming (default: %(default)s).")
     parser.add_argument("--tag-prefix", metavar="TEXT", default="", help='File tags under this keyword in digiKam:TagsList and lr:hierarchicalSubject (e.g. "Photo Tagger"; "/" between levels); default: flat tags.')
+    parser.add_argument("--vocabulary", metavar="FILE", type=Path, default=HERE / "vocabulary.json", help="Synonyms, stop-tags and parent tags to export with (default: vocabulary.json, the lenient matching rule's).")
+    parser.add_argument("--no-vocabulary", action="store_true", help="Export the tags as the model gave them, flat.")
     parser.add_argument("--csv", metavar="FILE", type=Path, help="CSV file to write (default: DIR/tags.csv).")
     parser.add_argument("--jsonl", metavar="FILE", type=Path, help="JSONL file to write (default: DIR/tags.jsonl).")
     parser.add_argument("--no-xmp", action="store_true", help="Write the CSV and JSONL only.")
     parser.add_argument("--dry-run", action="store_true", help="Show what would be written and write nothing (--folder still prompts the model; answers are cached).")
-    parser.add_argument("--branch", metavar="NAME", help="@project branch whose runs to read: user.<name>, test.<name> or prod (default: user.<your Metaflow user>).")
+    parser.add_argument("--branch", metavar="NAME", help="@project branch whose runs to read: the name a flow's --branch took (x, meaning test.x) or the full one (test.x, prod, user.<name>); default: user.<your Metaflow user>.")
     parser.add_argument("--prompt", metavar="FILE", type=Path, default=HERE / "prompt.txt", help="Prompt for --folder (default: prompt.txt).")
     parser.add_argument("--models-config", metavar="FILE", type=Path, help="Model options (base_url, timeout_s, concurrency) for --folder (default: models.json, if there).")
     parser.add_argument("--concurrency", metavar="N", type=int, help="Most calls in flight for --folder (default: the model's models.json entry, else 4).")
@@ -86,9 +91,21 @@ def _read(path: Path, option: str) -> str:
         raise export.ExportError(f"Cannot read {path} ({exc.strerror}): pass the right file with {option}") from None
 
 
+def load_vocabulary(args: argparse.Namespace) -> Optional[Vocabulary]:
+    """The vocabulary to export with, read before any work starts; None with --no-vocabulary."""
+    if args.no_vocabulary:
+        return None
+    return Vocabulary.from_dict(parse_file(_read(args.vocabulary, "--vocabulary"), str(args.vocabulary)), str(args.vocabulary))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        vocabulary = load_vocabulary(args)
+    except (export.ExportError, VocabularyError) as exc:
+        print(f"export_tags.py: {exc}", file=sys.stderr)
+        return 1
     options = export.ExportOptions(
         out_dir=args.out,
         xmp_naming=args.xmp_naming,
@@ -97,12 +114,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         write_xmp=not args.no_xmp,
         tag_prefix=args.tag_prefix,
         dry_run=args.dry_run,
+        vocabulary=vocabulary,
     )
     try:
-        branch = args.branch or mfclient.user_branch()
+        branch = mfclient.full_branch(args.branch)
         tagset = collect_tags(args, branch)
+        if vocabulary:
+            tagset = export.with_vocabulary(tagset, vocabulary)
         report = export.export(tagset, options)
-    except (export.ExportError, SourceError, ProviderError, ValueError) as exc:
+    except UserError as exc:
+        print(f"export_tags.py: {exc.one_line()}", file=sys.stderr)
+        return 1
+    except (ProviderError, ValueError) as exc:
         print(f"export_tags.py: {exc}", file=sys.stderr)
         return 1
     for line in export.report_lines(tagset, report):

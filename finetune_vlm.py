@@ -17,14 +17,16 @@ read from a local path. Resume after a failure:
 from metaflow import FlowSpec, Parameter, card, current, project, resources, retry, step, trigger_on_finish
 from metaflow.cards import Markdown, Table, VegaChart
 
+from phototagger import mfclient
+from phototagger.errors import UserError
 from phototagger.training import vlm
-from phototagger.mfclient import CARD_TIMEOUT_S, resolve_run
+from phototagger.mfclient import CARD_TIMEOUT_S, DATASET_FLOW
 
 CHECKPOINT_ROOT = "finetune_checkpoints"
 
 
 @project(name="photo_tagger")
-@trigger_on_finish(flow="PrepareVLMData")
+@trigger_on_finish(flow=DATASET_FLOW)
 class FineTuneVLM(FlowSpec):
     """Fine-tune Qwen2.5-VL to answer the tagging prompt with a photo's real tags.
 
@@ -59,15 +61,11 @@ class FineTuneVLM(FlowSpec):
     @step
     def start(self):
         """Find the PrepareVLMData run through the Metaflow client and take its examples, prompt and pixel
-        caps; check the settings early, before a GPU is requested."""
+        caps; check the settings and that the base model can be loaded early, before a GPU is requested."""
         if self.quantize not in ("4bit", "none"):
-            raise ValueError(f"--quantize must be 4bit or none, got {self.quantize!r}")
-        run = resolve_run("PrepareVLMData", current.branch_name, self.dataset_run)
-        if run is None:
-            raise RuntimeError(
-                f"No successful PrepareVLMData run on branch {current.branch_name}: "
-                "run `python prepare_vlm_data.py run` first, or pass --dataset-run PrepareVLMData/<run id>"
-            )
+            raise UserError(f"--quantize {self.quantize!r} is not a choice", "pass --quantize 4bit or --quantize none")
+        vlm.check_base_model(self.base_model)
+        run = mfclient.required_run(DATASET_FLOW, current.branch_name, self.dataset_run, "--dataset-run")
         data = run.data  # each attribute read loads the artifact again: read each once
         self.train_examples = list(data.train_examples)
         self.validation_examples = list(data.validation_examples)
@@ -85,7 +83,7 @@ class FineTuneVLM(FlowSpec):
         self.next(self.train)
 
     @card(type="blank", timeout=CARD_TIMEOUT_S)
-    @retry(times=1)
+    @retry(times=1)  # a lost pod resumes from the datastore's checkpoint; start already stopped what a retry cannot fix (a base model that will not load)
     @resources(gpu=1, memory=32000)
     @step
     def train(self):
@@ -142,4 +140,4 @@ class FineTuneVLM(FlowSpec):
 
 
 if __name__ == "__main__":
-    FineTuneVLM()
+    mfclient.run_cli(FineTuneVLM)

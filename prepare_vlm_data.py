@@ -1,7 +1,7 @@
 """PrepareVLMData: curate the fine-tune dataset from the photos UpdatePhotos delivered.
 
     python prepare_vlm_data.py run                          # extend this branch's dataset with new photos
-    python prepare_vlm_data.py run --force-rebuild          # start over from every photo
+    python prepare_vlm_data.py run --force-rebuild          # build the dataset anew from every photo
     python prepare_vlm_data.py run --min-tags 5 --max-samples 200
     python check_data.py                                    # then: fast sanity check of the result
     python diagnose_data.py --processor Qwen/Qwen2.5-VL-3B-Instruct   # deep report with token lengths
@@ -12,6 +12,7 @@ is never graded on what it trained on. `--holdout-flows PromptModels,PromptCusto
 out every photo a vendor model was scored on (strict; then only unscored batches train).
 """
 from dataclasses import asdict
+from pathlib import Path
 
 from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
 from metaflow.cards import Markdown
@@ -19,11 +20,15 @@ from metaflow.cards import Markdown
 from phototagger.training import vlm
 from phototagger.prompting.configs import prompt_config
 from phototagger.training import curate as curation
-from phototagger.mfclient import CARD_TIMEOUT_S, latest_successful_run, runs_of
+from phototagger import mfclient
+from phototagger.errors import UserError
+from phototagger.mfclient import CARD_TIMEOUT_S, DATASET_FLOW, UPDATE_FLOW, latest_successful_run, runs_of
+
+HERE = Path(__file__).resolve().parent  # the default prompt sits beside this file, wherever it is run from
 
 
 @project(name="photo_tagger")
-@trigger_on_finish(flow="UpdatePhotos")
+@trigger_on_finish(flow=UPDATE_FLOW)
 class PrepareVLMData(FlowSpec):
     """Turn ingested photos into Qwen2.5-VL chat examples for FineTuneVLM, keeping evaluation photos out.
 
@@ -36,18 +41,16 @@ class PrepareVLMData(FlowSpec):
     3) End: print a summary and show the counts and the dropped-photo report on a card.
     """
 
-    prompt = Config("prompt", default="prompt.txt", parser=prompt_config, help="Plain-text prompt file (the prompt flows read the same one).")
+    prompt = Config("prompt", default=str(HERE / "prompt.txt"), parser=prompt_config, help="Plain-text prompt file (the prompt flows read the same one).")
 
     min_tags = Parameter("min-tags", default=curation.DEFAULT_MIN_TAGS, type=int, help="Leave out photos with fewer ground-truth tags than this.")
     max_samples = Parameter("max-samples", default=0, type=int, help="Most examples in the dataset (earliest photos first); 0 keeps every photo that passes.")
-    incremental = Parameter(
-        "incremental",
-        default=True,
-        type=bool,
-        help="Extend the previous dataset of this branch with new photos only; --incremental false builds it anew.",
-    )
     force_rebuild = Parameter(
-        "force-rebuild", default=False, type=bool, is_flag=True, help="Start over from every photo, even when the previous dataset could be extended."
+        "force-rebuild",
+        default=False,
+        type=bool,
+        is_flag=True,
+        help="Build the dataset anew from every photo of this branch; without it, the previous dataset is extended with new photos only.",
     )
     validation_share = Parameter(
         "validation-share",
@@ -87,14 +90,13 @@ class PrepareVLMData(FlowSpec):
         dataset (when it can be extended), the batches of the UpdatePhotos runs it has not included yet
         (all of them when building anew), and the ids held out for evaluation."""
         if self.min_pixels > self.max_pixels:
-            raise ValueError(f"--min-pixels {self.min_pixels} is above --max-pixels {self.max_pixels}: swap or fix them")
+            raise UserError(f"--min-pixels {self.min_pixels} is above --max-pixels {self.max_pixels}", "swap or fix them")
         settings = self._settings()
         branch = current.branch_name
-        update_runs = list(runs_of(curation.UPDATE_FLOW, branch))
+        update_runs = list(runs_of(UPDATE_FLOW, branch))
         if not update_runs:
-            raise RuntimeError(f"No successful UpdatePhotos run on branch {branch}: run `python updatephotos.py run` first")
-        extend = self.incremental and not self.force_rebuild
-        previous, self.notes = curation.previous_dataset(latest_successful_run(curation.DATASET_FLOW, branch) if extend else None, settings)
+            raise mfclient.no_run_error(UPDATE_FLOW, branch)
+        previous, self.notes = curation.previous_dataset(None if self.force_rebuild else latest_successful_run(DATASET_FLOW, branch), settings)
         self.notes = self.notes or ["Building the dataset from every photo of this branch."]
         self.previous_state = asdict(previous) if previous else None
         self.update_batches = curation.read_batches(update_runs, skip=previous.included_update_runs if previous else ())
@@ -138,4 +140,4 @@ class PrepareVLMData(FlowSpec):
 
 
 if __name__ == "__main__":
-    PrepareVLMData()
+    mfclient.run_cli(PrepareVLMData)

@@ -4,45 +4,68 @@
     python promptmodels.py run --models prior,knn                    # only some (keys or providers)
     python promptmodels.py --config model-list my_models.json run    # another model list
     python promptmodels.py --config prices my_prices.json run        # another price table
+    python promptmodels.py --config prompts prompts/demo.json run    # several prompts side by side
+    python promptmodels.py run --shard-size 100 --max-workers 8      # 100 photos per task, 8 tasks at once
 
-prompt.txt, models.json and prices.json are Metaflow Configs: edit them or pass your own file.
+prompt.txt, models.json, prices.json and vocabulary.json are Metaflow Configs: edit them or pass your own file.
 prices.json holds list prices (USD per 1M tokens) published by OpenAI and Together AI in 2025;
 they are editable, and a model missing from the table is shown without a cost.
 """
+from pathlib import Path
+
 from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults before Metaflow reads them
 
 from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
 from metaflow.cards import Markdown
 
+from phototagger.ingest.state import reference_photos
+from phototagger.prompting import fanout
 from phototagger.prompting.batch import DEFAULT_CONCURRENCY, DEFAULT_MODEL_DEADLINE_S, PromptSettings, prompt_photos
 from phototagger.prompting.budget import DEFAULT_MAX_ERROR_SHARE, ErrorBudget
+from phototagger.prompting.providers import provider_class
 from phototagger.prompting.cache import make_cache
-from phototagger.prompting.configs import ModelSkipped, make_prompter, prompt_config, select_models
+from phototagger.prompting.configs import ModelSkipped, make_prompter, model_list_config, prompt_config, select_models, skipped_models
 from phototagger.prompting.cost import load_prices, price_results
 from phototagger.prompting.summary import run_summary_lines
+from phototagger.prompting.variants import prompt_variants, variants_config
 from phototagger.scoring.evals import model_key
 from phototagger.scoring.metrics import score_results, summarise
-from phototagger.mfclient import CARD_TIMEOUT_S, scored_update_run
+from phototagger.scoring.vocabulary import Vocabulary, parse_file
+from phototagger import mfclient
+from phototagger.mfclient import CARD_TIMEOUT_S, UPDATE_FLOW, DatastoreBlobs, scored_update_run
+
+HERE = Path(__file__).resolve().parent  # the default Configs sit beside this file, wherever it is run from
 
 
-@mfdeploy.keys_in_steps("prompt_model")
+@mfdeploy.keys_in_steps("start", "prompt_model")  # start decides which models have their key
 @project(name="photo_tagger")
-@trigger_on_finish(flow="UpdatePhotos")
+@trigger_on_finish(flow=UPDATE_FLOW)
 class PromptModels(FlowSpec):
     """Tag a batch of photos with several vision-language models and score them against ground truth.
 
-    1) Read the unseen batch (and the earlier photos, for the offline baselines) from the latest
-       successful UpdatePhotos run of this branch, or the run given by --update-run.
-    2) One branch per model in models.json: prompt every photo (bounded adaptive concurrency,
-       response cache, retries), score and price; the results are what EvaluationFlow reads.
-       A model that cannot run here (no API key; a baseline on the first batch) is skipped with one line.
-    3) Join: store `models_eval`, `summaries` and `skipped_models`, and check the error budget.
+    1) Read the unseen batch (and, for the offline baselines, the tag counts and the keys of a
+       bounded sample of earlier photos, never all of history) from the latest successful
+       UpdatePhotos run of this branch, or the run given by --update-run. Decide here which
+       models cannot run (no API key; a baseline on the first batch): they get no branch.
+    2) One branch per runnable model in models.json x prompt variant x shard of --shard-size photos:
+       prompt every photo (bounded adaptive concurrency, a share of the model's, response cache,
+       retries), score and price; the results are what EvaluationFlow reads.
+    3) Join the shards in photo order: store `models_eval` (one row per model and prompt),
+       `summaries` and `skipped_models`, and check the error budget of each row.
     4) End: print a three-line summary; fail if a model broke the error budget.
     """
 
-    prompt = Config("prompt", default="prompt.txt", parser=prompt_config, help="Plain-text prompt file.")
-    model_list = Config("model-list", default="models.json", help="JSON list of models to prompt (see models.json).")
-    prices = Config("prices", default="prices.json", help="JSON price table, USD per 1M tokens (see prices.json).")
+    prompt = Config("prompt", default=str(HERE / "prompt.txt"), parser=prompt_config, help="Plain-text prompt file.")
+    prompts = Config(
+        "prompts", default_value={"variants": []}, parser=variants_config,
+        help='JSON list of named prompts to run side by side, e.g. prompts/demo.json; default: prompt.txt alone, as "default".',
+    )
+    model_list = Config(
+        "model-list", default=str(HERE / "models.json"), parser=model_list_config, help="JSON list of models to prompt (see models.json)."
+    )
+    prices = Config("prices", default=str(HERE / "prices.json"), help="JSON price table, USD per 1M tokens (see prices.json).")
+    vocabulary = Config("vocabulary", default=str(HERE / "vocabulary.json"), parser=parse_file,
+                        help="JSON vocabulary of the lenient matching rule: synonyms, stop_tags, parents (see vocabulary.json).")
     deploy_secrets = mfdeploy.secrets_config()
 
     update_run = Parameter(
@@ -60,53 +83,75 @@ class PromptModels(FlowSpec):
         help="Seconds a model gets for the whole batch; photos not answered by then are recorded as failed (class 'deadline').",
     )
     only_models = Parameter("models", default="", help="Comma-separated model keys or providers to run (e.g. prior,knn); default: all.")
+    shard_size = Parameter(
+        "shard-size", default=fanout.DEFAULT_SHARD_SIZE, type=int,
+        help="Photos per task: a bigger batch is split into tasks of this many photos (bound them with run --max-workers).",
+    )
 
     @step
     def start(self):
-        """Find the UpdatePhotos run through the Metaflow client and take its unseen photos and history.
+        """Find the UpdatePhotos run through the Metaflow client and take its unseen photos, tag counts and
+        reference sample keys; skip the models that cannot run here with their reason (`skipped_models`).
         An empty batch is not an error: every model branch then has nothing to do and the run ends cleanly."""
         run = scored_update_run(current.branch_name, self.update_run)
+        data = run.data  # each attribute read loads the artifact again: read each once
         self.update_run_pathspec = run.pathspec
-        self.photos = dict(run.data.unseen)
-        self.history = dict(run.data.history)
-        self.batch_id = str(run.data.batch_id)
-        self.batch_date = run.data.batch_date
-        self.models = select_models(self.model_list.to_dict(), self.only_models)
+        self.photos = dict(data.unseen)
+        self.tag_stats, self.reference = data.tag_stats, data.reference
+        self.batch_id = str(data.batch_id)
+        self.batch_date = data.batch_date
+        configured = select_models(self.model_list.to_dict(), self.only_models)
+        self.prompt_variants = prompt_variants(self.prompt.text, self.prompts.to_dict())
+        self.skipped_models = skipped_models(configured, bool(self.tag_stats["photos"])) if self.photos else {}
+        runnable = [e for e in configured if model_key(e["provider"], e["model"]) not in self.skipped_models] if self.photos else []
+        for key, reason in self.skipped_models.items():
+            print(f"Skipping {key}: {reason}")
+        work = fanout.plan(runnable, self.prompt_variants, len(self.photos), self.shard_size, self.concurrency)
         if not self.photos:
             print(f"Nothing to do: {run.pathspec} delivered no new photos.")
         else:
-            print(f"Prompting {len(self.models)} models on {len(self.photos)} photos of batch {self.batch_id} ({self.batch_date}).")
-        self.next(self.prompt_model, foreach="models")
+            print(f"Prompting {len(runnable)} models with {len(self.prompt_variants)} prompts on {len(self.photos)} photos "
+                  f"of batch {self.batch_id} ({self.batch_date}) in {len(work)} tasks.")
+        self.work = work or [None]  # a foreach needs one split: with nothing to run, one empty task
+        self.next(self.prompt_model, foreach="work")
 
     @step
     def prompt_model(self):
-        """Prompt every photo of the batch with one model through `batch.prompt_photos`, which keeps one
-        result per photo whatever happens to the call and reuses cached answers; then score and price them."""
-        entry = self.input
-        self.model_key = model_key(entry["provider"], entry["model"])
+        """Prompt one shard of the batch with one model and one prompt through `batch.prompt_photos`, which
+        keeps one result per photo whatever happens to the call and reuses cached answers; then score and price them."""
+        self.item = self.input
+        self.model_key = fanout.item_model(self.item) if self.item else None
         self.results, self.skip_reason = [], None
-        if self.photos:
+        if self.item:
+            entry, photos = self.item["entry"], fanout.shard_photos(self.photos, self.item)
+            learns = provider_class(entry["provider"]).learns_from_history
+            history = reference_photos(DatastoreBlobs(UPDATE_FLOW), self.reference) if learns else []
             try:
-                prompter = make_prompter(entry, list(self.history.values()))
+                prompter = make_prompter(entry, history, self.tag_stats)
             except ModelSkipped as exc:
                 self.skip_reason = str(exc)
                 print(f"Skipping {self.model_key}: {exc}")
             else:
                 prices = load_prices(self.prices.to_dict())  # a bad table fails before any call
-                photos = list(self.photos.values())
-                settings = PromptSettings(concurrency=entry.get("concurrency") or self.concurrency, deadline_s=self.model_deadline_s)
-                results = prompt_photos(prompter, photos, self.prompt.text, settings, cache=make_cache(not self.no_cache))
-                self.results = price_results(score_results(photos, results), prices)
+                vocabulary = Vocabulary.from_dict(self.vocabulary.to_dict())
+                settings = PromptSettings(concurrency=self.item["concurrency"], deadline_s=self.model_deadline_s)
+                results = prompt_photos(prompter, photos, self.item["variant"]["text"], settings, cache=make_cache(not self.no_cache))
+                self.results = price_results(score_results(photos, results, vocabulary), prices)
         self.next(self.join)
 
     @step
     def join(self, inputs):
-        """Gather the models' results into `models_eval` (EvaluationFlow's input), summarise each model, list the skipped ones,
-        and note which models broke the error budget (the run fails in `end`, after these are stored)."""
-        self.merge_artifacts(inputs, include=["photos", "batch_id", "batch_date", "update_run_pathspec"])
-        self.skipped_models = {i.model_key: i.skip_reason for i in inputs if i.skip_reason}
-        results = {i.model_key: i.results for i in inputs if not i.skip_reason and i.results}
-        self.models_eval = {"batch_id": self.batch_id, "batch_date": self.batch_date, "photos": self.photos, "results": results}
+        """Join the shards in photo order into `models_eval` (EvaluationFlow's input), one row per model and prompt;
+        summarise each row, list the skipped models, and note which rows broke the error budget (the run fails
+        in `end`, after these are stored)."""
+        self.merge_artifacts(inputs, include=["photos", "batch_id", "batch_date", "update_run_pathspec", "skipped_models",
+                                              "prompt_variants"])
+        results, skipped = fanout.join(
+            ({"item": i.item, "results": i.results, "skip_reason": i.skip_reason} for i in inputs if i.item), list(self.photos)
+        )
+        self.skipped_models = {**self.skipped_models, **skipped}
+        self.models_eval = {"batch_id": self.batch_id, "batch_date": self.batch_date, "photos": self.photos, "results": results,
+                            "prompts": {v["id"]: v["text"] for v in self.prompt_variants}}
         self.summaries = {key: summarise(rows) for key, rows in results.items()}
         self.budget_errors = ErrorBudget(self.max_error_share).check(results)
         self.next(self.end)
@@ -116,7 +161,7 @@ class PromptModels(FlowSpec):
     def end(self):
         """Print what was prompted, the best model and what it cost, and show the same on the run's card;
         fail clearly if a model broke the error budget."""
-        lines = run_summary_lines(self.models_eval, self.summaries, self.skipped_models)
+        lines = run_summary_lines(self.models_eval, self.summaries, self.skipped_models, failed=bool(self.budget_errors))
         for line in lines:
             print(line)
         current.card.append(Markdown("# PromptModels\n\n" + "\n\n".join(lines)))
@@ -124,4 +169,4 @@ class PromptModels(FlowSpec):
 
 
 if __name__ == "__main__":
-    PromptModels()
+    mfclient.run_cli(PromptModels)

@@ -4,7 +4,7 @@
 # Each batch is scored with the earlier ones as history, as hourly runs would: on the first batch the
 # offline baselines (prior, knn) have nothing to learn from yet and are skipped, so the dashboard
 # shows the second and third batches. No key and no network are needed: models whose key is not
-# exported are skipped with one line.
+# exported are skipped with one line. Every model runs with both prompts of prompts/demo.json.
 # Each demo gets its own Metaflow project branch, so it never mixes with your own runs and can be
 # run again. Set up on first use: .venv from requirements.txt.
 #
@@ -29,7 +29,7 @@ echo "== Photo Tagger demo on project branch test.$branch"
 for batch in 1 2 3; do
     echo "== Batch $batch"
     flow updatephotos.py --source demo --batch-size 6
-    flow promptmodels.py
+    python promptmodels.py --branch "$branch" --config prompts prompts/demo.json run  # two prompts side by side
 done
 if $finetune; then
     echo "== Fine-tune loop on a tiny random Qwen2.5-VL (CPU smoke run)"
@@ -44,8 +44,8 @@ flow evalsflow.py --title "Photo Tagger demo"
 
 run_id=$(python - "$branch" <<'PY'
 import sys
-from phototagger.mfclient import latest_successful_run
-print(latest_successful_run("EvaluationFlow", "test." + sys.argv[1]).id)
+from phototagger.mfclient import EVAL_FLOW, full_branch, latest_successful_run
+print(latest_successful_run(EVAL_FLOW, full_branch(sys.argv[1])).id)
 PY
 )
 python evalsflow.py card get "$run_id/end" dashboard.html >/dev/null
@@ -54,3 +54,5 @@ echo "== Done. The dashboard card of EvaluationFlow/$run_id is in $(pwd)/dashboa
 echo "   Open it in a browser, or write it again with:"
 echo "     .venv/bin/python evalsflow.py card get $run_id/end dashboard.html"
 echo "   or browse every card with: .venv/bin/python evalsflow.py card server"
+echo "   Export the best model's tags of this demo (drop --dry-run to write them):"
+echo "     .venv/bin/python export_tags.py --branch $branch --dry-run"

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from metaflow import Runner
 
+from phototagger.scoring.evals import split_row_key
 from phototagger.scoring.evalstate import read_parquet
 from tests import flowrun
 from tests.fakes.openai_server import FakeOpenAIServer
@@ -57,8 +58,15 @@ def dashboard(run) -> tuple[dict, str]:
     return run.data.evals, run.data.html
 
 
+def by_model(rows: dict) -> dict:
+    """Rows keyed "provider:model | variant@hash" by their model alone (each model ran on one prompt)."""
+    keyed = {split_row_key(key)[0]: value for key, value in rows.items()}
+    assert len(keyed) == len(rows), f"a model ran on several prompts: {sorted(rows)}"
+    return keyed
+
+
 def rows_by_model(evals: dict) -> dict[str, dict]:
-    return {row[0]: dict(zip(evals["headers"], row)) for row in evals["rows"]}
+    return by_model({row[0]: dict(zip(evals["headers"], row)) for row in evals["rows"]})
 
 
 def test_baseline_loop_offline_on_demo_photos(flow_env):
@@ -72,25 +80,50 @@ def test_baseline_loop_offline_on_demo_photos(flow_env):
     evals_run, out = run_flow("evalsflow.py", flow_env)
 
     assert not set(second.data.unseen) & set(third.data.unseen), "a second UpdatePhotos run repeats no photo"
-    results = scored.data.models_eval["results"]
+    results = by_model(scored.data.models_eval["results"])
     assert set(results) == {"prior:tag-prior", "knn:jec"}
     assert all(len(r) == len(second.data.unseen) for r in results.values()), "every photo gets a record"
     assert set(scored.data.skipped_models) >= {"openai:gpt-4o-mini"}
+    tasks = [task.data.model_key for task in scored["prompt_model"]]
+    assert sorted(tasks) == ["knn:jec", "prior:tag-prior"], "a model skipped for lack of a key gets no task"
 
     evals, html = dashboard(evals_run)
     rows = rows_by_model(evals)
     assert set(rows) == {"prior:tag-prior", "knn:jec"}
     batch_cols = [h for h in evals["headers"] if h.endswith(")") and "(" in h and h[-6:-1].count("-") == 1]
     assert len(batch_cols) == 2, evals["headers"]
-    assert [row[0] for row in evals["rows"]] == sorted(rows, key=lambda m: -(rows[m]["Avg Recall"] or 0))
-    for model in rows:
-        assert f'data-model="{model}"' in html
+    assert [split_row_key(row[0])[0] for row in evals["rows"]] == sorted(rows, key=lambda m: -(rows[m]["Avg Recall (exact)"] or 0))
+    for row in evals["rows"]:
+        assert f'data-model="{row[0]}"' in html
     assert "card get" in out
 
     again, _ = run_flow("evalsflow.py", flow_env)
     assert again.data.folded_runs == evals_run.data.folded_runs, "nothing new to fold"
     assert again.data.state.totals == evals_run.data.state.totals and again.data.evals == evals
     assert read_parquet(again.data.photo_results).empty, "photo_results holds only the rows new in a run"
+
+
+def test_a_batch_in_shards_of_two_reaches_models_eval_whole_in_photo_order_for_every_model_and_prompt(flow_env):
+    run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
+    batch, _ = run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
+    prompted, out = flowrun.run_flow(
+        ROOT / "promptmodels.py", flow_env, ROOT, runner_options={"config": [("prompts", str(ROOT / "prompts" / "demo.json"))]},
+        models="prior,knn", shard_size=2, max_workers=2,
+    )
+    evals_run, _ = run_flow("evalsflow.py", flow_env)
+
+    models_eval = prompted.data.models_eval
+    variants = sorted(models_eval["prompts"])
+    assert [v.split("@")[0] for v in variants] == ["default", "short"]
+    assert len(list(prompted["prompt_model"])) == 2 * 2 * 3, "2 models x 2 prompts x 3 shards of 2 photos"
+    assert "in 12 tasks" in out
+    results = models_eval["results"]
+    assert sorted(results) == sorted(f"{m} | {v}" for m in ("prior:tag-prior", "knn:jec") for v in variants)
+    for key, rows in results.items():
+        assert [r["photo_id"] for r in rows] == list(batch.data.unseen), f"{key}: every photo once, in photo order"
+        assert {r["prompt_variant"] for r in rows} == {split_row_key(key)[1]}
+    assert sorted(row[0] for row in evals_run.data.evals["rows"]) == sorted(results), "one dashboard row per model and prompt"
+    assert len(read_parquet(evals_run.data.photo_results)) == 4 * len(batch.data.unseen)
 
 
 def test_baseline_loop_against_unsplash_and_openai_wire_formats(flow_env):
@@ -122,12 +155,12 @@ def test_baseline_loop_against_unsplash_and_openai_wire_formats(flow_env):
         evals_run, _ = run_flow("evalsflow.py", env)
 
     assert len(update.data.unseen) == 8 and update.data.source_name == "unsplash"
-    results = prompted.data.models_eval["results"]
+    results = by_model(prompted.data.models_eval["results"])
     vendor = [k for k in results if k.split(":")[0] in ("openai", "together")]
     assert len(vendor) == 3 and all(len(results[k]) == 8 for k in vendor)
     assert all(r["recall"] == 100.0 and r["valid"] for r in results["openai:gpt-4o-mini"])
     evals, html = dashboard(evals_run)
-    assert evals["rows"][0][0] == "openai:gpt-4o-mini", "best model first"
+    assert split_row_key(evals["rows"][0][0])[0] == "openai:gpt-4o-mini", "best model first"
     assert "prior:tag-prior" in prompted.data.skipped_models  # first batch: nothing to learn from yet
 
     leaked = [
@@ -166,6 +199,7 @@ def test_every_prompted_photo_reaches_the_dashboard_past_the_log_cap(flow_env):
     assert not [p["id"] for p in photos if p["id"] in prompt_out], "no line per photo in the terminal"
 
 
+@pytest.mark.timeout(900)  # trains, then loads the tiny model once per shard, on a CPU
 def test_full_loop_puts_the_finetuned_model_on_the_dashboard(flow_env, tmp_path):
     # Built in a child process, as run_demo.sh does: torch imported after Metaflow's client has run in
     # this process can trip over Metaflow's vendored typing_extensions.
@@ -179,7 +213,7 @@ def test_full_loop_puts_the_finetuned_model_on_the_dashboard(flow_env, tmp_path)
         output_dir=str(tmp_path / "checkpoints"),
     )
     # A random tiny model answers gibberish, cut at max-new-tokens: every answer fails, which the error budget would stop.
-    custom, _ = run_flow("promptcustommodels.py", flow_env, max_error_share=1.0)
+    custom, _ = run_flow("promptcustommodels.py", flow_env, max_error_share=1.0, shard_size=3)
     evals_run, _ = run_flow("evalsflow.py", flow_env)
 
     train_ids = {ex["photo_id"] for ex in dataset.data.train_examples + dataset.data.validation_examples}
@@ -188,11 +222,12 @@ def test_full_loop_puts_the_finetuned_model_on_the_dashboard(flow_env, tmp_path)
     assert trained.data.adapter_files and trained.data.finetune_meta["base_model"] == str(base)
     assert len(trained.data.finetune_meta["train_loss"]) >= 1
 
+    assert len(list(custom["evaluate"])) == 2, "6 photos in shards of 3: two evaluate tasks"
     (key,) = custom.data.models_eval["results"]
-    assert key.startswith("finetuned:")
-    assert len(custom.data.models_eval["results"][key]) == len(newest.data.unseen)
+    assert key.startswith("finetuned:") and split_row_key(key)[1].startswith("default@"), "trained on prompt.txt"
+    assert [r["photo_id"] for r in custom.data.models_eval["results"][key]] == list(newest.data.unseen), "2 shards, joined in order"
     evals, html = dashboard(evals_run)
-    assert key in rows_by_model(evals)
+    assert key in [row[0] for row in evals["rows"]]
     assert f'data-model="{key}"' in html
 
 
@@ -263,5 +298,5 @@ def test_a_model_past_its_error_budget_fails_the_run_but_keeps_every_record(flow
     assert status == "failed"
     message = run["end"].task.stderr
     assert "openai:gpt-4o-mini" in message and "unparseable" in message
-    stored = run["join"].task.data.models_eval["results"]["openai:gpt-4o-mini"]
+    (stored,) = run["join"].task.data.models_eval["results"].values()
     assert [r["error"] for r in stored] == ["unparseable"] * 4, "the failed run still stored one record per photo"

@@ -7,7 +7,7 @@
    with the ratio of the largest K to the smallest.
 2. A year in-process: the EvalState of 8,760 hourly rounds x 30 photos x 2 models (bench/synthetic_evals),
    then one hourly EvaluationFlow run's library work on it, in a child process: load the state,
-   fold the new batch, write photo_results, rank, render the card, store the state. Its wall time
+   score the new batch with the vocabulary and fold it, write photo_results, rank, render the card, store the state. Its wall time
    and peak RAM (targets: < 60 s, < 2 GB).
 
     .venv/bin/python bench/hourly_growth.py                   # K=5 and K=20, then the year (about 25 min here)
@@ -94,13 +94,14 @@ def report_rounds(per_round: list[dict[str, tuple[float, int]]], ks: list[int]) 
 def one_hourly_run(state_file: Path, hour: int, photos: int) -> None:
     """EvaluationFlow's library work for one run on a stored state (run in a child process for its peak RAM)."""
     from phototagger.output import dashboard
-    from phototagger.scoring import evals
+    from phototagger.scoring import evals, metrics
     from phototagger.scoring.evalstate import photo_frame, to_parquet
+    from phototagger.scoring.vocabulary import Vocabulary
 
     started = time.perf_counter()
     state = pickle.loads(state_file.read_bytes())
     loaded = time.perf_counter()
-    new = batch_events(hour, photos)
+    new = metrics.rescore(batch_events(hour, photos), Vocabulary.from_file(ROOT / "vocabulary.json"))
     state = state.fold(new)
     photo_results = to_parquet(photo_frame(new))
     ranking = evals.rank_totals(state.totals, state.dates)

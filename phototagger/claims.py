@@ -16,7 +16,7 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, NamedTuple, Optional, Protocol
+from typing import Any, Callable, Literal, NamedTuple, Optional, Protocol
 from urllib.parse import quote
 
 FIRST_EPOCH = "0"
@@ -89,11 +89,11 @@ class Claim(NamedTuple):
     state: Literal["won", "delivered", "pending"]  # ours; delivered by a successful run; its run is still going
 
 
-def epoch(previous: Optional[Mapping[str, Any]], reset: bool, run_id: str) -> str:
+def epoch(previous_epoch: Optional[str], reset: bool, run_id: str) -> str:
     """The claim epoch of a run: the previous run's, or a fresh one when --reset-existing starts over."""
     if reset:
         return f"reset-{run_id}"
-    return str((previous or {}).get("claim_epoch") or FIRST_EPOCH)
+    return str(previous_epoch or FIRST_EPOCH)
 
 
 class Claims:

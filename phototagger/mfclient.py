@@ -1,20 +1,41 @@
-"""Finding upstream runs through the Metaflow client, within one @project branch.
+"""The flows by name, and finding upstream runs through the Metaflow client within one @project branch.
 
 Every flow reads its inputs here, never from files on disk, so a user's branch, a test branch
-and production (DESIGN.md) never read each other's data.
+and production (DESIGN.md) never read each other's data. A --branch value means the same
+everywhere: a full name (`test.x`, `prod`, `prod.x`, `user.<name>`), or a short name `x` that
+means `test.x`, as a flow's own --branch does.
 """
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 from metaflow import Flow, Run, namespace
 from metaflow.exception import MetaflowNotFound
 
 from phototagger.claims import Claims, ClaimStore, LocalClaimStore, RunState, S3ClaimStore
+from phototagger.errors import UserError
 
 PROJECT = "photo_tagger"
+
+UPDATE_FLOW = "UpdatePhotos"
+PROMPT_FLOW = "PromptModels"
+DATASET_FLOW = "PrepareVLMData"
+FINETUNE_FLOW = "FineTuneVLM"
+CUSTOM_PROMPT_FLOW = "PromptCustomModels"
+EVAL_FLOW = "EvaluationFlow"
+PROMPT_FLOWS = (PROMPT_FLOW, CUSTOM_PROMPT_FLOW)
+"""The flows whose `models_eval` EvaluationFlow folds and export_tags.py reads."""
+SCRIPTS = {
+    UPDATE_FLOW: "updatephotos.py",
+    PROMPT_FLOW: "promptmodels.py",
+    DATASET_FLOW: "prepare_vlm_data.py",
+    FINETUNE_FLOW: "finetune_vlm.py",
+    CUSTOM_PROMPT_FLOW: "promptcustommodels.py",
+    EVAL_FLOW: "evalsflow.py",
+}
 CARD_TIMEOUT_S = 600
 """How long a card may take to render. Metaflow renders a step's card in a child process after the step and
 drops it (no card at all) when its 45 s default runs out, which a machine busy with other work reaches."""
@@ -30,8 +51,75 @@ def user_branch() -> str:
 
     user = os.environ.get("METAFLOW_OWNER") or get_username()
     if not user:
-        raise ValueError("Unknown user: export METAFLOW_USER=<your name>, or pass --branch (e.g. --branch prod)")
+        raise UserError("Unknown user", "export METAFLOW_USER=<your name>, or pass --branch (e.g. --branch prod)")
     return format_name("PhotoTagger", PROJECT, False, None, user)[1]
+
+
+def full_branch(branch: Optional[str]) -> str:
+    """The full @project branch a --branch value names: `x` is `test.x` (a flow's --branch x), `prod`,
+    `prod.x`, `test.x` and `user.<name>` are taken as they are, nothing is your own user branch."""
+    if not branch:
+        return user_branch()
+    if branch == "prod" or branch.split(".", 1)[0] in ("user", "test", "prod") and "." in branch:
+        return branch
+    return f"test.{branch}"
+
+
+def flow_branch_args(branch: str) -> list[str]:
+    """The options that put a flow on the full `branch`: ["--branch", "x"] for test.x, ["--production"] for prod."""
+    kind, _, name = branch.partition(".")
+    if branch == "prod":
+        return ["--production"]
+    if kind == "prod":
+        return ["--production", "--branch", name]
+    if kind == "test":
+        return ["--branch", name]
+    if branch == user_branch():
+        return []
+    raise UserError(f"--branch {branch}: a flow runs on another user's branch only as that user", f"run it as METAFLOW_USER={name}")
+
+
+def flow_argv(argv: list[str]) -> list[str]:
+    """A flow's command line with a full --branch name turned into the options Metaflow takes (which
+    reads `--branch x` as `test.x` and rejects `test.x`), so flows and tools take the same names."""
+    out: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        name, eq, value = arg.partition("=")
+        if name != "--branch":
+            out.append(arg)
+            continue
+        value = value if eq else next(args, "")
+        out += flow_branch_args(full_branch(value)) if value else [arg]
+    return out
+
+
+def run_cli(flow_cls: type) -> None:
+    """A flow file's `__main__`: the flow's command line, with --branch taken in either form."""
+    try:
+        sys.argv[:] = flow_argv(sys.argv)
+    except UserError as exc:
+        sys.exit(f"{os.path.basename(sys.argv[0])}: {exc.one_line()}")
+    flow_cls()
+
+
+def config_file(config: str, default: str) -> str:
+    """The file a flow's Config `config` is read from: the one given with --config, else its default.
+    For Config parsers, which Metaflow hands only the file's text, so their errors can name the file."""
+    args = sys.argv
+    for i, arg in enumerate(args[:-2]):
+        if arg == "--config" and args[i + 1] == config:
+            return args[i + 2]
+    return default
+
+
+def flow_command(flow_name: str, branch: Optional[str], command: str = "run") -> str:
+    """The command line that runs `flow_name` on the full `branch`, for hints (`python updatephotos.py --branch x run`)."""
+    kind, _, name = (branch or "").partition(".")
+    if kind == "user" and branch != user_branch():
+        return f"METAFLOW_USER={name} python {SCRIPTS[flow_name]} {command}"
+    options = flow_branch_args(branch) if branch else []
+    return " ".join(["python", SCRIPTS[flow_name], *options, command])
 
 
 def branch_tag(branch: str) -> str:
@@ -67,19 +155,77 @@ def resolve_run(flow_name: str, branch: Optional[str], pathspec: str = "") -> Op
         pathspec = f"{flow_name}/{pathspec}"
     run = Run(pathspec)
     if not run.successful:
-        raise ValueError(f"{pathspec} did not finish successfully; pick a successful run")
+        raise UserError(f"{pathspec} did not finish successfully", "pick a successful run")
     return run
+
+
+def required_run(flow_name: str, branch: Optional[str], pathspec: str = "", option: str = "") -> Run:
+    """The run a flow parameter names, else the latest successful one; none yet is a user's mistake whose
+    fix names the upstream command on this same branch."""
+    run = resolve_run(flow_name, branch, pathspec)
+    if run is None:
+        raise no_run_error(flow_name, branch, option)
+    return run
+
+
+def no_run_error(flow_name: str, branch: Optional[str], option: str = "") -> UserError:
+    """No successful `flow_name` run on `branch` yet: the fix runs it on this same branch (or names `option`)."""
+    return UserError(
+        f"No successful {flow_name} run on branch {branch} yet",
+        f"run `{flow_command(flow_name, branch)}` first" + (f", or pass {option} {flow_name}/<run id>" if option else ""),
+    )
+
+
+def require_prompt_runs(branch: Optional[str]) -> None:
+    """Raise UserError when `branch` has no successful prompt run for EvaluationFlow to rank, naming the
+    commands that make one on this same branch."""
+    if not any(latest_successful_run(flow, branch) for flow in PROMPT_FLOWS):
+        raise UserError(
+            f"No successful {' or '.join(PROMPT_FLOWS)} run on branch {branch} yet: nothing to rank",
+            f"run `{flow_command(UPDATE_FLOW, branch)}`, then `{flow_command(PROMPT_FLOW, branch)}`",
+        )
 
 
 def scored_update_run(branch: Optional[str], pathspec: str = "") -> Run:
     """The UpdatePhotos run whose unseen batch a prompt flow scores: the one named, else the latest."""
-    run = resolve_run("UpdatePhotos", branch, pathspec)
-    if run is None:
-        raise RuntimeError(
-            f"No successful UpdatePhotos run on branch {branch}: "
-            "run `python updatephotos.py run` first, or pass --update-run UpdatePhotos/<run id>"
-        )
-    return run
+    return required_run(UPDATE_FLOW, branch, pathspec, "--update-run")
+
+
+def adapter_run(branch: Optional[str], pathspec: str = "") -> tuple[Optional[Run], Optional[dict]]:
+    """(run, its finetune_meta): the FineTuneVLM run named, else the newest of `branch` that trained an
+    adapter; (None, None) when none has."""
+    if pathspec:
+        run = resolve_run(FINETUNE_FLOW, branch, pathspec)
+        meta = run.data.finetune_meta
+        if not meta:
+            raise UserError(f"{run.pathspec} trained no adapter (its dataset was empty)", "pass another --finetune-run")
+        return run, dict(meta)
+    for run in runs_of(FINETUNE_FLOW, branch):
+        meta = run.data.finetune_meta
+        if meta:
+            return run, dict(meta)
+    return None, None
+
+
+class DatastoreBlobs:
+    """A flow's blobs in Metaflow's content-addressed store (the one its artifacts live in): a blob
+    is keyed by its sha1, and saving one that is already there writes nothing."""
+
+    def __init__(self, flow_name: str) -> None:
+        from metaflow.datastore import FlowDataStore
+        from metaflow.metaflow_config import DEFAULT_DATASTORE
+        from metaflow.plugins import DATASTORES
+
+        storage = next(impl for impl in DATASTORES if impl.TYPE == DEFAULT_DATASTORE)
+        root = storage.get_datastore_root_from_config(lambda *args, **kwargs: None)
+        self._store = FlowDataStore(flow_name, storage_impl=storage, ds_root=root)
+
+    def save(self, blobs: Sequence[bytes]) -> list[str]:
+        return [key for _, key in self._store.save_data(iter(blobs), len_hint=len(blobs))]
+
+    def load(self, keys: Sequence[str]) -> list[bytes]:
+        loaded = dict(self._store.load_data(list(keys)))
+        return [loaded[key] for key in keys]
 
 
 def claim_store(flow_name: str) -> ClaimStore:

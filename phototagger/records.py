@@ -43,6 +43,10 @@ class ModelResult(TypedDict, total=False):
     completion_tokens: Optional[int]
     cost_usd: Optional[float]
     cached: bool
+    recall_lenient: Optional[float]  # the lenient matching rule (scoring/metrics.py); the three above are "exact"
+    precision_lenient: Optional[float]
+    f1_lenient: Optional[float]
+    prompt_variant: str  # the prompt's variants.PromptVariant id, e.g. "default@3f2a1c"
 
 
 ERROR_CLASSES = (

@@ -249,7 +249,7 @@ def test_evaluationflow_sensor_waits_for_promptmodels_alone_so_the_baseline_path
 
 def test_deployed_prompt_step_fetches_its_keys_from_the_named_secret_sources(deployed_promptmodels, argo_env, tmp_path):
     """The pod sees neither PHOTOTAGGER_SECRETS nor the deployer's files: it reads the sources from the
-    code package the template names, and Metaflow then puts @secrets on the step that calls the models."""
+    code package the template names, and Metaflow then puts @secrets on start (which skips models without a key) and on the step that calls the models."""
     import boto3
 
     wf = deployed_promptmodels["WorkflowTemplate"]
@@ -270,7 +270,7 @@ def test_deployed_prompt_step_fetches_its_keys_from_the_named_secret_sources(dep
                  METAFLOW_EXTRACTED_ROOT=str(tmp_path / "pod"), PYTHONPATH=str(tmp_path / "pod" / ".mf_code")),
     )
     assert shown.returncode == 0, shown.stderr[-2000:]
-    assert "@secrets\nStep prompt_model" in shown.stdout
-    assert shown.stdout.count("@secrets") == 1, "only the step that calls the models fetches keys"
+    assert "@secrets\nStep prompt_model" in shown.stdout and "@secrets\nStep start" in shown.stdout
+    assert shown.stdout.count("@secrets") == 2, "only start (which skips models without a key) and the step that calls the models fetch keys"
     configs = json.loads((tmp_path / "pod" / ".mf_meta" / "CONFIG").read_text())["user_configs"]
     assert configs["deploy-secrets"][0] == {"sources": SECRET_SOURCES}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from phototagger.prompting.providers.features import image_features, jec_distances
+from phototagger.prompting.providers.features import image_features, jec_distances, stack_features
 from phototagger.prompting.prompter import Prompter, RetryPolicy
 from phototagger.prompting.providers import ProviderError, make_provider
 from tests.fakes.openai_server import FakeOpenAIServer
@@ -85,7 +85,7 @@ def test_knn_features_combine_colour_and_texture():
     flat, striped = image_features(noisy(GREEN, 1)), image_features(noisy(GREEN, 2, stripes=True))
     flat_again = image_features(noisy(GREEN, 3))
 
-    assert jec_distances(flat, [flat_again, striped]).argmin() == 0
+    assert jec_distances(flat, stack_features([flat_again, striped])).argmin() == 0
     assert np.abs(flat["gabor"] - striped["gabor"]).sum() > 3 * np.abs(flat["gabor"] - flat_again["gabor"]).sum()
     assert all(abs(image_features(noisy(RED, 4))[name].sum() - 1) < 1e-4 for name in ("rgb", "hsv", "lab", "gabor"))
 
@@ -189,3 +189,41 @@ def test_baseline_answers_are_valid_tag_json_for_the_prompter(history):
     assert result["error"] is None
     assert result["provider"] == "knn"
     assert result["prompt_tokens"] is None
+
+
+# -- cost per run ---------------------------------------------------------------------------
+
+def test_knn_computes_each_photos_features_once_across_runs(history, tmp_path, monkeypatch):
+    from phototagger.prompting.providers import baselines
+
+    monkeypatch.setenv("PHOTOTAGGER_CACHE_DIR", str(tmp_path / "cache"))
+    calls = []
+    real = baselines.image_features
+    monkeypatch.setattr(baselines, "image_features", lambda image: calls.append(1) or real(image))
+    query = save(noisy(RED, 99), tmp_path / "query.png")
+
+    first = make_provider("knn", "jec", history=history)
+    for _ in range(3):
+        first.complete("ignored", query, photo_id="new")
+    assert len(calls) == len(history) + 1  # each history photo once, the query once
+    make_provider("knn", "jec", history=history).complete("ignored", query, photo_id="new")
+    assert len(calls) == len(history) + 1  # the next run reads them all from the cache
+
+
+def test_prior_counts_the_history_once_per_run_not_per_photo(monkeypatch):
+    from phototagger.prompting.providers import baselines
+
+    counted = []
+    real = baselines.count_tags
+    monkeypatch.setattr(baselines, "count_tags", lambda tag_lists: counted.append(1) or real(tag_lists))
+    prior = make_provider("prior", "tag-prior", history=[{"id": "a", "ground_truth_tags": ["cat", "sky"]}, {"id": "b", "ground_truth_tags": ["sky"]}])
+    answers = [tags_of(prior.complete("ignored", "unused.jpg", photo_id=f"new{i}")) for i in range(5)]
+
+    assert counted == [1] and answers == [["sky", "cat"]] * 5
+
+
+def test_prior_ranks_by_the_running_tag_counts_of_every_earlier_photo():
+    stats = {"photos": 1000, "tags": {"sea": 900, "cat": 5}, "sizes": {2: 1000}}
+    prior = make_provider("prior", "tag-prior", history=[{"id": "a", "ground_truth_tags": ["cat"]}], tag_stats=stats)
+
+    assert tags_of(prior.complete("ignored", "unused.jpg", photo_id="new")) == ["sea", "cat"]

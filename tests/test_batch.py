@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from phototagger.errors import UserError
 from phototagger.prompting.batch import PromptSettings, prompt_photos
 from phototagger.prompting.budget import ErrorBudget, ErrorBudgetExceeded
 from phototagger.prompting.cache import LocalCacheBackend, ResponseCache
@@ -228,13 +229,13 @@ def test_model_filter_by_key_or_provider_and_unknown_names_fail_with_the_known_o
                          {"provider": "prior", "model": "tag-prior"}]}
     assert len(select_models(config)) == 3
     assert [m["provider"] for m in select_models(config, "knn, openai:gpt-4o-mini")] == ["openai", "knn"]
-    with pytest.raises(ValueError, match="nope.*known: openai:gpt-4o-mini, knn:jec, prior:tag-prior"):
+    with pytest.raises(UserError, match="nope.*known: openai:gpt-4o-mini, knn:jec, prior:tag-prior"):
         select_models(config, "knn,nope")
 
 
 @pytest.mark.parametrize("models", [{"gpt": {"provider": "openai", "model": "gpt-4o-mini"}}, ["openai:gpt-4o-mini"]])
 def test_models_json_whose_models_are_not_a_list_of_objects_names_the_problem(models):
-    with pytest.raises(ValueError, match=r'models.json: "models" must be a list of objects.*write \{"models": \['):
+    with pytest.raises(UserError, match=r'(?s)models.json: "models" must be a list of objects.*write \{"models": \['):
         select_models({"models": models})
 
 
@@ -249,7 +250,7 @@ def test_summary_is_three_lines_and_says_when_there_was_nothing_to_do():
     lines = run_summary_lines(models_eval, {"fake:tagger": summarise(results)}, {"openai:gpt-4o-mini": "key missing"})
     assert len(lines) == 3
     assert lines[0].startswith("Prompted 1 of 2 models on 2 photos of batch 17 (2025-03-04); skipped openai:gpt-4o-mini")
-    assert "fake:tagger 0.0% (0.0% over all photos, 50% errors)" in lines[1]
+    assert "fake:tagger 0.0% exact, 0.0% lenient (0.0% exact over all photos, 50% errors)" in lines[1]
     empty = run_summary_lines({"batch_id": "18", "batch_date": "2025-03-05", "photos": {}, "results": {}}, {}, {})
     assert len(empty) == 3 and "no new photos" in empty[0]
 
@@ -262,7 +263,7 @@ def test_offline_baseline_without_history_is_skipped_not_failed():
 
 
 def test_unknown_option_in_models_json_names_the_entry():
-    with pytest.raises(ValueError, match="models.json entry prior:tag-prior: unknown option"):
+    with pytest.raises(UserError, match="models.json entry prior:tag-prior: unknown option"):
         make_prompter({"provider": "prior", "model": "tag-prior", "temprature": 0}, history=photos(2))
 
 

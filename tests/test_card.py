@@ -105,7 +105,7 @@ def test_chart_is_well_formed_svg_with_a_labelled_point_per_model(dashboard):
     plotted = [r[0] for r in table["rows"] if r[1] is not None and r[2] is not None]
     assert len(svg.findall(".//path[@aria-roledescription='circle']")) == len(plotted) == 3
     texts = [t.text for t in svg.iter("text")]
-    assert "Avg recall (%)" in texts
+    assert "Avg recall, exact rule (%)" in texts
     assert any(t and t.startswith("Avg latency per photo (ms") for t in texts)
     assert {card.short_name(m) for m in plotted} <= set(texts)
     assert "Not plotted" in page and "together:&lt;b&gt;evil&lt;/b&gt;" in page
@@ -196,3 +196,12 @@ def test_drilldown_shows_the_photos_models_disagree_on_most_and_says_where_the_r
     assert shown == ["p007", "p150", "p042", "p000", "p001"]
     assert "showing 5 of 200 photos" in page and "photo_results" in page
     assert card.drilldown_image_urls(events, drilldown_photos=5) == sorted(f"/img/{p[1:]}.jpg" for p in shown)
+
+
+def test_every_recall_figure_on_the_card_names_its_matching_rule(dashboard):
+    table, _, page = dashboard
+    recall_headers = [h for h in table["headers"] if "recall" in h.lower()]
+    assert recall_headers == ["Avg Recall (exact)", "Recall (all photos, exact)", "Avg Recall (lenient)", "Recall (all photos, lenient)"]
+    assert "Avg Recall (exact) by batch" in page
+    assert "Best avg recall (exact)" in page and "Its avg recall (lenient)" in page
+    assert "recall (exact &middot; lenient)" in page and ">100 &middot; 100</td>" in page  # the drill-down shows both

@@ -82,9 +82,9 @@ def test_a_failed_runs_claim_is_taken_over_by_exactly_one_run(tmp_path):
 def test_reset_starts_a_new_epoch_with_no_claims(tmp_path):
     store = claims.LocalClaimStore(tmp_path)
     run_claims(store, "1", epoch=claims.epoch(None, False, "1")).claim("a")
-    reset_epoch = claims.epoch({"claim_epoch": "0"}, True, "5")
+    reset_epoch = claims.epoch("0", True, "5")
 
-    assert claims.epoch({"claim_epoch": reset_epoch}, False, "6") == reset_epoch == "reset-5"
+    assert claims.epoch(reset_epoch, False, "6") == reset_epoch == "reset-5"
     assert run_claims(store, "5", epoch=reset_epoch).claim("a") == ("5", "won")
 
 
@@ -94,11 +94,11 @@ def test_lost_photos_are_replaced_by_fetching_again(tmp_path):
     run_claims(store, "1").claim("a")
     run_claims(store, "2").claim("b")
 
-    batch, notes = ingest.fetch_claimed(source, {}, 2, run_claims(store, "3", {"1": "successful"}))
+    batch, elsewhere, notes = ingest.fetch_claimed(source, set(), 2, run_claims(store, "3", {"1": "successful"}))
 
     assert list(batch.unseen) == ["c", "d"] and source.limits == [2, 2]
-    assert list(batch.history) == ["a"], "a photo a successful run delivered joins the history"
-    assert batch.seen_ids == ["a", "c", "d"]
+    assert list(elsewhere) == ["a"], "a photo a successful run delivered joins the delivered ids"
+    assert [*elsewhere, *batch.unseen] == ["a", "c", "d"] and batch.delivered_before == 1
     assert notes == [
         "Skipped 1 photos another run of this branch delivered; they join the history.",
         "Skipped 1 photos claimed by runs still in progress (UpdatePhotos/2).",
@@ -107,7 +107,7 @@ def test_lost_photos_are_replaced_by_fetching_again(tmp_path):
 
 def test_a_short_source_is_read_once_when_no_claim_is_lost(tmp_path):
     source = ListSource(["a"])
-    batch, notes = ingest.fetch_claimed(source, {}, 5, run_claims(claims.LocalClaimStore(tmp_path), "1"))
+    batch, _, notes = ingest.fetch_claimed(source, set(), 5, run_claims(claims.LocalClaimStore(tmp_path), "1"))
     assert list(batch.unseen) == ["a"] and source.limits == [5] and notes == []
 
 

@@ -19,9 +19,9 @@ def test_table_headers_and_cells():
         event(photo="p2", tags=("dog",), latency=30.0, cost=0.002),
     ]
     table = evals.rank_models(events).table()
-    assert table["headers"] == ["Model", "Avg Latency (ms)", "Avg Recall", "Recall (all photos)", "Error %",
-                                "Cost (USD)", "101 (05-06)"]
-    assert table["rows"] == [["prior:tag-prior", 20.0, 50.0, 50.0, 0.0, 0.003, "50.0 (2)"]]
+    assert table["headers"] == ["Model", "Avg Latency (ms)", "Avg Recall (exact)", "Recall (all photos, exact)", "Error %",
+                                "Cost (USD)", "Avg Recall (lenient)", "Recall (all photos, lenient)", "101 (05-06)"]
+    assert table["rows"] == [["prior:tag-prior", 20.0, 50.0, 50.0, 0.0, 0.003, 50.0, 50.0, "50.0 (2)"]]
 
 
 def test_batch_labels_use_short_id_and_month_day_ordered_by_date_then_id():

@@ -2,11 +2,15 @@ import pickle
 import random
 import statistics
 
+import re
+
 import pandas as pd
 
-from phototagger.scoring import evals
+from phototagger.output.dashboard import render_dashboard
+from phototagger.scoring import evals, metrics
 from phototagger.scoring.evalstate import (DRILLDOWN_BATCHES, EvalState, photo_frame, photo_hash, photo_results,
                                            read_parquet, to_parquet)
+from phototagger.scoring.vocabulary import Vocabulary
 from tests.test_evals import event
 
 MODELS = ("prior:tag-prior", "knn:jec")
@@ -130,3 +134,49 @@ def test_a_state_rebuilt_from_a_pre_evalstate_run_events_equals_the_folded_one()
     state, everything = fold_batches(6)
     rebuilt = EvalState.from_events(everything)
     assert rebuilt.totals == state.totals and rebuilt.events == state.events and rebuilt.dates == state.dates
+
+
+def test_lenient_figures_from_totals_of_rescored_events_equal_those_of_all_events():
+    vocabulary = Vocabulary.from_dict({"parents": {"cat": "pet", "dog": "pet"}, "stop_tags": ["sky"]})
+    state, everything = EvalState(), []
+    for b in range(40):
+        new = metrics.rescore(batch(b), vocabulary)  # as EvaluationFlow's collect scores each new run
+        state, everything = state.fold(new), everything + new
+    ranking = evals.rank_totals(state.totals, state.dates)
+    for row in ranking.rows:
+        mine = [e for e in everything if e["model_key"] == row.key]
+        lenient = [e for e in mine if e["recall_lenient"] is not None]
+        assert row.avg_recall_lenient == mean_or_none([e["recall_lenient"] for e in lenient if not e["error"]])
+        assert row.avg_recall_all_lenient == mean_or_none([e["recall_lenient"] for e in lenient])
+        assert row.avg_recall_lenient != row.avg_recall, "the vocabulary's parents find more than the exact rule"
+    assert ranking == evals.rank_models(everything)
+
+
+def with_variant(e: evals.EvalEvent, variant: str) -> evals.EvalEvent:
+    """The event `e` as the answer of its model to the prompt `variant`."""
+    photo = {"id": e["photo_id"], "ground_truth_tags": e["ground_truth_tags"], "image_url": e["image_url"]}
+    return evals.make_event({**e, "prompt_variant": variant}, photo, batch_id=e["batch_id"], batch_date=e["batch_date"],
+                            source_flow=e["source_flow"], source_run=e["source_run"])
+
+
+def test_prompt_variants_keep_their_own_totals_rows_and_sample_columns_through_rollups_and_the_drilldown():
+    variants = ("default@aaa111", "short@bbb222")
+    state, everything = EvalState(), []
+    for b in range(20):
+        new = [with_variant(e, v) for e in batch(b) for v in variants]
+        state, everything = state.fold(new, sample_size=50), everything + new
+    keys = sorted(evals.row_key(m, v) for m in MODELS for v in variants)
+    assert sorted({key for key, _ in state.totals}) == keys and len(state.totals) == 20 * len(keys)
+    assert len(state.events) == DRILLDOWN_BATCHES * 30 * len(keys), "no variant's answer replaces another's"
+    ranking = evals.rank_totals(state.totals, state.dates)
+    assert sorted((row.model, row.prompt_variant) for row in ranking.rows) == sorted(evals.split_row_key(k) for k in keys)
+    assert ranking == evals.rank_models(everything)
+    assert (ranking.photos, ranking.calls) == (20 * 30, 20 * 30 * len(keys))
+    assert ranking.batches[0]["batch_id"].startswith("week:") and len(ranking.batches) < 20
+    for score in ("recall", "recall_lenient"):
+        paired = state.paired(score, valid_only=False)
+        assert sorted(paired.columns) == keys and len(paired) == 50
+    page = render_dashboard(ranking, state.events, drilldown_photos=5)
+    shown = [evals.split_row_key(k)[0] for k in re.findall(r'<tr data-model="([^"]+)"', page)]
+    assert shown[:2] == [shown[0]] * 2 and shown[2:] == [shown[2]] * 2, "a model's rows together"
+    assert page.count("showing 5 of 30 photos") == DRILLDOWN_BATCHES

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 import export_tags
+from phototagger.errors import UserError
 from phototagger.output import export
 from phototagger.scoring.evals import BatchSummary, Ranking, RankingRow
 
@@ -269,5 +270,45 @@ def test_only_the_users_own_files_get_sidecars_beside_them(tmp_path):
 
 
 def test_folder_models_config_whose_models_are_not_a_list_names_the_problem():
-    with pytest.raises(ValueError, match='models.json: "models" must be a list of objects'):
+    with pytest.raises(UserError, match='models.json: "models" must be a list of objects'):
         export.model_entry("openai:gpt-4o-mini", {"models": {"gpt": {"provider": "openai", "model": "gpt-4o-mini"}}})
+
+
+def test_export_with_the_vocabulary_folds_synonyms_drops_stop_tags_and_files_tags_under_parents(tmp_path):
+    from phototagger.output import xmp
+    from phototagger.scoring.vocabulary import Vocabulary
+
+    image = make_image(tmp_path / "photos" / "bike.jpg")
+    models_eval = models_eval_for({"p-1": str(image)}, {MODEL: [("p-1", ["Motorbikes", "HD wallpapers", "garage"], None)]})
+    vocab = Vocabulary.from_dict({"synonyms": {"motorcycle": ["motorbike"]}, "stop_tags": ["hd wallpapers"],
+                                  "parents": {"motorcycle": "vehicle"}})
+    tagset = export.with_vocabulary(export.tags_from_models_eval(models_eval, MODEL, "PromptModels/1"), vocab)
+    export.export(tagset, export.ExportOptions(out_dir=tmp_path / "out", vocabulary=vocab))
+    assert xmp.read_keywords(tmp_path / "photos" / "bike.jpg.xmp") == {
+        "dc:subject": ["vehicle", "motorcycle", "garage"],
+        "digiKam:TagsList": ["vehicle/motorcycle", "garage"],
+        "lr:hierarchicalSubject": ["vehicle|motorcycle", "garage"],
+    }
+    rows = list(csv.DictReader((tmp_path / "out" / "tags.csv").open()))
+    assert rows[0]["tags"] == "motorcycle;garage"
+
+
+def test_cli_exports_with_the_shipped_vocabulary_and_refuses_a_broken_one(tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "vocab.json"
+    bad.write_text('{"parents": {"cat": "cat"}}')
+    code = export_tags.main(["--vocabulary", str(bad), "--model", MODEL, "--branch", "test.nothing"])
+    assert code == 1 and "go round in a circle" in capsys.readouterr().err
+    args = export_tags.build_parser().parse_args([])
+    assert export_tags.load_vocabulary(args).canonical("motorbikes") == "motorcycle"
+    assert export_tags.load_vocabulary(export_tags.build_parser().parse_args(["--no-vocabulary"])) is None
+
+
+def test_a_bare_model_key_names_its_one_row_or_its_default_prompt_row_and_a_row_key_itself():
+    one = {"knn:jec | default@3f2a1c": []}
+    several = {"knn:jec | default@3f2a1c": [], "knn:jec | short@1a2db5": [], "prior:tag-prior | short@1a2db5": []}
+    assert export.result_key(one, "knn:jec") == "knn:jec | default@3f2a1c"
+    assert export.result_key(several, "knn:jec") == "knn:jec | default@3f2a1c"
+    assert export.result_key(several, "knn:jec | short@1a2db5") == "knn:jec | short@1a2db5"
+    assert export.result_key(several, "prior:tag-prior") == "prior:tag-prior | short@1a2db5"
+    assert export.result_key(several, "openai:gpt-4o-mini") is None
+    assert export.result_key({"knn:jec": []}, "knn:jec") == "knn:jec", "results stored before prompt variants"

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from phototagger.ingest import batches
+from phototagger.ingest import batches, state
 from phototagger.records import Photo
 from tests.fakes.bomb import bomb_png
 
@@ -25,26 +25,41 @@ def photo(photo_id: str, *tags: str) -> Photo:
     return Photo(id=photo_id, image_url=f"/photos/{photo_id}.jpg", ground_truth_tags=list(tags), source="demo")
 
 
+class RunData:
+    """A client Run's `.data`: artifacts as attributes, `in` for which ones exist."""
+
+    def __init__(self, artifacts: dict):
+        self.__dict__.update(artifacts)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.__dict__
+
+
+def previous_run(store, unseen: dict, before=None, batch_id: str = "1") -> batches.Previous:
+    return batches.Previous(before or state.empty_state(), unseen, batch_id)
+
+
 def test_first_run_delivers_everything_it_fetched():
-    batch = batches.plan_batch(batches.delivered_before(None), [photo("a", "cat"), photo("b")])
+    before = batches.delivered_before(state.MemoryBlobStore(), None)
+    batch = batches.plan_batch(state.delivered_ids(state.MemoryBlobStore(), before["delivered"]), [photo("a", "cat"), photo("b")])
 
-    assert list(batch.unseen) == ["a", "b"]
-    assert batch.history == {} and batch.seen_ids == ["a", "b"]
-
-
-def test_next_run_skips_the_previous_batch_and_its_history():
-    previous = {"history": {"a": photo("a")}, "unseen": {"b": photo("b")}}
-    history = batches.delivered_before(previous)
-    batch = batches.plan_batch(history, [photo("b"), photo("c"), photo("a"), photo("d")])
-
-    assert list(history) == ["a", "b"]
-    assert list(batch.unseen) == ["c", "d"]
-    assert list(batch.history) == ["a", "b"] and batch.seen_ids == ["a", "b", "c", "d"]
+    assert list(batch.unseen) == ["a", "b"] and batch.delivered_before == 0
 
 
-def test_reset_starts_from_an_empty_history():
-    previous = {"history": {"a": photo("a")}, "unseen": {"b": photo("b")}}
-    assert batches.delivered_before(previous, reset=True) == {}
+def test_next_run_skips_the_previous_batch_and_what_came_before_it():
+    store = state.MemoryBlobStore()
+    first = batches.delivered_before(store, previous_run(store, {"a": photo("a", "cat")}))
+    before = batches.delivered_before(store, previous_run(store, {"b": photo("b")}, first, "2"))
+    delivered = state.delivered_ids(store, before["delivered"])
+    batch = batches.plan_batch(delivered, [photo("b"), photo("c"), photo("a"), photo("d")])
+
+    assert delivered == {"a", "b"} and before["delivered"]["count"] == 2
+    assert list(batch.unseen) == ["c", "d"] and batch.delivered_before == 2
+
+
+def test_reset_starts_from_an_empty_state():
+    store = state.MemoryBlobStore()
+    assert batches.delivered_before(store, previous_run(store, {"b": photo("b")}), reset=True) == state.empty_state()
 
 
 def test_a_photo_fetched_twice_is_delivered_once():
@@ -53,9 +68,24 @@ def test_a_photo_fetched_twice_is_delivered_once():
 
 
 def test_previous_state_reads_the_runs_artifacts():
-    run = SimpleNamespace(data=SimpleNamespace(history={"a": photo("a")}, unseen={"b": photo("b")}))
-    assert batches.previous_state(run) == {"history": {"a": photo("a")}, "unseen": {"b": photo("b")}, "claim_epoch": None}
+    before = state.empty_state()
+    data = {**before, "unseen": {"b": photo("b")}, "batch_id": "7"}
+    run = SimpleNamespace(data=RunData(data))
+    assert batches.previous_state(run) == batches.Previous(before, {"b": photo("b")}, "7")
+    assert batches.previous_state(run).claim_epoch is None
+    run = SimpleNamespace(data=RunData({**data, "claim_epoch": "reset-5"}))
+    assert batches.previous_state(run) == batches.Previous(before, {"b": photo("b")}, "7", claim_epoch="reset-5")
     assert batches.previous_state(None) is None
+
+
+def test_a_run_from_before_the_chunked_state_has_its_history_folded_in_once():
+    store = state.MemoryBlobStore()
+    data = {"history": {"a": photo("a", "cat")}, "unseen": {"b": photo("b", "dog")}, "batch_id": "7"}
+    run = SimpleNamespace(data=RunData(data))
+    before = batches.delivered_before(store, batches.previous_state(run))
+
+    assert state.delivered_ids(store, before["delivered"]) == {"a", "b"}
+    assert before["tag_stats"]["tags"] == {"cat": 1, "dog": 1}
 
 
 def test_batch_date_is_the_utc_date():
@@ -109,13 +139,14 @@ def test_updatephotos_delivers_new_photos_each_run_then_an_empty_batch(tmp_path,
 
     first_ids, second_ids = set(first.data.unseen), set(second.data.unseen)
     assert len(first_ids) == len(second_ids) == 9 and not first_ids & second_ids
-    assert set(second.data.history) == first_ids
-    assert sorted(second.data.seen_ids) == sorted(first_ids | second_ids)
+    assert second.data.delivered["count"] == len(first_ids) and set(second.data.delivered["tail"]) == first_ids
+    assert second.data.tag_stats["photos"] == len(first_ids)
+    assert "history" not in second.data and "seen_ids" not in second.data
     assert second.data.batch_id == second.id and len(second.data.batch_date) == 10
     assert second.data.source_name == "demo" and second.data.notes == []
     assert "project_branch:user.test" in second.tags
 
-    assert third.data.unseen == {} and len(third.data.seen_ids) == 18
+    assert third.data.unseen == {} and third.data.delivered["count"] == 18
     assert "No new photos from demo" in third_out
 
 
@@ -196,20 +227,23 @@ def test_two_updatephotos_runs_started_together_deliver_each_photo_once(datastor
 
     assert len(first["unseen"]) == len(second["unseen"]) == 9, "two full batches"
     assert not set(first["unseen"]) & set(second["unseen"]), "no photo in both"
-    assert later["unseen"] == [] and sorted(later["seen_ids"]) == sorted(first["unseen"] + second["unseen"])
+    assert later["unseen"] == [] and sorted(later["delivered"]) == sorted(first["unseen"] + second["unseen"])
 
 
 def delivered_by(run_ids: list[str], env: dict, cwd: Path) -> list[dict]:
-    """`unseen` ids and `seen_ids` of UpdatePhotos runs, read by a client in a process with the runs' datastore settings."""
+    """`unseen` ids and `delivered` ids (before the batch) of UpdatePhotos runs, read by a client in a process with the runs' datastore settings."""
     script = (
         "import json, sys\n"
         "from metaflow import Run, namespace\n"
+        "from phototagger.ingest.state import delivered_ids\n"
+        "from phototagger.mfclient import DatastoreBlobs\n"
         "namespace(None)\n"
-        "print(json.dumps([{'unseen': list(Run('UpdatePhotos/' + i).data.unseen), 'seen_ids': Run('UpdatePhotos/' + i).data.seen_ids}"
-        " for i in sys.argv[1:]]))\n"
+        "data = [Run('UpdatePhotos/' + i).data for i in sys.argv[1:]]\n"
+        "blobs = DatastoreBlobs('UpdatePhotos')\n"
+        "print(json.dumps([{'unseen': list(d.unseen), 'delivered': sorted(delivered_ids(blobs, d.delivered))} for d in data]))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", script, *run_ids], env={**os.environ, **env}, cwd=cwd, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script, *run_ids], env={**os.environ, **env, "PYTHONPATH": str(REPO)}, cwd=cwd, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -232,7 +232,7 @@ def test_flow_runs_leave_no_key_in_artifacts_logs_cards_or_the_datastore(tmp_pat
     assert child.returncode == 0, child.stderr[-3000:]
     scan = json.loads(child.stdout.strip().splitlines()[-1])
     assert scan["skipped"] == ["openai-compatible:local-vlm", "prior:tag-prior"]
-    assert sorted(scan["results"]) == ["openai:gpt-4o-mini", "together:Qwen/Qwen2.5-VL-72B-Instruct"]
+    assert sorted(key.split(" | ")[0] for key in scan["results"]) == ["openai:gpt-4o-mini", "together:Qwen/Qwen2.5-VL-72B-Instruct"]
     for rows in scan["results"].values():
         assert sorted(r["error"] or "" for r in rows) == ["", "", "", "auth"]
         assert sorted(r["recall"] for r in rows) == [0.0, 100.0, 100.0, 100.0]

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from phototagger.errors import UserError
 from phototagger import http
 from phototagger.ingest.sources import SourceError, resolve_source
 from phototagger.ingest.sources.base import utc_iso
@@ -53,7 +54,7 @@ def test_specs_pick_mode_and_value(server, tmp_path):
 
 
 def test_unknown_spec_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unsplash:search:QUERY.*folder:PATH"):
+    with pytest.raises(UserError, match="unsplash:search:QUERY.*folder:PATH"):
         resolve_source("flickr:cats", {})
 
 
@@ -482,7 +483,7 @@ def test_lite_without_its_files_is_a_clear_error(tmp_path):
 
 
 def test_lite_unknown_option_is_an_error(lite):
-    with pytest.raises(ValueError, match="unknown unsplash-lite option 'colour'"):
+    with pytest.raises(UserError, match="unknown unsplash-lite option 'colour'"):
         resolve_source(f"unsplash-lite:{lite}?colour=red", {})
 
 

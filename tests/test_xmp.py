@@ -282,3 +282,13 @@ def test_exiftool_reads_the_three_fields_of_a_merged_sidecar(tmp_path):
     assert tags["XMP-digiKam:TagsList"] == ["Photo Tagger/cat", "Photo Tagger/東京"]
     assert tags["XMP-lr:HierarchicalSubject"] == ["Places|India|Goa", "Photo Tagger|cat", "Photo Tagger|東京"]
     assert tags["XMP-xmp:Rating"] == 3
+
+
+def test_a_tag_given_with_its_parents_is_a_keyword_path_and_each_level_a_subject(tmp_path):
+    path = tmp_path / "a.jpg.xmp"
+    xmp.write_sidecar(path, [["vehicle", "motorcycle"], ["vehicle", "car"], "sea"], prefix="Photo Tagger")
+    assert xmp.read_keywords(path) == {
+        "dc:subject": ["vehicle", "motorcycle", "car", "sea"],
+        "digiKam:TagsList": ["Photo Tagger/vehicle/motorcycle", "Photo Tagger/vehicle/car", "Photo Tagger/sea"],
+        "lr:hierarchicalSubject": ["Photo Tagger|vehicle|motorcycle", "Photo Tagger|vehicle|car", "Photo Tagger|sea"],
+    }

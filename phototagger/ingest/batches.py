@@ -1,71 +1,93 @@
 """The logic of UpdatePhotos without Metaflow: what earlier runs delivered, and what is new.
 
-A run of UpdatePhotos stores `history` (photos delivered by earlier runs of its project branch)
-and `unseen` (its own new photos). The next run's history is the two together, so each run
-reads only the previous successful run, never all of them, and a photo is delivered once per
-branch. `--reset-existing` starts from an empty history. Runs started together share a previous
-run, so each photo is also claimed (claims.py) and only the run that wins it delivers it.
+A run of UpdatePhotos stores its own new photos (`unseen`) and the state of everything delivered
+before them (state.py: ids in chunks written once, tag counts, a bounded sample for the baselines).
+The next run folds the batch into that state, so each run reads only the previous successful run,
+stores what grows with its batch plus a small constant, and a photo is delivered once per branch.
+`--reset-existing` starts from an empty state. Runs started together share a previous run, so each
+photo is also claimed (claims.py) and only the run that wins it delivers it.
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping, NamedTuple, Optional
+from typing import Any, Collection, Iterable, NamedTuple, Optional
 
 from phototagger.claims import Claims
+from phototagger.ingest import state
 from phototagger.ingest.sources.base import Source
+from phototagger.mfclient import UPDATE_FLOW
 from phototagger.records import Photo
 
-UPDATE_FLOW = "UpdatePhotos"
 NOTES_SHOWN = 5  # notes printed in full at the end of a run; the card and the `notes` artifact hold them all
 
 
 class Batch(NamedTuple):
     unseen: dict[str, Photo]  # new photos, by id, in the source's order
-    history: dict[str, Photo]  # everything delivered before this batch
-    seen_ids: list[str]  # history ids, then unseen ids
+    delivered_before: int  # photos delivered before this batch
 
 
-def previous_state(run: Any) -> Optional[dict[str, Any]]:
-    """`{"history", "unseen", "claim_epoch"}` of an earlier UpdatePhotos run (a Metaflow client Run), None without one."""
+class Previous(NamedTuple):
+    """What this run reads of the previous one: its state (of the photos before its batch), its batch
+    and its claim epoch."""
+
+    state: state.IngestState
+    unseen: dict[str, Photo]
+    batch_id: str
+    legacy_history: Optional[dict[str, Photo]] = None  # a run from before state.py stored all of `history`
+    claim_epoch: Optional[str] = None  # None: a run from before claims, in the first epoch
+
+
+class Claimed(NamedTuple):
+    batch: Batch  # the photos this run won; `delivered_before` counts those other runs delivered too
+    elsewhere: dict[str, Photo]  # fetched photos a successful run of this branch delivered: they join `delivered`
+    notes: list[str]
+
+
+def previous_state(run: Any) -> Optional[Previous]:
+    """The state, batch and claim epoch of an earlier UpdatePhotos run (a Metaflow client Run), None without one."""
     if run is None:
         return None
     data = run.data
-    return {
-        "history": dict(getattr(data, "history", {}) or {}),
-        "unseen": dict(getattr(data, "unseen", {}) or {}),
-        "claim_epoch": getattr(data, "claim_epoch", None),
-    }
+    unseen, batch_id = dict(data.unseen or {}), str(data.batch_id)
+    epoch = data.claim_epoch if "claim_epoch" in data else None
+    if "delivered" not in data:
+        return Previous(state.empty_state(), unseen, batch_id, legacy_history=dict(data.history or {}), claim_epoch=epoch)
+    ingest_state = state.IngestState(delivered=data.delivered, tag_stats=data.tag_stats, reference=data.reference)
+    return Previous(ingest_state, unseen, batch_id, claim_epoch=epoch)
 
 
-def delivered_before(previous: Optional[Mapping[str, Mapping[str, Photo]]], reset: bool = False) -> dict[str, Photo]:
-    """Every photo earlier runs delivered: the previous run's history plus its batch (empty on reset)."""
-    if reset or not previous:
-        return {}
-    return {**previous.get("history", {}), **previous.get("unseen", {})}
+def delivered_before(store: state.BlobStore, previous: Optional[Previous], reset: bool = False) -> state.IngestState:
+    """The state of every photo earlier runs delivered: the previous run's, with its batch folded in (empty on reset)."""
+    if reset or previous is None:
+        return state.empty_state()
+    if previous.legacy_history:
+        previous = previous._replace(state=state.fold_batch(store, previous.state, previous.legacy_history, seed="history"))
+    return state.fold_batch(store, previous.state, previous.unseen, seed=previous.batch_id)
 
 
-def plan_batch(history: Mapping[str, Photo], photos: Iterable[Photo]) -> Batch:
+def plan_batch(delivered: Collection[str], photos: Iterable[Photo]) -> Batch:
     """Keep the fetched photos no earlier run delivered, once each, in the order they came."""
     unseen: dict[str, Photo] = {}
     for photo in photos:
-        if photo["id"] not in history:
+        if photo["id"] not in delivered:
             unseen.setdefault(photo["id"], photo)
-    return Batch(unseen=unseen, history=dict(history), seen_ids=[*history, *unseen])
+    return Batch(unseen=unseen, delivered_before=len(delivered))
 
 
-def fetch_claimed(source: Source, history: Mapping[str, Photo], limit: int, claims: Claims) -> tuple[Batch, list[str]]:
-    """Fetch up to `limit` new photos and keep those this run wins the claim of, fetching again while
-    other runs held some. Photos a successful run delivered join `history`, so later runs skip them;
-    photos of a run still going do not, so they come back to a later run if that run fails."""
+def fetch_claimed(source: Source, delivered: Collection[str], limit: int, claims: Claims) -> Claimed:
+    """Fetch up to `limit` photos not among the `delivered` ids and keep those this run wins the claim
+    of, fetching again while other runs held some. Photos a successful run delivered come back as
+    `elsewhere`, for the flow to fold into `delivered`, so later runs skip them; photos of a run still
+    going do not, so they come back to a later run if that run fails."""
     unseen: dict[str, Photo] = {}
-    delivered: dict[str, Photo] = {}
+    elsewhere: dict[str, Photo] = {}
     pending: dict[str, str] = {}
     notes: list[str] = []
-    tried = set(history)
+    tried = set(delivered)  # grows with the photos this run has claimed or lost
     lost = True
     while lost and len(unseen) < limit:
         lost = False
-        fetched = plan_batch({}, [p for p in source.fetch(set(tried), limit - len(unseen)) if p["id"] not in tried]).unseen
+        fetched = plan_batch(tried, source.fetch(tried, limit - len(unseen))).unseen
         notes += [note for note in source.notes if note not in notes]
         for photo_id, photo in fetched.items():
             tried.add(photo_id)
@@ -75,16 +97,15 @@ def fetch_claimed(source: Source, history: Mapping[str, Photo], limit: int, clai
             else:
                 lost = True
                 if claim.state == "delivered":
-                    delivered[photo_id] = photo
+                    elsewhere[photo_id] = photo
                 else:
                     pending[photo_id] = claim.holder
-    if delivered:
-        notes.append(f"Skipped {len(delivered)} photos another run of this branch delivered; they join the history.")
+    if elsewhere:
+        notes.append(f"Skipped {len(elsewhere)} photos another run of this branch delivered; they join the history.")
     if pending:
         runs = ", ".join(f"{UPDATE_FLOW}/{run_id}" for run_id in sorted(set(pending.values())))
         notes.append(f"Skipped {len(pending)} photos claimed by runs still in progress ({runs}).")
-    history = {**history, **delivered}
-    return Batch(unseen=unseen, history=history, seen_ids=[*history, *unseen]), notes
+    return Claimed(Batch(unseen=unseen, delivered_before=len(delivered) + len(elsewhere)), elsewhere, notes)
 
 
 def batch_date(now: Optional[datetime] = None) -> str:
@@ -102,7 +123,7 @@ def summary_lines(source_name: str, batch: Batch, notes: Iterable[str]) -> list[
         new = f"No new photos from {source_name}: an empty batch, downstream flows have nothing to do."
     return [
         new,
-        f"{len(batch.seen_ids)} photos seen in total on this branch ({len(batch.history)} before this run).",
+        f"{batch.delivered_before + len(batch.unseen)} photos seen in total on this branch ({batch.delivered_before} before this run).",
         "Notes: " + (" ".join(notes[:NOTES_SHOWN]) if notes else "none.") + _more_notes(len(notes)),
     ]
 

@@ -19,7 +19,9 @@ import vl_convert
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
-from phototagger.scoring.evals import FIXED_HEADERS, EvalEvent, Ranking, RankingRow, batches_of, fold_events
+from phototagger.scoring.evals import (
+    FIXED_HEADERS, EvalEvent, Ranking, RankingRow, batches_of, fold_events, row_key, split_row_key,
+)
 from phototagger.scoring.evalstate import DRILLDOWN_BATCHES
 from phototagger.scoring.tags import normalise_tag
 
@@ -67,10 +69,12 @@ def _fmt_cost(usd: Optional[float]) -> str:
 
 
 def short_name(model_key: str, limit: int = 32) -> str:
-    """`provider:last-path-part` of a model key, cut to `limit` characters, for tight places."""
-    provider, _, model = model_key.partition(":")
+    """`provider:last-path-part` of a row's model, cut to `limit` characters, then its prompt variant whole, for tight places."""
+    model_part, variant = split_row_key(model_key)
+    provider, _, model = model_part.partition(":")
     name = f"{provider}:{model.rsplit('/', 1)[-1]}" if model else provider
-    return name if len(name) <= limit else name[: limit - 1] + "\u2026"
+    name = name if len(name) <= limit else name[: limit - 1] + "\u2026"
+    return row_key(name, variant)
 
 
 _ENV = Environment(loader=FileSystemLoader(Path(__file__).with_name("templates")), autoescape=True,
@@ -80,7 +84,7 @@ _ENV.filters.update(fmt=_fmt, latency=_fmt_latency, cost=_fmt_cost, decile=decil
 
 # ---------------------------------------------------------------- recall vs latency chart
 def recall_latency_spec(points: Sequence[tuple[str, float, float]], colours: Mapping[str, str]) -> dict:
-    """A Vega-Lite scatter of avg recall (0-100) against avg latency, one labelled point per model.
+    """A Vega-Lite scatter of avg recall (exact rule, 0-100) against avg latency, one labelled point per model.
 
     `points` are (model, latency ms, recall %). Latency is on a log scale when it spans more than 20x,
     with 1-2-5 ticks over whole decades; otherwise linear with 10% padding.
@@ -99,7 +103,7 @@ def recall_latency_spec(points: Sequence[tuple[str, float, float]], colours: Map
         x_title = "Avg latency per photo (ms)"
     x_axis["labelExpr"] = "datum.value >= 1000 ? format(datum.value / 1000, '~g') + 'k' : format(datum.value, '~g')"
     rows = [{"model": m, "latency": max(lat, 0.01), "recall": rec,
-             "description": f"{m}: recall {rec:.1f}%, latency {_fmt_latency(lat)} ms"} for m, lat, rec in points]
+             "description": f"{m}: recall (exact) {rec:.1f}%, latency {_fmt_latency(lat)} ms"} for m, lat, rec in points]
     models = [m for m, _, _ in points]
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
@@ -114,7 +118,7 @@ def recall_latency_spec(points: Sequence[tuple[str, float, float]], colours: Map
         "mark": {"type": "circle", "size": 144, "opacity": 0.9, "stroke": "#ffffff", "strokeWidth": 1.5},
         "encoding": {
             "x": {"field": "latency", "type": "quantitative", "title": x_title, "scale": x_scale, "axis": x_axis},
-            "y": {"field": "recall", "type": "quantitative", "title": "Avg recall (%)",
+            "y": {"field": "recall", "type": "quantitative", "title": "Avg recall, exact rule (%)",
                   "scale": {"domain": [0, 100]}, "axis": {"values": list(range(0, 101, 20))}},
             # The legend names each point, best model first, so close points never hide each other's label.
             "color": {"field": "model", "type": "nominal", "title": None,
@@ -138,23 +142,33 @@ def _kpis(ranking: Ranking) -> list[tuple[str, str, str]]:
     best = ranking.best
     batches = sum(b.get("batches", 1) for b in ranking.batches)
     return [
-        ("Best model", best.model if best else "\u2013", "small"),
-        ("Best avg recall", f"{best.avg_recall:.1f}%" if best else "\u2013", ""),
-        ("Models", str(len(ranking.rows)), ""),
+        ("Best model", best.key if best else "\u2013", "small"),
+        ("Best avg recall (exact)", f"{best.avg_recall:.1f}%" if best else "\u2013", ""),
+        ("Its avg recall (lenient)", f"{best.avg_recall_lenient:.1f}%" if best and best.avg_recall_lenient is not None else "\u2013", ""),
+        ("Models", str(len({row.model for row in ranking.rows})), ""),
         ("Photos", f"{ranking.photos:,}", ""),
         ("Batches", f"{batches:,}", ""),
         ("Errored calls", f"{ranking.errored_calls:,} of {ranking.calls:,}", "small"),
     ]
 
 
+def grouped_by_model(rows: Sequence[RankingRow]) -> list[RankingRow]:
+    """`rows` (best first) with each model's prompt variants together: models in the order of their best row."""
+    first = {}
+    for index, row in enumerate(rows):
+        first.setdefault(row.model, index)
+    return sorted(rows, key=lambda row: first[row.model])
+
+
 def _table_rows(ranking: Ranking, colours: Mapping[str, str]) -> list[dict]:
     out = []
-    for row in ranking.rows:
+    for row in grouped_by_model(ranking.rows):
         cells = [row.batches.get(b["batch_id"]) for b in ranking.batches]
         batches = [{"recall": cell.avg_recall, "n": f"({cell.n})"} if cell else None for cell in cells]
-        out.append({"model": row.model, "colour": colours[row.model], "latency": row.avg_latency_ms,
+        out.append({"model": row.key, "colour": colours[row.key], "latency": row.avg_latency_ms,
                     "recall": row.avg_recall, "recall_all": row.avg_recall_all, "error_pct": row.error_pct,
-                    "cost": row.cost_usd, "batches": batches})
+                    "cost": row.cost_usd, "batches": batches,
+                    "recall_lenient": row.avg_recall_lenient, "recall_all_lenient": row.avg_recall_all_lenient})
     return out
 
 
@@ -163,6 +177,7 @@ def _photo(photo_events: list[EvalEvent], order: Mapping[str, int], thumbs: Mapp
     truth_tags = list(first.get("ground_truth_tags") or [])
     truth = {normalise_tag(t) for t in truth_tags}
     answers = [{"model_key": ev["model_key"], "error": ev.get("error"), "recall": ev.get("recall"),
+                "recall_lenient": ev.get("recall_lenient"),
                 "tags": [(tag, normalise_tag(tag) in truth) for tag in ev.get("tags") or []]}
                for ev in sorted(photo_events, key=lambda e: order.get(e["model_key"], len(order)))]
     return {"photo_id": first["photo_id"], "thumb": thumbs.get(first.get("image_url", "")), "truth": truth_tags,
@@ -239,9 +254,9 @@ def render_dashboard(
     `thumbs` maps image URLs to data URIs (thumbnails.thumbnails of drilldown_image_urls); a photo
     without one gets a placeholder."""
     events = fold_events([], events)
-    models = [row.model for row in ranking.rows]
+    models = [row.key for row in grouped_by_model(ranking.rows)]
     colours = {m: _MODEL_COLOURS[i % len(_MODEL_COLOURS)] for i, m in enumerate(models)}
-    points = [(row.model, row.avg_latency_ms, row.avg_recall) for row in ranking.rows if _plottable(row)]
+    points = [(row.key, row.avg_latency_ms, row.avg_recall) for row in ranking.rows if _plottable(row)]
     return _ENV.get_template("dashboard.html.j2").render(
         title=title,
         decile_colours=_decile_colours(),
@@ -250,7 +265,7 @@ def render_dashboard(
         batch_headers=[b["label"] for b in ranking.batches],
         rows=_table_rows(ranking, colours),
         chart=_inline_svg(recall_latency_spec(points, colours)) if points else None,
-        not_plotted=[row.model for row in ranking.rows if not _plottable(row)],
+        not_plotted=[row.key for row in ranking.rows if not _plottable(row)],
         batches=_drilldown(events, {m: i for i, m in enumerate(models)}, drilldown_batches, drilldown_photos,
                            thumbs or {}),
         older_batches=max(0, sum(b.get("batches", 1) for b in ranking.batches) - drilldown_batches),

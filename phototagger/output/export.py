@@ -10,6 +10,11 @@ Where sidecars go: next to the image for the user's own files (photos of the fol
 file is on this machine; named by `xmp.sidecar_path`); for everything else (image URLs, the demo's
 package images, a path this machine does not have) into the output folder as `<photo id>.xmp`.
 CSV and JSONL go into the output folder unless given their own paths.
+
+With a vocabulary (vocabulary.json, the lenient matching rule's) every output gets the tags in the
+form that rule scores: synonyms and inflections folded ("motorbikes" -> "motorcycle"), stop-tags
+("photo", "hd wallpapers") left out, and in the sidecars each tag filed under its parents
+("vehicle|motorcycle", "vehicle/motorcycle").
 """
 from __future__ import annotations
 
@@ -19,32 +24,36 @@ import json
 import logging
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from phototagger import mfclient
+from phototagger.errors import UserError
 from phototagger.output import xmp
 from phototagger.prompting.batch import DEFAULT_CONCURRENCY, PromptSettings, prompt_photos
 from phototagger.prompting.cache import make_cache
 from phototagger.prompting.configs import ModelSkipped, make_prompter, select_models
-from phototagger.scoring.evals import Ranking, model_key
+from phototagger.prompting.variants import DEFAULT_VARIANT
+from phototagger.scoring.evals import Ranking, model_key, split_row_key
+from phototagger.scoring.vocabulary import Vocabulary
 from phototagger.http import is_url
 from phototagger.records import ModelResult, Photo
 from phototagger.ingest.sources import resolve_source
+from phototagger.ingest.state import reference_photos
 
 log = logging.getLogger(__name__)
 
-DASHBOARD_FLOW = "EvaluationFlow"
-PROMPT_FLOWS = ("PromptModels", "PromptCustomModels")
-UPDATE_FLOW = "UpdatePhotos"
+DASHBOARD_FLOW = mfclient.EVAL_FLOW
+PROMPT_FLOWS = mfclient.PROMPT_FLOWS
+UPDATE_FLOW = mfclient.UPDATE_FLOW
 FINETUNED_PROVIDER = "finetuned"  # needs a FineTuneVLM adapter and a GPU: only PromptCustomModels prompts it
 FOLDER_SOURCE = "folder"  # Photo["source"] of the user's own files, the only ones that get sidecars beside them
 CSV_FIELDS = ("photo_id", "image", "tags", "model")
 CSV_TAG_SEPARATOR = ";"
 
 
-class ExportError(Exception):
+class ExportError(UserError):
     """The export cannot start: no dashboard, no run with the model, a bad model key. Says the fix."""
 
 
@@ -83,6 +92,7 @@ class ExportOptions:
     write_xmp: bool = True
     tag_prefix: str = ""  # see xmp.py: flat tags, or filed under this path in the hierarchical fields
     dry_run: bool = False
+    vocabulary: Optional[Vocabulary] = None  # None: the tags as the model gave them, flat
 
 
 @dataclass
@@ -113,14 +123,14 @@ def choose_model(requested: Optional[str], ranking: Optional[Ranking], branch: s
     if ranking is None:
         raise ExportError(
             f"No EvaluationFlow run on branch {branch} yet, so there is no best model to pick: run "
-            "`python evalsflow.py run` (after promptmodels.py), or name one with --model provider:model"
+            f"`{mfclient.flow_command(DASHBOARD_FLOW, branch)}` (after promptmodels.py), or name one with --model provider:model"
         )
     if ranking.best is None:
         raise ExportError(
             f"The dashboard of branch {branch} ranks no model with a recall yet: run promptmodels.py and "
             "evalsflow.py on photos with tags, or name one with --model provider:model"
         )
-    return ranking.best.model
+    return ranking.best.key
 
 
 def dashboard_ranking(branch: str) -> Optional[Ranking]:
@@ -136,7 +146,7 @@ def dashboard_ranking(branch: str) -> Optional[Ranking]:
 
 
 def dashboard_models(ranking: Optional[Ranking]) -> list[str]:
-    return [row.model for row in ranking.rows] if ranking is not None else []
+    return [row.key for row in ranking.rows] if ranking is not None else []
 
 
 # -- tags from a prompt run -----------------------------------------------------------------------
@@ -145,10 +155,21 @@ def dashboard_models(ranking: Optional[Ranking]) -> list[str]:
 def tags_from_models_eval(models_eval: Mapping[str, Any], model: str, source: str) -> TagSet:
     """The model's tags per photo from a prompt flow's `models_eval` artifact."""
     results = models_eval.get("results") or {}
-    if model not in results:
+    key = result_key(results, model)
+    if key is None:
         available = ", ".join(sorted(results)) or "none"
         raise ExportError(f"{source} holds no results of {model}; models it holds: {available}. Pick one with --model")
-    return tagset_from_results(models_eval.get("photos") or {}, results[model], model, source)
+    return tagset_from_results(models_eval.get("photos") or {}, results[key], key, source)
+
+
+def result_key(results: Mapping[str, Any], model: str) -> Optional[str]:
+    """The row of `results` that `model` names: a row key ("knn:jec | default@3f2a1c") as it is; a bare model key,
+    its one row, or its row on the default prompt when it ran on several; None when it names none."""
+    if model in results:
+        return model
+    rows = [key for key in results if split_row_key(key)[0] == model]
+    default = [key for key in rows if split_row_key(key)[1].startswith(f"{DEFAULT_VARIANT}@")]
+    return rows[0] if len(rows) == 1 else (default[0] if len(default) == 1 else None)
 
 
 def tagset_from_results(photos: Mapping[str, Photo], results: Iterable[ModelResult], model: str, source: str) -> TagSet:
@@ -188,7 +209,7 @@ def _first_models_eval_with(runs: Iterable[Any], model: str) -> tuple[Optional[A
     for run in runs:
         models_eval = models_eval_of(run)
         held = set((models_eval or {}).get("results") or {})
-        if model in held:
+        if result_key(dict.fromkeys(held), model) is not None:
             return run, models_eval, seen | held
         log.info("%s holds no results of %s; looking at older runs", run.pathspec, model)
         seen |= held
@@ -208,8 +229,8 @@ def resolve_prompt_run(pathspec: str, branch: str) -> Any:
             found.append(mfclient.resolve_run(name, branch, f"{name}/{run_id}"))
         except MetaflowNotFound:
             continue
-        except ValueError as exc:
-            raise ExportError(f"--run {pathspec}: {exc}") from None
+        except UserError as exc:
+            raise ExportError(f"--run {pathspec}: {exc.one_line()}") from None
     if not found:
         raise ExportError(f"--run {pathspec}: no such run of {' or '.join([flow] if flow else PROMPT_FLOWS)}; pass the pathspec of a successful run, e.g. PromptModels/1712345678")
     if len(found) > 1:
@@ -251,11 +272,12 @@ def model_entry(model: str, models_config: Optional[Mapping[str, Any]]) -> dict[
 
 
 def history_photos(branch: str) -> list[Photo]:
-    """Every photo UpdatePhotos has delivered on `branch`: what the offline baselines learn from."""
+    """What the offline baselines learn from on `branch`: UpdatePhotos' bounded sample of earlier photos and its newest batch."""
     run = mfclient.latest_successful_run(UPDATE_FLOW, branch)
     if run is None:
         return []
-    return [*dict(run.data.history).values(), *dict(run.data.unseen).values()]
+    data = run.data
+    return [*reference_photos(mfclient.DatastoreBlobs(UPDATE_FLOW), data.reference), *dict(data.unseen).values()]
 
 
 def tags_from_folder(
@@ -269,7 +291,9 @@ def tags_from_folder(
     use_cache: bool = True,
     progress: bool = True,
 ) -> TagSet:
-    """Prompt `model` on every image under `folder` (the folder source's listing and ids) and keep its tags."""
+    """Prompt `model` (a model key, or a dashboard row whose prompt variant `prompt_text` replaces) on every image
+    under `folder` (the folder source's listing and ids) and keep its tags."""
+    model = split_row_key(model)[0]
     provider, _ = split_model_key(model)
     if provider == FINETUNED_PROVIDER:
         raise ExportError(
@@ -299,6 +323,12 @@ def tags_from_folder(
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+def with_vocabulary(tagset: TagSet, vocabulary: Vocabulary) -> TagSet:
+    """`tagset` with each photo's tags in the vocabulary's canonical form, stop-tags left out."""
+    tagged = [replace(photo, tags=vocabulary.canonical_tags(photo.tags)) for photo in tagset.tagged]
+    return replace(tagset, tagged=tagged)
+
+
 def sidecar_for(photo: TaggedPhoto, options: ExportOptions) -> Path:
     """Next to the user's own image file (folder source); else `<out_dir>/<photo id>.xmp`."""
     if photo.source == FOLDER_SOURCE and photo.image and not is_url(photo.image) and Path(photo.image).is_file():
@@ -319,7 +349,8 @@ def write_sidecars(tagset: TagSet, options: ExportOptions) -> tuple[list[xmp.Sid
             continue
         claimed[path] = photo.photo_id
         try:
-            change = xmp.write_sidecar(path, photo.tags, options.tag_prefix, dry_run=options.dry_run)
+            tags = [options.vocabulary.path(tag) for tag in photo.tags] if options.vocabulary else photo.tags
+            change = xmp.write_sidecar(path, tags, options.tag_prefix, dry_run=options.dry_run)
         except (xmp.XmpError, OSError) as exc:
             failures.append(SkippedPhoto(photo.photo_id, photo.image, str(exc)))
             continue

@@ -9,7 +9,9 @@ Photo tools read keywords from three XMP properties, so we write all three:
 Tags are flat by default: "cat" lands as "cat" in all three. With a `prefix` ("Photo Tagger", or
 "AI/Photo Tagger" for two levels) the path fields file them under it ("Photo Tagger/cat",
 "Photo Tagger|cat") so a user's own keyword tree stays apart, while `dc:subject` keeps the plain
-"cat" (a prefix describes where a tag came from, not the photo). A separator inside a tag ("in/out")
+"cat" (a prefix describes where a tag came from, not the photo). A tag given with its parents
+(["animal", "cat"], from the vocabulary) is a path of its own: "animal|cat", "animal/cat", and both
+"animal" and "cat" in `dc:subject`, as Lightroom exports a keyword with its containing keywords. A separator inside a tag ("in/out")
 becomes "-" in the path fields, so it does not invent a level.
 
 Merging never drops what a sidecar holds: other namespaces, other properties, attribute-form
@@ -29,7 +31,7 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 from phototagger import __version__
 from phototagger.scoring.tags import normalise_tag, xml_safe
@@ -122,16 +124,22 @@ def sidecar_path(image: Path | str, naming: str = "fullname") -> Path:
     raise ValueError(f"unknown sidecar naming {naming!r}: use one of {', '.join(NAMINGS)}")
 
 
-def field_values(tags: Iterable[str], prefix: str = "") -> dict[str, list[str]]:
-    """The values each keyword field gets for `tags`, flat or under `prefix` ("/" between its levels)."""
+def field_values(tags: Iterable[str | Sequence[str]], prefix: str = "") -> dict[str, list[str]]:
+    """The values each keyword field gets for `tags`, flat or under `prefix` ("/" between its levels).
+
+    A tag given as a sequence of levels, root first (["animal", "cat"]: the vocabulary's parents), is a
+    keyword path: each level goes into dc:subject, the whole path into the path fields ("animal|cat").
+    """
     levels = [level.strip() for level in xml_safe(prefix).split("/") if level.strip()]
-    tags = [tag for tag in (xml_safe(t).strip() for t in tags if t) if tag]
+    paths = [[level for level in (xml_safe(t).strip() for t in ([tag] if isinstance(tag, str) else tag) if t) if level]
+             for tag in tags if tag]
+    paths = [path for path in paths if path]
     values = {}
     for kf in FIELDS:
         if kf.separator is None:
-            values[kf.name] = list(tags)
+            values[kf.name] = list(dict.fromkeys(level for path in paths for level in path))
         else:
-            values[kf.name] = [kf.separator.join([*levels, tag.replace(kf.separator, "-")]) for tag in tags]
+            values[kf.name] = [kf.separator.join([*levels, *(level.replace(kf.separator, "-") for level in path)]) for path in paths]
     return values
 
 
@@ -152,13 +160,13 @@ def read_packet(data: bytes, source: str) -> tuple[dict[str, list[str]], str]:
     return found, root.get(_X + "xmptk", "")
 
 
-def merge_keywords(existing: Optional[bytes], tags: Iterable[str], prefix: str = "", source: str = "sidecar") -> tuple[bytes, dict[str, list[str]]]:
+def merge_keywords(existing: Optional[bytes], tags: Iterable[str | Sequence[str]], prefix: str = "", source: str = "sidecar") -> tuple[bytes, dict[str, list[str]]]:
     """The sidecar bytes with `tags` merged in (a new packet when `existing` is None), and what was added."""
     data, added, _ = _merge(existing, tags, prefix, source)
     return data, added
 
 
-def _merge(existing: Optional[bytes], tags: Iterable[str], prefix: str, source: str) -> tuple[bytes, dict[str, list[str]], bool]:
+def _merge(existing: Optional[bytes], tags: Iterable[str | Sequence[str]], prefix: str, source: str) -> tuple[bytes, dict[str, list[str]], bool]:
     """`merge_keywords`, and whether `existing` had to be repaired to be read."""
     repaired = False
     if existing is None:
@@ -178,7 +186,7 @@ def _merge(existing: Optional[bytes], tags: Iterable[str], prefix: str, source: 
     return f"{XPACKET_BEGIN}\n{body}\n{XPACKET_END}\n".encode("utf-8"), added, repaired
 
 
-def write_sidecar(path: Path | str, tags: Iterable[str], prefix: str = "", dry_run: bool = False) -> SidecarChange:
+def write_sidecar(path: Path | str, tags: Iterable[str | Sequence[str]], prefix: str = "", dry_run: bool = False) -> SidecarChange:
     """Merge `tags` into the sidecar at `path` (created if missing), written atomically.
 
     An unchanged sidecar is not rewritten, so its modification time stays as it was: photo tools

@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Mapping, Sequence, TypedDict
 
+from phototagger.errors import UserError
 from phototagger.records import ModelResult
 
 DEFAULT_MAX_ERROR_SHARE = 0.2
@@ -23,8 +24,9 @@ class BudgetProblem(TypedDict):
     counts: dict[str, int]
 
 
-class ErrorBudgetExceeded(Exception):
-    """More than the allowed share of some model's calls ended in error; one message line per model."""
+class ErrorBudgetExceeded(UserError):
+    """More than the allowed share of some model's calls ended in error; one message line per model.
+    A UserError, so the run ends with that message (which names the first error's words) and no traceback."""
 
     def __init__(self, problems: Mapping[str, BudgetProblem]):
         super().__init__("\n".join(problem["message"] for problem in problems.values()))
@@ -45,9 +47,12 @@ class ErrorBudget:
             if not results or failed / len(results) <= self.max_error_share:
                 continue
             by_class = ", ".join(f"{name}={n}" for name, n in counts.most_common())
+            first_class = counts.most_common(1)[0][0]
+            example = next(r.get("raw") or "no message" for r in results if r.get("error") == first_class)
             problems[key] = BudgetProblem(
                 message=f"{key}: {failed} of {len(results)} calls failed ({100.0 * failed / len(results):.1f}% > "
-                f"{100.0 * self.max_error_share:g}% allowed): {by_class}. Fix the cause (key, quota, base URL, model name), "
+                f"{100.0 * self.max_error_share:g}% allowed): {by_class}. First {first_class} error: {example} "
+                f"Fix the cause (key, quota, base URL, model name), "
                 f"lower --concurrency, or raise --max-error-share",
                 counts=dict(counts),
             )

@@ -3,11 +3,15 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
+from phototagger.scoring.evals import split_row_key
 from phototagger.scoring.metrics import Summary
 
 
-def run_summary_lines(models_eval: Mapping[str, Any], summaries: Mapping[str, Summary], skipped: Mapping[str, str]) -> list[str]:
-    """Three lines for the end of a prompt flow: what ran, how the models rank, what it cost."""
+def run_summary_lines(
+    models_eval: Mapping[str, Any], summaries: Mapping[str, Summary], skipped: Mapping[str, str], failed: bool = False
+) -> list[str]:
+    """Three lines for the end of a prompt flow: what ran, how the models rank, what it cost, and what to run
+    next unless the run `failed` (its error budget was broken, so there is nothing to evaluate yet)."""
     photos, results = models_eval["photos"], models_eval["results"]
     if not photos:
         return [
@@ -18,16 +22,20 @@ def run_summary_lines(models_eval: Mapping[str, Any], summaries: Mapping[str, Su
     skipped_text = f"; skipped {', '.join(skipped)} (reasons in skipped_models)" if skipped else ""
     ranked = sorted(summaries.items(), key=lambda kv: -(kv[1]["avg_recall"] if kv[1]["avg_recall"] is not None else -1))
     ranking = "; ".join(
-        f"{key} {_pct(s['avg_recall'])} ({_pct(s['avg_recall_all'])} over all photos, {s['error_pct']:g}% errors)"
+        f"{key} {_pct(s['avg_recall'])} exact, {_pct(s['avg_recall_lenient'])} lenient ({_pct(s['avg_recall_all'])} exact over all photos, {s['error_pct']:g}% errors)"
         for key, s in ranked
     ) or "none ran"
     cached = sum(1 for rows in results.values() for r in rows if r.get("cached"))
     calls = sum(len(rows) for rows in results.values())
     cost = sum(s["cost_usd"] for s in summaries.values())
+    ran = {split_row_key(key)[0] for key in results}
+    prompts = {split_row_key(key)[1] for key in results}
+    prompts_text = f" with {len(prompts)} prompts" if len(prompts) > 1 else ""
     return [
-        f"Prompted {len(results)} of {len(results) + len(skipped)} models on {len(photos)} photos of batch {models_eval['batch_id']} ({models_eval['batch_date']}){skipped_text}.",
+        f"Prompted {len(ran)} of {len(ran) + len(skipped)} models{prompts_text} on {len(photos)} photos of batch {models_eval['batch_id']} ({models_eval['batch_date']}){skipped_text}.",
         f"Avg recall: {ranking}.",
-        f"Cost ${cost:.4f} at list price; {cached} of {calls} answers from the cache. Next: python evalsflow.py run",
+        f"Cost ${cost:.4f} at list price; {cached} of {calls} answers from the cache."
+        + ("" if failed else " Next: python evalsflow.py run"),
     ]
 
 

@@ -19,16 +19,22 @@ from phototagger.scoring.metrics import Summary, Totals
 from phototagger.records import ModelResult, Photo
 
 COLUMNS = (
-    ("Model", "model"),
+    ("Model", "key"),
     ("Avg Latency (ms)", "avg_latency_ms"),
-    ("Avg Recall", "avg_recall"),
-    ("Recall (all photos)", "avg_recall_all"),
+    ("Avg Recall (exact)", "avg_recall"),
+    ("Recall (all photos, exact)", "avg_recall_all"),
     ("Error %", "error_pct"),
     ("Cost (USD)", "cost_usd"),
+    ("Avg Recall (lenient)", "avg_recall_lenient"),
+    ("Recall (all photos, lenient)", "avg_recall_all_lenient"),
 )
-"""The `evals` payload's columns before the per-batch ones, as (header, RankingRow field). Avg Recall
-is over valid answers; Recall (all photos) counts an errored photo as 0 (metrics.py)."""
+"""The `evals` payload's columns before the per-batch ones, as (header, RankingRow field; "key" is the row's
+row_key, its model and prompt variant). Avg Recall
+is over valid answers; Recall (all photos) counts an errored photo as 0 (metrics.py). Each recall names
+its matching rule (vocabulary.RULES): exact is the default, ranks the rows and fills the batch cells."""
 FIXED_HEADERS = [header for header, _ in COLUMNS]
+_OLD_HEADERS = {"Avg Recall": "avg_recall", "Recall (all photos)": "avg_recall_all"}
+"""The two recall headers before they named their matching rule, as older `evals` tables hold them."""
 
 _ISO_DATE = re.compile(r"^\d{4}-(\d{2})-(\d{2})")
 NEWEST_BATCHES = 12
@@ -40,7 +46,7 @@ WEEKLY_ROLLUPS = 4
 class EvalEvent(ModelResult, total=False):
     """One model's result on one photo, with what the dashboard needs to show it on its own."""
 
-    model_key: str  # "provider:model"
+    model_key: str  # the row: "provider:model | variant@hash" (row_key), "provider:model" for results without a variant
     batch_id: str  # UpdatePhotos run id that delivered the photo
     batch_date: str  # ISO date of that batch
     ground_truth_tags: list[str]
@@ -51,6 +57,20 @@ class EvalEvent(ModelResult, total=False):
 
 def model_key(provider: str, model: str) -> str:
     return f"{provider}:{model}"
+
+
+ROW_SEP = " | "
+
+
+def row_key(model: str, prompt_variant: Optional[str]) -> str:
+    """A ranking row, one per (model, prompt): `openai:gpt-4o-mini | default@3f2a1c`; the model key alone without a variant."""
+    return f"{model}{ROW_SEP}{prompt_variant}" if prompt_variant else model
+
+
+def split_row_key(key: str) -> tuple[str, str]:
+    """(model key, prompt variant or "") of a row key."""
+    model, _, variant = key.partition(ROW_SEP)
+    return model, variant
 
 
 def make_event(
@@ -65,7 +85,7 @@ def make_event(
     """The event for `result` on `photo`, with the batch and the prompt run it came from."""
     event = EvalEvent(**result)  # type: ignore[typeddict-item]
     event.update(
-        model_key=model_key(result.get("provider", ""), result.get("model", "")),
+        model_key=row_key(model_key(result.get("provider", ""), result.get("model", "")), result.get("prompt_variant")),
         batch_id=str(batch_id),
         batch_date=batch_date,
         ground_truth_tags=list(photo.get("ground_truth_tags") or []),
@@ -149,7 +169,7 @@ class BatchSummary:
 
 @dataclass
 class RankingRow:
-    """One model's line of the ranking, over all batches, and its summary per batch.
+    """One (model, prompt variant) line of the ranking, over all batches, and its summary per batch.
 
     A new figure is a field here with a default (rankings stored before it then still load) and,
     to show it in the `evals` payload, an entry in COLUMNS.
@@ -162,13 +182,23 @@ class RankingRow:
     error_pct: float = 0.0
     cost_usd: float = 0.0
     batches: dict[str, BatchSummary] = field(default_factory=dict)  # batch_id -> summary; only the batches it saw
+    avg_recall_lenient: Optional[float] = None  # the two recalls above under the lenient matching rule
+    avg_recall_all_lenient: Optional[float] = None
+    prompt_variant: str = ""  # "default@3f2a1c"; "" for results stored before prompt variants
+
+    @property
+    def key(self) -> str:
+        """The row's row_key: `provider:model | variant@hash`, the model key alone without a variant."""
+        return row_key(self.model, self.prompt_variant)
 
     @classmethod
-    def of(cls, model: str, summary: Summary, batches: dict[str, BatchSummary]) -> RankingRow:
-        """The row of `model` from its metrics.summarise over all batches."""
-        return cls(model=model, avg_latency_ms=summary["avg_latency_ms"], avg_recall=summary["avg_recall"],
+    def of(cls, key: str, summary: Summary, batches: dict[str, BatchSummary]) -> RankingRow:
+        """The row of `key` (a row_key) from its metrics.summarise over all batches."""
+        model, variant = split_row_key(key)
+        return cls(model=model, prompt_variant=variant, avg_latency_ms=summary["avg_latency_ms"], avg_recall=summary["avg_recall"],
                    avg_recall_all=summary["avg_recall_all"], error_pct=summary["error_pct"], cost_usd=summary["cost_usd"],
-                   batches=batches)
+                   batches=batches, avg_recall_lenient=summary["avg_recall_lenient"],
+                   avg_recall_all_lenient=summary["avg_recall_all_lenient"])
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RankingRow:
@@ -178,10 +208,17 @@ class RankingRow:
         row.batches = {b: BatchSummary(**s) for b, s in row.batches.items()}
         return row
 
+    @classmethod
+    def from_cells(cls, cells: Mapping[str, Any]) -> RankingRow:
+        """A row from COLUMNS' fields, its "key" split into model and prompt variant."""
+        cells = dict(cells)
+        model, variant = split_row_key(str(cells.pop("key", "")))
+        return cls(model=model, prompt_variant=variant, **cells)
+
 
 @dataclass
 class Ranking:
-    """The models best first, and the batches they were scored on, oldest first."""
+    """The (model, prompt variant) rows best first, and the batches they were scored on, oldest first."""
 
     rows: list[RankingRow] = field(default_factory=list)
     batches: list[BatchInfo] = field(default_factory=list)  # the batch columns: the newest batches and roll-ups
@@ -215,10 +252,10 @@ class Ranking:
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> Ranking:
         """The COLUMNS of an `evals` payload, read by header, for an EvaluationFlow run stored before the
-        `ranking` artifact existed; its per-batch cells are not read back."""
-        names = dict(COLUMNS)
+        `ranking` artifact existed (recall headers then named no rule); its per-batch cells are not read back."""
+        names = {**dict(COLUMNS), **_OLD_HEADERS}
         headers = table.get("headers") or []
-        return cls(rows=[RankingRow(**{names[h]: v for h, v in zip(headers, row) if h in names})
+        return cls(rows=[RankingRow.from_cells({names[h]: v for h, v in zip(headers, row) if h in names})
                          for row in table.get("rows") or []])
 
 
@@ -242,7 +279,7 @@ def batch_dates(events: Iterable[EvalEvent]) -> dict[str, str]:
 
 
 def batch_totals(events: Iterable[EvalEvent]) -> dict[tuple[str, str], Totals]:
-    """metrics.Totals per (model key, batch id) of the deduplicated events: what EvaluationFlow keeps of old batches."""
+    """metrics.Totals per (row key, batch id) of the deduplicated events: what EvaluationFlow keeps of old batches."""
     grouped: dict[tuple[str, str], list[EvalEvent]] = defaultdict(list)
     for event in fold_events([], events):
         grouped[(event["model_key"], str(event.get("batch_id", "")))].append(event)
@@ -291,28 +328,29 @@ def columns(dates: Mapping[str, str], newest: int = NEWEST_BATCHES,
 
 def rank_totals(totals: Mapping[tuple[str, str], Totals], dates: Mapping[str, str], *,
                 newest: int = NEWEST_BATCHES, weeks: int = WEEKLY_ROLLUPS) -> Ranking:
-    """One row per model over all batches, best Avg Recall first, from the Totals per (model, batch):
+    """One row per (model, prompt variant) over all batches, best Avg Recall (exact) first, from the Totals
+    per (row key, batch):
     the overall figures and each column's (a batch or a roll-up) are sums of those Totals, so they are
     exactly the figures of all the events behind them."""
     cols, column_of = columns(dates, newest, weeks)
     overall: dict[str, Totals] = defaultdict(Totals)
     per_column: dict[str, dict[str, Totals]] = defaultdict(lambda: defaultdict(Totals))
     photos_per_batch: dict[str, int] = defaultdict(int)
-    for (model, batch_id), t in totals.items():
-        overall[model] += t
-        per_column[model][column_of[batch_id]] += t
+    for (key, batch_id), t in totals.items():
+        overall[key] += t
+        per_column[key][column_of[batch_id]] += t
         photos_per_batch[batch_id] = max(photos_per_batch[batch_id], t.photos)
-    ranked = sorted(((model, t.summary()) for model, t in overall.items()), key=_rank_key)
-    rows = [RankingRow.of(model, summary, {c["batch_id"]: BatchSummary.of(per_column[model][c["batch_id"]].summary())
-                                           for c in cols if c["batch_id"] in per_column[model]})
-            for model, summary in ranked]
+    ranked = sorted(((key, t.summary()) for key, t in overall.items()), key=_rank_key)
+    rows = [RankingRow.of(key, summary, {c["batch_id"]: BatchSummary.of(per_column[key][c["batch_id"]].summary())
+                                         for c in cols if c["batch_id"] in per_column[key]})
+            for key, summary in ranked]
     return Ranking(rows=rows, batches=cols, photos=sum(photos_per_batch.values()),
                    calls=sum(t.photos for t in overall.values()), errored_calls=sum(t.errors for t in overall.values()))
 
 
 def rank_models(events: Iterable[EvalEvent], **limits: int) -> Ranking:
-    """One row per model over all batches, best Avg Recall first, with its summary on each batch column
-    (rank_totals of the events' batch_totals; `limits` are its `newest` and `weeks`)."""
+    """One row per (model, prompt variant) over all batches, best Avg Recall (exact) first, with its summary on
+    each batch column (rank_totals of the events' batch_totals; `limits` are its `newest` and `weeks`)."""
     events = fold_events([], events)
     return rank_totals(batch_totals(events), batch_dates(events), **limits)
 

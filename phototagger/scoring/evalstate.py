@@ -2,10 +2,13 @@
 
 An hourly EvaluationFlow must not load and store every event ever (a year of hourly batches is
 25 MB of events). It keeps instead, in one `EvalState`:
-- `totals`: metrics.Totals per (model, batch): counts and exact sums, which add up to the ranking's
-  overall figures and its weekly and monthly roll-up columns exactly (evals.rank_totals);
+- `totals`: metrics.Totals per (row, batch), a row being a (model, prompt) pair (evals.row_key): counts
+  and exact sums under both matching rules, which add up to the ranking's overall figures and its weekly
+  and monthly roll-up columns exactly (evals.rank_totals);
 - `events`: the per-photo events of the newest DRILLDOWN_BATCHES batches only, for the drill-down;
 - `sample`: a bounded per-photo score sample (below), for confidence intervals and paired comparisons.
+Events come in scored (EvaluationFlow scores them with its vocabulary first), so the totals hold the
+scores of the vocabulary in force when each answer was folded.
 Every photo's full result goes out once, in the run that folded it, as the `photo_results` artifact
 (Parquet bytes of `photo_frame`); `photo_results` reads a branch's runs back into one DataFrame.
 
@@ -30,10 +33,11 @@ SAMPLE_SIZE = 20_000
 """Photos in the score sample: enough for a 95% interval of a mean recall within about +-0.4 points."""
 SAMPLE_SEED = b"phototagger-sample-1"
 """Salts the photo hash, so which photos are sampled is fixed, the same for every model and every run."""
-SAMPLE_SCORES = ("recall", "precision", "f1", "latency_ms")
+SAMPLE_SCORES = ("recall", "precision", "f1", "recall_lenient", "precision_lenient", "f1_lenient", "latency_ms")
 SAMPLE_COLUMNS = ("hash", "batch_id", "photo_id", "model_key", *SAMPLE_SCORES, "error", "cached")
-PHOTO_COLUMNS = ("batch_id", "batch_date", "photo_id", "model_key", "provider", "model", "tags", "ground_truth_tags",
-                 "valid", "error", "recall", "precision", "f1", "latency_ms", "cached", "prompt_tokens",
+PHOTO_COLUMNS = ("batch_id", "batch_date", "photo_id", "model_key", "provider", "model", "prompt_variant", "tags",
+                 "ground_truth_tags", "valid", "error", "recall", "precision", "f1", "recall_lenient",
+                 "precision_lenient", "f1_lenient", "latency_ms", "cached", "prompt_tokens",
                  "completion_tokens", "cost_usd", "image_url", "raw", "source_flow", "source_run")
 """The `photo_results` columns first in a frame; fields an event has beyond them follow."""
 
@@ -52,8 +56,9 @@ def _empty_sample() -> pd.DataFrame:
 def fold_sample(sample: pd.DataFrame, events: Iterable[EvalEvent], size: int = SAMPLE_SIZE) -> pd.DataFrame:
     """`sample` with `events` folded in: a bottom-k sketch over every photo folded so far.
 
-    It keeps the `size` (batch, photo) pairs with the smallest `photo_hash`, with every model's scores
-    on each, so the sample is uniform over all history, bounded, and paired across models; a rerun's
+    It keeps the `size` (batch, photo) pairs with the smallest `photo_hash`, with every row's scores
+    on each (a row: a model and prompt, its `model_key`), so the sample is uniform over all history,
+    bounded, and paired across rows; a rerun's
     answer replaces the earlier one, as in evals.fold_events.
     """
     rows = [{"hash": photo_hash(e["photo_id"]), "batch_id": str(e.get("batch_id", "")), "photo_id": str(e["photo_id"]),
@@ -75,15 +80,15 @@ def fold_sample(sample: pd.DataFrame, events: Iterable[EvalEvent], size: int = S
 
 @dataclass
 class EvalState:
-    """EvaluationFlow's state: Totals per (model, batch), the drill-down batches' events, the score sample."""
+    """EvaluationFlow's state: Totals per (row, batch), the drill-down batches' events, the score sample."""
 
     dates: dict[str, str] = field(default_factory=dict)  # batch_id -> batch_date, every batch folded
-    totals: dict[tuple[str, str], Totals] = field(default_factory=dict)  # (model key, batch id) -> Totals
+    totals: dict[tuple[str, str], Totals] = field(default_factory=dict)  # (row key, batch id) -> Totals
     events: list[EvalEvent] = field(default_factory=list)  # the newest DRILLDOWN_BATCHES batches only
     sample: pd.DataFrame = field(default_factory=_empty_sample)
     """One row per (photo, model) for the sampled photos (fold_sample): SAMPLE_COLUMNS, scores as floats
     (NaN where a model had none; latency NaN for a cached answer, as metrics leaves it out). For the
-    paired figures of two models, `paired("recall")` gives one column per model over the same photos."""
+    paired figures of two rows, `paired("recall")` gives one column per row key over the same photos."""
 
     @classmethod
     def from_events(cls, events: Iterable[EvalEvent]) -> EvalState:
@@ -92,7 +97,7 @@ class EvalState:
 
     def fold(self, new: Iterable[EvalEvent], drilldown_batches: int = DRILLDOWN_BATCHES,
              sample_size: int = SAMPLE_SIZE) -> EvalState:
-        """This state with the `new` events folded in, the latest answer per (model, photo, batch) winning."""
+        """This state with the `new` (scored) events folded in, the latest answer per (row, photo, batch) winning."""
         new = fold_events([], new)
         dates = {**self.dates, **{b: d for b, d in batch_dates(new).items() if b not in self.dates}}
         newest = ordered_batches(dates)[-drilldown_batches:] if drilldown_batches else []
@@ -104,8 +109,8 @@ class EvalState:
         return EvalState(dates=dates, totals=totals, events=events, sample=fold_sample(self.sample, new, sample_size))
 
     def paired(self, score: str = "recall", valid_only: bool = True) -> pd.DataFrame:
-        """`score` of the sampled photos, one row per (batch, photo) and one column per model, NaN where a
-        model has none (or, with `valid_only`, erred): the paired sample a bootstrap over photos resamples."""
+        """`score` of the sampled photos, one row per (batch, photo) and one column per row key (model and
+        prompt), NaN where a row has none (or, with `valid_only`, erred): the paired sample a bootstrap over photos resamples."""
         rows = self.sample[self.sample["error"].isna()] if valid_only else self.sample
         rows = rows.astype({"batch_id": "object", "model_key": "object"})
         return rows.pivot(index=["batch_id", "photo_id"], columns="model_key", values=score)

@@ -27,18 +27,17 @@ from PIL import Image
 
 from phototagger.training import vlm
 from phototagger.http import ImageFetchError
+from phototagger import mfclient
 from phototagger.images import load_image
 from phototagger.records import Photo
 from phototagger.scoring.tags import normalise_tags
 
 log = logging.getLogger(__name__)
 
-UPDATE_FLOW = "UpdatePhotos"
-DATASET_FLOW = "PrepareVLMData"
 # Flows whose scored photos stay out of training for good. By default the fine-tuned model's own
 # evaluations: PromptModels scores every hourly batch, so holding those out too would leave nothing
 # to train on; the newest batch, which both prompt flows score next, is always held out.
-DEFAULT_HOLDOUT_FLOWS = ("PromptCustomModels",)
+DEFAULT_HOLDOUT_FLOWS = (mfclient.CUSTOM_PROMPT_FLOW,)
 
 DEFAULT_MIN_TAGS = 3
 DEFAULT_MIN_SIDE = 64  # pixels; a smaller photo is a thumbnail or an icon, not something to tag

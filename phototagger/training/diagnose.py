@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Mapping, Optional, Sequence, TextIO
 
 from phototagger.training import curate, vlm
-from phototagger.mfclient import resolve_run, user_branch
+from phototagger.errors import UserError
+from phototagger.mfclient import DATASET_FLOW, flow_command, full_branch, resolve_run
 from phototagger.http import ImageFetchError
 from phototagger.images import load_image
 
@@ -43,21 +44,21 @@ def dataset_artifacts(run: Any) -> dict[str, Any]:
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     """--run and --branch, shared by check_data.py and diagnose_data.py."""
     parser.add_argument("--run", default="", help="PrepareVLMData run to check (PrepareVLMData/<id> or <id>); default: the latest successful one of the branch")
-    parser.add_argument("--branch", default="", help="@project branch as Metaflow names it (user.<name>, test.<name>, prod); default: your user branch")
+    parser.add_argument("--branch", default="", help="@project branch: the name a flow's --branch took (x, meaning test.x) or the full one (test.x, prod, user.<name>); default: your user branch")
 
 
 def load_dataset(pathspec: str = "", branch: str = "") -> dict[str, Any]:
     """The artifacts of the PrepareVLMData run `pathspec`, or of the branch's latest successful one."""
     from metaflow.exception import MetaflowNotFound
 
-    branch = branch or user_branch()
+    branch = full_branch(branch)
     try:
-        run = resolve_run(curate.DATASET_FLOW, branch, pathspec)
+        run = resolve_run(DATASET_FLOW, branch, pathspec)
     except MetaflowNotFound as exc:
         raise LookupError(f"No run {pathspec} in this Metaflow datastore: check the id, or run from the project directory") from exc
     if run is None:
         raise LookupError(
-            f"No successful PrepareVLMData run on branch {branch}: run `python prepare_vlm_data.py run` first, "
+            f"No successful PrepareVLMData run on branch {branch}: run `{flow_command(DATASET_FLOW, branch)}` first, "
             "or pass --run PrepareVLMData/<id> or --branch"
         )
     return dataset_artifacts(run)
@@ -67,8 +68,8 @@ def load_dataset_or_report(args: argparse.Namespace) -> Optional[dict[str, Any]]
     """The dataset --run/--branch (add_dataset_arguments) name, or None once the reason is printed."""
     try:
         return load_dataset(args.run, args.branch)
-    except (LookupError, ValueError) as exc:
-        print(f"PROBLEM {exc}")
+    except (LookupError, ValueError, UserError) as exc:
+        print(f"PROBLEM {exc.one_line() if isinstance(exc, UserError) else exc}")
         return None
 
 

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 
 from PIL import Image
 
+from phototagger.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 PATCH_FACTOR = 28  # patch 14 x spatial merge 2: one image token covers 28x28 pixels
@@ -24,6 +26,38 @@ DEFAULT_MAX_PIXELS = 256 * PATCH_FACTOR * PATCH_FACTOR
 DEFAULT_BASE_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
 ASSISTANT_HEADER = "<|im_start|>assistant\n"  # Qwen chat template: what precedes every assistant answer
 END_OF_TURN = "<|im_end|>"
+
+
+TINY_MODEL_FIX = "python -m phototagger.training.random_qwen models/tiny-qwen --size tiny"
+
+
+def check_base_model(base_model: str) -> str:
+    """Where `base_model` will load from ("local", "cache" or "hub"), checked before any GPU is asked for;
+    UserError when it cannot load: neither a model folder here, nor in the Hugging Face cache, nor on a reachable hub."""
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
+    fix = f"pass --base-model PATH to a local copy, or for a CPU trial build a tiny random model with `{TINY_MODEL_FIX}`"
+    path = Path(base_model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"--base-model {base_model} is a folder without a config.json, not a saved model", fix)
+        return "local"
+    try:
+        if isinstance(try_to_load_from_cache(base_model, "config.json"), str):
+            return "cache"
+    except HFValidationError:
+        raise UserError(f"--base-model {base_model} is neither a model folder nor a hub id (org/name)", fix) from None
+    if constants.HF_HUB_OFFLINE:
+        raise UserError(f"--base-model {base_model} is neither a local folder nor in the Hugging Face cache, and HF_HUB_OFFLINE is set", fix)
+    try:
+        HfApi().model_info(base_model, timeout=10)
+    except (RepositoryNotFoundError, GatedRepoError) as exc:
+        reason = "is gated: accept its licence on the hub and run `hf auth login`" if isinstance(exc, GatedRepoError) else "is not on the hub"
+        raise UserError(f"--base-model {base_model} {reason}", fix) from None
+    except Exception as exc:  # a DNS failure, a refused connection, a proxy: any of them means no download
+        raise UserError(f"--base-model {base_model} is not cached and {constants.ENDPOINT} cannot be reached ({type(exc).__name__})", fix) from None
+    return "hub"
 
 
 def load_processor(path: str | Path, min_pixels: int = DEFAULT_MIN_PIXELS, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:

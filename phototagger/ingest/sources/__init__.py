@@ -13,13 +13,14 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
+from phototagger.errors import UserError
 from phototagger.ingest.sources.base import Source, SourceError
 from phototagger.ingest.sources.demo import DemoSource
 from phototagger.ingest.sources.folder import FolderSource
 from phototagger.ingest.sources.unsplash import KEY_ENV, UnsplashSource
 from phototagger.ingest.sources.unsplash_lite import UnsplashLiteSource, parse_options
 
-__all__ = ["Source", "SourceError", "SPECS", "resolve_source"]
+__all__ = ["Source", "SourceError", "SPECS", "checked_spec", "resolve_source"]
 
 SPECS = (
     "auto",
@@ -43,9 +44,17 @@ def resolve_source(spec: str, env: Mapping[str, str] = os.environ) -> Source:
     if kind == "unsplash":
         mode, _, value = rest.partition(":")
         return UnsplashSource(env.get(KEY_ENV, ""), mode or "latest", value, base_url=env.get("UNSPLASH_API_URL"))
-    if kind == "folder" and rest:
+    if kind in ("folder", "unsplash-lite") and not rest.strip():
+        raise UserError(f"{spec!r} names no folder", f"pass --source {kind}:/path/to/photos")
+    if kind == "folder":
         return FolderSource(rest)
-    if kind == "unsplash-lite" and rest:
+    if kind == "unsplash-lite":
         path, _, query = rest.partition("?")
         return UnsplashLiteSource(path, **parse_options(query))
-    raise ValueError(f"unknown source {spec!r}; use one of: {', '.join(SPECS)}")
+    raise UserError(f"unknown source {spec!r}", f"use one of: {', '.join(SPECS)}")
+
+
+def checked_spec(spec: str) -> str:
+    """`spec` as given, once it names a source that can be built here (known kind, folder there, key set)."""
+    resolve_source(spec)
+    return spec

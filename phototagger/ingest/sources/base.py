@@ -9,11 +9,12 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Iterable, Optional, Protocol, runtime_checkable
 
+from phototagger.errors import UserError
 from phototagger.records import Photo
 from phototagger.scoring.tags import normalise_tags
 
 
-class SourceError(Exception):
+class SourceError(UserError):
     """A source cannot deliver: a missing key, a missing file, a service that said no.
 
     The message names the problem and the fix; it never holds a secret.

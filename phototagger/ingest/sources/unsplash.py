@@ -26,10 +26,8 @@ log = logging.getLogger(__name__)
 DEFAULT_API_URL = "https://api.unsplash.com"
 KEY_ENV = "client_id"
 MAX_PER_PAGE = 30  # Unsplash's cap on per_page
-MISSING_KEY = (
-    "Unsplash key missing: export client_id=<your Unsplash access key> "
-    "(https://unsplash.com/oauth/applications) or use --source demo"
-)
+MISSING_KEY = "Unsplash key missing"
+MISSING_KEY_FIX = "export client_id=<your Unsplash access key> (https://unsplash.com/oauth/applications) or use --source demo"
 MODES = ("latest", "search", "collection")
 
 
@@ -56,11 +54,11 @@ class UnsplashSource:
         timeout_s: float = 20.0,
     ):
         if not key:
-            raise SourceError(MISSING_KEY)
+            raise SourceError(MISSING_KEY, MISSING_KEY_FIX)
         if mode not in MODES:
-            raise ValueError(f"unknown Unsplash mode {mode!r}; use one of {', '.join(MODES)}")
+            raise SourceError(f"unknown Unsplash mode {mode!r}", f"use one of {', '.join(MODES)}")
         if mode != "latest" and not query:
-            raise ValueError(f"unsplash:{mode} needs a value, e.g. unsplash:search:mountains or unsplash:collection:317099")
+            raise SourceError(f"unsplash:{mode} needs a value", "e.g. --source unsplash:search:mountains or unsplash:collection:317099")
         self._key = key
         self.mode = mode
         self.query = query

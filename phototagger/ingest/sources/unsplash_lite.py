@@ -189,9 +189,9 @@ def parse_options(query: str) -> dict[str, object]:
             try:
                 options[key] = float(value)
             except ValueError:
-                raise ValueError(f"min_confidence must be a number from 0 to 100, got {value!r}") from None
+                raise SourceError(f"min_confidence must be a number from 0 to 100, got {value!r}") from None
         elif key == "user_only":
             options[key] = value.strip().lower() in _TRUE
         else:
-            raise ValueError(f"unknown unsplash-lite option {key!r}; known: {', '.join(OPTIONS)}")
+            raise SourceError(f"unknown unsplash-lite option {key!r}", f"use one of: {', '.join(OPTIONS)}")
     return options

@@ -12,12 +12,19 @@ import logging
 import threading
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from statistics import median
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from phototagger.prompting.providers.features import LOAD_SIDE, Features, image_features, jec_distances
+from phototagger.prompting.cache import make_cache
+from phototagger.prompting.providers.features import (
+    LOAD_SIDE,
+    FeatureCache,
+    Features,
+    image_features,
+    jec_distances,
+    stack_features,
+)
 from phototagger.http import DEFAULT_TIMEOUT_S, MAX_IMAGE_BYTES, ImageFetchError
 from phototagger.images import load_image
 from phototagger.records import Photo
@@ -30,11 +37,16 @@ HISTORY_LOADERS = 8  # parallel image reads when knn first computes the history'
 
 
 class _HistoryBaseline(Provider):
-    """Shared by the baselines: the tagged history, tag statistics, and self-exclusion."""
+    """Shared by the baselines: the tagged history, tag statistics counted once, and self-exclusion.
+
+    `history` is the earlier photos they may look at (for knn, a bounded sample: ingest/state.py);
+    `tag_stats` (UpdatePhotos' running counts over every earlier photo) replaces counting them.
+    """
 
     learns_from_history = True
 
-    def __init__(self, model: str, *, history: Iterable[Photo] = (), n_tags: Optional[int] = None):
+    def __init__(self, model: str, *, history: Iterable[Photo] = (), tag_stats: Optional[Mapping[str, Any]] = None,
+                 n_tags: Optional[int] = None):
         super().__init__(model)
         self.history: list[Photo] = []
         self.tags_by_id: dict[str, list[str]] = {}
@@ -48,38 +60,71 @@ class _HistoryBaseline(Provider):
         for photo_id, tags in self.tags_by_id.items():
             for tag in tags:
                 self.photos_with_tag[tag].add(photo_id)
+        if tag_stats:
+            self.tag_counts = Counter(tag_stats["tags"])
+            self.sizes, self.tagged = Counter({int(n): c for n, c in tag_stats["sizes"].items()}), int(tag_stats["photos"])
+        else:
+            self.tag_counts, self.sizes, self.tagged = count_tags(self.tags_by_id.values())
+        self.ranked = sorted(self.tag_counts, key=lambda tag: (-self.tag_counts[tag], tag))
 
-    def _others(self, photo_id: Optional[str]) -> list[str]:
-        """History ids usable for this photo; none left -> no_history."""
-        others = [pid for pid in self.tags_by_id if pid != photo_id]
-        if not others:
+    def _check_history(self, photo_id: Optional[str]) -> None:
+        """No earlier tagged photo but the asked one -> no_history."""
+        if self.tagged - (photo_id in self.tags_by_id) <= 0:
             raise ProviderError(
                 "no_history",
                 f"{self.name} has no earlier tagged photos to learn from: run UpdatePhotos again for a second batch",
                 retryable=False,
             )
-        return others
 
-    def _how_many(self, others: Sequence[str]) -> int:
-        """How many tags to predict: the option, else the median tag count of the history."""
+    def _how_many(self, photo_id: Optional[str]) -> int:
+        """How many tags to predict: the option, else the median tag count of the history (the asked photo left out)."""
         if self.n_tags:
             return self.n_tags
-        return max(1, int(median(len(self.tags_by_id[pid]) for pid in others) + 0.5))
+        sizes = self.sizes.copy()
+        if photo_id in self.tags_by_id:
+            sizes[len(self.tags_by_id[photo_id])] -= 1
+        return max(1, int(_median(sizes) + 0.5))
 
     def _frequency(self, tag: str, photo_id: Optional[str]) -> int:
-        """History photos with `tag`, the asked photo left out; a sort key, so no set copy."""
-        with_tag = self.photos_with_tag.get(tag, ())
-        return len(with_tag) - (photo_id in with_tag)
+        """Earlier photos with `tag`, the asked photo left out; a sort key, so no set copy."""
+        return self.tag_counts.get(tag, 0) - (photo_id in self.photos_with_tag.get(tag, ()))
 
     def settings(self) -> dict[str, Any]:
         digest = hashlib.sha256(
-            json.dumps(sorted(self.tags_by_id.items()), ensure_ascii=True).encode()
+            json.dumps([sorted(self.tag_counts.items()), sorted(self.tags_by_id.items())], ensure_ascii=True).encode()
         ).hexdigest()[:12]
-        return {**super().settings(), "n_tags": self.n_tags, "history_size": len(self.history), "history_digest": digest}
+        return {**super().settings(), "n_tags": self.n_tags, "history_size": self.tagged, "history_digest": digest}
 
     @staticmethod
     def _answer(tags: list[str]) -> Answer:
         return Answer(json.dumps({"tags": tags}), None, None)
+
+
+def count_tags(tag_lists: Iterable[Sequence[str]]) -> tuple[Counter, Counter, int]:
+    """Photos per tag, photos per number of tags, and photos: the history's tag statistics, counted once per run."""
+    counts, sizes, photos = Counter(), Counter(), 0
+    for tags in tag_lists:
+        counts.update(tags)
+        sizes[len(tags)] += 1
+        photos += 1
+    return counts, sizes, photos
+
+
+def _median(histogram: Counter) -> float:
+    """The median of the values a histogram (value -> how many) counts, without expanding it."""
+    total = sum(max(0, count) for count in histogram.values())
+    if not total:
+        return 1
+
+    def nth(k: int) -> int:
+        seen = 0
+        for value in sorted(histogram):
+            seen += max(0, histogram[value])
+            if seen > k:
+                return value
+        raise AssertionError("unreachable: k < total")
+
+    return (nth((total - 1) // 2) + nth(total // 2)) / 2
 
 
 @register_provider("prior")
@@ -90,10 +135,12 @@ class TagPriorProvider(_HistoryBaseline):
         super().__init__(model, **options)
 
     def complete(self, prompt_text: str, image: str, photo_id: Optional[str] = None) -> Answer:
-        others = self._others(photo_id)
-        counts = Counter(tag for pid in others for tag in self.tags_by_id[pid])
-        ranked = sorted(counts, key=lambda tag: (-counts[tag], tag))
-        return self._answer(ranked[: self._how_many(others)])
+        self._check_history(photo_id)
+        ranked = self.ranked
+        if photo_id in self.tags_by_id:  # the asked photo is in the history: rank without its own tags
+            counts = self.tag_counts - Counter(self.tags_by_id[photo_id])
+            ranked = sorted(counts, key=lambda tag: (-counts[tag], tag))
+        return self._answer(ranked[: self._how_many(photo_id)])
 
 
 @register_provider("knn")
@@ -113,46 +160,43 @@ class JECProvider(_HistoryBaseline):
         neighbours: int = 5,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         max_image_bytes: int = MAX_IMAGE_BYTES,
+        feature_cache: bool = True,
         **options: Any,
     ):
         super().__init__(model, **options)
         self.neighbours = neighbours
         self.timeout_s = timeout_s
         self.max_image_bytes = max_image_bytes
-        self._features: dict[str, Features] = {}
+        self._feature_cache = FeatureCache(make_cache()) if feature_cache else None
         self._lock = threading.Lock()
-        self._history_loaded = False
+        self._ids: list[str] = []
+        self._matrix: Optional[dict[str, np.ndarray]] = None
 
     def complete(self, prompt_text: str, image: str, photo_id: Optional[str] = None) -> Answer:
-        others = self._others(photo_id)
-        self._load_history()
-        candidates = [pid for pid in others if pid in self._features]
+        self._check_history(photo_id)
+        ids, matrix = self._load_history()
+        candidates = [i for i, pid in enumerate(ids) if pid != photo_id]
         if not candidates:
-            raise ProviderError(
-                "no_history", f"knn could read none of the {len(others)} history images", retryable=False
-            )
+            raise ProviderError("no_history", f"knn could read none of the {len(self.history)} history images", retryable=False)
         try:
-            query = self._features.get(photo_id) if photo_id else None
-            if query is None:
-                query = self._features_of(image)
-                if photo_id:
-                    self._features[photo_id] = query
+            query = self._features_of(image)
         except ImageFetchError as exc:
             raise ProviderError(exc.error_class, str(exc)) from None
-        distances = jec_distances(query, [self._features[pid] for pid in candidates])
-        nearest = [candidates[i] for i in np.argsort(distances, kind="stable")[: self.neighbours]]
-        return self._answer(self._transfer(nearest, self._how_many(others), photo_id))
+        distances = jec_distances(query, {name: rows[candidates] for name, rows in matrix.items()})
+        nearest = [ids[candidates[i]] for i in np.argsort(distances, kind="stable")[: self.neighbours]]
+        return self._answer(self._transfer(nearest, self._how_many(photo_id), photo_id))
 
-    def _load_history(self) -> None:
-        """Compute history features once (per provider), skipping images that cannot be read."""
+    def _load_history(self) -> tuple[list[str], dict[str, np.ndarray]]:
+        """Features of the history, each read from the feature cache or computed once, stacked into one
+        array per descriptor once per provider (per run); unreadable images are skipped."""
         with self._lock:
-            if self._history_loaded:
-                return
-            with ThreadPoolExecutor(HISTORY_LOADERS) as pool:  # mostly waiting on downloads
-                for photo, features in zip(self.history, pool.map(self._history_features, self.history)):
-                    if features is not None:
-                        self._features[photo["id"]] = features
-            self._history_loaded = True
+            if self._matrix is None:
+                with ThreadPoolExecutor(HISTORY_LOADERS) as pool:  # mostly waiting on downloads
+                    loaded = list(pool.map(self._history_features, self.history))
+                kept = [(photo["id"], features) for photo, features in zip(self.history, loaded) if features is not None]
+                self._ids = [photo_id for photo_id, _ in kept]
+                self._matrix = stack_features([features for _, features in kept])
+            return self._ids, self._matrix
 
     def _history_features(self, photo: Photo) -> Optional[Features]:
         try:
@@ -162,8 +206,16 @@ class JECProvider(_HistoryBaseline):
             return None
 
     def _features_of(self, location: str) -> Features:
+        """An image's features from the cache (keyed by the image), else computed and cached for later runs."""
+        key = self._feature_cache.key(location) if self._feature_cache is not None else None
+        cached = self._feature_cache.get(key) if key is not None else None
+        if cached is not None:
+            return cached
         image = load_image(location, LOAD_SIDE, draft=True, max_bytes=self.max_image_bytes, timeout_s=self.timeout_s)
-        return image_features(image)
+        features = image_features(image)
+        if key is not None:
+            self._feature_cache.put(key, features)
+        return features
 
     def _transfer(self, nearest: list[str], n_tags: int, photo_id: Optional[str]) -> list[str]:
         """JEC label transfer from neighbours sorted nearest first."""

@@ -10,7 +10,10 @@ candidates, then the five are averaged.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import hashlib
+import io
+import logging
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -26,6 +29,40 @@ _EPS = 1e-6
 
 Features = dict[str, np.ndarray]
 FEATURE_NAMES = ("rgb", "hsv", "lab", "gabor", "haar")
+FEATURES_VERSION = 1  # bump when a descriptor changes, so cached features of the old kind are not read
+
+log = logging.getLogger(__name__)
+
+
+class FeatureCache:
+    """An image's features, computed once and kept in the response cache's store, keyed by the image's
+    identity (its URL, or the sha256 of a local file): later runs read them instead of decoding the image."""
+
+    def __init__(self, cache: Any):
+        self.cache = cache  # a prompting.cache.ResponseCache: its backend and its image identity
+
+    def key(self, image: str) -> str:
+        material = f"jec-features/v{FEATURES_VERSION}/{SIZE}/{self.cache.image_identity(image)}"
+        return hashlib.sha256(material.encode()).hexdigest()
+
+    def get(self, key: str) -> Optional[Features]:
+        try:
+            data = self.cache.backend.read(key)
+            if data is None:
+                return None
+            with np.load(io.BytesIO(data)) as stored:
+                return {name: stored[name] for name in FEATURE_NAMES}
+        except Exception as exc:  # a cache must never fail a run: recompute
+            log.warning("feature cache entry %s unreadable (%s); computing the features again", key[:12], type(exc).__name__)
+            return None
+
+    def put(self, key: str, features: Features) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **features)
+        try:
+            self.cache.backend.write(key, buffer.getvalue())
+        except Exception as exc:
+            log.warning("feature cache write failed (%s); kept for this run only", type(exc).__name__)
 
 
 def image_features(image: Image.Image) -> Features:
@@ -43,12 +80,17 @@ def image_features(image: Image.Image) -> Features:
     }
 
 
-def jec_distances(query: Features, candidates: Sequence[Features]) -> np.ndarray:
-    """Equal-weight combination of the five normalised distances from `query` to each candidate."""
-    total = np.zeros(len(candidates), dtype=np.float64)
+def stack_features(candidates: Sequence[Features]) -> dict[str, np.ndarray]:
+    """One candidates x dims array per descriptor, built once so each query only subtracts."""
+    return {name: np.stack([c[name] for c in candidates]) if candidates else np.zeros((0, 1), np.float32) for name in FEATURE_NAMES}
+
+
+def jec_distances(query: Features, stacked: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Equal-weight combination of the five normalised distances from `query` to each row of `stacked`."""
+    total = np.zeros(len(stacked[FEATURE_NAMES[0]]), dtype=np.float64)
     for name in FEATURE_NAMES:
-        stacked = np.stack([c[name] for c in candidates]).astype(np.float64)
-        distance = _kl(query[name], stacked) if name == "lab" else np.abs(stacked - query[name]).sum(axis=1)
+        rows = stacked[name]
+        distance = _kl(query[name], rows) if name == "lab" else np.abs(rows - query[name]).sum(axis=1, dtype=np.float64)
         largest = distance.max() if len(distance) else 0.0
         total += distance / largest if largest > 0 else distance
     return total / len(FEATURE_NAMES)

@@ -244,10 +244,11 @@ class ChatAPIProvider(Provider):
         if isinstance(exc, (sdk.APITimeoutError, DeadlineExceeded)):
             return ProviderError("timeout", f"{where} did not answer within {self.timeout_s:g}s")
         if isinstance(exc, sdk.APIConnectionError):
-            return ProviderError("connection", f"{where} connection failed: {detail}")
+            return ProviderError("connection", f"{where} could not reach {self._public_base_url()}: {detail}")
         if isinstance(exc, (sdk.AuthenticationError, sdk.PermissionDeniedError)):
             return ProviderError(
-                "auth", f"{where} rejected the key (HTTP {exc.status_code}): {detail}. Check {self.key_env or 'the key'}.", retryable=False
+                "auth", f"{where} at {self._public_base_url()} rejected the key (HTTP {exc.status_code}): {detail}. "
+                f"Check {self.key_env or 'the key'}.", retryable=False
             )
         if isinstance(exc, sdk.BadRequestError):
             error_class = "bad_image" if "image" in f"{_api_code(exc)} {detail}".lower() else "bad_request"
@@ -268,10 +269,13 @@ class ChatAPIProvider(Provider):
     def held_keys(self) -> tuple[str, ...]:
         return (self._key,) if self._key else ()
 
+    def _public_base_url(self) -> str:
+        return _public_url(str(self._client.base_url))
+
     def settings(self) -> dict[str, Any]:
         return {
             **super().settings(),
-            "base_url": _public_url(str(self._client.base_url)),
+            "base_url": self._public_base_url(),
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "json_mode": self.json_mode,
