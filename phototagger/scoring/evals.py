@@ -9,12 +9,13 @@ growing with the new runs, not with all history.
 """
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable, Iterator, Mapping, Optional, Protocol, TypedDict
 
-from phototagger.scoring.metrics import Summary, summarise
+from phototagger.scoring.metrics import Summary, Totals
 from phototagger.records import ModelResult, Photo
 
 COLUMNS = (
@@ -36,6 +37,10 @@ _OLD_HEADERS = {"Avg Recall": "avg_recall", "Recall (all photos)": "avg_recall_a
 """The two recall headers before they named their matching rule, as older `evals` tables hold them."""
 
 _ISO_DATE = re.compile(r"^\d{4}-(\d{2})-(\d{2})")
+NEWEST_BATCHES = 12
+"""Batch columns of the ranking shown one per batch, newest first; older batches are rolled up."""
+WEEKLY_ROLLUPS = 4
+"""ISO weeks before the newest batches shown one column per week; older batches get one column per month."""
 
 
 class EvalEvent(ModelResult, total=False):
@@ -114,6 +119,11 @@ def _batch_sort_key(batch_id: str, batch_date: str) -> tuple:
     return (batch_date, (0, int(batch_id), "") if batch_id.isdigit() else (1, 0, batch_id))
 
 
+def ordered_batches(dates: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(batch_id, batch_date) pairs of `dates`, oldest first: by date, then by id (numerically where it is a number)."""
+    return sorted(dates.items(), key=lambda item: _batch_sort_key(*item))
+
+
 def batch_label(batch_id: str, batch_date: str) -> str:
     """`<short batch id> (<MM-DD>)`: the last 6 characters of the id and the batch's day."""
     short = str(batch_id)[-6:] or "?"
@@ -121,10 +131,14 @@ def batch_label(batch_id: str, batch_date: str) -> str:
     return f"{short} ({match.group(1)}-{match.group(2)})" if match else short
 
 
-class BatchInfo(TypedDict):
-    batch_id: str
-    batch_date: str
-    label: str  # batch_label(batch_id, batch_date), the batch's column header
+class _BatchInfo(TypedDict):
+    batch_id: str  # a batch's id, or a roll-up's key: "week:2024-W19", "month:2024-05", "undated"
+    batch_date: str  # the (first) batch's date
+    label: str  # the column header: batch_label(batch_id, batch_date), or "week 2024-W19" for a roll-up
+
+
+class BatchInfo(_BatchInfo, total=False):
+    batches: int  # batches in the column: 1, or more for a roll-up (a ranking stored before roll-ups lacks it)
 
 
 def batches_of(events: Iterable[EvalEvent]) -> list[BatchInfo]:
@@ -207,7 +221,10 @@ class Ranking:
     """The (model, prompt variant) rows best first, and the batches they were scored on, oldest first."""
 
     rows: list[RankingRow] = field(default_factory=list)
-    batches: list[BatchInfo] = field(default_factory=list)
+    batches: list[BatchInfo] = field(default_factory=list)  # the batch columns: the newest batches and roll-ups
+    photos: int = 0  # photos scored, over all batches
+    calls: int = 0  # model calls (results), over all batches and models
+    errored_calls: int = 0
 
     @property
     def best(self) -> Optional[RankingRow]:
@@ -229,7 +246,8 @@ class Ranking:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Ranking:
         return cls(rows=[RankingRow.from_dict(row) for row in data.get("rows") or []],
-                   batches=[BatchInfo(**b) for b in data.get("batches") or []])
+                   batches=[BatchInfo(**b) for b in data.get("batches") or []],
+                   **{k: data[k] for k in ("photos", "calls", "errored_calls") if k in data})
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> Ranking:
@@ -252,28 +270,89 @@ def _rank_key(item: tuple[str, Summary]) -> tuple:
     )
 
 
-def summaries_by_model(events: Iterable[EvalEvent]) -> dict[str, Summary]:
-    """metrics.summarise per model over all batches, best model first (deduplicated events)."""
-    by_model: dict[str, list[EvalEvent]] = defaultdict(list)
-    for event in fold_events([], events):
-        by_model[event["model_key"]].append(event)
-    ranked = sorted(((k, summarise(v)) for k, v in by_model.items()), key=_rank_key)
-    return dict(ranked)
-
-
-def rank_models(events: Iterable[EvalEvent]) -> Ranking:
-    """One row per (model, prompt variant) over all batches, best Avg Recall (exact) first, with its summary on each batch it saw."""
-    events = fold_events([], events)
-    batches = batches_of(events)
-    by_model_batch: dict[str, dict[str, list[EvalEvent]]] = defaultdict(lambda: defaultdict(list))
+def batch_dates(events: Iterable[EvalEvent]) -> dict[str, str]:
+    """batch_id -> batch_date of the batches in `events`."""
+    dates: dict[str, str] = {}
     for event in events:
-        by_model_batch[event["model_key"]][str(event.get("batch_id", ""))].append(event)
-    rows = []
-    for key, summary in summaries_by_model(events).items():
-        seen = by_model_batch[key]
-        per_batch = {b["batch_id"]: BatchSummary.of(summarise(seen[b["batch_id"]])) for b in batches if b["batch_id"] in seen}
-        rows.append(RankingRow.of(key, summary, per_batch))
-    return Ranking(rows=rows, batches=batches)
+        dates.setdefault(str(event.get("batch_id", "")), event.get("batch_date") or "")
+    return dates
+
+
+def batch_totals(events: Iterable[EvalEvent]) -> dict[tuple[str, str], Totals]:
+    """metrics.Totals per (row key, batch id) of the deduplicated events: what EvaluationFlow keeps of old batches."""
+    grouped: dict[tuple[str, str], list[EvalEvent]] = defaultdict(list)
+    for event in fold_events([], events):
+        grouped[(event["model_key"], str(event.get("batch_id", "")))].append(event)
+    return {key: Totals.of(group) for key, group in grouped.items()}
+
+
+def _rollup(batch_date: str, weekly: bool) -> tuple[str, str]:
+    """(key, label) of the week or month column a batch of `batch_date` rolls up into."""
+    match = _ISO_DATE.match(batch_date or "")
+    if not match:
+        return "undated", "undated"
+    day = dt.date.fromisoformat(batch_date[:10])
+    if weekly:
+        year, week, _ = day.isocalendar()
+        return f"week:{year}-W{week:02d}", f"week {year}-W{week:02d}"
+    return f"month:{day:%Y-%m}", f"month {day:%Y-%m}"
+
+
+def columns(dates: Mapping[str, str], newest: int = NEWEST_BATCHES,
+            weeks: int = WEEKLY_ROLLUPS) -> tuple[list[BatchInfo], dict[str, str]]:
+    """The ranking's batch columns, oldest first, and the column key of every batch.
+
+    The `newest` batches get a column each; of the older ones, those in the `weeks` newest ISO weeks
+    get a column per week and the rest a column per month, so a year of hourly batches is about
+    thirty columns, not 8,760.
+    """
+    ordered = ordered_batches(dates)
+    older, recent = ordered[:max(0, len(ordered) - newest)], ordered[max(0, len(ordered) - newest):]
+    weekly = {_rollup(d, True)[0] for _, d in older}
+    weekly = set(sorted(weekly - {"undated"})[-weeks:]) if weeks else set()
+    cols: dict[str, BatchInfo] = {}
+    column_of: dict[str, str] = {}
+    for batch_id, batch_date in older:
+        key, label = _rollup(batch_date, True)
+        if key not in weekly:
+            key, label = _rollup(batch_date, False)
+        col = cols.setdefault(key, BatchInfo(batch_id=key, batch_date=batch_date, label=label, batches=0))
+        col["batches"] += 1
+        column_of[batch_id] = key
+    for batch_id, batch_date in recent:
+        cols[batch_id] = BatchInfo(batch_id=batch_id, batch_date=batch_date, label=batch_label(batch_id, batch_date),
+                                   batches=1)
+        column_of[batch_id] = batch_id
+    return list(cols.values()), column_of
+
+
+def rank_totals(totals: Mapping[tuple[str, str], Totals], dates: Mapping[str, str], *,
+                newest: int = NEWEST_BATCHES, weeks: int = WEEKLY_ROLLUPS) -> Ranking:
+    """One row per (model, prompt variant) over all batches, best Avg Recall (exact) first, from the Totals
+    per (row key, batch):
+    the overall figures and each column's (a batch or a roll-up) are sums of those Totals, so they are
+    exactly the figures of all the events behind them."""
+    cols, column_of = columns(dates, newest, weeks)
+    overall: dict[str, Totals] = defaultdict(Totals)
+    per_column: dict[str, dict[str, Totals]] = defaultdict(lambda: defaultdict(Totals))
+    photos_per_batch: dict[str, int] = defaultdict(int)
+    for (key, batch_id), t in totals.items():
+        overall[key] += t
+        per_column[key][column_of[batch_id]] += t
+        photos_per_batch[batch_id] = max(photos_per_batch[batch_id], t.photos)
+    ranked = sorted(((key, t.summary()) for key, t in overall.items()), key=_rank_key)
+    rows = [RankingRow.of(key, summary, {c["batch_id"]: BatchSummary.of(per_column[key][c["batch_id"]].summary())
+                                         for c in cols if c["batch_id"] in per_column[key]})
+            for key, summary in ranked]
+    return Ranking(rows=rows, batches=cols, photos=sum(photos_per_batch.values()),
+                   calls=sum(t.photos for t in overall.values()), errored_calls=sum(t.errors for t in overall.values()))
+
+
+def rank_models(events: Iterable[EvalEvent], **limits: int) -> Ranking:
+    """One row per (model, prompt variant) over all batches, best Avg Recall (exact) first, with its summary on
+    each batch column (rank_totals of the events' batch_totals; `limits` are its `newest` and `weeks`)."""
+    events = fold_events([], events)
+    return rank_totals(batch_totals(events), batch_dates(events), **limits)
 
 
 def events_from_models_eval(models_eval: Mapping[str, Any], source_flow: str, source_run: str) -> list[EvalEvent]:
