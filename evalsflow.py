@@ -7,7 +7,7 @@ from phototagger import mfclient
 from phototagger.output import dashboard
 from phototagger.scoring import evals, metrics
 from phototagger.scoring.evalstate import EvalState, photo_frame, to_parquet
-from phototagger.scoring.vocabulary import Vocabulary, parse_file
+from phototagger.scoring.vocabulary import Vocabulary, change_note, fingerprint, parse_file
 from phototagger.mfclient import CARD_TIMEOUT_S, PROMPT_FLOW, PROMPT_FLOWS, latest_successful_run, runs_of
 from phototagger.output.thumbnails import thumbnails
 
@@ -67,6 +67,11 @@ class EvaluationFlow(FlowSpec):
             self.state = EvalState.from_events(metrics.rescore(previous.data.events, self._vocabulary()))
         print(f"Starting from {len(self.state.dates)} batches of {len(self.folded_runs)} folded runs"
               + (f" ({previous.pathspec})." if previous else "."))
+        self.vocabulary_fingerprint = fingerprint(self.vocabulary.to_dict())
+        earlier = previous.data.vocabulary_fingerprint if previous and "vocabulary_fingerprint" in previous.data else None
+        note = change_note(earlier, self.vocabulary_fingerprint)
+        if note:
+            print(note)
         self.next(self.collect)
 
     @step
