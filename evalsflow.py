@@ -6,7 +6,8 @@ from metaflow import Config, FlowSpec, Parameter, card, current, project, step, 
 from phototagger import mfclient
 from phototagger.output import dashboard
 from phototagger.scoring import evals, metrics
-from phototagger.scoring.vocabulary import Vocabulary, parse_file
+from phototagger.scoring.evalstate import EvalState, photo_frame, to_parquet
+from phototagger.scoring.vocabulary import Vocabulary, change_note, fingerprint, parse_file
 from phototagger.mfclient import CARD_TIMEOUT_S, PROMPT_FLOW, PROMPT_FLOWS, latest_successful_run, runs_of
 from phototagger.output.thumbnails import thumbnails
 
@@ -21,16 +22,21 @@ VOCABULARY = str(Path(__file__).resolve().with_name("vocabulary.json"))
 class EvaluationFlow(FlowSpec):
     """Fold the prompt flows' per-photo results into one model ranking and render it as a card.
 
-    1) Load the events, the skipped models and the list of folded runs from this flow's previous
-       successful run of the same project branch (or start empty with --rebuild).
+    1) Load the state (`state`: totals per (model, prompt) row and batch, the newest batches' events, a score
+       sample), the skipped models and the list of folded runs from this flow's previous successful run
+       of the same project branch (or start empty with --rebuild).
     2) Read the `models_eval` artifact of each PromptModels and PromptCustomModels run not folded
-       before and fold its results in as events, a rerun of a batch replacing the earlier answers;
-       each model skipped by a run (`skipped_models`) keeps the reason of its latest run.
-    3) Score every event again under both matching rules with this flow's vocabulary, so all runs,
-       older ones included, share one lenient rule; rank the (model, prompt) rows with 95% bootstrap
-       intervals and a paired comparison with the best one, store the ranking (`ranking`, the `evals`
-       table of DESIGN.md, `per_tag`) and render the dashboard card: ranking, skipped models and error
-       classes, recall vs latency chart, per-tag view and per-photo drill-down.
+       before, score its results under both matching rules with this flow's vocabulary, fold them
+       into the state, a rerun of a batch replacing the earlier answers, and store them as
+       `photo_results` (Parquet bytes): only this run's new rows. Each model skipped by a run
+       (`skipped_models`) keeps the reason of its latest run.
+    3) Rank the (model, prompt) rows with 95% bootstrap intervals and a paired comparison with the best
+       one (from the state's score sample), store the ranking (`ranking`, the `evals` table of DESIGN.md,
+       `per_tag`) and render the dashboard card: ranking, skipped models and error classes, recall vs
+       latency chart, per-tag view and a capped per-photo drill-down.
+    What a run loads, computes and stores is bounded by the new runs (phototagger/scoring/evalstate.py);
+    the state holds scored totals, so a changed vocabulary scores the answers folded from then on, and
+    --rebuild scores all history again under it.
     """
 
     vocabulary = Config("vocabulary", default=VOCABULARY, parser=parse_file,
@@ -45,6 +51,9 @@ class EvaluationFlow(FlowSpec):
     )
     title = Parameter("title", default=dashboard.DEFAULT_TITLE, help="Title shown at the top of the dashboard card.")
 
+    def _vocabulary(self) -> Vocabulary:
+        return Vocabulary.from_dict(self.vocabulary.to_dict())
+
     @step
     def start(self):
         """Load the accumulated state of the previous successful run of this branch, so this run reads only
@@ -53,17 +62,28 @@ class EvaluationFlow(FlowSpec):
         if previous is None:
             mfclient.require_prompt_runs(current.branch_name)
         self.folded_runs = list(previous.data.folded_runs) if previous else []
-        self.events = list(previous.data.events) if previous else []
+        if previous is None:
+            self.state = EvalState()
+        elif "state" in previous.data:
+            self.state = previous.data.state
+        else:  # a run stored before EvalState: its `events` were all of history
+            self.state = EvalState.from_events(metrics.rescore(previous.data.events, self._vocabulary()))
         carried = previous is not None and "skipped_models" in previous.data
         self.skipped_models = dict(previous.data.skipped_models) if carried else {}
-        print(f"Starting from {len(self.events)} events of {len(self.folded_runs)} folded runs"
+        print(f"Starting from {len(self.state.dates)} batches of {len(self.folded_runs)} folded runs"
               + (f" ({previous.pathspec})." if previous else "."))
+        self.vocabulary_fingerprint = fingerprint(self.vocabulary.to_dict())
+        earlier = previous.data.vocabulary_fingerprint if previous and "vocabulary_fingerprint" in previous.data else None
+        note = change_note(earlier, self.vocabulary_fingerprint)
+        if note:
+            print(note)
         self.next(self.collect)
 
     @step
     def collect(self):
         """Read the stored results (`models_eval`) of every successful prompt run of this branch not folded
-        before, oldest first, and fold them into the accumulated events and skipped models."""
+        before, oldest first, score them with this flow's vocabulary, fold them into the state and store them,
+        and only them, as `photo_results`; fold the models they skipped into `skipped_models`."""
         folded = set(self.folded_runs)
         new_runs = sorted(
             (run for flow in PROMPT_FLOWS for run in runs_of(flow, current.branch_name) if run.pathspec not in folded),
@@ -75,23 +95,23 @@ class EvaluationFlow(FlowSpec):
             print(f"{run.pathspec}: {len(run.events)} events{skipped}")
             new_events += run.events
             self.skipped_models = evals.fold_skipped(self.skipped_models, run)
-        self.events = evals.fold_events(self.events, new_events)
+        new_events = metrics.rescore(evals.fold_events([], new_events), self._vocabulary())
+        self.state = self.state.fold(new_events)
+        self.photo_results = to_parquet(photo_frame(new_events))
         self.folded_runs = self.folded_runs + [run.pathspec for run in new_runs]
         self.next(self.end)
 
     @card(type="html", id="dashboard", timeout=CARD_TIMEOUT_S)
     @step
     def end(self):
-        """Score every event under this flow's vocabulary, rank the models, store the ranking as `ranking` and
-        as the `evals` table, fetch the thumbnails the drill-down shows, and render the dashboard into `html`,
-        which the html card shows as it is."""
-        self.events = metrics.rescore(self.events, Vocabulary.from_dict(self.vocabulary.to_dict()))
-        ranking = evals.rank_models(self.events, skipped=self.skipped_models)
+        """Rank the models, store the ranking as `ranking` and as the `evals` table, fetch the thumbnails the
+        drill-down shows, and render the dashboard into `html`, which the html card shows as it is."""
+        ranking = self.state.ranking(skipped=self.skipped_models)
         self.ranking = ranking.to_dict()
         self.evals = ranking.table()
         self.per_tag = ranking.per_tag
-        thumbs = thumbnails(dashboard.drilldown_image_urls(self.events))
-        self.html = dashboard.render_dashboard(ranking, self.events, title=self.title, thumbs=thumbs)
+        thumbs = thumbnails(dashboard.drilldown_image_urls(self.state.events))
+        self.html = dashboard.render_dashboard(ranking, self.state.events, title=self.title, thumbs=thumbs)
         best = ranking.best
         if best:
             latency = f"{best.avg_latency_ms:.0f} ms/photo" if best.avg_latency_ms is not None else "every answer from the cache"

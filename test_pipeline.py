@@ -24,6 +24,7 @@ import pytest
 from metaflow import Runner
 
 from phototagger.scoring.evals import split_row_key
+from phototagger.scoring.evalstate import read_parquet
 from tests import flowrun
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.fakes.unsplash_server import FakeUnsplashServer, sample_photos
@@ -105,7 +106,8 @@ def test_baseline_loop_offline_on_demo_photos(flow_env):
 
     again, _ = run_flow("evalsflow.py", flow_env)
     assert again.data.folded_runs == evals_run.data.folded_runs, "nothing new to fold"
-    assert len(again.data.events) == len(evals_run.data.events) and again.data.evals == evals
+    assert again.data.state.totals == evals_run.data.state.totals and again.data.evals == evals
+    assert read_parquet(again.data.photo_results).empty, "photo_results holds only the rows new in a run"
 
 
 def test_a_batch_in_shards_of_two_reaches_models_eval_whole_in_photo_order_for_every_model_and_prompt(flow_env):
@@ -128,7 +130,7 @@ def test_a_batch_in_shards_of_two_reaches_models_eval_whole_in_photo_order_for_e
         assert [r["photo_id"] for r in rows] == list(batch.data.unseen), f"{key}: every photo once, in photo order"
         assert {r["prompt_variant"] for r in rows} == {split_row_key(key)[1]}
     assert sorted(row[0] for row in evals_run.data.evals["rows"]) == sorted(results), "one dashboard row per model and prompt"
-    assert len(evals_run.data.events) == 4 * len(batch.data.unseen)
+    assert len(read_parquet(evals_run.data.photo_results)) == 4 * len(batch.data.unseen)
 
 
 def test_baseline_loop_against_unsplash_and_openai_wire_formats(flow_env):
@@ -198,7 +200,7 @@ def test_every_prompted_photo_reaches_the_dashboard_past_the_log_cap(flow_env):
     (stored,) = prompted.data.models_eval["results"].values()
     assert len(stored) == n
     evals, html = dashboard(evals_run)
-    assert len(evals_run.data.events) == n
+    assert len(read_parquet(evals_run.data.photo_results)) == n
     assert rows_by_model(evals)["openai:gpt-4o-mini"]["Error %"] == 0.0
     assert card_photo_count(html) == n
     assert not [p["id"] for p in photos if p["id"] in prompt_out], "no line per photo in the terminal"

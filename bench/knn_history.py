@@ -6,8 +6,8 @@ In one run, in-process (no Runner), this prints:
      with to about state.REFERENCE_PHOTOS, 150). Target (issue 12): ratio within 1.5x.
   2. knn's avg recall on the demo set's last 6 photos with the first 12 as history, at several
      caps of the reference sample and with no cap: what the cap costs in recall.
-  3. bytes a run stores for its state (artifacts and new blobs) after K=10 and K=100 rounds of 30
-     photos, beside what storing all of `history` again (the old design) would take.
+  3. bytes a run stores for its state (artifacts and new blobs), the mean of the 10 rounds up to K=10, 100
+     and 1,000 rounds of 30 photos, beside what storing all of `history` again (the old design) would take.
 
     .venv/bin/python bench/knn_history.py        # a few minutes on 2 busy cores
 """
@@ -90,9 +90,10 @@ def demo_recall(cap: int) -> float:
     return statistics.mean(r for r in recalls if r is not None)
 
 
-def stored_bytes(rounds: int) -> tuple[int, int]:
-    """Bytes the round after `rounds` rounds stores (state artifacts + new blobs), and the old design's history."""
-    store, current, history = state.MemoryBlobStore(), state.empty_state(), {}
+def stored_bytes(rounds: int, window: int = 10) -> tuple[float, int]:
+    """Mean bytes one of the `window` rounds up to round `rounds` stores (state artifacts + new blobs: a round
+    that seals a chunk of ids writes more than the others), and what the old design stored in the last one."""
+    store, current, history, per_round = state.MemoryBlobStore(), state.empty_state(), {}, []
     for round_no in range(rounds + 1):
         batch = {
             f"r{round_no}-{i}": {"id": f"r{round_no}-{i}", "image_url": f"https://images.example/{round_no}/{i}.jpg",
@@ -101,10 +102,10 @@ def stored_bytes(rounds: int) -> tuple[int, int]:
         }
         written = store.bytes_written
         current = state.fold_batch(store, current, batch, seed=str(round_no))
-        new_state = len(pickle.dumps(current)) + store.bytes_written - written + len(pickle.dumps(batch))
+        per_round.append(len(pickle.dumps(current)) + store.bytes_written - written + len(pickle.dumps(batch)))
         old_state = len(pickle.dumps(history)) + len(pickle.dumps(batch))
         history.update(batch)
-    return new_state, old_state
+    return statistics.mean(per_round[-window:]), old_state
 
 
 def main() -> None:
@@ -117,9 +118,11 @@ def main() -> None:
     no_cap = demo_recall(10**9)
     print("knn avg recall on the demo set (12 history photos, 6 queries): "
           + " ".join(f"cap={cap} {recall:.1f}%" for cap, recall in caps.items()) + f" no_cap {no_cap:.1f}%")
-    (new10, old10), (new100, old100) = stored_bytes(10), stored_bytes(100)
-    print(f"UpdatePhotos stored bytes per run ({BATCH} photos): K=10 {new10} K=100 {new100} ratio={new100 / new10:.2f} "
-          f"(old design: K=10 {old10} K=100 {old100} ratio={old100 / old10:.2f})")
+    sizes = {k: stored_bytes(k) for k in (10, 100, 1000)}
+    print(f"UpdatePhotos stored bytes per run ({BATCH} photos, mean of the 10 rounds up to K): "
+          + " ".join(f"K={k} {new:,.0f}" for k, (new, _) in sizes.items())
+          + f" ratio K=100/K=10 {sizes[100][0] / sizes[10][0]:.2f}; old design, the K-th round: "
+          + " ".join(f"K={k} {old:,}" for k, (_, old) in sizes.items()))
 
 
 if __name__ == "__main__":

@@ -239,6 +239,20 @@ def test_recall_vs_best_shows_the_paired_interval_itself():
             '-50.0<span class="pm">[-50.0, -50.0]</span></td>') in page
 
 
+def test_drilldown_shows_the_photos_models_disagree_on_most_and_says_where_the_rest_is():
+    events = []
+    for i in range(200):
+        spread = 100 if i in (7, 150) else 0  # two photos where one model finds every tag and the other none
+        events += [event("knn:jec", f"p{i:03d}", f"/img/{i:03d}.jpg", ["cat"], ["cat"]),
+                   event("prior:tag-prior", f"p{i:03d}", f"/img/{i:03d}.jpg", ["cat"], ["dog"] if spread else ["cat"],
+                         error="timeout" if i == 42 else None)]
+    page = card.render_dashboard(evals.rank_models(events), events, drilldown_photos=5)
+    shown = re.findall(r'<div class="pid">([^<]+)</div>', page)
+    assert shown == ["p007", "p150", "p042", "p000", "p001"]
+    assert "showing 5 of 200 photos" in page and "photo_results" in page
+    assert card.drilldown_image_urls(events, drilldown_photos=5) == sorted(f"/img/{p[1:]}.jpg" for p in shown)
+
+
 def test_every_recall_figure_on_the_card_names_its_matching_rule(dashboard):
     _, _, page = dashboard
     recall_headers = [h for h in card.CARD_HEADERS if "recall" in h.lower() and h != "Recall vs best"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from phototagger.scoring.metrics import (Interval, bootstrap_interval, paired_difference, per_tag, photo_figures, rescore,
-                                         score_photo, score_results, summarise)
+                                         score_photo, score_results, summarise, Totals)
 from phototagger.scoring.vocabulary import Vocabulary
 
 
@@ -117,14 +117,14 @@ def _scored(recall, tags=(), truth=("cat",), error=None, latency=100.0):
             "tags": list(tags), "truth": list(truth)}
 
 
-def test_photo_figures_give_precision_f1_tags_per_photo_and_latency_percentiles():
+def test_photo_figures_give_precision_f1_and_latency_percentiles_and_totals_tags_per_photo():
     photos = {"p1": _scored(100.0, ["cat", "pet"], latency=10.0), "p2": _scored(0.0, ["dog"], latency=20.0),
               "p3": _scored(0.0, error="timeout", latency=None), "p4": _scored(None, ["sky"], truth=(), latency=30.0)}
     figures = photo_figures(photos)
     assert (figures.recall.mean, figures.recall.n) == (50.0, 2)
     assert (figures.recall_all.mean, figures.recall_all.n) == (33.33, 3)  # the timeout counts as 0
     assert figures.precision.n == figures.f1.n == 2
-    assert figures.tags_per_photo == 1.33  # (2 + 1 + 1) tags over the 3 valid answers
+    assert Totals.of(photos.values()).tags_per_photo == 1.33  # (2 + 1 + 1) tags over the 3 valid answers
     assert figures.p50_latency_ms == 20.0 and figures.p95_latency_ms == 29.0  # the timeout has no latency
 
 

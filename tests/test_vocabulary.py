@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from phototagger.scoring.vocabulary import Vocabulary, VocabularyError, fold_inflection, parse_file
+from phototagger.scoring.vocabulary import Vocabulary, VocabularyError, change_note, fingerprint, fold_inflection, parse_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = [line.rstrip("\n").split("\t") for line in (Path(__file__).parent / "data" / "inflections.tsv").read_text().splitlines()
@@ -70,3 +70,13 @@ def test_the_shipped_vocabulary_loads_and_folds_what_photo_sites_write():
     assert vocab.canonical_tags(["Motorbikes", "HD Wallpapers", "stock photo", "Autumn Leaves", "B&W"]) == [
         "motorcycle", "autumn leaf", "black and white"]
     assert vocab.path("motorcycle") == ["vehicle", "motorcycle"]
+
+
+def test_a_changed_vocabulary_is_noticed_with_the_command_that_rescores_everything():
+    shipped = json.loads((ROOT / "vocabulary.json").read_text())
+    edited = {**shipped, "stop_tags": [*shipped.get("stop_tags", []), "wallpaper 4k"]}
+
+    assert fingerprint(shipped) == fingerprint(json.loads(json.dumps(shipped)))
+    assert change_note(None, fingerprint(shipped)) is None  # a first run has nothing to compare with
+    assert change_note(fingerprint(shipped), fingerprint(shipped)) is None
+    assert "--rebuild" in change_note(fingerprint(shipped), fingerprint(edited))

@@ -22,10 +22,13 @@ from markupsafe import Markup
 from phototagger.scoring.evals import (
     COLUMNS, EvalEvent, Ranking, RankingRow, batches_of, fold_events, row_key, split_row_key,
 )
+from phototagger.scoring.evalstate import DRILLDOWN_BATCHES
 from phototagger.scoring.tags import normalise_tag
 
 DEFAULT_TITLE = "Photo Tagger: model evaluation"
-DRILLDOWN_BATCHES = 3  # newest batches shown photo by photo; the table covers all of them
+DRILLDOWN_PHOTOS = 60
+"""Photos shown per drill-down batch: those where the models disagree most, then those with errors. A
+5,000-photo batch shown whole was 35 MB of HTML and 37 s to open; the rest is in `photo_results`."""
 IN_CELL_FIELDS = {"avg_recall_low", "avg_recall_high", "n_scored", "avg_recall_all_low", "avg_recall_all_high",
                   "n_with_truth", "avg_precision_low", "avg_precision_high", "avg_f1_low", "avg_f1_high",
                   "recall_vs_best_low", "recall_vs_best_high", "n_paired", "tied_with_best"}
@@ -153,11 +156,10 @@ def _inline_svg(spec: dict) -> Markup:
 
 
 # ---------------------------------------------------------------- the page's parts
-def _kpis(ranking: Ranking, events: list[EvalEvent]) -> list[tuple[str, str, str, str]]:
+def _kpis(ranking: Ranking) -> list[tuple[str, str, str, str]]:
     """(label, value, size class, note) per KPI tile."""
     best, tied = ranking.best, ranking.tied_with_best
-    photos = {(e.get("batch_id", ""), e["photo_id"]) for e in events}
-    errors = sum(1 for e in events if e.get("error"))
+    batches = sum(b.get("batches", 1) for b in ranking.batches)
     ranked = {row.model for row in ranking.rows}
     not_ranked = [m for m in ranking.skipped if m not in ranked]
     compared = [row for row in ranking.rows[1:] if row.recall_vs_best_low is not None]
@@ -172,9 +174,9 @@ def _kpis(ranking: Ranking, events: list[EvalEvent]) -> list[tuple[str, str, str
          f"{best.avg_recall_lenient:.1f}%" if best and best.avg_recall_lenient is not None else "\u2013", "", ""),
         ("Models", str(len(ranked) + len(not_ranked)), "",
          f"{len(ranked)} ranked \u00b7 {len(not_ranked)} skipped" if not_ranked else ""),
-        ("Photos", f"{len(photos):,}", "", ""),
-        ("Batches", str(len(ranking.batches)), "", ""),
-        ("Errored calls", f"{errors:,} of {len(events):,}", "small", ""),
+        ("Photos", f"{ranking.photos:,}", "", ""),
+        ("Batches", f"{batches:,}", "", ""),
+        ("Errored calls", f"{ranking.errored_calls:,} of {ranking.calls:,}", "small", ""),
     ]
 
 
@@ -275,12 +277,29 @@ def _shown_batches(events: list[EvalEvent], max_batches: int) -> list[dict[str, 
     return list(reversed(batches_of(events)))[:max_batches]
 
 
-def drilldown_image_urls(events: Iterable[EvalEvent], drilldown_batches: int = DRILLDOWN_BATCHES) -> list[str]:
+def _disagreement(photo_events: list[EvalEvent]) -> tuple:
+    """Sort key, most telling photo first: the widest spread of recall across the models' valid answers,
+    then the most errored calls, then the photo id."""
+    recalls = [e["recall"] for e in photo_events if not e.get("error") and e.get("recall") is not None]
+    spread = max(recalls) - min(recalls) if len(recalls) > 1 else 0.0
+    return (-spread, -sum(1 for e in photo_events if e.get("error")), str(photo_events[0]["photo_id"]))
+
+
+def _shown_photos(events: list[EvalEvent], max_batches: int,
+                  max_photos: int) -> list[tuple[dict[str, str], list[list[EvalEvent]], int]]:
+    """(batch, the events of each photo shown, photos in the batch) for each drill-down batch, newest first."""
+    by_batch: dict[str, list[list[EvalEvent]]] = defaultdict(list)
+    for (batch_id, _), photo_events in _events_by_photo(events).items():
+        by_batch[batch_id].append(photo_events)
+    return [(batch, sorted(by_batch[batch["batch_id"]], key=_disagreement)[:max_photos], len(by_batch[batch["batch_id"]]))
+            for batch in _shown_batches(events, max_batches)]
+
+
+def drilldown_image_urls(events: Iterable[EvalEvent], drilldown_batches: int = DRILLDOWN_BATCHES,
+                         drilldown_photos: int = DRILLDOWN_PHOTOS) -> list[str]:
     """The image URLs of the photos the drill-down shows: what the caller fetches thumbnails for."""
-    events = fold_events([], events)
-    wanted = {b["batch_id"] for b in _shown_batches(events, drilldown_batches)}
-    return sorted({evs[0].get("image_url", "") for (b, _), evs in _events_by_photo(events).items() if b in wanted}
-                  - {""})
+    shown = _shown_photos(fold_events([], events), drilldown_batches, drilldown_photos)
+    return sorted({evs[0].get("image_url", "") for _, photos, _ in shown for evs in photos} - {""})
 
 
 def _batch_means(ranking: Ranking, batch_id: str) -> list[dict]:
@@ -290,18 +309,18 @@ def _batch_means(ranking: Ranking, batch_id: str) -> list[dict]:
             for row in grouped_by_model(ranking.rows) if (cell := row.batches.get(batch_id)) is not None]
 
 
-def _drilldown(events: list[EvalEvent], order: Mapping[str, int], max_batches: int,
+def _drilldown(events: list[EvalEvent], order: Mapping[str, int], max_batches: int, max_photos: int,
                thumbs: Mapping[str, Optional[str]], ranking: Ranking) -> list[dict]:
-    by_photo = _events_by_photo(events)
     out = []
-    for batch in _shown_batches(events, max_batches):
-        keys = sorted(k for k in by_photo if k[0] == batch["batch_id"])
-        errors = sum(1 for k in keys for e in by_photo[k] if e.get("error"))
-        meta = f"{len(keys)} photos \u00b7 batch {batch['batch_id']} \u00b7 {batch['batch_date'] or 'no date'}"
+    for batch, photos, total in _shown_photos(events, max_batches, max_photos):
+        errors = sum(1 for evs in photos for e in evs if e.get("error"))
+        meta = f"{total:,} photos \u00b7 batch {batch['batch_id']} \u00b7 {batch['batch_date'] or 'no date'}"
         if errors:
-            meta += f" \u00b7 {errors} errored calls"
-        photos = [_photo(by_photo[k], order, thumbs) for k in keys]
-        out.append({"label": batch["label"], "meta": meta, "photos": photos,
+            meta += f" \u00b7 {errors} errored calls shown"
+        note = (f"showing {len(photos):,} of {total:,} photos (where the models disagree most, then errors); "
+                "full data in the photo_results artifact" if len(photos) < total else "")
+        out.append({"label": batch["label"], "meta": meta, "note": note,
+                    "photos": [_photo(evs, order, thumbs) for evs in photos],
                     "means": _batch_means(ranking, batch["batch_id"])})
     return out
 
@@ -318,8 +337,10 @@ def render_dashboard(
     *,
     thumbs: Optional[Mapping[str, Optional[str]]] = None,
     drilldown_batches: int = DRILLDOWN_BATCHES,
+    drilldown_photos: int = DRILLDOWN_PHOTOS,
 ) -> str:
-    """The whole dashboard as one HTML document: `ranking` (evals.rank_models) and the `events` behind it.
+    """The whole dashboard as one HTML document: `ranking` (EvalState.ranking or evals.rank_models) and the events of the newest
+    batches (EvalState.events), of which the drill-down shows up to `drilldown_photos` per batch.
     `thumbs` maps image URLs to data URIs (thumbnails.thumbnails of drilldown_image_urls); a photo
     without one gets a placeholder."""
     events = fold_events([], events)
@@ -329,7 +350,7 @@ def render_dashboard(
     return _ENV.get_template("dashboard.html.j2").render(
         title=title,
         decile_colours=_decile_colours(),
-        kpis=_kpis(ranking, events),
+        kpis=_kpis(ranking),
         fixed_headers=CARD_HEADERS,
         batch_headers=[b["label"] for b in ranking.batches],
         rows=_table_rows(ranking, colours),
@@ -337,6 +358,7 @@ def render_dashboard(
         per_tag=_per_tag(ranking),
         chart=_inline_svg(recall_latency_spec(points, colours)) if points else None,
         not_plotted=[row.key for row in ranking.rows if not _plottable(row)],
-        batches=_drilldown(events, {m: i for i, m in enumerate(models)}, drilldown_batches, thumbs or {}, ranking),
-        older_batches=max(0, len(batches_of(events)) - drilldown_batches),
+        batches=_drilldown(events, {m: i for i, m in enumerate(models)}, drilldown_batches, drilldown_photos,
+                           thumbs or {}, ranking),
+        older_batches=max(0, sum(b.get("batches", 1) for b in ranking.batches) - drilldown_batches),
     )

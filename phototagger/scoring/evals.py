@@ -9,13 +9,14 @@ growing with the new runs, not with all history.
 """
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Protocol, TypedDict
 
-from phototagger.scoring.metrics import (Interval, PerTag, ScoredPhoto, Summary, paired_difference, per_tag,
-                                         photo_figures, recall_interval, summarise, valid_recalls)
+from phototagger.scoring.metrics import (Interval, PerTag, ScoredPhoto, Summary, Totals, paired_difference, per_tag,
+                                         photo_figures, recall_interval, valid_recalls)
 from phototagger.scoring.tags import normalise_tags
 from phototagger.records import ModelResult, Photo
 
@@ -62,6 +63,10 @@ _OLD_HEADERS = {"Avg Recall": "avg_recall", "Recall (all photos)": "avg_recall_a
 """The two recall headers before they named their matching rule, as older `evals` tables hold them."""
 
 _ISO_DATE = re.compile(r"^\d{4}-(\d{2})-(\d{2})")
+NEWEST_BATCHES = 12
+"""Batch columns of the ranking shown one per batch, newest first; older batches are rolled up."""
+WEEKLY_ROLLUPS = 4
+"""ISO weeks before the newest batches shown one column per week; older batches get one column per month."""
 
 
 class EvalEvent(ModelResult, total=False):
@@ -140,6 +145,11 @@ def _batch_sort_key(batch_id: str, batch_date: str) -> tuple:
     return (batch_date, (0, int(batch_id), "") if batch_id.isdigit() else (1, 0, batch_id))
 
 
+def ordered_batches(dates: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(batch_id, batch_date) pairs of `dates`, oldest first: by date, then by id (numerically where it is a number)."""
+    return sorted(dates.items(), key=lambda item: _batch_sort_key(*item))
+
+
 def batch_label(batch_id: str, batch_date: str) -> str:
     """`<short batch id> (<MM-DD>)`: the last 6 characters of the id and the batch's day."""
     short = str(batch_id)[-6:] or "?"
@@ -147,10 +157,14 @@ def batch_label(batch_id: str, batch_date: str) -> str:
     return f"{short} ({match.group(1)}-{match.group(2)})" if match else short
 
 
-class BatchInfo(TypedDict):
-    batch_id: str
-    batch_date: str
-    label: str  # batch_label(batch_id, batch_date), the batch's column header
+class _BatchInfo(TypedDict):
+    batch_id: str  # a batch's id, or a roll-up's key: "week:2024-W19", "month:2024-05", "undated"
+    batch_date: str  # the (first) batch's date
+    label: str  # the column header: batch_label(batch_id, batch_date), or "week 2024-W19" for a roll-up
+
+
+class BatchInfo(_BatchInfo, total=False):
+    batches: int  # batches in the column: 1, or more for a roll-up (a ranking stored before roll-ups lacks it)
 
 
 def batches_of(events: Iterable[EvalEvent]) -> list[BatchInfo]:
@@ -173,9 +187,10 @@ class BatchSummary:
     high: Optional[float] = None
 
     @classmethod
-    def of(cls, summary: Summary, interval: Interval) -> BatchSummary:
-        """From metrics.summarise and metrics.recall_interval of the batch's results."""
-        return cls(avg_recall=summary["avg_recall"], n=summary["scored"], low=interval.low, high=interval.high)
+    def of(cls, summary: Summary, interval: Optional[Interval] = None) -> BatchSummary:
+        """From metrics.summarise and metrics.recall_interval of the batch's results (a roll-up has no interval)."""
+        return cls(avg_recall=summary["avg_recall"], n=summary["scored"],
+                   low=interval.low if interval else None, high=interval.high if interval else None)
 
     @property
     def cell(self) -> str:
@@ -255,7 +270,7 @@ class RankingRow:
                    avg_f1=summary["avg_f1"], valid_pct=summary["valid_pct"])
 
     def add_photo_figures(self, photos: Mapping[str, ScoredPhoto]) -> None:
-        """The intervals, tags per photo and latency percentiles of this row, from its answers photo by photo."""
+        """The intervals and latency percentiles of this row, from its answers photo by photo."""
         figures = photo_figures(photos)
         self.avg_recall_low, self.avg_recall_high = figures.recall.low, figures.recall.high
         self.n_scored = figures.recall.n
@@ -263,7 +278,6 @@ class RankingRow:
         self.n_with_truth = figures.recall_all.n
         self.avg_precision_low, self.avg_precision_high = figures.precision.low, figures.precision.high
         self.avg_f1_low, self.avg_f1_high = figures.f1.low, figures.f1.high
-        self.tags_per_photo = figures.tags_per_photo
         self.p50_latency_ms, self.p95_latency_ms = figures.p50_latency_ms, figures.p95_latency_ms
 
     def compare_with_best(self, difference: Interval) -> None:
@@ -293,7 +307,10 @@ class Ranking:
     """The (model, prompt variant) rows best first, and the batches they were scored on, oldest first."""
 
     rows: list[RankingRow] = field(default_factory=list)
-    batches: list[BatchInfo] = field(default_factory=list)
+    batches: list[BatchInfo] = field(default_factory=list)  # the batch columns: the newest batches and roll-ups
+    photos: int = 0  # photos scored, over all batches
+    calls: int = 0  # model calls (results), over all batches and models
+    errored_calls: int = 0
     per_tag: Optional[PerTag] = None  # metrics.per_tag: recall on the frequent tags, over-predicted tags
     skipped: dict[str, SkippedModel] = field(default_factory=dict)  # model key -> why its latest run skipped it
 
@@ -323,7 +340,8 @@ class Ranking:
     def from_dict(cls, data: Mapping[str, Any]) -> Ranking:
         return cls(rows=[RankingRow.from_dict(row) for row in data.get("rows") or []],
                    batches=[BatchInfo(**b) for b in data.get("batches") or []],
-                   per_tag=data.get("per_tag"), skipped=dict(data.get("skipped") or {}))
+                   per_tag=data.get("per_tag"), skipped=dict(data.get("skipped") or {}),
+                   **{k: data[k] for k in ("photos", "calls", "errored_calls") if k in data})
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> Ranking:
@@ -346,21 +364,83 @@ def _rank_key(item: tuple[str, Summary]) -> tuple:
     )
 
 
-def summaries_by_model(events: Iterable[EvalEvent]) -> dict[str, Summary]:
-    """metrics.summarise per model over all batches, best model first (deduplicated events)."""
-    by_model: dict[str, list[EvalEvent]] = defaultdict(list)
+def batch_dates(events: Iterable[EvalEvent]) -> dict[str, str]:
+    """batch_id -> batch_date of the batches in `events`."""
+    dates: dict[str, str] = {}
+    for event in events:
+        dates.setdefault(str(event.get("batch_id", "")), event.get("batch_date") or "")
+    return dates
+
+
+def _by_row_and_batch(events: Iterable[EvalEvent]) -> dict[tuple[str, str], list[EvalEvent]]:
+    grouped: dict[tuple[str, str], list[EvalEvent]] = defaultdict(list)
     for event in fold_events([], events):
-        by_model[event["model_key"]].append(event)
-    ranked = sorted(((k, summarise(v)) for k, v in by_model.items()), key=_rank_key)
-    return dict(ranked)
+        grouped[(event["model_key"], str(event.get("batch_id", "")))].append(event)
+    return grouped
+
+
+def batch_totals(events: Iterable[EvalEvent]) -> dict[tuple[str, str], Totals]:
+    """metrics.Totals per (row key, batch id) of the deduplicated events: what EvaluationFlow keeps of old batches."""
+    return {key: Totals.of(group) for key, group in _by_row_and_batch(events).items()}
+
+
+def batch_intervals(events: Iterable[EvalEvent]) -> dict[tuple[str, str], Interval]:
+    """The Avg Recall interval per (row key, batch id), computed with the batch's Totals while its events are
+    at hand (intervals do not add up, so the state keeps them beside the Totals)."""
+    return {key: recall_interval(group) for key, group in _by_row_and_batch(events).items()}
+
+
+def _rollup(batch_date: str, weekly: bool) -> tuple[str, str]:
+    """(key, label) of the week or month column a batch of `batch_date` rolls up into."""
+    match = _ISO_DATE.match(batch_date or "")
+    if not match:
+        return "undated", "undated"
+    day = dt.date.fromisoformat(batch_date[:10])
+    if weekly:
+        year, week, _ = day.isocalendar()
+        return f"week:{year}-W{week:02d}", f"week {year}-W{week:02d}"
+    return f"month:{day:%Y-%m}", f"month {day:%Y-%m}"
+
+
+def columns(dates: Mapping[str, str], newest: int = NEWEST_BATCHES,
+            weeks: int = WEEKLY_ROLLUPS) -> tuple[list[BatchInfo], dict[str, str]]:
+    """The ranking's batch columns, oldest first, and the column key of every batch.
+
+    The `newest` batches get a column each; of the older ones, those in the `weeks` newest ISO weeks
+    get a column per week and the rest a column per month, so a year of hourly batches is about
+    thirty columns, not 8,760.
+    """
+    ordered = ordered_batches(dates)
+    older, recent = ordered[:max(0, len(ordered) - newest)], ordered[max(0, len(ordered) - newest):]
+    weekly = {_rollup(d, True)[0] for _, d in older}
+    weekly = set(sorted(weekly - {"undated"})[-weeks:]) if weeks else set()
+    cols: dict[str, BatchInfo] = {}
+    column_of: dict[str, str] = {}
+    for batch_id, batch_date in older:
+        key, label = _rollup(batch_date, True)
+        if key not in weekly:
+            key, label = _rollup(batch_date, False)
+        col = cols.setdefault(key, BatchInfo(batch_id=key, batch_date=batch_date, label=label, batches=0))
+        col["batches"] += 1
+        column_of[batch_id] = key
+    for batch_id, batch_date in recent:
+        cols[batch_id] = BatchInfo(batch_id=batch_id, batch_date=batch_date, label=batch_label(batch_id, batch_date),
+                                   batches=1)
+        column_of[batch_id] = batch_id
+    return list(cols.values()), column_of
+
+
+def photo_ref(batch_id: Any, photo_id: Any) -> str:
+    """`batch/photo`: one answer's photo, as fold_events tells answers apart, for pairing rows photo by photo."""
+    return f"{batch_id}/{photo_id}"
 
 
 def photo_scores(events: Iterable[EvalEvent]) -> dict[str, dict[str, ScoredPhoto]]:
-    """row key -> photo id -> ScoredPhoto: each (model, prompt) row's answers photo by photo, which the
-    intervals, the paired comparison and the per-tag view read (the latest event wins for a photo seen twice)."""
+    """row key -> photo_ref -> ScoredPhoto: each (model, prompt) row's answers photo by photo, which the
+    intervals, the paired comparison and the per-tag view read (the latest event wins for a photo answered twice)."""
     scores: dict[str, dict[str, ScoredPhoto]] = defaultdict(dict)
     for event in events:
-        scores[event["model_key"]][str(event["photo_id"])] = ScoredPhoto(
+        scores[event["model_key"]][photo_ref(event.get("batch_id", ""), event["photo_id"])] = ScoredPhoto(
             recall=event.get("recall"), precision=event.get("precision"), f1=event.get("f1"), error=event.get("error"),
             latency_ms=None if event.get("cached") else event.get("latency_ms"),
             tags=[] if event.get("error") else normalise_tags(event.get("tags") or []),
@@ -368,20 +448,20 @@ def photo_scores(events: Iterable[EvalEvent]) -> dict[str, dict[str, ScoredPhoto
     return dict(scores)
 
 
-def error_classes(events: Iterable[EvalEvent]) -> dict[str, dict[str, ErrorClass]]:
-    """row key -> error class -> its count and the latest message of that class."""
-    out: dict[str, dict[str, ErrorClass]] = defaultdict(dict)
+def error_examples(events: Iterable[EvalEvent]) -> dict[str, dict[str, str]]:
+    """row key -> error class -> the latest message of that class in `events` (the result's `raw`, cut)."""
+    out: dict[str, dict[str, str]] = defaultdict(dict)
     for event in events:
-        if event.get("error"):
-            seen = out[event["model_key"]].get(event["error"])
-            example = (event.get("raw") or "")[:EXAMPLE_CHARS] or (seen["example"] if seen else "")
-            out[event["model_key"]][event["error"]] = ErrorClass(count=(seen["count"] if seen else 0) + 1, example=example)
+        if event.get("error") and event.get("raw"):
+            out[event["model_key"]][event["error"]] = event["raw"][:EXAMPLE_CHARS]
     return dict(out)
 
 
-def add_photo_figures(ranking: Ranking, scores: Mapping[str, Mapping[str, ScoredPhoto]]) -> Ranking:
-    """`ranking` with what needs answers photo by photo (`scores` by row key): intervals, each row's paired
-    comparison with the best row on the photos both answered, and the per-tag view per row."""
+def add_photo_figures(ranking: Ranking, scores: Mapping[str, Mapping[str, ScoredPhoto]],
+                      tag_scores: Optional[Mapping[str, Mapping[str, ScoredPhoto]]] = None) -> Ranking:
+    """`ranking` with what needs answers photo by photo (`scores` by row key, e.g. EvalState.photo_scores):
+    intervals, latency percentiles, each row's paired comparison with the best row on the photos both
+    answered, and the per-tag view per row, from `tag_scores` where `scores` hold no tags."""
     for row in ranking.rows:
         row.add_photo_figures(scores.get(row.key, {}))
     best = ranking.best
@@ -389,29 +469,54 @@ def add_photo_figures(ranking: Ranking, scores: Mapping[str, Mapping[str, Scored
         best_recalls = valid_recalls(scores.get(best.key, {}))
         for row in ranking.rows[1:]:
             row.compare_with_best(paired_difference(valid_recalls(scores.get(row.key, {})), best_recalls))
-    ranking.per_tag = per_tag(scores)
+    ranking.per_tag = per_tag(scores if tag_scores is None else tag_scores)
     return ranking
 
 
-def rank_models(events: Iterable[EvalEvent], skipped: Optional[Mapping[str, SkippedModel]] = None) -> Ranking:
-    """One row per (model, prompt variant) over all batches, best Avg Recall (exact) first, with its summary
-    on each batch it saw, the intervals of its means and its error classes; `skipped` lists the configured
-    models (by model key) not run."""
-    events = fold_events([], events)
-    batches = batches_of(events)
-    by_model_batch: dict[str, dict[str, list[EvalEvent]]] = defaultdict(lambda: defaultdict(list))
-    for event in events:
-        by_model_batch[event["model_key"]][str(event.get("batch_id", ""))].append(event)
-    errors = error_classes(events)
+def rank_totals(totals: Mapping[tuple[str, str], Totals], dates: Mapping[str, str], *,
+                intervals: Optional[Mapping[tuple[str, str], Interval]] = None,
+                examples: Optional[Mapping[str, Mapping[str, str]]] = None,
+                skipped: Optional[Mapping[str, SkippedModel]] = None,
+                newest: int = NEWEST_BATCHES, weeks: int = WEEKLY_ROLLUPS) -> Ranking:
+    """One row per (model, prompt variant) over all batches, best Avg Recall (exact) first, from the Totals
+    per (row key, batch):
+    the overall figures and each column's (a batch or a roll-up) are sums of those Totals, so they are
+    exactly the figures of all the events behind them. A single batch's cell shows its interval from
+    `intervals` (batch_intervals; a roll-up has none), each row's error classes carry their example
+    message from `examples` (error_examples), and `skipped` lists the configured models (by model key)
+    not run. What needs answers photo by photo comes after, from add_photo_figures."""
+    cols, column_of = columns(dates, newest, weeks)
+    overall: dict[str, Totals] = defaultdict(Totals)
+    per_column: dict[str, dict[str, Totals]] = defaultdict(lambda: defaultdict(Totals))
+    photos_per_batch: dict[str, int] = defaultdict(int)
+    for (key, batch_id), t in totals.items():
+        overall[key] += t
+        per_column[key][column_of[batch_id]] += t
+        photos_per_batch[batch_id] = max(photos_per_batch[batch_id], t.photos)
+    ranked = sorted(((key, t.summary()) for key, t in overall.items()), key=_rank_key)
+    intervals, examples = intervals or {}, examples or {}
     rows = []
-    for key, summary in summaries_by_model(events).items():
-        seen = by_model_batch[key]
-        per_batch = {b["batch_id"]: BatchSummary.of(summarise(seen[b["batch_id"]]), recall_interval(seen[b["batch_id"]]))
-                     for b in batches if b["batch_id"] in seen}
-        row = RankingRow.of(key, summary, per_batch)
-        row.errors = errors.get(key, {})
+    for key, summary in ranked:
+        row = RankingRow.of(key, summary, {c["batch_id"]: BatchSummary.of(per_column[key][c["batch_id"]].summary(),
+                                                                          intervals.get((key, c["batch_id"])))
+                                           for c in cols if c["batch_id"] in per_column[key]})
+        row.tags_per_photo = overall[key].tags_per_photo
+        row.errors = {error: ErrorClass(count=count, example=examples.get(key, {}).get(error, ""))
+                      for error, count in sorted(overall[key].error_classes.items())}
         rows.append(row)
-    ranking = Ranking(rows=rows, batches=batches, skipped=dict(skipped or {}))
+    return Ranking(rows=rows, batches=cols, photos=sum(photos_per_batch.values()),
+                   calls=sum(t.photos for t in overall.values()), errored_calls=sum(t.errors for t in overall.values()),
+                   skipped=dict(skipped or {}))
+
+
+def rank_models(events: Iterable[EvalEvent], skipped: Optional[Mapping[str, SkippedModel]] = None,
+                **limits: int) -> Ranking:
+    """One row per (model, prompt variant) over all batches, best Avg Recall (exact) first, with its summary on
+    each batch column, the intervals of its means, the paired comparison with the best row and the per-tag
+    view (rank_totals and add_photo_figures of all `events`; `limits` are rank_totals' `newest` and `weeks`)."""
+    events = fold_events([], events)
+    ranking = rank_totals(batch_totals(events), batch_dates(events), intervals=batch_intervals(events),
+                          examples=error_examples(events), skipped=skipped, **limits)
     return add_photo_figures(ranking, photo_scores(events))
 
 

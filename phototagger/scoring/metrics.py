@@ -15,9 +15,9 @@ failed call on a photo with ground truth recall 0 and keeps its error class besi
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from fractions import Fraction
 from functools import partial
-from statistics import mean
 from typing import Any, Iterable, Mapping, Optional, Sequence, TypedDict
 
 import numpy as np
@@ -95,38 +95,116 @@ class Summary(TypedDict):
     avg_f1_lenient: Optional[float]
 
 
-def _avg(values: list[float]) -> Optional[float]:
-    return round(mean(values), 2) if values else None
+def _avg(total: Fraction, n: int) -> Optional[float]:
+    """The mean, rounded as the card shows it; float(Fraction) rounds once, exactly as statistics.mean does."""
+    return round(float(total / n), 2) if n else None
+
+
+@dataclass
+class Totals:
+    """The counts and exact sums behind a Summary: adding two Totals gives the Totals of both sets of records.
+
+    EvaluationFlow keeps one per (model, batch) instead of every result, and combines them into any
+    span of batches (a week, a month, all history). The sums are Fractions (a float is one exactly),
+    so a combined mean is the mean of all the records to the last bit, whatever the grouping.
+    """
+
+    photos: int = 0
+    scored: int = 0
+    no_ground_truth: int = 0
+    errors: int = 0
+    valid: int = 0
+    with_truth: int = 0
+    timed: int = 0
+    recall_sum: Fraction = Fraction(0)  # over scored records
+    recall_all_sum: Fraction = Fraction(0)  # over records with ground truth, an error as 0
+    precision_sum: Fraction = Fraction(0)
+    f1_sum: Fraction = Fraction(0)
+    latency_sum: Fraction = Fraction(0)  # over timed records: not served from the cache
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_sum: Fraction = Fraction(0)
+    scored_lenient: int = 0  # scored records with a lenient score (not every ground-truth tag a stop-tag)
+    with_truth_lenient: int = 0
+    recall_lenient_sum: Fraction = Fraction(0)  # over scored_lenient records
+    recall_all_lenient_sum: Fraction = Fraction(0)  # over with_truth_lenient records, an error as 0
+    precision_lenient_sum: Fraction = Fraction(0)
+    f1_lenient_sum: Fraction = Fraction(0)
+    tags: int = 0  # tags given over valid answers
+    error_classes: Counter = field(default_factory=Counter)  # error class -> records failed with it
+
+    @property
+    def tags_per_photo(self) -> Optional[float]:
+        """Tags per valid answer."""
+        answered = self.photos - self.errors
+        return round(self.tags / answered, 2) if answered else None
+
+    @classmethod
+    def of(cls, results: Iterable[ModelResult]) -> Totals:
+        t = cls()
+        for r in results:
+            t.photos += 1
+            t.valid += bool(r.get("valid"))
+            t.prompt_tokens += r.get("prompt_tokens") or 0
+            t.completion_tokens += r.get("completion_tokens") or 0
+            t.cost_sum += Fraction(r.get("cost_usd") or 0.0)
+            if not r.get("cached") and r.get("latency_ms") is not None:
+                t.timed += 1
+                t.latency_sum += Fraction(r["latency_ms"])
+            if r.get("recall") is not None:
+                t.with_truth += 1
+                t.recall_all_sum += Fraction(r["recall"])
+                if r.get("recall_lenient") is not None:
+                    t.with_truth_lenient += 1
+                    t.recall_all_lenient_sum += Fraction(r["recall_lenient"])
+            if r.get("error"):
+                t.errors += 1
+                t.error_classes[r["error"]] += 1
+                continue
+            t.tags += len(r.get("tags") or [])
+            if r.get("recall") is None:
+                t.no_ground_truth += 1
+            else:
+                t.scored += 1
+                t.recall_sum += Fraction(r["recall"])
+                t.precision_sum += Fraction(r["precision"])
+                t.f1_sum += Fraction(r["f1"])
+                if r.get("recall_lenient") is not None:
+                    t.scored_lenient += 1
+                    t.recall_lenient_sum += Fraction(r["recall_lenient"])
+                    t.precision_lenient_sum += Fraction(r.get("precision_lenient") or 0.0)
+                    t.f1_lenient_sum += Fraction(r.get("f1_lenient") or 0.0)
+        return t
+
+    def __add__(self, other: Totals) -> Totals:
+        return Totals(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def summary(self) -> Summary:
+        return Summary(
+            photos=self.photos,
+            scored=self.scored,
+            no_ground_truth=self.no_ground_truth,
+            errors=self.errors,
+            error_pct=round(100.0 * self.errors / self.photos, 2) if self.photos else 0.0,
+            avg_recall=_avg(self.recall_sum, self.scored),
+            avg_recall_all=_avg(self.recall_all_sum, self.with_truth),
+            avg_precision=_avg(self.precision_sum, self.scored),
+            avg_f1=_avg(self.f1_sum, self.scored),
+            avg_latency_ms=_avg(self.latency_sum, self.timed),
+            valid_pct=round(100.0 * self.valid / self.photos, 2) if self.photos else 0.0,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            cost_usd=round(float(self.cost_sum), 6),
+            avg_recall_lenient=_avg(self.recall_lenient_sum, self.scored_lenient),
+            avg_recall_all_lenient=_avg(self.recall_all_lenient_sum, self.with_truth_lenient),
+            avg_precision_lenient=_avg(self.precision_lenient_sum, self.scored_lenient),
+            avg_f1_lenient=_avg(self.f1_lenient_sum, self.scored_lenient),
+        )
 
 
 def summarise(results: Iterable[ModelResult]) -> Summary:
     """Aggregate result records of one model (any number of batches)."""
-    results = list(results)
-    errored = [r for r in results if r.get("error")]
-    with_truth = [r for r in results if r.get("recall") is not None]
-    scored = [r for r in results if not r.get("error") and r.get("recall") is not None]
-    no_truth = [r for r in results if not r.get("error") and r.get("recall") is None]
-    timed = [r["latency_ms"] for r in results if not r.get("cached") and r.get("latency_ms") is not None]
-    return Summary(
-        photos=len(results),
-        scored=len(scored),
-        no_ground_truth=len(no_truth),
-        errors=len(errored),
-        error_pct=round(100.0 * len(errored) / len(results), 2) if results else 0.0,
-        avg_recall=_avg([r["recall"] for r in scored]),
-        avg_recall_all=_avg([r.get("recall") or 0.0 for r in with_truth]),
-        avg_precision=_avg([r["precision"] for r in scored]),
-        avg_f1=_avg([r["f1"] for r in scored]),
-        avg_latency_ms=_avg(timed),
-        valid_pct=round(100.0 * sum(1 for r in results if r.get("valid")) / len(results), 2) if results else 0.0,
-        prompt_tokens=sum(r.get("prompt_tokens") or 0 for r in results),
-        completion_tokens=sum(r.get("completion_tokens") or 0 for r in results),
-        cost_usd=round(sum(r.get("cost_usd") or 0.0 for r in results), 6),
-        avg_recall_lenient=_avg([r["recall_lenient"] for r in scored if r.get("recall_lenient") is not None]),
-        avg_recall_all_lenient=_avg([r["recall_lenient"] for r in with_truth if r.get("recall_lenient") is not None]),
-        avg_precision_lenient=_avg([r["precision_lenient"] for r in scored if r.get("precision_lenient") is not None]),
-        avg_f1_lenient=_avg([r["f1_lenient"] for r in scored if r.get("f1_lenient") is not None]),
-    )
+    return Totals.of(results).summary()
 
 
 def rescore(results: Iterable[Mapping[str, Any]], vocabulary: Vocabulary) -> list[dict[str, Any]]:
@@ -213,14 +291,13 @@ def percentile(values: Sequence[float], q: float) -> Optional[float]:
 
 @dataclass(frozen=True)
 class PhotoFigures:
-    """One model's figures that need its answers photo by photo: the intervals of its means, tags per
-    answer and latency percentiles."""
+    """One model's figures that need its answers photo by photo: the intervals of its means and latency
+    percentiles."""
 
     recall: Interval  # over valid answers on photos with ground truth
     recall_all: Interval  # over photos with ground truth, a failed call as 0
     precision: Interval
     f1: Interval
-    tags_per_photo: Optional[float]  # over valid answers
     p50_latency_ms: Optional[float]  # over calls not served from the cache
     p95_latency_ms: Optional[float]
 
@@ -238,17 +315,16 @@ def recall_interval(results: Iterable[ModelResult], resamples: int = BOOTSTRAP_R
 
 def photo_figures(photos: Mapping[str, ScoredPhoto], resamples: int = BOOTSTRAP_RESAMPLES,
                   seed: int = 0) -> PhotoFigures:
-    scored = [s for s in photos.values() if not s["error"] and s["recall"] is not None]
-    with_truth = [s for s in photos.values() if s["recall"] is not None]
-    answered = [s for s in photos.values() if not s["error"]]
-    timed = [s["latency_ms"] for s in photos.values() if s["latency_ms"] is not None]
+    ordered = [photos[p] for p in sorted(photos)]  # the same photos give the same intervals, in any order
+    scored = [s for s in ordered if not s["error"] and s["recall"] is not None]
+    with_truth = [s for s in ordered if s["recall"] is not None]
+    timed = [s["latency_ms"] for s in ordered if s["latency_ms"] is not None]
     interval = partial(bootstrap_interval, resamples=resamples, seed=seed)
     return PhotoFigures(
         recall=interval([s["recall"] for s in scored]),
         recall_all=interval([s["recall"] or 0.0 for s in with_truth]),
         precision=interval([s["precision"] for s in scored]),
         f1=interval([s["f1"] for s in scored]),
-        tags_per_photo=round(float(mean(len(s["tags"]) for s in answered)), 2) if answered else None,
         p50_latency_ms=percentile(timed, 50),
         p95_latency_ms=percentile(timed, 95),
     )

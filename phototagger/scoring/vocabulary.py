@@ -19,6 +19,7 @@ of tests/data/inflections.tsv that beats lemminflect, simplemma and inflect alon
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +166,19 @@ class Vocabulary:
     def path(self, tag: str) -> list[str]:
         """Root first, the tag last: ["animal", "cat"]."""
         return [*reversed(self.ancestors(tag)), tag]
+
+
+def fingerprint(data: Mapping[str, Any]) -> str:
+    """A short hash of a vocabulary's contents, kept with EvaluationFlow's state to notice when it changes."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
+
+
+def change_note(earlier: Optional[str], now: str) -> Optional[str]:
+    """What to tell the user when the state was scored under another vocabulary than this run's, else None."""
+    if earlier is None or earlier == now:
+        return None
+    return ("The vocabulary changed since the previous EvaluationFlow run: batches folded before keep their lenient "
+            "figures under the old one. Run `python evalsflow.py run --rebuild` to rescore every batch with this one.")
 
 
 def _mapping(data: Mapping[str, Any], key: str, source: str) -> Mapping[str, Any]:

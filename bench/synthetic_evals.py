@@ -1,0 +1,59 @@
+"""Synthetic EvaluationFlow inputs for the benchmarks: hourly batches of events, and the state of a year of them.
+
+The events are what prompt flows store (DESIGN.md records), scored by metrics.score_photo, with the
+rates a live run shows: a few errors, some photos without ground truth, a few cached answers.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import random
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from phototagger.scoring import evals  # noqa: E402
+from phototagger.scoring.evalstate import DRILLDOWN_BATCHES, EvalState, fold_sample  # noqa: E402
+from phototagger.scoring.metrics import score_photo  # noqa: E402
+
+MODELS = ("knn:jec", "prior:tag-prior")
+VOCABULARY = [f"tag{i}" for i in range(60)]
+START = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def batch_events(hour: int, photos: int, models=MODELS, image_dir: str = "") -> list[evals.EvalEvent]:
+    """The events of the batch delivered at `hour` after START: every model on every photo."""
+    rng = random.Random(hour)
+    batch_id, date = str(100_000 + hour), (START + dt.timedelta(hours=hour)).isoformat()
+    out = []
+    for i in range(photos):
+        photo_id = f"h{hour}-p{i}"
+        truth = rng.sample(VOCABULARY, rng.choice((0, 3, 5, 8)))
+        photo = {"id": photo_id, "ground_truth_tags": truth, "image_url": f"{image_dir}/{photo_id}.jpg" if image_dir else ""}
+        for model in models:
+            provider, name = model.split(":", 1)
+            error = "timeout" if rng.random() < 0.03 else None
+            tags = [] if error else rng.sample(truth, len(truth) // 2) + rng.sample(VOCABULARY, 4)
+            result = {"photo_id": photo_id, "provider": provider, "model": name, "tags": tags, "raw": '{"tags": [...]}',
+                      "valid": not error, "error": error, "latency_ms": rng.uniform(2, 400), "cached": rng.random() < 0.05,
+                      "cost_usd": None, **score_photo(truth, tags)}
+            out.append(evals.make_event(result, photo, batch_id=batch_id, batch_date=date, source_flow="PromptModels",
+                                        source_run=str(hour)))
+    return out
+
+
+def year_state(rounds: int, photos: int, models=MODELS) -> EvalState:
+    """The EvalState after `rounds` hourly batches, built as folding them one by one would leave it (Totals per
+    batch, the newest batches' events, the sample), but in month-sized steps so a year takes seconds."""
+    state, chunk = EvalState(), []
+    for hour in range(rounds):
+        events = batch_events(hour, photos, models)
+        state.dates[events[0]["batch_id"]] = events[0]["batch_date"]
+        state.totals.update(evals.batch_totals(events))
+        chunk += events
+        if len(chunk) >= 50_000 or hour == rounds - 1:
+            state.sample = fold_sample(state.sample, chunk)
+            chunk = []
+    state.events = [e for hour in range(max(0, rounds - DRILLDOWN_BATCHES), rounds) for e in batch_events(hour, photos, models)]
+    return state

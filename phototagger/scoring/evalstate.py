@@ -1,0 +1,182 @@
+"""What EvaluationFlow carries from one run to the next, bounded by the new runs plus a constant.
+
+An hourly EvaluationFlow must not load and store every event ever (a year of hourly batches is
+25 MB of events). It keeps instead, in one `EvalState`:
+- `totals`: metrics.Totals per (row, batch), a row being a (model, prompt) pair (evals.row_key): counts
+  and exact sums under both matching rules, which add up to the ranking's overall figures and its weekly
+  and monthly roll-up columns exactly (evals.rank_totals);
+- `events`: the per-photo events of the newest DRILLDOWN_BATCHES batches only, for the drill-down;
+- `sample`: a bounded per-photo score sample (below), for confidence intervals and paired comparisons;
+- `intervals`: the Avg Recall interval per (row, batch) of the newest batches (those with a ranking column of
+  their own), computed when that batch's totals are.
+Events come in scored (EvaluationFlow scores them with its vocabulary first), so the totals hold the
+scores of the vocabulary in force when each answer was folded.
+Every photo's full result goes out once, in the run that folded it, as the `photo_results` artifact
+(Parquet bytes of `photo_frame`); `photo_results` reads a branch's runs back into one DataFrame.
+
+A rerun of a prompt flow over a batch replaces that batch's figures: photo by photo for the batches
+whose events are kept, and as a whole (model, batch) total for older ones.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional
+
+import pandas as pd
+
+from phototagger.scoring.evals import (NEWEST_BATCHES, EvalEvent, Ranking, SkippedModel, add_photo_figures, batch_dates,
+                                       batch_intervals, batch_totals, error_examples, fold_events, ordered_batches,
+                                       photo_ref, photo_scores, rank_totals)
+from phototagger.scoring.metrics import Interval, ScoredPhoto, Totals
+
+DRILLDOWN_BATCHES = 3
+"""Newest batches whose per-photo events are kept (and shown on the dashboard's drill-down)."""
+SAMPLE_SIZE = 20_000
+"""Photos in the score sample: enough for a 95% interval of a mean recall within about +-0.4 points."""
+SAMPLE_SEED = b"phototagger-sample-1"
+"""Salts the photo hash, so which photos are sampled is fixed, the same for every model and every run."""
+SAMPLE_SCORES = ("recall", "precision", "f1", "recall_lenient", "precision_lenient", "f1_lenient", "latency_ms")
+SAMPLE_COLUMNS = ("hash", "batch_id", "photo_id", "model_key", *SAMPLE_SCORES, "error", "cached")
+PHOTO_COLUMNS = ("batch_id", "batch_date", "photo_id", "model_key", "provider", "model", "prompt_variant", "tags",
+                 "ground_truth_tags", "valid", "error", "recall", "precision", "f1", "recall_lenient",
+                 "precision_lenient", "f1_lenient", "latency_ms", "cached", "prompt_tokens",
+                 "completion_tokens", "cost_usd", "image_url", "raw", "source_flow", "source_run")
+"""The `photo_results` columns first in a frame; fields an event has beyond them follow."""
+
+
+def photo_hash(photo_id: str) -> int:
+    """A seeded 63-bit hash of a photo id: the bottom-k sketch keeps the photos with the smallest."""
+    digest = hashlib.blake2b(str(photo_id).encode(), digest_size=8, key=SAMPLE_SEED).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def _empty_sample() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="int64" if c == "hash" else "float64" if c in SAMPLE_SCORES else "object")
+                         for c in SAMPLE_COLUMNS})
+
+
+def fold_sample(sample: pd.DataFrame, events: Iterable[EvalEvent], size: int = SAMPLE_SIZE) -> pd.DataFrame:
+    """`sample` with `events` folded in: a bottom-k sketch over every photo folded so far.
+
+    It keeps the `size` (batch, photo) pairs with the smallest `photo_hash`, with every row's scores
+    on each (a row: a model and prompt, its `model_key`), so the sample is uniform over all history,
+    bounded, and paired across rows; a rerun's
+    answer replaces the earlier one, as in evals.fold_events.
+    """
+    rows = [{"hash": photo_hash(e["photo_id"]), "batch_id": str(e.get("batch_id", "")), "photo_id": str(e["photo_id"]),
+             "model_key": e["model_key"], **{s: e.get(s) for s in SAMPLE_SCORES}, "error": e.get("error"),
+             "cached": bool(e.get("cached"))} for e in events]
+    if not rows:
+        return sample
+    new = pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS)).astype({s: "float64" for s in SAMPLE_SCORES})
+    both = pd.concat([sample.astype({"batch_id": "object", "model_key": "object", "error": "object"}), new],
+                     ignore_index=True) if len(sample) else new
+    both = both.drop_duplicates(["batch_id", "photo_id", "model_key"], keep="last")
+    photos = both[["hash", "batch_id", "photo_id"]].drop_duplicates().sort_values(["hash", "batch_id", "photo_id"])
+    kept = photos.head(size)
+    if len(kept) < len(photos):
+        both = both.merge(kept, on=["hash", "batch_id", "photo_id"])
+    # Few distinct batches, models and error classes: stored as categories, a row is about half the bytes.
+    return both.reset_index(drop=True).astype({"batch_id": "category", "model_key": "category", "error": "category"})
+
+
+@dataclass
+class EvalState:
+    """EvaluationFlow's state: Totals per (row, batch), the drill-down batches' events, the score sample."""
+
+    dates: dict[str, str] = field(default_factory=dict)  # batch_id -> batch_date, every batch folded
+    totals: dict[tuple[str, str], Totals] = field(default_factory=dict)  # (row key, batch id) -> Totals
+    events: list[EvalEvent] = field(default_factory=list)  # the newest DRILLDOWN_BATCHES batches only
+    sample: pd.DataFrame = field(default_factory=_empty_sample)
+    """One row per (photo, model) for the sampled photos (fold_sample): SAMPLE_COLUMNS, scores as floats
+    (NaN where a model had none; latency NaN for a cached answer, as metrics leaves it out). For the
+    paired figures of two rows, `paired("recall")` gives one column per row key over the same photos."""
+    intervals: dict[tuple[str, str], Interval] = field(default_factory=dict)  # (row key, newest batch id) -> recall interval
+
+    @classmethod
+    def from_events(cls, events: Iterable[EvalEvent]) -> EvalState:
+        """The state of all `events` at once: what an EvaluationFlow run stored before EvalState existed becomes."""
+        return cls().fold(events)
+
+    def fold(self, new: Iterable[EvalEvent], drilldown_batches: int = DRILLDOWN_BATCHES,
+             sample_size: int = SAMPLE_SIZE) -> EvalState:
+        """This state with the `new` (scored) events folded in, the latest answer per (row, photo, batch) winning."""
+        new = fold_events([], new)
+        dates = {**self.dates, **{b: d for b, d in batch_dates(new).items() if b not in self.dates}}
+        newest = ordered_batches(dates)[-drilldown_batches:] if drilldown_batches else []
+        shown = {batch_id for batch_id, _ in newest}
+        events = fold_events([e for e in self.events if str(e.get("batch_id", "")) in shown],
+                             [e for e in new if str(e.get("batch_id", "")) in shown])
+        older = [e for e in new if str(e.get("batch_id", "")) not in shown]
+        totals = {**self.totals, **batch_totals(older), **batch_totals(events)}
+        # Only a batch with a column of its own shows its interval: keep those of the newest NEWEST_BATCHES.
+        columns = {batch_id for batch_id, _ in ordered_batches(dates)[-NEWEST_BATCHES:]}
+        intervals = {key: interval for key, interval in {**self.intervals, **batch_intervals(older),
+                                                          **batch_intervals(events)}.items() if key[1] in columns}
+        return EvalState(dates=dates, totals=totals, events=events, sample=fold_sample(self.sample, new, sample_size),
+                         intervals=intervals)
+
+    def photo_scores(self) -> dict[str, dict[str, ScoredPhoto]]:
+        """evals.photo_scores of the sampled photos (row key -> photo_ref -> ScoredPhoto), for the intervals,
+        latency percentiles and paired comparisons; the sample keeps scores, not tags, so tags are empty."""
+        scores: dict[str, dict[str, ScoredPhoto]] = {}
+        for r in self.sample.astype({"batch_id": "object", "model_key": "object", "error": "object"}).itertuples():
+            scores.setdefault(r.model_key, {})[photo_ref(r.batch_id, r.photo_id)] = ScoredPhoto(
+                recall=_num(r.recall), precision=_num(r.precision), f1=_num(r.f1),
+                error=r.error if isinstance(r.error, str) else None,
+                latency_ms=None if r.cached else _num(r.latency_ms), tags=[], truth=[])
+        return scores
+
+    def ranking(self, skipped: Optional[dict[str, SkippedModel]] = None) -> Ranking:
+        """The ranking of this state: exact figures from the totals, per-batch intervals kept with them,
+        intervals, percentiles and paired comparisons from the sample, error examples and the per-tag view
+        from the newest batches' events."""
+        ranking = rank_totals(self.totals, self.dates, intervals=self.intervals, examples=error_examples(self.events),
+                              skipped=skipped)
+        return add_photo_figures(ranking, self.photo_scores(), photo_scores(self.events))
+
+    def paired(self, score: str = "recall", valid_only: bool = True) -> pd.DataFrame:
+        """`score` of the sampled photos, one row per (batch, photo) and one column per row key (model and
+        prompt), NaN where a row has none (or, with `valid_only`, erred): the paired sample a bootstrap over photos resamples."""
+        rows = self.sample[self.sample["error"].isna()] if valid_only else self.sample
+        rows = rows.astype({"batch_id": "object", "model_key": "object"})
+        return rows.pivot(index=["batch_id", "photo_id"], columns="model_key", values=score)
+
+
+def _num(value: Any) -> Optional[float]:
+    return None if pd.isna(value) else float(value)
+
+
+def photo_frame(events: Iterable[EvalEvent]) -> pd.DataFrame:
+    """One row per event, PHOTO_COLUMNS first: the `photo_results` artifact's table."""
+    frame = pd.DataFrame.from_records(list(events))
+    extra = [c for c in frame.columns if c not in PHOTO_COLUMNS]
+    return frame.reindex(columns=[*PHOTO_COLUMNS, *extra])
+
+
+def to_parquet(frame: pd.DataFrame) -> bytes:
+    """A frame as Parquet bytes (an artifact any pandas reads without this package)."""
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def read_parquet(data: bytes) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(data))
+
+
+def photo_results(runs: Iterable[Any]) -> pd.DataFrame:
+    """Every photo result of the EvaluationFlow `runs` (e.g. mfclient.runs_of("EvaluationFlow", branch)), in one
+    frame, a rerun's answer replacing the earlier one; runs stored before the `photo_results` artifact are skipped."""
+    frames = [read_parquet(data) for data in (_artifact(run, "photo_results") for run in runs) if data is not None]
+    if not frames:
+        return photo_frame([])
+    frames.reverse()  # runs_of lists newest first; the latest answer must win
+    both = pd.concat(frames, ignore_index=True)
+    return both.drop_duplicates(["model_key", "photo_id", "batch_id"], keep="last").reset_index(drop=True)
+
+
+def _artifact(run: Any, name: str) -> Optional[Any]:
+    return getattr(run.data, name) if name in run.data else None
