@@ -113,11 +113,12 @@ def test_a_rejected_key_ends_the_run_with_provider_variable_url_and_the_servers_
     assert "sk-wrong" not in output and "Next: python evalsflow.py run" not in output
 
 
-def test_tools_read_a_short_branch_name_as_the_flows_write_it(monkeypatch):
+def test_tools_read_a_short_branch_name_as_the_flows_write_it():
+    """No --branch means the user's own branch, as Metaflow names it from the user it read at import."""
     from phototagger import mfclient
 
-    monkeypatch.setenv("METAFLOW_USER", "ci")
     assert [mfclient.full_branch(b) for b in ("demo1", "test.demo1", "prod", "prod.x", "user.ci", None)] == [
-        "test.demo1", "test.demo1", "prod", "prod.x", "user.ci", "user.ci"]
+        "test.demo1", "test.demo1", "prod", "prod.x", "user.ci", mfclient.user_branch()]
+    assert mfclient.user_branch().startswith("user.")
     assert mfclient.flow_argv(["f.py", "--branch", "test.demo1", "run"]) == ["f.py", "--branch", "demo1", "run"]
     assert mfclient.flow_argv(["f.py", "--branch=prod", "run"]) == ["f.py", "--production", "run"]
