@@ -83,18 +83,21 @@ class EvaluationFlow(FlowSpec):
     def collect(self):
         """Read the stored results (`models_eval`) of every successful prompt run of this branch not folded
         before, oldest first, score them with this flow's vocabulary, fold them into the state and store them,
-        and only them, as `photo_results`; fold the models they skipped into `skipped_models`."""
+        and only them, as `photo_results`; fold the models they skipped into `skipped_models`, and the models
+        of failed runs that broke the error budget too (runs still going are read once they end)."""
         folded = set(self.folded_runs)
         new_runs = sorted(
-            (run for flow in PROMPT_FLOWS for run in runs_of(flow, current.branch_name) if run.pathspec not in folded),
+            (run for flow in PROMPT_FLOWS for run in runs_of(flow, current.branch_name, successful_only=False)
+             if run.pathspec not in folded and (run.successful or mfclient.run_state(flow, run.id) == "failed")),
             key=lambda run: run.created_at,
         )
         new_events = []
-        for run in evals.read_runs(new_runs):
-            skipped = f", skipped {', '.join(run.skipped)}" if run.skipped else ""
-            print(f"{run.pathspec}: {len(run.events)} events{skipped}")
-            new_events += run.events
-            self.skipped_models = evals.fold_skipped(self.skipped_models, run)
+        for run in new_runs:
+            prompt_run = next(evals.read_runs([run]) if run.successful else evals.budget_failures([run]))
+            skipped = f", skipped {', '.join(prompt_run.skipped)}" if prompt_run.skipped else ""
+            print(f"{prompt_run.pathspec}: {len(prompt_run.events)} events{skipped}")
+            new_events += prompt_run.events
+            self.skipped_models = evals.fold_skipped(self.skipped_models, prompt_run)
         new_events = metrics.rescore(evals.fold_events([], new_events), self._vocabulary())
         self.state = self.state.fold(new_events)
         self.photo_results = to_parquet(photo_frame(new_events))

@@ -131,6 +131,7 @@ class PromptCustomModels(FlowSpec):
         self.models_eval = {"batch_id": self.batch_id, "batch_date": self.batch_date, "photos": self.photos, "results": results,
                             "prompts": {v["id"]: v["text"] for v in self.prompt_variants}}
         self.summaries = {k: summarise(rows) for k, rows in results.items()}
+        self.budget_errors = ErrorBudget(self.max_error_share).check(results)  # stored before `end` may fail on it
         self.next(self.end)
 
     @step
@@ -138,7 +139,7 @@ class PromptCustomModels(FlowSpec):
         """Print the summary, and fail clearly past the error budget."""
         results = self.models_eval["results"]
         budget = ErrorBudget(self.max_error_share)
-        for line in run_summary_lines(self.models_eval, self.summaries, self.skipped_models, failed=bool(budget.check(results))):
+        for line in run_summary_lines(self.models_eval, self.summaries, self.skipped_models, failed=bool(self.budget_errors)):
             print(line)
         budget.raise_if_broken(results)
 

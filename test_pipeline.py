@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 from metaflow import Runner
 
+from phototagger import mfclient
+from phototagger.scoring import evals
 from phototagger.scoring.evals import split_row_key
 from phototagger.scoring.evalstate import read_parquet
 from tests import flowrun
@@ -307,3 +309,6 @@ def test_a_model_past_its_error_budget_fails_the_run_but_keeps_every_record(flow
     assert "openai:gpt-4o-mini" in message and "unparseable" in message
     (stored,) = run["join"].task.data.models_eval["results"].values()
     assert [r["error"] for r in stored] == ["unparseable"] * 4, "the failed run still stored one record per photo"
+    [failure] = evals.budget_failures([run])  # what EvaluationFlow lists on the card for this run
+    assert mfclient.run_state("PromptModels", run.id) == "failed" and failure.events == []
+    assert failure.skipped["openai:gpt-4o-mini"].startswith("broke the error budget: openai:gpt-4o-mini | default@")

@@ -230,3 +230,28 @@ def test_read_runs_reads_the_skipped_models_and_tolerates_runs_stored_before_the
     runs = [TruncatedLogRun("PromptModels/5", {"models_eval": models_eval, "skipped_models": {"openai:gpt-4o": "no key"}}),
             TruncatedLogRun("PromptCustomModels/6", {"models_eval": models_eval})]
     assert [run.skipped for run in evals.read_runs(runs)] == [{"openai:gpt-4o": "no key"}, {}]
+
+
+class FailedRun:
+    """A client Run that failed in `end`: its `join` task stored `budget_errors` (or, with None, never ran)."""
+
+    def __init__(self, pathspec, budget_errors):
+        self.pathspec, self.id = pathspec, pathspec.split("/")[1]
+        self._steps = {} if budget_errors is None else {"join": type("Step", (), {"task": type("Task", (), {
+            "data": type("Data", (), {"budget_errors": budget_errors})()})()})()}
+
+    def __getitem__(self, step):
+        return self._steps[step]
+
+
+def test_a_model_that_broke_the_error_budget_is_listed_as_skipped_with_the_budgets_words_until_it_runs_again():
+    message = "openai:gpt-4o-mini | default@57024e: 4 of 4 calls failed (100.0% > 20% allowed): auth=4. First auth error: ..."
+    failed = list(evals.budget_failures([FailedRun("PromptModels/7", {"openai:gpt-4o-mini | default@57024e": {"message": message}}),
+                                        FailedRun("PromptModels/8", None)]))
+
+    assert [run.events for run in failed] == [[], []]  # a failed run's answers are not ranked
+    assert failed[0].skipped == {"openai:gpt-4o-mini": f"broke the error budget: {message}"} and failed[1].skipped == {}
+    skipped = evals.fold_skipped({}, failed[0])
+    assert skipped["openai:gpt-4o-mini"]["run"] == "PromptModels/7"
+    later = evals.PromptRun("PromptModels/9", [event(model="openai:gpt-4o-mini")], {})
+    assert evals.fold_skipped(skipped, later) == {}

@@ -207,7 +207,7 @@ EXAMPLE_CHARS = 240
 
 
 class SkippedModel(TypedDict):
-    """A configured model that its latest prompt run skipped (no key, no history yet, ...)."""
+    """A configured model that its latest prompt run skipped (no key, no history yet) or that broke its error budget."""
 
     reason: str
     run: str  # pathspec of that prompt run
@@ -558,6 +558,19 @@ def read_runs(runs: Iterable[_Run]) -> Iterator[PromptRun]:
         flow_name = run.pathspec.split("/", 1)[0]
         skipped = dict(run.data.skipped_models) if "skipped_models" in run.data else {}
         yield PromptRun(run.pathspec, events_from_models_eval(run.data.models_eval, flow_name, run.id), skipped)
+
+
+def budget_failures(runs: Iterable[Any]) -> Iterator[PromptRun]:
+    """Prompt runs that stored their results and then failed the error budget: their answers are not ranked
+    (the run failed), and each model over the budget is listed as skipped with the budget's own words.
+    A run that failed before its `join` stored `budget_errors` lists nothing."""
+    for run in runs:
+        try:
+            problems = dict(run["join"].task.data.budget_errors)
+        except (KeyError, AttributeError):
+            problems = {}
+        reasons = {split_row_key(key)[0]: f"broke the error budget: {problem['message']}" for key, problem in problems.items()}
+        yield PromptRun(run.pathspec, [], reasons)
 
 
 def fold_skipped(skipped: Mapping[str, SkippedModel], run: PromptRun) -> dict[str, SkippedModel]:
