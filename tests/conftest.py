@@ -29,6 +29,17 @@ def allow_private_urls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PHOTOTAGGER_ALLOW_PRIVATE_URLS", "1")
 
 
+@pytest.fixture(autouse=True)
+def cards_in_the_test_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep every flow's cards inside the test's own folder.
+
+    Metaflow does not put local cards beside METAFLOW_DATASTORE_SYSROOT_LOCAL. It puts them in the first
+    `.metaflow` folder it finds walking up from the working directory, so a `/tmp/.metaflow` left by any
+    run made in /tmp took every card of the tests whose datastore sits in a subfolder, and the secrets
+    scan found no card."""
+    monkeypatch.setenv("METAFLOW_CARD_LOCALROOT", str(tmp_path / "mf.cards"))
+
+
 @pytest.fixture(scope="session")
 def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight Qwen2.5-VL (200k parameters) with tokenizer, chat template and processor."""
