@@ -175,6 +175,9 @@ def test_means_show_plus_minus_with_the_interval_and_n_on_hover():
     assert (f'<td class="rec d7" title="{hover}; recall decile 8 of 10">75.0'
             f'<span class="pm">\u00b1{(row.avg_recall_high - row.avg_recall_low) / 2:.1f}</span></td>') in page
     assert f'<span class="mean" title="knn:jec: {hover}">' in page  # the batch's mean in the drill-down
+    assert (row.avg_recall_lenient, row.n_scored_lenient) == (75.0, 10)
+    assert (row.avg_recall_lenient_low, row.avg_recall_lenient_high) == (row.avg_recall_low, row.avg_recall_high)
+    assert page.count(f'title="{hover}; recall decile 8 of 10">75.0') == 5  # both recalls under both rules, and the batch cell
 
 
 def test_a_tie_at_the_top_is_marked_on_the_row_and_in_the_best_model_kpi():

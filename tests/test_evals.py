@@ -29,6 +29,7 @@ def test_table_headers_and_cells():
                               50.0, 0.0, 100.0, 50.0, 0.0, 100.0,  # precision, F1 and their intervals
                               1.5, 100.0, 20.0, 29.0,  # tags per photo, valid %, p50 and p95 latency
                               None, None, None, 0, False,  # the only model: no paired difference from the best
+                              0.0, 100.0, 2, 0.0, 100.0, 2,  # the lenient recalls' intervals and n
                               "50.0 (2)"]]
 
 

@@ -113,7 +113,7 @@ def test_paired_difference_uses_only_the_photos_both_answered():
 
 
 def _scored(recall, tags=(), truth=("cat",), error=None, latency=100.0):
-    return {"recall": recall, "precision": recall, "f1": recall, "error": error, "latency_ms": latency,
+    return {"recall": recall, "recall_lenient": recall, "precision": recall, "f1": recall, "error": error, "latency_ms": latency,
             "tags": list(tags), "truth": list(truth)}
 
 
@@ -124,6 +124,8 @@ def test_photo_figures_give_precision_f1_and_latency_percentiles_and_totals_tags
     assert (figures.recall.mean, figures.recall.n) == (50.0, 2)
     assert (figures.recall_all.mean, figures.recall_all.n) == (33.33, 3)  # the timeout counts as 0
     assert figures.precision.n == figures.f1.n == 2
+    assert (figures.recall_lenient.mean, figures.recall_lenient.n) == (50.0, 2)  # the same photos under the lenient rule
+    assert (figures.recall_all_lenient.mean, figures.recall_all_lenient.n) == (33.33, 3)
     assert Totals.of(photos.values()).tags_per_photo == 1.33  # (2 + 1 + 1) tags over the 3 valid answers
     assert figures.p50_latency_ms == 20.0 and figures.p95_latency_ms == 29.0  # the timeout has no latency
 

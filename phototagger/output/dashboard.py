@@ -31,7 +31,9 @@ DRILLDOWN_PHOTOS = 60
 5,000-photo batch shown whole was 35 MB of HTML and 37 s to open; the rest is in `photo_results`."""
 IN_CELL_FIELDS = {"avg_recall_low", "avg_recall_high", "n_scored", "avg_recall_all_low", "avg_recall_all_high",
                   "n_with_truth", "avg_precision_low", "avg_precision_high", "avg_f1_low", "avg_f1_high",
-                  "recall_vs_best_low", "recall_vs_best_high", "n_paired", "tied_with_best"}
+                  "recall_vs_best_low", "recall_vs_best_high", "n_paired", "tied_with_best",
+                  "avg_recall_lenient_low", "avg_recall_lenient_high", "n_scored_lenient",
+                  "avg_recall_all_lenient_low", "avg_recall_all_lenient_high", "n_with_truth_lenient"}
 """`evals` columns the ranking table shows inside another column's cell (an interval on hover, a tie badge)."""
 CARD_HEADERS = [header for header, name in COLUMNS if name not in IN_CELL_FIELDS]
 """The ranking table's column headers before the batches: every other `evals` column."""
@@ -171,7 +173,9 @@ def _kpis(ranking: Ranking) -> list[tuple[str, str, str, str]]:
          f"{best.avg_recall:.1f}% {_pm(best.avg_recall_low, best.avg_recall_high)}" if best else "\u2013", "",
          _interval(best.avg_recall_low, best.avg_recall_high, best.n_scored) if best else ""),
         ("Its avg recall (lenient)",
-         f"{best.avg_recall_lenient:.1f}%" if best and best.avg_recall_lenient is not None else "\u2013", "", ""),
+         f"{best.avg_recall_lenient:.1f}% {_pm(best.avg_recall_lenient_low, best.avg_recall_lenient_high)}"
+         if best and best.avg_recall_lenient is not None else "\u2013", "",
+         _interval(best.avg_recall_lenient_low, best.avg_recall_lenient_high, best.n_scored_lenient) if best else ""),
         ("Models", str(len(ranked) + len(not_ranked)), "",
          f"{len(ranked)} ranked \u00b7 {len(not_ranked)} skipped" if not_ranked else ""),
         ("Photos", f"{ranking.photos:,}", "", ""),
@@ -219,7 +223,10 @@ def _table_rows(ranking: Ranking, colours: Mapping[str, str]) -> list[dict]:
                     "recall": _mean(row.avg_recall, row.avg_recall_low, row.avg_recall_high, row.n_scored),
                     "recall_all": _mean(row.avg_recall_all, row.avg_recall_all_low, row.avg_recall_all_high,
                                         row.n_with_truth),
-                    "recall_lenient": row.avg_recall_lenient, "recall_all_lenient": row.avg_recall_all_lenient,
+                    "recall_lenient": _mean(row.avg_recall_lenient, row.avg_recall_lenient_low, row.avg_recall_lenient_high,
+                                            row.n_scored_lenient),
+                    "recall_all_lenient": _mean(row.avg_recall_all_lenient, row.avg_recall_all_lenient_low,
+                                                row.avg_recall_all_lenient_high, row.n_with_truth_lenient),
                     "precision": _mean(row.avg_precision, row.avg_precision_low, row.avg_precision_high, row.n_scored),
                     "f1": _mean(row.avg_f1, row.avg_f1_low, row.avg_f1_high, row.n_scored),
                     "error_pct": row.error_pct, "cost": row.cost_usd, "tags_per_photo": row.tags_per_photo,

@@ -50,13 +50,19 @@ COLUMNS = (
     ("Recall vs best 95% high", "recall_vs_best_high"),
     ("Recall vs best n", "n_paired"),
     ("Tied with best", "tied_with_best"),
+    ("Avg Recall (lenient) 95% low", "avg_recall_lenient_low"),
+    ("Avg Recall (lenient) 95% high", "avg_recall_lenient_high"),
+    ("Avg Recall (lenient) n", "n_scored_lenient"),
+    ("Recall (all photos, lenient) 95% low", "avg_recall_all_lenient_low"),
+    ("Recall (all photos, lenient) 95% high", "avg_recall_all_lenient_high"),
+    ("Recall (all photos, lenient) n", "n_with_truth_lenient"),
 )
 """The `evals` payload's columns before the per-batch ones, as (header, RankingRow field; "key" is the row's
 row_key, its model and prompt variant). Avg Recall is over valid answers; Recall (all photos) counts an
 errored photo as 0; each recall names its matching rule (vocabulary.RULES): exact is the default, ranks
 the rows and fills the batch cells. Precision and F1 (exact) are averaged over the same photos as Avg
 Recall (scikit-learn's average='samples'); each `95% low/high` is the percentile bootstrap interval over
-photos of the mean before it, `n` its photos (metrics.py). Recall vs best is the paired difference from
+photos of the mean it names, under both rules, `n` its photos (metrics.py). Recall vs best is the paired difference from
 the top row on the photos both answered; a row whose interval of it includes 0 is tied with the best."""
 FIXED_HEADERS = [header for header, _ in COLUMNS]
 _OLD_HEADERS = {"Avg Recall": "avg_recall", "Recall (all photos)": "avg_recall_all"}
@@ -253,6 +259,12 @@ class RankingRow:
     n_paired: int = 0
     tied_with_best: bool = False  # the interval of recall_vs_best includes 0
     errors: dict[str, ErrorClass] = field(default_factory=dict)  # error class -> count and one example
+    avg_recall_lenient_low: Optional[float] = None  # the lenient recalls' intervals, as the exact ones'
+    avg_recall_lenient_high: Optional[float] = None
+    n_scored_lenient: int = 0
+    avg_recall_all_lenient_low: Optional[float] = None
+    avg_recall_all_lenient_high: Optional[float] = None
+    n_with_truth_lenient: int = 0
 
     @property
     def key(self) -> str:
@@ -278,6 +290,10 @@ class RankingRow:
         self.n_with_truth = figures.recall_all.n
         self.avg_precision_low, self.avg_precision_high = figures.precision.low, figures.precision.high
         self.avg_f1_low, self.avg_f1_high = figures.f1.low, figures.f1.high
+        lenient, lenient_all = figures.recall_lenient, figures.recall_all_lenient
+        self.avg_recall_lenient_low, self.avg_recall_lenient_high, self.n_scored_lenient = lenient.low, lenient.high, lenient.n
+        self.avg_recall_all_lenient_low, self.avg_recall_all_lenient_high = lenient_all.low, lenient_all.high
+        self.n_with_truth_lenient = lenient_all.n
         self.p50_latency_ms, self.p95_latency_ms = figures.p50_latency_ms, figures.p95_latency_ms
 
     def compare_with_best(self, difference: Interval) -> None:
@@ -441,7 +457,8 @@ def photo_scores(events: Iterable[EvalEvent]) -> dict[str, dict[str, ScoredPhoto
     scores: dict[str, dict[str, ScoredPhoto]] = defaultdict(dict)
     for event in events:
         scores[event["model_key"]][photo_ref(event.get("batch_id", ""), event["photo_id"])] = ScoredPhoto(
-            recall=event.get("recall"), precision=event.get("precision"), f1=event.get("f1"), error=event.get("error"),
+            recall=event.get("recall"), recall_lenient=event.get("recall_lenient"), precision=event.get("precision"),
+            f1=event.get("f1"), error=event.get("error"),
             latency_ms=None if event.get("cached") else event.get("latency_ms"),
             tags=[] if event.get("error") else normalise_tags(event.get("tags") or []),
             truth=normalise_tags(event.get("ground_truth_tags") or []))

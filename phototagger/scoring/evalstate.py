@@ -124,7 +124,7 @@ class EvalState:
         scores: dict[str, dict[str, ScoredPhoto]] = {}
         for r in self.sample.astype({"batch_id": "object", "model_key": "object", "error": "object"}).itertuples():
             scores.setdefault(r.model_key, {})[photo_ref(r.batch_id, r.photo_id)] = ScoredPhoto(
-                recall=_num(r.recall), precision=_num(r.precision), f1=_num(r.f1),
+                recall=_num(r.recall), recall_lenient=_num(r.recall_lenient), precision=_num(r.precision), f1=_num(r.f1),
                 error=r.error if isinstance(r.error, str) else None,
                 latency_ms=None if r.cached else _num(r.latency_ms), tags=[], truth=[])
         return scores

@@ -233,6 +233,7 @@ class ScoredPhoto(TypedDict):
     """
 
     recall: Optional[float]  # None without ground truth
+    recall_lenient: Optional[float]  # None where the lenient rule has no truth left (only stop-tags)
     precision: Optional[float]
     f1: Optional[float]
     error: Optional[str]
@@ -296,6 +297,8 @@ class PhotoFigures:
 
     recall: Interval  # over valid answers on photos with ground truth
     recall_all: Interval  # over photos with ground truth, a failed call as 0
+    recall_lenient: Interval  # the two above under the lenient rule, over the photos it scores
+    recall_all_lenient: Interval
     precision: Interval
     f1: Interval
     p50_latency_ms: Optional[float]  # over calls not served from the cache
@@ -323,6 +326,8 @@ def photo_figures(photos: Mapping[str, ScoredPhoto], resamples: int = BOOTSTRAP_
     return PhotoFigures(
         recall=interval([s["recall"] for s in scored]),
         recall_all=interval([s["recall"] or 0.0 for s in with_truth]),
+        recall_lenient=interval([s["recall_lenient"] for s in scored if s["recall_lenient"] is not None]),
+        recall_all_lenient=interval([s["recall_lenient"] or 0.0 for s in ordered if s["recall_lenient"] is not None]),
         precision=interval([s["precision"] for s in scored]),
         f1=interval([s["f1"] for s in scored]),
         p50_latency_ms=percentile(timed, 50),
