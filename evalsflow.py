@@ -1,4 +1,5 @@
 """EvaluationFlow: rank the models on every batch they have tagged, as a dashboard card."""
+import time
 from pathlib import Path
 
 from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
@@ -6,9 +7,9 @@ from metaflow import Config, FlowSpec, Parameter, card, current, project, step, 
 from phototagger import mfclient
 from phototagger.output import dashboard
 from phototagger.scoring import evals, metrics
-from phototagger.scoring.evalstate import EvalState, photo_frame, to_parquet
+from phototagger.scoring.evalstate import GIVE_UP_S, EvalState, FoldedRuns, photo_frame, to_parquet
 from phototagger.scoring.vocabulary import Vocabulary, change_note, fingerprint, parse_file
-from phototagger.mfclient import CARD_TIMEOUT_S, PROMPT_FLOW, PROMPT_FLOWS, latest_successful_run, runs_of
+from phototagger.mfclient import CARD_TIMEOUT_S, PROMPT_FLOW, PROMPT_FLOWS, DatastoreBlobs, latest_successful_run, runs_of
 from phototagger.output.thumbnails import thumbnails
 
 VOCABULARY = str(Path(__file__).resolve().with_name("vocabulary.json"))
@@ -61,17 +62,20 @@ class EvaluationFlow(FlowSpec):
         previous = None if self.rebuild else latest_successful_run(current.flow_name, current.branch_name)
         if previous is None:
             mfclient.require_prompt_runs(current.branch_name)
-        self.folded_runs = list(previous.data.folded_runs) if previous else []
+        folded = previous.data.folded_runs if previous else FoldedRuns()
+        self.folded_runs = FoldedRuns.of_pathspecs(folded) if isinstance(folded, list) else folded
         if previous is None:
             self.state = EvalState()
         elif "state" in previous.data:
             self.state = previous.data.state
         else:  # a run stored before EvalState: its `events` were all of history
-            self.state = EvalState.from_events(metrics.rescore(previous.data.events, self._vocabulary()))
+            self.state = EvalState.from_events(metrics.rescore(previous.data.events, self._vocabulary()),
+                                             DatastoreBlobs(current.flow_name))
         carried = previous is not None and "skipped_models" in previous.data
         self.skipped_models = dict(previous.data.skipped_models) if carried else {}
-        print(f"Starting from {len(self.state.dates)} batches of {len(self.folded_runs)} folded runs"
-              + (f" ({previous.pathspec})." if previous else "."))
+        months = f" and {len(self.state.closed)} closed months" if self.state.closed else ""
+        print(f"Starting from {len(self.state.dates)} batches{months}"
+              + (f" of {previous.pathspec}." if previous else "."))
         self.vocabulary_fingerprint = fingerprint(self.vocabulary.to_dict())
         earlier = previous.data.vocabulary_fingerprint if previous and "vocabulary_fingerprint" in previous.data else None
         note = change_note(earlier, self.vocabulary_fingerprint)
@@ -85,12 +89,18 @@ class EvaluationFlow(FlowSpec):
         before, oldest first, score them with this flow's vocabulary, fold them into the state and store them,
         and only them, as `photo_results`; fold the models they skipped into `skipped_models`, and the models
         of failed runs that broke the error budget too (runs still going are read once they end)."""
-        folded = set(self.folded_runs)
-        new_runs = sorted(
-            (run for flow in PROMPT_FLOWS for run in runs_of(flow, current.branch_name, successful_only=False)
-             if run.pathspec not in folded and (run.successful or mfclient.run_state(flow, run.id) == "failed")),
-            key=lambda run: run.created_at,
-        )
+        listed = {run.pathspec: run for flow in PROMPT_FLOWS
+                  for run in runs_of(flow, current.branch_name, successful_only=False, created_since=self.folded_runs.horizon)}
+        unread = [run for pathspec, run in listed.items() if pathspec not in self.folded_runs]
+        new_runs = sorted((run for run in unread if run.successful or mfclient.run_state(*run.pathspec.split("/")) == "failed"),
+                          key=lambda run: run.created_at)
+        folded = {run.pathspec for run in new_runs}
+        self.folded_runs, given_up = self.folded_runs.advance(
+            {pathspec: run.created_at.timestamp() for pathspec, run in listed.items()}, folded,
+            [run.pathspec for run in unread if run.pathspec not in folded], time.time())
+        for pathspec in given_up:
+            print(f"{pathspec} has not ended in {GIVE_UP_S / 86400:.0f} days, so it is not folded: "
+                  f"run its flow again on its batch (--update-run) to count it.")
         new_events = []
         for run in new_runs:
             prompt_run = next(evals.read_runs([run]) if run.successful else evals.budget_failures([run]))
@@ -99,9 +109,8 @@ class EvaluationFlow(FlowSpec):
             new_events += prompt_run.events
             self.skipped_models = evals.fold_skipped(self.skipped_models, prompt_run)
         new_events = metrics.rescore(evals.fold_events([], new_events), self._vocabulary())
-        self.state = self.state.fold(new_events)
+        self.state = self.state.fold(new_events, store=DatastoreBlobs(current.flow_name))
         self.photo_results = to_parquet(photo_frame(new_events))
-        self.folded_runs = self.folded_runs + [run.pathspec for run in new_runs]
         self.next(self.end)
 
     @card(type="html", id="dashboard", timeout=CARD_TIMEOUT_S)

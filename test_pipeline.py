@@ -107,7 +107,7 @@ def test_baseline_loop_offline_on_demo_photos(flow_env):
     assert "card get" in out
 
     again, _ = run_flow("evalsflow.py", flow_env)
-    assert again.data.folded_runs == evals_run.data.folded_runs, "nothing new to fold"
+    assert again.data.folded_runs.runs == evals_run.data.folded_runs.runs, "nothing new to fold"
     assert again.data.state.totals == evals_run.data.state.totals and again.data.evals == evals
     assert read_parquet(again.data.photo_results).empty, "photo_results holds only the rows new in a run"
 

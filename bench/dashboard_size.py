@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_evals import ROOT, batch_events, year_state  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
+from phototagger.blobs import MemoryBlobStore  # noqa: E402
 from phototagger.output import dashboard, thumbnails  # noqa: E402
-from phototagger.scoring import evals  # noqa: E402
 from phototagger.scoring.evalstate import EvalState  # noqa: E402
 from scripts.screenshot_card import HeadlessChromium, check_card  # noqa: E402
 
@@ -38,8 +38,7 @@ def render(state: EvalState, image_dir: Path) -> str:
     rng = random.Random(0)
     for url in urls:
         Image.effect_noise((640, 480), 40 + rng.random() * 40).convert("RGB").save(url, quality=85)
-    ranking = evals.rank_totals(state.totals, state.dates)
-    return dashboard.render_dashboard(ranking, state.events, thumbs=thumbnails.thumbnails(urls))
+    return dashboard.render_dashboard(state.ranking(), state.events, thumbs=thumbnails.thumbnails(urls))
 
 
 def measure(name: str, state: EvalState, work: Path, browser: HeadlessChromium) -> bool:
@@ -58,7 +57,7 @@ def measure(name: str, state: EvalState, work: Path, browser: HeadlessChromium) 
     nodes = browser.evaluate("document.getElementsByTagName('*').length")
     mb = len(html.encode()) / 1e6
     print(f"{name}: html_mb={mb:.2f} open_s={open_s:.2f} render_s={render_s:.2f} dom_nodes={nodes} "
-          f"columns={len(evals.rank_totals(state.totals, state.dates).batches)} problems={len(check.problems)}", flush=True)
+          f"columns={len(state.ranking().batches)} problems={len(check.problems)}", flush=True)
     for problem in check.problems:
         print(f"  problem: {problem}")
     return mb < TARGET_MB and open_s < TARGET_OPEN_S and not check.problems
@@ -74,7 +73,7 @@ def main() -> None:
         work = Path(tmp)
         big = EvalState().fold(batch_events(0, args.batch_photos, image_dir="big"))
         ok = measure("batch_5000_photos", big, work, browser)
-        year = year_state(args.rounds, args.photos)
+        year = year_state(args.rounds, args.photos, MemoryBlobStore())
         for event in year.events:
             event["image_url"] = f"year/{event['photo_id']}.jpg"
         ok = measure("year_of_batches", year, work, browser) and ok

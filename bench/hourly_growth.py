@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_evals import ROOT, VOCABULARY, batch_events, year_state  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
+from phototagger.blobs import MemoryBlobStore  # noqa: E402
 FLOWS = (("UpdatePhotos", "updatephotos.py"), ("PromptModels", "promptmodels.py"), ("EvaluationFlow", "evalsflow.py"))
 
 
@@ -94,33 +95,38 @@ def report_rounds(per_round: list[dict[str, tuple[float, int]]], ks: list[int]) 
 def one_hourly_run(state_file: Path, hour: int, photos: int) -> None:
     """EvaluationFlow's library work for one run on a stored state (run in a child process for its peak RAM)."""
     from phototagger.output import dashboard
-    from phototagger.scoring import evals, metrics
+    from phototagger.scoring import metrics
     from phototagger.scoring.evalstate import photo_frame, to_parquet
     from phototagger.scoring.vocabulary import Vocabulary
 
     started = time.perf_counter()
     state = pickle.loads(state_file.read_bytes())
-    loaded = time.perf_counter()
+    store = pickle.loads(state_file.with_suffix(".store").read_bytes())  # the closed months' blobs (the datastore's)
+    loaded, blob_bytes = time.perf_counter(), store.bytes_written
     new = metrics.rescore(batch_events(hour, photos), Vocabulary.from_file(ROOT / "vocabulary.json"))
-    state = state.fold(new)
+    state = state.fold(new, store=store)
     photo_results = to_parquet(photo_frame(new))
-    ranking = evals.rank_totals(state.totals, state.dates)
+    ranking = state.ranking()
     table = ranking.table()
     html = dashboard.render_dashboard(ranking, state.events)
     stored = pickle.dumps(state)
     done = time.perf_counter()
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"run_s": round(done - started, 2), "load_s": round(loaded - started, 2), "rss_mb": round(rss_mb),
-                      "state_mb": round(len(stored) / 1e6, 2), "html_mb": round(len(html.encode()) / 1e6, 2),
+                      "state_mb": round(len(stored) / 1e6, 2),
+                      "blobs_kb_written": round((store.bytes_written - blob_bytes) / 1024, 1), "html_mb": round(len(html.encode()) / 1e6, 2),
                       "photo_results_kb": round(len(photo_results) / 1024, 1), "columns": len(table["headers"])}))
 
 
 def year_model(rounds: int, photos: int, work: Path) -> None:
     started = time.perf_counter()
-    state_file = work / "year_state.pkl"
-    state_file.write_bytes(pickle.dumps(year_state(rounds - 1, photos)))
+    state_file, store = work / "year_state.pkl", MemoryBlobStore()
+    state = year_state(rounds - 1, photos, store)
+    state_file.write_bytes(pickle.dumps(state))
+    state_file.with_suffix(".store").write_bytes(pickle.dumps(store))
     print(f"\nyear model: state of {rounds - 1} rounds x {photos} photos x 2 models built in "
-          f"{time.perf_counter() - started:.0f} s, {state_file.stat().st_size / 1e6:.2f} MB")
+          f"{time.perf_counter() - started:.0f} s, {state_file.stat().st_size / 1e6:.2f} MB: {len(state.dates)} batches "
+          f"on their own, {len(state.closed)} closed months in {store.bytes_written / 1e6:.2f} MB of blobs")
     child = subprocess.run([sys.executable, __file__, "--one-run", str(state_file), "--hour", str(rounds - 1),
                             "--photos", str(photos)], capture_output=True, text=True, check=True)
     figures = json.loads(child.stdout.strip().splitlines()[-1])

@@ -27,6 +27,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from phototagger.blobs import MemoryBlobStore  # noqa: E402
 from phototagger.ingest import state  # noqa: E402
 from phototagger.ingest.sources.demo import DemoSource  # noqa: E402
 from phototagger.prompting.providers import make_provider  # noqa: E402
@@ -50,8 +51,8 @@ def synthetic_photos(folder: Path, count: int, prefix: str) -> list[dict]:
     return photos
 
 
-def sampled_state(photos: list[dict]) -> tuple[state.MemoryBlobStore, state.IngestState]:
-    store, current = state.MemoryBlobStore(), state.empty_state()
+def sampled_state(photos: list[dict]) -> tuple[MemoryBlobStore, state.IngestState]:
+    store, current = MemoryBlobStore(), state.empty_state()
     for start in range(0, len(photos), BATCH):
         batch = {p["id"]: p for p in photos[start : start + BATCH]}
         current = state.fold_batch(store, current, batch, seed=str(start))
@@ -79,7 +80,7 @@ def demo_recall(cap: int) -> float:
     photos = DemoSource().fetch(set(), 100)
     history, queries = photos[:12], photos[12:]
     state.REFERENCE_PHOTOS = cap
-    store, current = state.MemoryBlobStore(), state.empty_state()
+    store, current = MemoryBlobStore(), state.empty_state()
     for photo in history:  # batches of one, so a cap can fall between photos
         current = state.fold_batch(store, current, {photo["id"]: photo}, seed=photo["id"])
     knn = make_provider("knn", "jec", history=state.reference_photos(store, current["reference"]), tag_stats=current["tag_stats"])
@@ -93,7 +94,7 @@ def demo_recall(cap: int) -> float:
 def stored_bytes(rounds: int, window: int = 10) -> tuple[float, int]:
     """Mean bytes one of the `window` rounds up to round `rounds` stores (state artifacts + new blobs: a round
     that seals a chunk of ids writes more than the others), and what the old design stored in the last one."""
-    store, current, history, per_round = state.MemoryBlobStore(), state.empty_state(), {}, []
+    store, current, history, per_round = MemoryBlobStore(), state.empty_state(), {}, []
     for round_no in range(rounds + 1):
         batch = {
             f"r{round_no}-{i}": {"id": f"r{round_no}-{i}", "image_url": f"https://images.example/{round_no}/{i}.jpg",

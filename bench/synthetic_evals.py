@@ -13,6 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from phototagger.blobs import BlobStore  # noqa: E402
 from phototagger.scoring import evals  # noqa: E402
 from phototagger.scoring.evalstate import DRILLDOWN_BATCHES, EvalState, fold_sample  # noqa: E402
 from phototagger.scoring.metrics import score_photo  # noqa: E402
@@ -43,9 +44,10 @@ def batch_events(hour: int, photos: int, models=MODELS, image_dir: str = "") -> 
     return out
 
 
-def year_state(rounds: int, photos: int, models=MODELS) -> EvalState:
-    """The EvalState after `rounds` hourly batches, built as folding them one by one would leave it (Totals per
-    batch, the newest batches' events, the sample), but in month-sized steps so a year takes seconds."""
+def year_state(rounds: int, photos: int, store: BlobStore, models=MODELS) -> EvalState:
+    """The EvalState after `rounds` hourly batches, built as folding them one by one into `store` would leave it
+    (the closed months archived, Totals per batch of the others, the newest batches' events, the sample), but in
+    month-sized steps so a year takes seconds."""
     state, chunk = EvalState(), []
     for hour in range(rounds):
         events = batch_events(hour, photos, models)
@@ -56,4 +58,4 @@ def year_state(rounds: int, photos: int, models=MODELS) -> EvalState:
             state.sample = fold_sample(state.sample, chunk)
             chunk = []
     state.events = [e for hour in range(max(0, rounds - DRILLDOWN_BATCHES), rounds) for e in batch_events(hour, photos, models)]
-    return state
+    return state.archive(store)

@@ -126,8 +126,9 @@ def branch_tag(branch: str) -> str:
     return f"project_branch:{branch}"
 
 
-def runs_of(flow_name: str, branch: Optional[str], successful_only: bool = True) -> Iterator[Run]:
-    """Runs of `flow_name`, newest first, limited to `branch` (a Metaflow @project branch name).
+def runs_of(flow_name: str, branch: Optional[str], successful_only: bool = True, created_since: float = 0.0) -> Iterator[Run]:
+    """Runs of `flow_name`, newest first, limited to `branch` (a Metaflow @project branch name) and to the runs
+    created at or after `created_since` (unix seconds).
 
     Looks across namespaces so runs made by Argo or another user on the same branch are found.
     """
@@ -138,6 +139,8 @@ def runs_of(flow_name: str, branch: Optional[str], successful_only: bool = True)
         return
     tags = [branch_tag(branch)] if branch else []
     for run in flow.runs(*tags):
+        if run.created_at.timestamp() < created_since:
+            return
         if not successful_only or run.successful:
             yield run
 

@@ -6,10 +6,11 @@ import re
 
 import pandas as pd
 
+from phototagger.blobs import MemoryBlobStore
 from phototagger.output.dashboard import render_dashboard
 from phototagger.scoring import evals, metrics
-from phototagger.scoring.evalstate import (DRILLDOWN_BATCHES, EvalState, photo_frame, photo_hash, photo_results,
-                                           read_parquet, to_parquet)
+from phototagger.scoring.evalstate import (DRILLDOWN_BATCHES, GIVE_UP_S, SETTLE_S, EvalState, FoldedRuns, photo_frame,
+                                           photo_hash, photo_results, read_parquet, to_parquet)
 from phototagger.scoring.vocabulary import Vocabulary
 from tests.test_evals import event
 
@@ -81,6 +82,87 @@ def test_a_rerun_replaces_the_batch_figures_whether_its_events_are_kept_or_not()
                                                                              evals.batch_dates(expected))
     assert again.intervals == {key: i for key, i in evals.batch_intervals(expected).items() if key in again.intervals}
     assert {e["source_run"] for e in again.events if e["batch_id"] == str(1000 + newest)} == {"8"}
+
+
+def closed_keys(ranking: evals.Ranking) -> set[str]:
+    return {c["batch_id"] for c in ranking.batches if evals.is_closed_column(c["batch_id"])}
+
+
+def test_closed_months_move_to_the_store_and_the_ranking_stays_that_of_all_events():
+    plain, everything = fold_batches(120)
+    archived, _ = fold_batches(120, store=MemoryBlobStore())
+    assert archived.ranking() == plain.ranking()
+    assert set(archived.closed) == closed_keys(plain.ranking()) == {"month:2024-01", "month:2024-02", "month:2024-03"}
+    assert not closed_keys(evals.rank_totals(archived.totals, archived.dates)), "no closed batch is left in the totals"
+    assert len(archived.dates) <= evals.NEWEST_BATCHES + 7 * evals.WEEKLY_ROLLUPS
+    assert len(archived.totals) == len(archived.dates) * len(MODELS)
+    assert archived.events == plain.events and archived.sample.equals(plain.sample)
+
+
+def test_with_a_store_the_state_and_the_writes_stay_bounded_by_a_month():
+    store, state, written = MemoryBlobStore(), EvalState(), []
+    for b in range(300):
+        state = state.fold(batch(b), store=store, sample_size=100)
+        written.append(store.bytes_written - sum(written))
+        if b == 99:
+            at_100 = len(pickle.dumps(state))
+    assert len(pickle.dumps(state)) < 1.3 * at_100
+    assert len(state.dates) <= evals.NEWEST_BATCHES + 7 * evals.WEEKLY_ROLLUPS
+    assert sum(1 for w in written if w) <= 300 // 7 + 2, "a closed month gets a part when a week joins it"
+    assert max(len(pickle.loads(blob).dates) for blob in store.blobs.values()) <= 7, "a part holds a week at most"
+    assert sum(len(month["parts"]) for month in state.closed.values()) == len(store.blobs), "each written once"
+
+
+def test_a_rerun_of_a_batch_in_a_closed_month_mends_its_part():
+    store = MemoryBlobStore()
+    archived, _ = fold_batches(120, store=store)
+    plain, _ = fold_batches(120)
+    rerun = batch(0, seed=1, run="8") + batch(119, seed=1, run="8")
+    again = archived.fold(rerun, store=store)
+    expected = [e for b in range(1, 119) for e in batch(b)] + rerun
+    assert evals.rank_totals(again.totals, again.dates, closed=again.closed_columns()) == evals.rank_totals(
+        evals.batch_totals(expected), evals.batch_dates(expected))
+    assert again.ranking() == plain.fold(rerun).ranking()
+    assert "1000" not in again.dates and again.closed["month:2024-01"] != archived.closed["month:2024-01"]
+
+
+HOUR = 3600.0
+
+
+def hourly_runs(hours: int) -> dict[str, float]:
+    return {f"PromptModels/{h}": h * HOUR for h in range(hours)}
+
+
+def test_folded_runs_keep_only_the_runs_since_the_horizon_an_hour_back():
+    folded, listed = FoldedRuns(), {}
+    for hour in range(200):
+        listed = {p: t for p, t in hourly_runs(hour + 1).items() if t >= folded.horizon}
+        new = [p for p in listed if p not in folded]
+        assert new == [f"PromptModels/{hour}"], "each run is read once"
+        folded, given_up = folded.advance(listed, new, [], now=hour * HOUR + 60)
+        assert not given_up
+    assert folded.horizon == 199 * HOUR + 60 - SETTLE_S
+    assert sorted(folded.runs) == ["PromptModels/199"]
+    assert len(listed) <= 2, "a collect lists about an hour of runs, not all of them"
+
+
+def test_a_run_still_going_holds_the_horizon_back_until_it_is_given_up():
+    listed = hourly_runs(3)
+    folded, _ = FoldedRuns().advance(listed, ["PromptModels/0", "PromptModels/2"], ["PromptModels/1"], now=3 * HOUR)
+    assert folded.horizon == 1 * HOUR and "PromptModels/1" not in folded and "PromptModels/2" in folded
+    later = {**listed, "PromptModels/9": 9 * HOUR}
+    folded, _ = folded.advance(later, ["PromptModels/1", "PromptModels/9"], [], now=10 * HOUR)
+    assert folded.horizon == 9 * HOUR and sorted(folded.runs) == ["PromptModels/9"]
+    stuck, given_up = FoldedRuns().advance(listed, ["PromptModels/0"], ["PromptModels/1"], now=HOUR + GIVE_UP_S + 1)
+    assert given_up == ["PromptModels/1"] and stuck.horizon == 1 + HOUR
+
+
+def test_a_folded_list_stored_before_folded_runs_gets_its_times_on_the_next_collect():
+    legacy = FoldedRuns.of_pathspecs(["PromptModels/0", "PromptModels/1"])
+    assert "PromptModels/1" in legacy and legacy.horizon == 0
+    listed = hourly_runs(3)
+    folded, _ = legacy.advance(listed, ["PromptModels/2"], [], now=2 * HOUR + 60)
+    assert folded.runs == {"PromptModels/2": 2 * HOUR}
 
 
 def test_batch_columns_are_the_newest_batches_then_weekly_then_monthly_rollups():

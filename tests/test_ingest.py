@@ -16,6 +16,7 @@ from markupsafe import escape
 import pytest
 from PIL import Image
 
+from phototagger.blobs import MemoryBlobStore
 from phototagger.ingest import batches, state
 from phototagger.output import run_card
 from phototagger.records import Photo
@@ -43,14 +44,14 @@ def previous_run(store, unseen: dict, before=None, batch_id: str = "1") -> batch
 
 
 def test_first_run_delivers_everything_it_fetched():
-    before = batches.delivered_before(state.MemoryBlobStore(), None)
-    batch = batches.plan_batch(state.delivered_ids(state.MemoryBlobStore(), before["delivered"]), [photo("a", "cat"), photo("b")])
+    before = batches.delivered_before(MemoryBlobStore(), None)
+    batch = batches.plan_batch(state.delivered_ids(MemoryBlobStore(), before["delivered"]), [photo("a", "cat"), photo("b")])
 
     assert list(batch.unseen) == ["a", "b"] and batch.delivered_before == 0
 
 
 def test_next_run_skips_the_previous_batch_and_what_came_before_it():
-    store = state.MemoryBlobStore()
+    store = MemoryBlobStore()
     first = batches.delivered_before(store, previous_run(store, {"a": photo("a", "cat")}))
     before = batches.delivered_before(store, previous_run(store, {"b": photo("b")}, first, "2"))
     delivered = state.delivered_ids(store, before["delivered"])
@@ -61,7 +62,7 @@ def test_next_run_skips_the_previous_batch_and_what_came_before_it():
 
 
 def test_reset_starts_from_an_empty_state():
-    store = state.MemoryBlobStore()
+    store = MemoryBlobStore()
     assert batches.delivered_before(store, previous_run(store, {"b": photo("b")}), reset=True) == state.empty_state()
 
 
@@ -82,7 +83,7 @@ def test_previous_state_reads_the_runs_artifacts():
 
 
 def test_a_run_from_before_the_chunked_state_has_its_history_folded_in_once():
-    store = state.MemoryBlobStore()
+    store = MemoryBlobStore()
     data = {"history": {"a": photo("a", "cat")}, "unseen": {"b": photo("b", "dog")}, "batch_id": "7"}
     run = SimpleNamespace(data=RunData(data))
     before = batches.delivered_before(store, batches.previous_state(run))

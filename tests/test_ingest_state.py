@@ -5,6 +5,7 @@ import pickle
 
 import pytest
 
+from phototagger.blobs import MemoryBlobStore
 from phototagger.ingest import state
 from phototagger.records import Photo
 
@@ -16,7 +17,7 @@ def photo(photo_id: str, *tags: str) -> Photo:
 KEY_BYTES = 48  # one more sealed chunk's key in the pickled `delivered`
 
 
-def rounds(store: state.MemoryBlobStore, count: int, batch_size: int = 10, tags: tuple[str, ...] = ()) -> list[tuple[int, int]]:
+def rounds(store: MemoryBlobStore, count: int, batch_size: int = 10, tags: tuple[str, ...] = ()) -> list[tuple[int, int]]:
     """Fold `count` batches; per round, the bytes it stores (`delivered` and new blobs) and the pickled state's size."""
     current, stored = state.empty_state(), []
     for round_no in range(count):
@@ -29,7 +30,7 @@ def rounds(store: state.MemoryBlobStore, count: int, batch_size: int = 10, tags:
 
 def test_a_run_stores_no_more_ids_after_many_runs_than_after_a_few(monkeypatch):
     monkeypatch.setattr(state, "CHUNK_IDS", 40)
-    stored = rounds(state.MemoryBlobStore(), 60)
+    stored = rounds(MemoryBlobStore(), 60)
 
     # Four batches of 10 fill a chunk, so the 2nd and the 58th run are in the same phase: they store the
     # same ids, the 58th lists 14 more sealed chunks (a key each), and no run stores more than the first ones did.
@@ -39,7 +40,7 @@ def test_a_run_stores_no_more_ids_after_many_runs_than_after_a_few(monkeypatch):
 
 def test_sealed_chunks_are_written_once_and_hold_every_id(monkeypatch):
     monkeypatch.setattr(state, "CHUNK_IDS", 8)
-    store = state.MemoryBlobStore()
+    store = MemoryBlobStore()
     current = state.empty_state()
     for round_no in range(10):
         current = state.fold_batch(store, current, {f"p{round_no}-{i}": photo(f"p{round_no}-{i}") for i in range(3)})
@@ -50,7 +51,7 @@ def test_sealed_chunks_are_written_once_and_hold_every_id(monkeypatch):
 
 
 def test_tag_stats_count_every_tagged_photo_without_keeping_them():
-    current = state.fold_batch(state.MemoryBlobStore(), state.empty_state(), {"a": photo("a", "Cat", "sky"), "b": photo("b", "sky"), "c": photo("c")})
+    current = state.fold_batch(MemoryBlobStore(), state.empty_state(), {"a": photo("a", "Cat", "sky"), "b": photo("b", "sky"), "c": photo("c")})
 
     assert current["tag_stats"] == {"photos": 2, "tags": {"cat": 1, "sky": 2}, "sizes": {2: 1, 1: 1}}
 
@@ -58,7 +59,7 @@ def test_tag_stats_count_every_tagged_photo_without_keeping_them():
 @pytest.mark.parametrize("batch_size", [10, 60])
 def test_the_reference_sample_stays_near_its_cap_and_state_size_stops_growing(monkeypatch, batch_size):
     monkeypatch.setattr(state, "REFERENCE_PHOTOS", 100)
-    store = state.MemoryBlobStore()
+    store = MemoryBlobStore()
     stored = rounds(store, 80, batch_size, tags=("sky",))
     current = state.empty_state()
     for round_no in range(80):

@@ -14,46 +14,17 @@ A run folds the previous run's batch into the previous run's state; it never rea
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections import Counter
-from typing import Mapping, Optional, Protocol, Sequence, TypedDict
+from typing import Mapping, Optional, TypedDict
 
+from phototagger.blobs import BlobStore
 from phototagger.records import Photo
 from phototagger.scoring.tags import normalise_tags
 
 CHUNK_IDS = 1024  # ids per sealed chunk: bounds the tail a run rewrites (~20 KB) and the keys it lists
 REFERENCE_PHOTOS = 150  # about this many earlier photos in knn's sample: bench/knn_history.py measures time and recall against it
-
-
-class BlobStore(Protocol):
-    """Content-addressed blobs: `save` returns one key per blob and skips a blob already stored."""
-
-    def save(self, blobs: Sequence[bytes]) -> list[str]: ...
-
-    def load(self, keys: Sequence[str]) -> list[bytes]: ...
-
-
-class MemoryBlobStore:
-    """A BlobStore in a dict that counts the bytes it writes (tests, benchmarks)."""
-
-    def __init__(self) -> None:
-        self.blobs: dict[str, bytes] = {}
-        self.bytes_written = 0
-
-    def save(self, blobs: Sequence[bytes]) -> list[str]:
-        keys = []
-        for blob in blobs:
-            key = hashlib.sha1(blob).hexdigest()
-            if key not in self.blobs:
-                self.blobs[key] = blob
-                self.bytes_written += len(blob)
-            keys.append(key)
-        return keys
-
-    def load(self, keys: Sequence[str]) -> list[bytes]:
-        return [self.blobs[key] for key in keys]
 
 
 class Delivered(TypedDict):

@@ -418,6 +418,48 @@ def _rollup(batch_date: str, weekly: bool) -> tuple[str, str]:
     return f"month:{day:%Y-%m}", f"month {day:%Y-%m}"
 
 
+def is_closed_column(column_key: str) -> bool:
+    """Whether a batch in this column stays in it for good: a month's or the undated column (a batch only
+    moves on, from its own column to a week's to a month's, as newer batches come)."""
+    return column_key.startswith("month:") or column_key == "undated"
+
+
+def _rollup_label(column_key: str) -> str:
+    return column_key.replace(":", " ", 1)
+
+
+@dataclass
+class ClosedColumn:
+    """A closed column (is_closed_column) summed up: what EvaluationFlow keeps of a month in its state once it no
+    longer keeps the month's batches one by one (evalstate archives them)."""
+
+    key: str  # "month:2024-05" or "undated"
+    first_date: str  # the date of its oldest batch
+    batches: int
+    photos: int  # photos over its batches (each batch's most any row answered, as rank_totals counts)
+    totals: dict[str, Totals]  # row key -> the Totals of all its batches
+
+    def __add__(self, other: ClosedColumn) -> ClosedColumn:
+        """The column of both sets of batches (disjoint, of the same key)."""
+        totals = defaultdict(Totals, self.totals)
+        for row, t in other.totals.items():
+            totals[row] += t
+        return ClosedColumn(key=self.key, first_date=min(filter(None, (self.first_date, other.first_date)), default=""),
+                            batches=self.batches + other.batches, photos=self.photos + other.photos, totals=dict(totals))
+
+
+def closed_column(key: str, totals: Mapping[tuple[str, str], Totals], dates: Mapping[str, str]) -> ClosedColumn:
+    """The ClosedColumn `key` of these Totals per (row key, batch id) and their batches' `dates`."""
+    by_row: dict[str, Totals] = defaultdict(Totals)
+    photos: dict[str, int] = defaultdict(int)
+    for (row, batch_id), t in totals.items():
+        by_row[row] += t
+        photos[batch_id] = max(photos[batch_id], t.photos)
+    ordered = ordered_batches(dates)
+    return ClosedColumn(key=key, first_date=ordered[0][1] if ordered else "", batches=len(ordered),
+                        photos=sum(photos.values()), totals=dict(by_row))
+
+
 def columns(dates: Mapping[str, str], newest: int = NEWEST_BATCHES,
             weeks: int = WEEKLY_ROLLUPS) -> tuple[list[BatchInfo], dict[str, str]]:
     """The ranking's batch columns, oldest first, and the column key of every batch.
@@ -494,6 +536,7 @@ def rank_totals(totals: Mapping[tuple[str, str], Totals], dates: Mapping[str, st
                 intervals: Optional[Mapping[tuple[str, str], Interval]] = None,
                 examples: Optional[Mapping[str, Mapping[str, str]]] = None,
                 skipped: Optional[Mapping[str, SkippedModel]] = None,
+                closed: Iterable[ClosedColumn] = (),
                 newest: int = NEWEST_BATCHES, weeks: int = WEEKLY_ROLLUPS) -> Ranking:
     """One row per (model, prompt variant) over all batches, best Avg Recall (exact) first, from the Totals
     per (row key, batch):
@@ -501,8 +544,9 @@ def rank_totals(totals: Mapping[tuple[str, str], Totals], dates: Mapping[str, st
     exactly the figures of all the events behind them. A single batch's cell shows its interval from
     `intervals` (batch_intervals; a roll-up has none), each row's error classes carry their example
     message from `examples` (error_examples), and `skipped` lists the configured models (by model key)
-    not run. What needs answers photo by photo comes after, from add_photo_figures."""
-    cols, column_of = columns(dates, newest, weeks)
+    not run. The `closed` columns (months whose batches the state keeps summed up) come first, merged with a
+    live column of the same key. What needs answers photo by photo comes after, from add_photo_figures."""
+    live, column_of = columns(dates, newest, weeks)
     overall: dict[str, Totals] = defaultdict(Totals)
     per_column: dict[str, dict[str, Totals]] = defaultdict(lambda: defaultdict(Totals))
     photos_per_batch: dict[str, int] = defaultdict(int)
@@ -510,6 +554,22 @@ def rank_totals(totals: Mapping[tuple[str, str], Totals], dates: Mapping[str, st
         overall[key] += t
         per_column[key][column_of[batch_id]] += t
         photos_per_batch[batch_id] = max(photos_per_batch[batch_id], t.photos)
+    closed = sorted(closed, key=lambda c: (c.first_date, c.key))
+    merged: dict[str, BatchInfo] = {}
+    for column in closed:
+        merged[column.key] = BatchInfo(batch_id=column.key, batch_date=column.first_date,
+                                       label=_rollup_label(column.key), batches=column.batches)
+        for key, t in column.totals.items():
+            overall[key] += t
+            per_column[key][column.key] += t
+    for col in live:
+        if col["batch_id"] in merged:
+            first = merged[col["batch_id"]]
+            merged[col["batch_id"]] = BatchInfo(batch_id=first["batch_id"], batch_date=min(first["batch_date"], col["batch_date"]),
+                                                label=first["label"], batches=first["batches"] + col["batches"])
+        else:
+            merged[col["batch_id"]] = col
+    cols = list(merged.values())
     ranked = sorted(((key, t.summary()) for key, t in overall.items()), key=_rank_key)
     intervals, examples = intervals or {}, examples or {}
     rows = []
@@ -521,7 +581,7 @@ def rank_totals(totals: Mapping[tuple[str, str], Totals], dates: Mapping[str, st
         row.errors = {error: ErrorClass(count=count, example=examples.get(key, {}).get(error, ""))
                       for error, count in sorted(overall[key].error_classes.items())}
         rows.append(row)
-    return Ranking(rows=rows, batches=cols, photos=sum(photos_per_batch.values()),
+    return Ranking(rows=rows, batches=cols, photos=sum(photos_per_batch.values()) + sum(c.photos for c in closed),
                    calls=sum(t.photos for t in overall.values()), errored_calls=sum(t.errors for t in overall.values()),
                    skipped=dict(skipped or {}))
 

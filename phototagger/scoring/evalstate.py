@@ -8,27 +8,35 @@ An hourly EvaluationFlow must not load and store every event ever (a year of hou
 - `events`: the per-photo events of the newest DRILLDOWN_BATCHES batches only, for the drill-down;
 - `sample`: a bounded per-photo score sample (below), for confidence intervals and paired comparisons;
 - `intervals`: the Avg Recall interval per (row, batch) of the newest batches (those with a ranking column of
-  their own), computed when that batch's totals are.
+  their own), computed when that batch's totals are;
+- `closed`: the months whose batches are all in a month's roll-up column for good (evals.is_closed_column),
+  summed per row (evals.ClosedColumn). Folded with a blob store, as EvaluationFlow does, the batches that
+  join a closed month (a week's, about once a week) leave `totals` and `dates` for one blob in the store,
+  written once, so the state holds about a month of batches plus one summary per month.
 Events come in scored (EvaluationFlow scores them with its vocabulary first), so the totals hold the
 scores of the vocabulary in force when each answer was folded.
 Every photo's full result goes out once, in the run that folded it, as the `photo_results` artifact
 (Parquet bytes of `photo_frame`); `photo_results` reads a branch's runs back into one DataFrame.
 
 A rerun of a prompt flow over a batch replaces that batch's figures: photo by photo for the batches
-whose events are kept, and as a whole (model, batch) total for older ones.
+whose events are kept, and as a whole (model, batch) total for older ones, a closed month's too (its blob
+part is read, mended and written again).
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import pickle
+from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional, TypedDict
 
 import pandas as pd
 
-from phototagger.scoring.evals import (NEWEST_BATCHES, EvalEvent, Ranking, SkippedModel, add_photo_figures, batch_dates,
-                                       batch_intervals, batch_totals, error_examples, fold_events, ordered_batches,
-                                       photo_ref, photo_scores, rank_totals)
+from phototagger.blobs import BlobStore
+from phototagger.scoring.evals import (NEWEST_BATCHES, ClosedColumn, EvalEvent, Ranking, SkippedModel, add_photo_figures,
+                                       batch_dates, batch_intervals, batch_totals, closed_column, columns, error_examples,
+                                       fold_events, is_closed_column, ordered_batches, photo_ref, photo_scores, rank_totals)
 from phototagger.scoring.metrics import Interval, ScoredPhoto, Totals
 
 DRILLDOWN_BATCHES = 3
@@ -44,6 +52,44 @@ PHOTO_COLUMNS = ("batch_id", "batch_date", "photo_id", "model_key", "provider", 
                  "precision_lenient", "f1_lenient", "latency_ms", "cached", "prompt_tokens",
                  "completion_tokens", "cost_usd", "image_url", "raw", "source_flow", "source_run")
 """The `photo_results` columns first in a frame; fields an event has beyond them follow."""
+
+
+SETTLE_S = 3600.0
+"""A prompt run created more than this long ago, and ended, is settled: EvaluationFlow lists runs from the oldest
+unsettled one on (the margin covers a run that shows up late and clocks that differ)."""
+GIVE_UP_S = 7 * 24 * 3600.0
+"""A prompt run still going after this long no longer holds the horizon back: it is reported and never folded."""
+
+
+@dataclass
+class FoldedRuns:
+    """Which prompt runs EvaluationFlow has folded, bounded by the runs of the last hour or so, not of all time.
+
+    Every run created before `horizon` (unix seconds) is settled: folded, or given up on; `runs` holds the
+    ones folded since (pathspec -> created at). A run still going holds the horizon back, for up to GIVE_UP_S.
+    """
+
+    horizon: float = 0.0
+    runs: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of_pathspecs(cls, pathspecs: Iterable[str]) -> FoldedRuns:
+        """What an EvaluationFlow run that stored a plain list of every folded run becomes: its runs get their
+        times when the next collect lists them all again."""
+        return cls(horizon=0.0, runs=dict.fromkeys(pathspecs, 0.0))
+
+    def __contains__(self, pathspec: object) -> bool:
+        return pathspec in self.runs
+
+    def advance(self, listed: Mapping[str, float], folded: Iterable[str], pending: Iterable[str],
+                now: float) -> tuple[FoldedRuns, list[str]]:
+        """These runs once a collect has seen `listed` (every run created since `horizon`: pathspec -> created at),
+        folded `folded` and left `pending` (not ended) for later; and the pending runs it gives up on."""
+        pending = [p for p in pending if p in listed]
+        horizon = max(self.horizon, now - GIVE_UP_S, min([listed[p] for p in pending] + [now - SETTLE_S]))
+        done = set(self.runs) | set(folded)
+        given_up = sorted(p for p in pending if listed[p] < horizon)
+        return FoldedRuns(horizon=horizon, runs={p: t for p, t in listed.items() if p in done and t >= horizon}), given_up
 
 
 def photo_hash(photo_id: str) -> int:
@@ -82,6 +128,36 @@ def fold_sample(sample: pd.DataFrame, events: Iterable[EvalEvent], size: int = S
     return both.reset_index(drop=True).astype({"batch_id": "category", "model_key": "category", "error": "category"})
 
 
+class ArchivedMonth(TypedDict):
+    column: ClosedColumn  # the month summed up, as the ranking shows it
+    parts: list[str]  # keys of its MonthPart blobs in the flow's blob store
+
+
+@dataclass
+class MonthPart:
+    """Batches that joined a closed month together, one by one, as a blob: what a rerun of one of them mends."""
+
+    dates: dict[str, str] = field(default_factory=dict)  # batch_id -> batch_date
+    totals: dict[tuple[str, str], Totals] = field(default_factory=dict)  # (row key, batch id) -> Totals
+
+    @classmethod
+    def load(cls, store: BlobStore, key: str) -> MonthPart:
+        return pickle.loads(store.load([key])[0])
+
+    def save(self, store: BlobStore) -> str:
+        key, = store.save([pickle.dumps(self)])
+        return key
+
+    def column(self, column_key: str) -> ClosedColumn:
+        return closed_column(column_key, self.totals, self.dates)
+
+
+def _column_key(batch_date: str) -> str:
+    """The closed column a batch of `batch_date` ends in."""
+    _, column_of = columns({"": batch_date}, newest=0, weeks=0)
+    return column_of[""]
+
+
 @dataclass
 class EvalState:
     """EvaluationFlow's state: Totals per (row, batch), the drill-down batches' events, the score sample."""
@@ -94,16 +170,21 @@ class EvalState:
     (NaN where a model had none; latency NaN for a cached answer, as metrics leaves it out). For the
     paired figures of two rows, `paired("recall")` gives one column per row key over the same photos."""
     intervals: dict[tuple[str, str], Interval] = field(default_factory=dict)  # (row key, newest batch id) -> recall interval
+    closed: dict[str, ArchivedMonth] = field(default_factory=dict)  # closed column key -> its summary and blob
 
     @classmethod
-    def from_events(cls, events: Iterable[EvalEvent]) -> EvalState:
+    def from_events(cls, events: Iterable[EvalEvent], store: Optional[BlobStore] = None) -> EvalState:
         """The state of all `events` at once: what an EvaluationFlow run stored before EvalState existed becomes."""
-        return cls().fold(events)
+        return cls().fold(events, store)
 
-    def fold(self, new: Iterable[EvalEvent], drilldown_batches: int = DRILLDOWN_BATCHES,
+    def fold(self, new: Iterable[EvalEvent], store: Optional[BlobStore] = None, drilldown_batches: int = DRILLDOWN_BATCHES,
              sample_size: int = SAMPLE_SIZE) -> EvalState:
-        """This state with the `new` (scored) events folded in, the latest answer per (row, photo, batch) winning."""
+        """This state with the `new` (scored) events folded in, the latest answer per (row, photo, batch) winning;
+        with a `store`, the closed months are then archived into it (`archive`)."""
         new = fold_events([], new)
+        closed, reruns = self._closed_reruns(new, store)
+        if reruns:
+            new = [e for e in new if str(e.get("batch_id", "")) not in reruns]
         dates = {**self.dates, **{b: d for b, d in batch_dates(new).items() if b not in self.dates}}
         newest = ordered_batches(dates)[-drilldown_batches:] if drilldown_batches else []
         shown = {batch_id for batch_id, _ in newest}
@@ -115,8 +196,56 @@ class EvalState:
         columns = {batch_id for batch_id, _ in ordered_batches(dates)[-NEWEST_BATCHES:]}
         intervals = {key: interval for key, interval in {**self.intervals, **batch_intervals(older),
                                                           **batch_intervals(events)}.items() if key[1] in columns}
-        return EvalState(dates=dates, totals=totals, events=events, sample=fold_sample(self.sample, new, sample_size),
-                         intervals=intervals)
+        state = EvalState(dates=dates, totals=totals, events=events, intervals=intervals, closed=closed,
+                          sample=fold_sample(self.sample, [*new, *(e for rerun in reruns.values() for e in rerun)], sample_size))
+        return state.archive(store) if store is not None else state
+
+    def _closed_reruns(self, new: list[EvalEvent], store: Optional[BlobStore]) -> tuple[dict[str, ArchivedMonth], dict[str, list[EvalEvent]]]:
+        """The closed months with the reruns of their batches among `new` folded in, and those reruns by batch id:
+        a batch the state no longer keeps on its own that one of its closed month's parts holds."""
+        closed, reruns = dict(self.closed), {}
+        archived = {b: d for b, d in batch_dates(new).items() if b not in self.dates and _column_key(d) in self.closed}
+        if not archived or store is None:
+            return closed, reruns
+        by_month: dict[str, list[str]] = defaultdict(list)
+        for batch_id, batch_date in archived.items():
+            by_month[_column_key(batch_date)].append(batch_id)
+        for key, batch_ids in by_month.items():
+            parts, mended = [MonthPart.load(store, part) for part in self.closed[key]["parts"]], False
+            for part in parts:
+                rerun = [e for e in new if str(e.get("batch_id", "")) in set(batch_ids) & set(part.dates)]
+                if rerun:
+                    part.totals.update(batch_totals(rerun))
+                    reruns.update({b: [e for e in rerun if str(e.get("batch_id", "")) == b] for b in batch_dates(rerun)})
+                    mended = True
+            if mended:
+                closed[key] = ArchivedMonth(column=sum((part.column(key) for part in parts[1:]), parts[0].column(key)),
+                                            parts=[part.save(store) for part in parts])
+        return closed, reruns
+
+    def archive(self, store: BlobStore) -> EvalState:
+        """This state with every batch whose ranking column is closed (a month's, for good) moved out of `totals`
+        and `dates` into a new blob of its month in `store`, the month kept as one summary in `closed`."""
+        _, column_of = columns(self.dates)
+        leaving: dict[str, list[str]] = defaultdict(list)
+        for batch_id, key in column_of.items():
+            if is_closed_column(key):
+                leaving[key].append(batch_id)
+        if not leaving:
+            return self
+        closed, totals, dates = dict(self.closed), dict(self.totals), dict(self.dates)
+        for key, batch_ids in leaving.items():
+            gone = set(batch_ids)
+            part = MonthPart(dates={b: dates.pop(b) for b in batch_ids},
+                             totals={k: totals.pop(k) for k in [k for k in totals if k[1] in gone]})
+            before = closed.get(key)
+            closed[key] = ArchivedMonth(column=before["column"] + part.column(key) if before else part.column(key),
+                                        parts=[*(before["parts"] if before else []), part.save(store)])
+        return EvalState(dates=dates, totals=totals, events=self.events, sample=self.sample, intervals=self.intervals,
+                         closed=closed)
+
+    def closed_columns(self) -> list[ClosedColumn]:
+        return [month["column"] for month in self.closed.values()]
 
     def photo_scores(self) -> dict[str, dict[str, ScoredPhoto]]:
         """evals.photo_scores of the sampled photos (row key -> photo_ref -> ScoredPhoto), for the intervals,
@@ -134,7 +263,7 @@ class EvalState:
         intervals, percentiles and paired comparisons from the sample, error examples and the per-tag view
         from the newest batches' events."""
         ranking = rank_totals(self.totals, self.dates, intervals=self.intervals, examples=error_examples(self.events),
-                              skipped=skipped)
+                              skipped=skipped, closed=self.closed_columns())
         return add_photo_figures(ranking, self.photo_scores(), photo_scores(self.events))
 
     def paired(self, score: str = "recall", valid_only: bool = True) -> pd.DataFrame:
