@@ -70,7 +70,7 @@ class EvaluationFlow(FlowSpec):
             self.state = previous.data.state
         else:  # a run stored before EvalState: its `events` were all of history
             self.state = EvalState.from_events(metrics.rescore(previous.data.events, self._vocabulary()),
-                                             DatastoreBlobs(current.flow_name))
+                                               DatastoreBlobs(current.flow_name))
         carried = previous is not None and "skipped_models" in previous.data
         self.skipped_models = dict(previous.data.skipped_models) if carried else {}
         months = f" and {len(self.state.closed)} closed months" if self.state.closed else ""
@@ -109,7 +109,7 @@ class EvaluationFlow(FlowSpec):
             new_events += prompt_run.events
             self.skipped_models = evals.fold_skipped(self.skipped_models, prompt_run)
         new_events = metrics.rescore(evals.fold_events([], new_events), self._vocabulary())
-        self.state = self.state.fold(new_events, store=DatastoreBlobs(current.flow_name))
+        self.state = self.state.attach(DatastoreBlobs(current.flow_name)).fold(new_events)
         self.photo_results = to_parquet(photo_frame(new_events))
         self.next(self.end)
 
@@ -118,7 +118,7 @@ class EvaluationFlow(FlowSpec):
     def end(self):
         """Rank the models, store the ranking as `ranking` and as the `evals` table, fetch the thumbnails the
         drill-down shows, and render the dashboard into `html`, which the html card shows as it is."""
-        ranking = self.state.ranking(skipped=self.skipped_models)
+        ranking = self.state.attach(DatastoreBlobs(current.flow_name)).ranking(skipped=self.skipped_models)
         self.ranking = ranking.to_dict()
         self.evals = ranking.table()
         self.per_tag = ranking.per_tag

@@ -15,7 +15,7 @@ from metaflow import Config, FlowSpec, Parameter, current, project, resources, s
 
 from phototagger.prompting import fanout
 from phototagger.prompting.batch import DEFAULT_MODEL_DEADLINE_S
-from phototagger.prompting.budget import DEFAULT_MAX_ERROR_SHARE, ErrorBudget
+from phototagger.prompting.budget import DEFAULT_MAX_ERROR_SHARE, ErrorBudget, raise_if_broken
 from phototagger.prompting.configs import prompt_config
 from phototagger.prompting.summary import run_summary_lines
 from phototagger.prompting.variants import prompt_variants, trained_variants, variants_config
@@ -137,11 +137,9 @@ class PromptCustomModels(FlowSpec):
     @step
     def end(self):
         """Print the summary, and fail clearly past the error budget."""
-        results = self.models_eval["results"]
-        budget = ErrorBudget(self.max_error_share)
         for line in run_summary_lines(self.models_eval, self.summaries, self.skipped_models, failed=bool(self.budget_errors)):
             print(line)
-        budget.raise_if_broken(results)
+        raise_if_broken(self.budget_errors)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from phototagger.ingest.state import reference_photos
 from phototagger.output.run_card import render_run_card
 from phototagger.prompting import fanout
 from phototagger.prompting.batch import DEFAULT_CONCURRENCY, DEFAULT_MODEL_DEADLINE_S, PromptSettings, prompt_photos
-from phototagger.prompting.budget import DEFAULT_MAX_ERROR_SHARE, ErrorBudget
+from phototagger.prompting.budget import DEFAULT_MAX_ERROR_SHARE, ErrorBudget, raise_if_broken
 from phototagger.prompting.providers import provider_class
 from phototagger.prompting.cache import make_cache
 from phototagger.prompting.configs import ModelSkipped, make_prompter, model_list_config, prompt_config, select_models, skipped_models
@@ -165,7 +165,7 @@ class PromptModels(FlowSpec):
         for line in lines:
             print(line)
         self.html = render_run_card("PromptModels", lines)
-        ErrorBudget(self.max_error_share).raise_if_broken(self.models_eval["results"])
+        raise_if_broken(self.budget_errors)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """How big the dashboard gets and how long Chromium takes to open it, for a huge batch and for a year of batches.
 
-Two dashboards, each rendered as EvaluationFlow renders it (rank_totals, the drill-down's thumbnails,
+Two dashboards, each rendered as EvaluationFlow renders it (EvalState.ranking, the drill-down's thumbnails,
 render_dashboard) and opened in headless Chromium through scripts/screenshot_card.py:
   1. one batch of 5,000 photos and 2 models (before the drill-down cap: 35 MB of HTML, 37 s to open),
   2. a year of hourly batches (8,760 x 30 photos x 2 models; before the roll-ups: 8,766 columns).

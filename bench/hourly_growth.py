@@ -100,11 +100,11 @@ def one_hourly_run(state_file: Path, hour: int, photos: int) -> None:
     from phototagger.scoring.vocabulary import Vocabulary
 
     started = time.perf_counter()
-    state = pickle.loads(state_file.read_bytes())
-    store = pickle.loads(state_file.with_suffix(".store").read_bytes())  # the closed months' blobs (the datastore's)
+    store = pickle.loads(state_file.with_suffix(".store").read_bytes())  # the sample's and closed months' blobs
+    state = pickle.loads(state_file.read_bytes()).attach(store)
     loaded, blob_bytes = time.perf_counter(), store.bytes_written
     new = metrics.rescore(batch_events(hour, photos), Vocabulary.from_file(ROOT / "vocabulary.json"))
-    state = state.fold(new, store=store)
+    state = state.fold(new)
     photo_results = to_parquet(photo_frame(new))
     ranking = state.ranking()
     table = ranking.table()
@@ -126,7 +126,8 @@ def year_model(rounds: int, photos: int, work: Path) -> None:
     state_file.with_suffix(".store").write_bytes(pickle.dumps(store))
     print(f"\nyear model: state of {rounds - 1} rounds x {photos} photos x 2 models built in "
           f"{time.perf_counter() - started:.0f} s, {state_file.stat().st_size / 1e6:.2f} MB: {len(state.dates)} batches "
-          f"on their own, {len(state.closed)} closed months in {store.bytes_written / 1e6:.2f} MB of blobs")
+          f"on their own, {len(state.closed)} closed months and {len(state.sample_parts.parts)} sample parts in "
+          f"{store.bytes_written / 1e6:.2f} MB of blobs")
     child = subprocess.run([sys.executable, __file__, "--one-run", str(state_file), "--hour", str(rounds - 1),
                             "--photos", str(photos)], capture_output=True, text=True, check=True)
     figures = json.loads(child.stdout.strip().splitlines()[-1])

@@ -13,10 +13,12 @@ import mimetypes
 import os
 import socket
 import threading
+import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
+import httpx
 import requests
 from requests.adapters import HTTPAdapter
 from requests.utils import select_proxy
@@ -92,7 +94,8 @@ def within_deadline(timeout_s: float, call: Callable[..., T], *args: object) -> 
     Client timeouts (requests', httpx's) bound each socket operation, not the call: a server that
     trickles a byte every half second, or a Retry-After sleep inside a client's retries, holds a
     call far past them. The call runs on a daemon thread the caller stops waiting for at the
-    deadline; an abandoned call ends on its client's own per-read timeout, its result unused.
+    deadline, its result unused; the calls made here end soon after too, as they check a deadline of
+    their own while reading a body (`_fetch_image_bytes`, `sdk_http_client`), so no thread trickles on.
     """
     outcome: dict[str, object] = {}
 
@@ -110,6 +113,33 @@ def within_deadline(timeout_s: float, call: Callable[..., T], *args: object) -> 
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
     return outcome["value"]  # type: ignore[return-value]
+
+
+class _DeadlineStream(httpx.SyncByteStream):
+    """A response body that raises httpx.ReadTimeout once its deadline has passed, whatever the pace of its bytes."""
+
+    def __init__(self, stream: httpx.SyncByteStream, deadline: float, request: httpx.Request) -> None:
+        self._stream, self._deadline, self._request = stream, deadline, request
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._stream:
+            if time.monotonic() > self._deadline:
+                raise httpx.ReadTimeout("the response body did not arrive in time", request=self._request)
+            yield chunk
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def sdk_http_client(timeout_s: float) -> httpx.Client:
+    """The httpx client a vendor SDK (openai, together) is given: each response body must arrive within
+    `timeout_s` of its headers, so a call within_deadline gave up on also ends, instead of reading a
+    trickling answer on its thread for as long as the server sends it."""
+
+    def bound_body(response: httpx.Response) -> None:
+        response.stream = _DeadlineStream(response.stream, time.monotonic() + timeout_s, response.request)
+
+    return httpx.Client(follow_redirects=True, event_hooks={"response": [bound_body]})
 
 
 def is_url(location: str) -> bool:
@@ -151,8 +181,11 @@ def _fetch_image_bytes(location: str, max_bytes: int, timeout_s: float) -> bytes
             declared = int(resp.headers.get("Content-Length") or 0)
             if declared > max_bytes:
                 raise ImageFetchError(f"image larger than {max_bytes} bytes ({declared}): {location}")
-            chunks, size = [], 0
-            for chunk in resp.iter_content(64 * 1024):
+            chunks, size, deadline = [], 0, time.monotonic() + timeout_s
+            # read1 returns what has arrived (iter_content waits for a whole chunk), so the deadline is checked as bytes trickle
+            for chunk in iter(lambda: resp.raw.read1(64 * 1024, decode_content=True), b""):
+                if time.monotonic() > deadline:  # ends this thread too when within_deadline has given up on it
+                    raise ImageFetchError(f"image fetch timed out after {timeout_s:g}s: {location}", "timeout")
                 size += len(chunk)
                 if size > max_bytes:
                     raise ImageFetchError(f"image larger than {max_bytes} bytes: {location}")

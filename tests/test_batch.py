@@ -9,7 +9,7 @@ import pytest
 
 from phototagger.errors import UserError
 from phototagger.prompting.batch import PromptSettings, prompt_photos
-from phototagger.prompting.budget import ErrorBudget, ErrorBudgetExceeded
+from phototagger.prompting.budget import ErrorBudget, ErrorBudgetExceeded, raise_if_broken
 from phototagger.prompting.cache import LocalCacheBackend, ResponseCache
 from phototagger.prompting.configs import ModelSkipped, make_prompter, prompt_config, select_models
 from phototagger.prompting.cost import load_prices, price_results
@@ -200,10 +200,10 @@ def results_with(errors):
 
 
 def test_error_budget_passes_at_the_limit_and_fails_above_it_with_counts():
-    ErrorBudget(0.2).raise_if_broken({"fake:tagger": results_with(["timeout", None, None, None, None])})
-    ErrorBudget(0.2).raise_if_broken({"fake:tagger": []})
+    raise_if_broken(ErrorBudget(0.2).check({"fake:tagger": results_with(["timeout", None, None, None, None])}))
+    raise_if_broken(ErrorBudget(0.2).check({"fake:tagger": []}))
     with pytest.raises(ErrorBudgetExceeded) as failed:
-        ErrorBudget(0.2).raise_if_broken({"fake:tagger": results_with(["timeout", "rate_limited", "timeout", None, None])})
+        raise_if_broken(ErrorBudget(0.2).check({"fake:tagger": results_with(["timeout", "rate_limited", "timeout", None, None])}))
     assert failed.value.counts == {"timeout": 2, "rate_limited": 1}
     assert "fake:tagger: 3 of 5 calls failed (60.0% > 20% allowed): timeout=2, rate_limited=1" in str(failed.value)
     assert "--max-error-share" in str(failed.value)
@@ -218,7 +218,7 @@ def test_error_budget_fails_once_naming_every_model_over_it_with_the_counts_summ
     over = {"a:ok": results_with([None, None]), "b:bad": results_with(["auth", "auth"]),
             "c:bad": results_with(["auth", "timeout"])}
     with pytest.raises(ErrorBudgetExceeded) as failed:
-        ErrorBudget(0.5).raise_if_broken(over)
+        raise_if_broken(ErrorBudget(0.5).check(over))
     assert str(failed.value).splitlines()[0].startswith("b:bad: 2 of 2 calls failed")
     assert str(failed.value).splitlines()[1].startswith("c:bad: 2 of 2 calls failed")
     assert failed.value.counts == {"auth": 3, "timeout": 1} and list(failed.value.problems) == ["b:bad", "c:bad"]

@@ -5,12 +5,14 @@ import statistics
 import re
 
 import pandas as pd
+import pytest
 
 from phototagger.blobs import MemoryBlobStore
 from phototagger.output.dashboard import render_dashboard
 from phototagger.scoring import evals, metrics
-from phototagger.scoring.evalstate import (DRILLDOWN_BATCHES, GIVE_UP_S, SETTLE_S, EvalState, FoldedRuns, photo_frame,
-                                           photo_hash, photo_results, read_parquet, to_parquet)
+from phototagger.scoring.evalstate import (DRILLDOWN_BATCHES, GIVE_UP_S, NO_THRESHOLD, SETTLE_S, EvalState, FoldedRuns,
+                                           MonthPart, SampleParts, bottom_k, photo_frame, photo_hash, photo_results,
+                                           read_parquet, sample_rows, to_parquet)
 from phototagger.scoring.vocabulary import Vocabulary
 from tests.test_evals import event
 
@@ -46,7 +48,7 @@ def test_stored_state_stays_bounded_as_batches_accumulate():
     assert len(pickle.dumps(hundred)) < 2 * len(pickle.dumps(ten))
     assert {e["batch_id"] for e in hundred.events} == {"1097", "1098", "1099"} == set(list(hundred.dates)[-DRILLDOWN_BATCHES:])
     assert len(hundred.events) == DRILLDOWN_BATCHES * 30 * len(MODELS)
-    assert len(hundred.totals) == 100 * len(MODELS)
+    assert len(hundred.totals) == len(hundred.dates) * len(MODELS) < 100 * len(MODELS)
 
 
 def mean_or_none(values):
@@ -55,7 +57,7 @@ def mean_or_none(values):
 
 def test_overall_and_rollup_figures_from_totals_equal_those_of_all_events():
     state, everything = fold_batches(70)
-    ranking = evals.rank_totals(state.totals, state.dates)
+    ranking = state.totals_ranking()
     month = {c["batch_id"]: c for c in ranking.batches}["month:2024-01"]
     assert month["batches"] == 28
     for row in ranking.rows:
@@ -78,7 +80,7 @@ def test_a_rerun_replaces_the_batch_figures_whether_its_events_are_kept_or_not()
     rerun = [e for e in batch(old, seed=1, run="8") + batch(newest, seed=1, run="8")]
     again = state.fold(rerun)
     expected = [e for b in range(1, 9) for e in batch(b)] + rerun
-    assert evals.rank_totals(again.totals, again.dates) == evals.rank_totals(evals.batch_totals(expected),
+    assert again.totals_ranking() == evals.rank_totals(evals.batch_totals(expected),
                                                                              evals.batch_dates(expected))
     assert again.intervals == {key: i for key, i in evals.batch_intervals(expected).items() if key in again.intervals}
     assert {e["source_run"] for e in again.events if e["batch_id"] == str(1000 + newest)} == {"8"}
@@ -89,40 +91,72 @@ def closed_keys(ranking: evals.Ranking) -> set[str]:
 
 
 def test_closed_months_move_to_the_store_and_the_ranking_stays_that_of_all_events():
-    plain, everything = fold_batches(120)
-    archived, _ = fold_batches(120, store=MemoryBlobStore())
-    assert archived.ranking() == plain.ranking()
-    assert set(archived.closed) == closed_keys(plain.ranking()) == {"month:2024-01", "month:2024-02", "month:2024-03"}
-    assert not closed_keys(evals.rank_totals(archived.totals, archived.dates)), "no closed batch is left in the totals"
+    archived, everything = fold_batches(120)
+    reference = evals.rank_totals(evals.batch_totals(everything), evals.batch_dates(everything))
+    assert archived.totals_ranking() == reference
+    assert set(archived.closed) == closed_keys(reference) == {"month:2024-01", "month:2024-02", "month:2024-03"}
+    assert not closed_keys(evals.rank_totals(archived.totals, archived.dates, closed=())), "no closed batch left in the totals"
     assert len(archived.dates) <= evals.NEWEST_BATCHES + 7 * evals.WEEKLY_ROLLUPS
     assert len(archived.totals) == len(archived.dates) * len(MODELS)
-    assert archived.events == plain.events and archived.sample.equals(plain.sample)
+    assert [_photo_figures(r) for r in archived.ranking().rows] == [_photo_figures(r) for r in evals.rank_models(everything).rows]
 
 
-def test_with_a_store_the_state_and_the_writes_stay_bounded_by_a_month():
-    store, state, written = MemoryBlobStore(), EvalState(), []
+def test_the_stored_state_stays_bounded_by_a_month_of_batches():
+    store = MemoryBlobStore()
+    state = EvalState(store=store)
     for b in range(300):
-        state = state.fold(batch(b), store=store, sample_size=100)
-        written.append(store.bytes_written - sum(written))
+        state = state.fold(batch(b))
         if b == 99:
             at_100 = len(pickle.dumps(state))
+    assert at_100 < 150_000, "the sample of 3,000 photos (about 500 KB) is in the store, not in the state"
     assert len(pickle.dumps(state)) < 1.3 * at_100
     assert len(state.dates) <= evals.NEWEST_BATCHES + 7 * evals.WEEKLY_ROLLUPS
-    assert sum(1 for w in written if w) <= 300 // 7 + 2, "a closed month gets a part when a week joins it"
-    assert max(len(pickle.loads(blob).dates) for blob in store.blobs.values()) <= 7, "a part holds a week at most"
-    assert sum(len(month["parts"]) for month in state.closed.values()) == len(store.blobs), "each written once"
+    month_parts = [part for part in (pickle.loads(blob) for blob in store.blobs.values()) if isinstance(part, MonthPart)]
+    assert max(len(part.dates) for part in month_parts) <= 7, "a closed month gets a part when a week joins it"
+    assert sum(len(month["parts"]) for month in state.closed.values()) == len(month_parts), "each written once"
+
+
+def test_sample_parts_are_the_bottom_k_of_every_fold_and_a_fold_writes_a_little_of_it():
+    store, parts, folded, written = MemoryBlobStore(), SampleParts(size=200), [], []
+    for b in range(150):
+        rows = sample_rows(batch(b) + (batch(b // 2, seed=1, run="8") if b % 10 == 9 else []))  # now and then a rerun
+        before = store.bytes_written
+        parts = parts.add(store, rows)
+        folded.append(rows)
+        written.append(store.bytes_written - before)
+    expected = bottom_k(folded, 200)
+    key = ["hash", "batch_id", "photo_id", "model_key"]
+    got = parts.frame(store)
+    assert got.sort_values(key).reset_index(drop=True).astype(str).equals(expected.sort_values(key).reset_index(drop=True).astype(str))
+    assert len(got) == 200 * len(MODELS) and len(parts.parts) <= 9, "O(log n) parts"
+    assert parts.threshold < NO_THRESHOLD
+    whole = len(pickle.dumps(expected))
+    assert sum(written) / len(written) < 0.5 * whole, "not the whole sample each fold, as one artifact would"
+
+
+def test_a_stored_state_needs_its_store_and_one_stored_with_its_sample_moves_it_there():
+    state, _ = fold_batches(5)
+    stored = pickle.loads(pickle.dumps(state))
+    with pytest.raises(RuntimeError, match="attach"):
+        stored.sample
+    assert stored.attach(state.store).sample.equals(state.sample)
+    legacy = dict(vars(state))
+    legacy.pop("closed"), legacy.pop("sample_parts")
+    legacy["sample"] = state.sample  # as an EvaluationFlow run stored it before SampleParts
+    old = EvalState.__new__(EvalState)
+    old.__setstate__(legacy)
+    store = MemoryBlobStore()
+    assert old.attach(store).sample.equals(state.sample) and old.attach(store).closed == {}
 
 
 def test_a_rerun_of_a_batch_in_a_closed_month_mends_its_part():
-    store = MemoryBlobStore()
-    archived, _ = fold_batches(120, store=store)
-    plain, _ = fold_batches(120)
+    archived, _ = fold_batches(120)
     rerun = batch(0, seed=1, run="8") + batch(119, seed=1, run="8")
-    again = archived.fold(rerun, store=store)
+    again = archived.fold(rerun)
     expected = [e for b in range(1, 119) for e in batch(b)] + rerun
-    assert evals.rank_totals(again.totals, again.dates, closed=again.closed_columns()) == evals.rank_totals(
+    assert again.totals_ranking() == evals.rank_totals(
         evals.batch_totals(expected), evals.batch_dates(expected))
-    assert again.ranking() == plain.fold(rerun).ranking()
+    assert [_photo_figures(r) for r in again.ranking().rows] == [_photo_figures(r) for r in evals.rank_models(expected).rows]
     assert "1000" not in again.dates and again.closed["month:2024-01"] != archived.closed["month:2024-01"]
 
 
@@ -216,7 +250,7 @@ def test_photo_results_round_trip_through_parquet_and_read_back_latest_answer_fi
 
 def test_a_state_rebuilt_from_a_pre_evalstate_run_events_equals_the_folded_one():
     state, everything = fold_batches(6)
-    rebuilt = EvalState.from_events(everything)
+    rebuilt = EvalState.from_events(everything, MemoryBlobStore())
     assert rebuilt.totals == state.totals and rebuilt.events == state.events and rebuilt.dates == state.dates
 
 
@@ -226,7 +260,7 @@ def test_lenient_figures_from_totals_of_rescored_events_equal_those_of_all_event
     for b in range(40):
         new = metrics.rescore(batch(b), vocabulary)  # as EvaluationFlow's collect scores each new run
         state, everything = state.fold(new), everything + new
-    ranking = evals.rank_totals(state.totals, state.dates)
+    ranking = state.totals_ranking()
     for row in ranking.rows:
         mine = [e for e in everything if e["model_key"] == row.key]
         lenient = [e for e in mine if e["recall_lenient"] is not None]
@@ -252,7 +286,7 @@ def test_prompt_variants_keep_their_own_totals_rows_and_sample_columns_through_r
     keys = sorted(evals.row_key(m, v) for m in MODELS for v in variants)
     assert sorted({key for key, _ in state.totals}) == keys and len(state.totals) == 20 * len(keys)
     assert len(state.events) == DRILLDOWN_BATCHES * 30 * len(keys), "no variant's answer replaces another's"
-    ranking = evals.rank_totals(state.totals, state.dates)
+    ranking = state.totals_ranking()
     assert sorted((row.model, row.prompt_variant) for row in ranking.rows) == sorted(evals.split_row_key(k) for k in keys)
     assert ranking == evals.rank_totals(evals.batch_totals(everything), evals.batch_dates(everything))
     assert (ranking.photos, ranking.calls) == (20 * 30, 20 * 30 * len(keys))

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from phototagger.prompting.batch import DEFAULT_MODEL_DEADLINE_S, PromptSettings, prompt_photos
-from phototagger.prompting.budget import ErrorBudget, ErrorBudgetExceeded
+from phototagger.prompting.budget import ErrorBudget, ErrorBudgetExceeded, raise_if_broken
 from phototagger.prompting.cache import LocalCacheBackend, ResponseCache
 from phototagger.prompting.configs import ModelSkipped, make_prompter
 from phototagger.prompting.limiter import AdaptiveLimiter
@@ -229,7 +229,7 @@ def test_a_rejected_key_fails_every_photo_as_auth_and_breaks_the_error_budget(se
     results = run(prompter(server), photos(server), "tag", concurrency=4, progress=False)
     assert errors(results) == ["auth"] * N and server.calls == N  # auth is not retried
     with pytest.raises(ErrorBudgetExceeded) as failed:
-        ErrorBudget(0.2).raise_if_broken({"openai:gpt-4o-mini": results})
+        raise_if_broken(ErrorBudget(0.2).check({"openai:gpt-4o-mini": results}))
     assert failed.value.counts == {"auth": N} and KEY not in str(failed.value)
 
 
@@ -238,8 +238,8 @@ def test_error_budget_tolerates_one_failure_in_five_and_fails_on_two(server):
     server.fault_by_image = {"p1.png": "bad_image"}
     one_bad = run(prompter(server), photos(server, names), "tag", progress=False)
     assert len(one_bad) == 5 and errors(one_bad).count("bad_image") == 1
-    ErrorBudget(0.2).raise_if_broken({"openai:gpt-4o-mini": one_bad})
+    raise_if_broken(ErrorBudget(0.2).check({"openai:gpt-4o-mini": one_bad}))
     server.fault_by_image = {"p1.png": "bad_image", "p2.png": "prose"}
     two_bad = run(prompter(server), photos(server, names), "tag", progress=False)
     with pytest.raises(ErrorBudgetExceeded, match="2 of 5 calls failed"):
-        ErrorBudget(0.2).raise_if_broken({"openai:gpt-4o-mini": two_bad})
+        raise_if_broken(ErrorBudget(0.2).check({"openai:gpt-4o-mini": two_bad}))

@@ -7,6 +7,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -221,6 +222,7 @@ def test_a_trickling_answer_times_out_within_timeout_s_not_when_the_last_byte_ar
 
     assert result["error"] == "timeout" and "within 2s" in result["raw"]
     assert time.monotonic() - started < 30
+    assert abandoned_calls_end(), "the call given up on stops reading too"
 
 
 def test_a_trickling_image_fetch_times_out_within_timeout_s(env):
@@ -229,6 +231,17 @@ def test_a_trickling_image_fetch_times_out_within_timeout_s(env):
         fetch_image_bytes(env.image_url("trickle"), timeout_s=2)
     assert failed.value.error_class == "timeout"
     assert time.monotonic() - started < 30  # the image takes over 100 s to trickle in
+    assert abandoned_calls_end()
+
+
+def abandoned_calls_end(within_s: float = 10.0) -> bool:
+    """Whether every call within_deadline gave up on has ended within `within_s` (not at the server's pace)."""
+    end = time.monotonic() + within_s
+    while any(t.name == "deadline-call" and t.is_alive() for t in threading.enumerate()):
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def test_retryable_faults_are_retried_until_an_answer(env):

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from phototagger.prompting.batch import PromptSettings, prompt_photos
-from phototagger.prompting.budget import ErrorBudget, ErrorBudgetExceeded
+from phototagger.prompting.budget import ErrorBudget, ErrorBudgetExceeded, raise_if_broken
 from phototagger.prompting.cache import LocalCacheBackend, ResponseCache
 from phototagger.prompting.summary import run_summary_lines
 from phototagger.scoring.evals import events_from_models_eval
@@ -72,7 +72,7 @@ def test_keys_stay_out_of_results_logs_errors_and_cache(monkeypatch, tmp_path, c
             results = prompt_photos(prompter, photos, "tag", PromptSettings(progress=False), cache=cache)
             assert [r["error"] for r in results] == [None, "auth", "server_error", None]
             with pytest.raises(ErrorBudgetExceeded) as failed:
-                ErrorBudget(0.2).raise_if_broken({prompter.model_key: results})
+                raise_if_broken(ErrorBudget(0.2).check({prompter.model_key: results}))
             texts += [json.dumps(results), str(failed.value), repr(prompter.settings())]
         sent = {headers.get("authorization") for _, headers, _ in server.requests}
     assert sent == {f"Bearer {OPENAI_KEY}", f"Bearer {TOGETHER_KEY}"}  # the keys really went out

@@ -12,13 +12,12 @@ import json
 import math
 import re
 from collections import defaultdict
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import vl_convert
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
+from phototagger.output.templating import TEMPLATES
 from phototagger.scoring.evals import (
     COLUMNS, EvalEvent, Ranking, RankingRow, batches_of, fold_events, row_key, split_row_key,
 )
@@ -97,9 +96,7 @@ def short_name(model_key: str, limit: int = 32) -> str:
     return row_key(name, variant)
 
 
-_ENV = Environment(loader=FileSystemLoader(Path(__file__).with_name("templates")), autoescape=True,
-                   undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-_ENV.filters.update(fmt=_fmt, latency=_fmt_latency, cost=_fmt_cost, decile=decile, short_name=short_name, pm=_pm)
+TEMPLATES.filters.update(fmt=_fmt, latency=_fmt_latency, cost=_fmt_cost, decile=decile, short_name=short_name, pm=_pm)
 
 
 # ---------------------------------------------------------------- recall vs latency chart
@@ -354,7 +351,7 @@ def render_dashboard(
     models = [row.key for row in grouped_by_model(ranking.rows)]
     colours = {m: _MODEL_COLOURS[i % len(_MODEL_COLOURS)] for i, m in enumerate(models)}
     points = [(row.key, row.avg_latency_ms, row.avg_recall) for row in ranking.rows if _plottable(row)]
-    return _ENV.get_template("dashboard.html.j2").render(
+    return TEMPLATES.get_template("dashboard.html.j2").render(
         title=title,
         decile_colours=_decile_colours(),
         kpis=_kpis(ranking),

@@ -7,16 +7,11 @@ tag or a note from a source cannot break it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
 from phototagger.ingest.batches import Batch, summary_lines
+from phototagger.output.templating import TEMPLATES
 from phototagger.training import curate
-
-_ENV = Environment(loader=FileSystemLoader(Path(__file__).with_name("templates")), autoescape=True,
-                   undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
 @dataclass
@@ -30,7 +25,7 @@ class CardTable:
 
 def render_run_card(title: str, lines: Sequence[str], notes: Sequence[str] = (), table: CardTable | None = None) -> str:
     """The card's HTML: `title`, the summary `lines`, every note, then `table` if there is one."""
-    return _ENV.get_template("run_card.html.j2").render(title=title, lines=list(lines), notes=list(notes), table=table)
+    return TEMPLATES.get_template("run_card.html.j2").render(title=title, lines=list(lines), notes=list(notes), table=table)
 
 
 def updatephotos_card(source_name: str, batch: Batch, notes: Sequence[str], max_rows: int = 100) -> str:

@@ -3,7 +3,7 @@
 Every photo of a run has a result record whatever happened to its call (batch.py); afterwards
 `ErrorBudget(max_error_share)` looks at the records of each model and names the models where more
 than that share of the calls failed. The prompt flows store their results first, then fail the run
-with `raise_if_broken`, so a broken run keeps every record for the user to inspect.
+with `raise_if_broken` on the stored problems, so a broken run keeps every record for the user to inspect.
 """
 from __future__ import annotations
 
@@ -58,8 +58,9 @@ class ErrorBudget:
             )
         return problems
 
-    def raise_if_broken(self, results_by_model: Mapping[str, Sequence[ModelResult]]) -> None:
-        """Raise ErrorBudgetExceeded naming every model over the budget."""
-        problems = self.check(results_by_model)
-        if problems:
-            raise ErrorBudgetExceeded(problems)
+
+def raise_if_broken(problems: Mapping[str, BudgetProblem]) -> None:
+    """Raise ErrorBudgetExceeded naming every model over the budget: the problems ErrorBudget.check found,
+    which a flow stores in `join` before `end` fails on them."""
+    if problems:
+        raise ErrorBudgetExceeded(problems)

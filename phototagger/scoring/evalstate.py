@@ -6,13 +6,16 @@ An hourly EvaluationFlow must not load and store every event ever (a year of hou
   and exact sums under both matching rules, which add up to the ranking's overall figures and its weekly
   and monthly roll-up columns exactly (evals.rank_totals);
 - `events`: the per-photo events of the newest DRILLDOWN_BATCHES batches only, for the drill-down;
-- `sample`: a bounded per-photo score sample (below), for confidence intervals and paired comparisons;
+- `sample_parts`: a bounded per-photo score sample (SampleParts), for confidence intervals and paired comparisons;
 - `intervals`: the Avg Recall interval per (row, batch) of the newest batches (those with a ranking column of
   their own), computed when that batch's totals are;
 - `closed`: the months whose batches are all in a month's roll-up column for good (evals.is_closed_column),
-  summed per row (evals.ClosedColumn). Folded with a blob store, as EvaluationFlow does, the batches that
-  join a closed month (a week's, about once a week) leave `totals` and `dates` for one blob in the store,
-  written once, so the state holds about a month of batches plus one summary per month.
+  summed per row (evals.ClosedColumn). The batches that join a closed month (a week's, about once a week)
+  leave `totals` and `dates` for one blob, written once, so the state holds about a month of batches plus
+  one summary per month.
+The score sample and the closed months' batches live in a blob store (EvaluationFlow's: Metaflow's
+content-addressed store, mfclient.DatastoreBlobs), so the `state` artifact a run stores stays small: a
+stored state is given its store again with `attach` before it is used.
 Events come in scored (EvaluationFlow scores them with its vocabulary first), so the totals hold the
 scores of the vocabulary in force when each answer was folded.
 Every photo's full result goes out once, in the run that folded it, as the `photo_results` artifact
@@ -28,12 +31,12 @@ import hashlib
 import io
 import pickle
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional, TypedDict
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping, Optional, Sequence, TypedDict
 
 import pandas as pd
 
-from phototagger.blobs import BlobStore
+from phototagger.blobs import BlobStore, MemoryBlobStore
 from phototagger.scoring.evals import (NEWEST_BATCHES, ClosedColumn, EvalEvent, Ranking, SkippedModel, add_photo_figures,
                                        batch_dates, batch_intervals, batch_totals, closed_column, columns, error_examples,
                                        fold_events, is_closed_column, ordered_batches, photo_ref, photo_scores, rank_totals)
@@ -103,29 +106,83 @@ def _empty_sample() -> pd.DataFrame:
                          for c in SAMPLE_COLUMNS})
 
 
-def fold_sample(sample: pd.DataFrame, events: Iterable[EvalEvent], size: int = SAMPLE_SIZE) -> pd.DataFrame:
-    """`sample` with `events` folded in: a bottom-k sketch over every photo folded so far.
-
-    It keeps the `size` (batch, photo) pairs with the smallest `photo_hash`, with every row's scores
-    on each (a row: a model and prompt, its `model_key`), so the sample is uniform over all history,
-    bounded, and paired across rows; a rerun's
-    answer replaces the earlier one, as in evals.fold_events.
-    """
+def sample_rows(events: Iterable[EvalEvent]) -> pd.DataFrame:
+    """One sample row (SAMPLE_COLUMNS) per event, its photo hashed."""
     rows = [{"hash": photo_hash(e["photo_id"]), "batch_id": str(e.get("batch_id", "")), "photo_id": str(e["photo_id"]),
              "model_key": e["model_key"], **{s: e.get(s) for s in SAMPLE_SCORES}, "error": e.get("error"),
              "cached": bool(e.get("cached"))} for e in events]
     if not rows:
-        return sample
-    new = pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS)).astype({s: "float64" for s in SAMPLE_SCORES})
-    both = pd.concat([sample.astype({"batch_id": "object", "model_key": "object", "error": "object"}), new],
-                     ignore_index=True) if len(sample) else new
-    both = both.drop_duplicates(["batch_id", "photo_id", "model_key"], keep="last")
+        return _empty_sample()
+    return pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS)).astype({s: "float64" for s in SAMPLE_SCORES})
+
+
+def bottom_k(frames: Sequence[pd.DataFrame], size: int) -> pd.DataFrame:
+    """The sample rows of `frames` (oldest first) as a bottom-k sketch of `size` photos.
+
+    It keeps the `size` (batch, photo) pairs with the smallest `photo_hash`, with every row's scores
+    on each (a row: a model and prompt, its `model_key`), so the sample is uniform over all history,
+    bounded, and paired across rows; a later frame's answer replaces an earlier one, as in evals.fold_events.
+    """
+    frames = [f.astype({"batch_id": "object", "model_key": "object", "error": "object"}) for f in frames if len(f)]
+    if not frames:
+        return _empty_sample()
+    both = pd.concat(frames, ignore_index=True).drop_duplicates(["batch_id", "photo_id", "model_key"], keep="last")
     photos = both[["hash", "batch_id", "photo_id"]].drop_duplicates().sort_values(["hash", "batch_id", "photo_id"])
     kept = photos.head(size)
     if len(kept) < len(photos):
         both = both.merge(kept, on=["hash", "batch_id", "photo_id"])
     # Few distinct batches, models and error classes: stored as categories, a row is about half the bytes.
     return both.reset_index(drop=True).astype({"batch_id": "category", "model_key": "category", "error": "category"})
+
+
+NO_THRESHOLD = 2 ** 63
+"""Above every photo_hash: the threshold of a sample not yet full."""
+
+
+@dataclass(frozen=True)
+class SampleParts:
+    """The score sample (bottom_k of every answer folded) as write-once parts in a blob store.
+
+    Each fold writes its new rows as one small part; a part is merged with the one before it while that one
+    is at most twice its size (the logarithmic method of an LSM tree), so there are O(log n) parts, each row
+    is rewritten O(log n) times, and a run writes a few kilobytes, not the whole sample. Once a part holds
+    `size` photos, the largest hash in it bounds the sample for good (`threshold`): a photo hashed above it
+    is never sampled again, and rows above it in older parts are dropped when read or merged.
+    """
+
+    size: int = SAMPLE_SIZE
+    parts: tuple[tuple[str, int], ...] = ()  # (blob key, photos), oldest (and largest) first
+    threshold: int = NO_THRESHOLD
+
+    def add(self, store: BlobStore, rows: pd.DataFrame) -> SampleParts:
+        """These parts with the sample `rows` of one fold (newer than every row before) as a new part."""
+        rows = rows[rows["hash"] <= self.threshold]
+        if not len(rows):
+            return self
+        parts, threshold = list(self.parts), self.threshold
+        newest = bottom_k([rows], self.size)
+        parts.append(self._save(store, newest))
+        while len(parts) > 1 and parts[-2][1] <= 2 * parts[-1][1]:
+            merged = bottom_k([self._load(store, parts[-2][0], threshold), self._load(store, parts[-1][0], threshold)],
+                              self.size)
+            parts[-2:] = [self._save(store, merged)]
+            if parts[-1][1] >= self.size:
+                threshold = min(threshold, int(merged["hash"].max()))
+        return SampleParts(size=self.size, parts=tuple(parts), threshold=threshold)
+
+    def frame(self, store: BlobStore) -> pd.DataFrame:
+        """The sample: one row per (photo, row key) for the sampled photos, SAMPLE_COLUMNS."""
+        return bottom_k([self._load(store, key, self.threshold) for key, _ in self.parts], self.size)
+
+    @staticmethod
+    def _save(store: BlobStore, frame: pd.DataFrame) -> tuple[str, int]:
+        key, = store.save([pickle.dumps(frame)])
+        return key, int(frame[["batch_id", "photo_id"]].drop_duplicates().shape[0])
+
+    @staticmethod
+    def _load(store: BlobStore, key: str, threshold: int) -> pd.DataFrame:
+        frame = pickle.loads(store.load([key])[0])
+        return frame[frame["hash"] <= threshold]
 
 
 class ArchivedMonth(TypedDict):
@@ -165,24 +222,49 @@ class EvalState:
     dates: dict[str, str] = field(default_factory=dict)  # batch_id -> batch_date, every batch folded
     totals: dict[tuple[str, str], Totals] = field(default_factory=dict)  # (row key, batch id) -> Totals
     events: list[EvalEvent] = field(default_factory=list)  # the newest DRILLDOWN_BATCHES batches only
-    sample: pd.DataFrame = field(default_factory=_empty_sample)
-    """One row per (photo, model) for the sampled photos (fold_sample): SAMPLE_COLUMNS, scores as floats
-    (NaN where a model had none; latency NaN for a cached answer, as metrics leaves it out). For the
-    paired figures of two rows, `paired("recall")` gives one column per row key over the same photos."""
     intervals: dict[tuple[str, str], Interval] = field(default_factory=dict)  # (row key, newest batch id) -> recall interval
-    closed: dict[str, ArchivedMonth] = field(default_factory=dict)  # closed column key -> its summary and blob
+    closed: dict[str, ArchivedMonth] = field(default_factory=dict)  # closed column key -> its summary and parts
+    sample_parts: SampleParts = field(default_factory=SampleParts)
+    store: Optional[BlobStore] = field(default_factory=MemoryBlobStore, compare=False, repr=False)
+    """Where the sample and the closed months' batches are: not stored with the state (a stored state's is None
+    until `attach`)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "store": None}
+
+    def __setstate__(self, stored: dict[str, Any]) -> None:
+        """A state stored before the sample and the closed months moved to the blob store has its sample in the
+        artifact, and no closed months: `attach` writes that sample to the store."""
+        legacy = stored.pop("sample", None)
+        self.__dict__.update({"closed": {}, "sample_parts": SampleParts(), **stored})
+        if legacy is not None:
+            self._legacy_sample = legacy
+
+    def attach(self, store: BlobStore) -> EvalState:
+        """This state reading and writing its sample and closed months in `store` (the flow's blob store)."""
+        attached = replace(self, store=store)
+        legacy = self.__dict__.get("_legacy_sample")
+        if legacy is not None and len(legacy):
+            attached = replace(attached, sample_parts=attached.sample_parts.add(store, legacy))
+        return attached
+
+    def _blobs(self) -> BlobStore:
+        if self.store is None:
+            raise RuntimeError("a stored EvalState needs its blob store first: state.attach(DatastoreBlobs(flow_name))")
+        return self.store
 
     @classmethod
-    def from_events(cls, events: Iterable[EvalEvent], store: Optional[BlobStore] = None) -> EvalState:
+    def from_events(cls, events: Iterable[EvalEvent], store: BlobStore) -> EvalState:
         """The state of all `events` at once: what an EvaluationFlow run stored before EvalState existed becomes."""
-        return cls().fold(events, store)
+        return cls(store=store).fold(events)
 
-    def fold(self, new: Iterable[EvalEvent], store: Optional[BlobStore] = None, drilldown_batches: int = DRILLDOWN_BATCHES,
+    def fold(self, new: Iterable[EvalEvent], drilldown_batches: int = DRILLDOWN_BATCHES,
              sample_size: int = SAMPLE_SIZE) -> EvalState:
-        """This state with the `new` (scored) events folded in, the latest answer per (row, photo, batch) winning;
-        with a `store`, the closed months are then archived into it (`archive`)."""
+        """This state with the `new` (scored) events folded in, the latest answer per (row, photo, batch) winning,
+        and the closed months archived (`archive`)."""
         new = fold_events([], new)
-        closed, reruns = self._closed_reruns(new, store)
+        closed, reruns = self._closed_reruns(new)
+        sampled = sample_rows(new)
         if reruns:
             new = [e for e in new if str(e.get("batch_id", "")) not in reruns]
         dates = {**self.dates, **{b: d for b, d in batch_dates(new).items() if b not in self.dates}}
@@ -196,17 +278,18 @@ class EvalState:
         columns = {batch_id for batch_id, _ in ordered_batches(dates)[-NEWEST_BATCHES:]}
         intervals = {key: interval for key, interval in {**self.intervals, **batch_intervals(older),
                                                           **batch_intervals(events)}.items() if key[1] in columns}
-        state = EvalState(dates=dates, totals=totals, events=events, intervals=intervals, closed=closed,
-                          sample=fold_sample(self.sample, [*new, *(e for rerun in reruns.values() for e in rerun)], sample_size))
-        return state.archive(store) if store is not None else state
+        parts = self.sample_parts if self.sample_parts.size == sample_size else SampleParts(size=sample_size)
+        return replace(self, dates=dates, totals=totals, events=events, intervals=intervals, closed=closed,
+                       sample_parts=parts.add(self._blobs(), sampled)).archive()
 
-    def _closed_reruns(self, new: list[EvalEvent], store: Optional[BlobStore]) -> tuple[dict[str, ArchivedMonth], dict[str, list[EvalEvent]]]:
+    def _closed_reruns(self, new: list[EvalEvent]) -> tuple[dict[str, ArchivedMonth], dict[str, list[EvalEvent]]]:
         """The closed months with the reruns of their batches among `new` folded in, and those reruns by batch id:
         a batch the state no longer keeps on its own that one of its closed month's parts holds."""
         closed, reruns = dict(self.closed), {}
         archived = {b: d for b, d in batch_dates(new).items() if b not in self.dates and _column_key(d) in self.closed}
-        if not archived or store is None:
+        if not archived:
             return closed, reruns
+        store = self._blobs()
         by_month: dict[str, list[str]] = defaultdict(list)
         for batch_id, batch_date in archived.items():
             by_month[_column_key(batch_date)].append(batch_id)
@@ -223,9 +306,9 @@ class EvalState:
                                             parts=[part.save(store) for part in parts])
         return closed, reruns
 
-    def archive(self, store: BlobStore) -> EvalState:
+    def archive(self) -> EvalState:
         """This state with every batch whose ranking column is closed (a month's, for good) moved out of `totals`
-        and `dates` into a new blob of its month in `store`, the month kept as one summary in `closed`."""
+        and `dates` into a new blob of its month, the month kept as one summary in `closed`."""
         _, column_of = columns(self.dates)
         leaving: dict[str, list[str]] = defaultdict(list)
         for batch_id, key in column_of.items():
@@ -233,7 +316,7 @@ class EvalState:
                 leaving[key].append(batch_id)
         if not leaving:
             return self
-        closed, totals, dates = dict(self.closed), dict(self.totals), dict(self.dates)
+        closed, totals, dates, store = dict(self.closed), dict(self.totals), dict(self.dates), self._blobs()
         for key, batch_ids in leaving.items():
             gone = set(batch_ids)
             part = MonthPart(dates={b: dates.pop(b) for b in batch_ids},
@@ -241,8 +324,14 @@ class EvalState:
             before = closed.get(key)
             closed[key] = ArchivedMonth(column=before["column"] + part.column(key) if before else part.column(key),
                                         parts=[*(before["parts"] if before else []), part.save(store)])
-        return EvalState(dates=dates, totals=totals, events=self.events, sample=self.sample, intervals=self.intervals,
-                         closed=closed)
+        return replace(self, dates=dates, totals=totals, closed=closed)
+
+    @property
+    def sample(self) -> pd.DataFrame:
+        """One row per (photo, model) for the sampled photos (SampleParts): SAMPLE_COLUMNS, scores as floats
+        (NaN where a model had none; latency NaN for a cached answer, as metrics leaves it out). For the
+        paired figures of two rows, `paired("recall")` gives one column per row key over the same photos."""
+        return self.sample_parts.frame(self._blobs())
 
     def closed_columns(self) -> list[ClosedColumn]:
         return [month["column"] for month in self.closed.values()]
@@ -262,14 +351,18 @@ class EvalState:
         """The ranking of this state: exact figures from the totals, per-batch intervals kept with them,
         intervals, percentiles and paired comparisons from the sample, error examples and the per-tag view
         from the newest batches' events."""
-        ranking = rank_totals(self.totals, self.dates, intervals=self.intervals, examples=error_examples(self.events),
-                              skipped=skipped, closed=self.closed_columns())
+        ranking = self.totals_ranking(intervals=self.intervals, examples=error_examples(self.events), skipped=skipped)
         return add_photo_figures(ranking, self.photo_scores(), photo_scores(self.events))
+
+    def totals_ranking(self, **options: Any) -> Ranking:
+        """evals.rank_totals of every batch folded, the closed months' included (`options` are rank_totals')."""
+        return rank_totals(self.totals, self.dates, closed=self.closed_columns(), **options)
 
     def paired(self, score: str = "recall", valid_only: bool = True) -> pd.DataFrame:
         """`score` of the sampled photos, one row per (batch, photo) and one column per row key (model and
         prompt), NaN where a row has none (or, with `valid_only`, erred): the paired sample a bootstrap over photos resamples."""
-        rows = self.sample[self.sample["error"].isna()] if valid_only else self.sample
+        sample = self.sample
+        rows = sample[sample["error"].isna()] if valid_only else sample
         rows = rows.astype({"batch_id": "object", "model_key": "object"})
         return rows.pivot(index=["batch_id", "photo_id"], columns="model_key", values=score)
 

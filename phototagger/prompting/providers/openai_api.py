@@ -25,6 +25,7 @@ from phototagger.http import (
     fetch_image_bytes,
     image_mime,
     is_url,
+    sdk_http_client,
     within_deadline,
 )
 from phototagger.prompting.providers.base import Answer, MissingKeyError, Provider, ProviderError, register_provider
@@ -140,7 +141,8 @@ class ChatAPIProvider(Provider):
         return openai
 
     def _make_client(self, key: str) -> Any:
-        return self._sdk.OpenAI(api_key=key, base_url=self.base_url, timeout=self.timeout_s, max_retries=0)
+        return self._sdk.OpenAI(api_key=key, base_url=self.base_url, timeout=self.timeout_s, max_retries=0,
+                                http_client=sdk_http_client(self.timeout_s))
 
     # -- the call --------------------------------------------------------------------------
     def complete(self, prompt_text: str, image: str, photo_id: Optional[str] = None) -> Answer:
@@ -347,7 +349,8 @@ class TogetherProvider(ChatAPIProvider):
         # The together SDK appends "/v1/chat/completions" itself: accept ".../v1" as users write it.
         if self.base_url:
             self.base_url = re.sub(r"/v1/?$", "", self.base_url.rstrip("/"))
-        return self._sdk.Together(api_key=key, base_url=self.base_url, timeout=self.timeout_s, max_retries=0)
+        return self._sdk.Together(api_key=key, base_url=self.base_url, timeout=self.timeout_s, max_retries=0,
+                                  http_client=sdk_http_client(self.timeout_s))
 
     def _create(self, request: dict[str, Any]) -> Any:
         return self._client.chat.completions.create(**request)
