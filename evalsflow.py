@@ -52,9 +52,6 @@ class EvaluationFlow(FlowSpec):
     )
     title = Parameter("title", default=dashboard.DEFAULT_TITLE, help="Title shown at the top of the dashboard card.")
 
-    def _vocabulary(self) -> Vocabulary:
-        return Vocabulary.from_dict(self.vocabulary.to_dict())
-
     @step
     def start(self):
         """Load the accumulated state of the previous successful run of this branch, so this run reads only
@@ -69,8 +66,8 @@ class EvaluationFlow(FlowSpec):
         elif "state" in previous.data:
             self.state = previous.data.state
         else:  # a run stored before EvalState: its `events` were all of history
-            self.state = EvalState.from_events(metrics.rescore(previous.data.events, self._vocabulary()),
-                                               DatastoreBlobs(current.flow_name))
+            events = metrics.rescore(previous.data.events, Vocabulary.from_dict(self.vocabulary.to_dict()))
+            self.state = EvalState.from_events(events, DatastoreBlobs(current.flow_name))
         carried = previous is not None and "skipped_models" in previous.data
         self.skipped_models = dict(previous.data.skipped_models) if carried else {}
         months = f" and {len(self.state.closed)} closed months" if self.state.closed else ""
@@ -108,7 +105,7 @@ class EvaluationFlow(FlowSpec):
             print(f"{prompt_run.pathspec}: {len(prompt_run.events)} events{skipped}")
             new_events += prompt_run.events
             self.skipped_models = evals.fold_skipped(self.skipped_models, prompt_run)
-        new_events = metrics.rescore(evals.fold_events([], new_events), self._vocabulary())
+        new_events = metrics.rescore(evals.fold_events([], new_events), Vocabulary.from_dict(self.vocabulary.to_dict()))
         self.state = self.state.attach(DatastoreBlobs(current.flow_name)).fold(new_events)
         self.photo_results = to_parquet(photo_frame(new_events))
         self.next(self.end)
