@@ -128,8 +128,7 @@ class PromptCustomModels(FlowSpec):
         results, self.skipped_models = fanout.join(
             ({"item": i.item, "results": i.results, "skip_reason": i.skip_reason} for i in inputs), list(self.photos)
         )
-        self.models_eval = {"batch_id": self.batch_id, "batch_date": self.batch_date, "photos": self.photos, "results": results,
-                            "prompts": {v["id"]: v["text"] for v in self.prompt_variants}}
+        self.models_eval = fanout.models_eval(self.batch_id, self.batch_date, self.photos, results, self.prompt_variants)
         self.summaries = {k: summarise(rows) for k, rows in results.items()}
         self.budget_errors = ErrorBudget(self.max_error_share).check(results)  # stored before `end` may fail on it
         self.next(self.end)

@@ -150,8 +150,7 @@ class PromptModels(FlowSpec):
             ({"item": i.item, "results": i.results, "skip_reason": i.skip_reason} for i in inputs if i.item), list(self.photos)
         )
         self.skipped_models = {**self.skipped_models, **skipped}
-        self.models_eval = {"batch_id": self.batch_id, "batch_date": self.batch_date, "photos": self.photos, "results": results,
-                            "prompts": {v["id"]: v["text"] for v in self.prompt_variants}}
+        self.models_eval = fanout.models_eval(self.batch_id, self.batch_date, self.photos, results, self.prompt_variants)
         self.summaries = {key: summarise(rows) for key, rows in results.items()}
         self.budget_errors = ErrorBudget(self.max_error_share).check(results)
         self.next(self.end)

@@ -153,7 +153,11 @@ def fetch_image_bytes(
     try:
         return within_deadline(timeout_s, _fetch_image_bytes, location, max_bytes, timeout_s)
     except DeadlineExceeded:
-        raise ImageFetchError(f"image fetch timed out after {timeout_s:g}s: {location}", "timeout") from None
+        raise _fetch_timed_out(location, timeout_s) from None
+
+
+def _fetch_timed_out(location: str, timeout_s: float) -> ImageFetchError:
+    return ImageFetchError(f"image fetch timed out after {timeout_s:g}s: {location}", "timeout")
 
 
 def _fetch_image_bytes(location: str, max_bytes: int, timeout_s: float) -> bytes:
@@ -185,7 +189,7 @@ def _fetch_image_bytes(location: str, max_bytes: int, timeout_s: float) -> bytes
             # read1 returns what has arrived (iter_content waits for a whole chunk), so the deadline is checked as bytes trickle
             for chunk in iter(lambda: resp.raw.read1(64 * 1024, decode_content=True), b""):
                 if time.monotonic() > deadline:  # ends this thread too when within_deadline has given up on it
-                    raise ImageFetchError(f"image fetch timed out after {timeout_s:g}s: {location}", "timeout")
+                    raise _fetch_timed_out(location, timeout_s)
                 size += len(chunk)
                 if size > max_bytes:
                     raise ImageFetchError(f"image larger than {max_bytes} bytes: {location}")
@@ -195,7 +199,7 @@ def _fetch_image_bytes(location: str, max_bytes: int, timeout_s: float) -> bytes
         raise ImageFetchError(f"image URL refused: {exc}") from None
     except requests.RequestException as exc:
         if _timed_out(exc):
-            raise ImageFetchError(f"image fetch timed out after {timeout_s}s: {location}", "timeout") from exc
+            raise _fetch_timed_out(location, timeout_s) from exc
         raise ImageFetchError(f"image fetch failed ({type(exc).__name__}): {location}") from exc
 
 

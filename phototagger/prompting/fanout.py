@@ -116,3 +116,11 @@ def join(outputs: Iterable[ShardOutput], photo_ids: Sequence[str]) -> tuple[dict
         if rows:
             results[row] = rows  # type: ignore[assignment]
     return results, skipped
+
+
+def models_eval(batch_id: str, batch_date: str, photos: Mapping[str, Photo], results: Mapping[str, list[ModelResult]],
+                variants: Iterable[PromptVariant]) -> dict[str, Any]:
+    """The `models_eval` artifact both prompt flows store from their join (DESIGN.md), EvaluationFlow's input: the
+    batch, its photos, the joined results by row key and the text of each prompt variant by id."""
+    return {"batch_id": batch_id, "batch_date": batch_date, "photos": photos, "results": results,
+            "prompts": {v["id"]: v["text"] for v in variants}}

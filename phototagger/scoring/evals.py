@@ -406,16 +406,17 @@ def batch_intervals(events: Iterable[EvalEvent]) -> dict[tuple[str, str], Interv
     return {key: recall_interval(group) for key, group in _by_row_and_batch(events).items()}
 
 
-def _rollup(batch_date: str, weekly: bool) -> tuple[str, str]:
-    """(key, label) of the week or month column a batch of `batch_date` rolls up into."""
+def rollup_key(batch_date: str, weekly: bool = False) -> str:
+    """The key of the week's or the month's column a batch of `batch_date` rolls up into: "week:2024-W19",
+    "month:2024-05", or "undated"."""
     match = _ISO_DATE.match(batch_date or "")
     if not match:
-        return "undated", "undated"
+        return "undated"
     day = dt.date.fromisoformat(batch_date[:10])
     if weekly:
         year, week, _ = day.isocalendar()
-        return f"week:{year}-W{week:02d}", f"week {year}-W{week:02d}"
-    return f"month:{day:%Y-%m}", f"month {day:%Y-%m}"
+        return f"week:{year}-W{week:02d}"
+    return f"month:{day:%Y-%m}"
 
 
 def is_closed_column(column_key: str) -> bool:
@@ -425,6 +426,7 @@ def is_closed_column(column_key: str) -> bool:
 
 
 def _rollup_label(column_key: str) -> str:
+    """A roll-up column's header: "week 2024-W19", "month 2024-05", "undated"."""
     return column_key.replace(":", " ", 1)
 
 
@@ -470,15 +472,15 @@ def columns(dates: Mapping[str, str], newest: int = NEWEST_BATCHES,
     """
     ordered = ordered_batches(dates)
     older, recent = ordered[:max(0, len(ordered) - newest)], ordered[max(0, len(ordered) - newest):]
-    weekly = {_rollup(d, True)[0] for _, d in older}
+    weekly = {rollup_key(d, weekly=True) for _, d in older}
     weekly = set(sorted(weekly - {"undated"})[-weeks:]) if weeks else set()
     cols: dict[str, BatchInfo] = {}
     column_of: dict[str, str] = {}
     for batch_id, batch_date in older:
-        key, label = _rollup(batch_date, True)
+        key = rollup_key(batch_date, weekly=True)
         if key not in weekly:
-            key, label = _rollup(batch_date, False)
-        col = cols.setdefault(key, BatchInfo(batch_id=key, batch_date=batch_date, label=label, batches=0))
+            key = rollup_key(batch_date)
+        col = cols.setdefault(key, BatchInfo(batch_id=key, batch_date=batch_date, label=_rollup_label(key), batches=0))
         col["batches"] += 1
         column_of[batch_id] = key
     for batch_id, batch_date in recent:

@@ -39,7 +39,8 @@ import pandas as pd
 from phototagger.blobs import BlobStore, MemoryBlobStore
 from phototagger.scoring.evals import (NEWEST_BATCHES, ClosedColumn, EvalEvent, Ranking, SkippedModel, add_photo_figures,
                                        batch_dates, batch_intervals, batch_totals, closed_column, columns, error_examples,
-                                       fold_events, is_closed_column, ordered_batches, photo_ref, photo_scores, rank_totals)
+                                       fold_events, is_closed_column, ordered_batches, photo_ref, photo_scores, rank_totals,
+                                       rollup_key)
 from phototagger.scoring.metrics import Interval, ScoredPhoto, Totals
 
 DRILLDOWN_BATCHES = 3
@@ -176,13 +177,22 @@ class SampleParts:
 
     @staticmethod
     def _save(store: BlobStore, frame: pd.DataFrame) -> tuple[str, int]:
-        key, = store.save([pickle.dumps(frame)])
-        return key, int(frame[["batch_id", "photo_id"]].drop_duplicates().shape[0])
+        return _put(store, frame), int(frame[["batch_id", "photo_id"]].drop_duplicates().shape[0])
 
     @staticmethod
     def _load(store: BlobStore, key: str, threshold: int) -> pd.DataFrame:
-        frame = pickle.loads(store.load([key])[0])
+        frame = _get(store, key)
         return frame[frame["hash"] <= threshold]
+
+
+def _put(store: BlobStore, value: Any) -> str:
+    """`value` pickled into `store`, as a blob written once; its key."""
+    key, = store.save([pickle.dumps(value)])
+    return key
+
+
+def _get(store: BlobStore, key: str) -> Any:
+    return pickle.loads(store.load([key])[0])
 
 
 class ArchivedMonth(TypedDict):
@@ -197,22 +207,8 @@ class MonthPart:
     dates: dict[str, str] = field(default_factory=dict)  # batch_id -> batch_date
     totals: dict[tuple[str, str], Totals] = field(default_factory=dict)  # (row key, batch id) -> Totals
 
-    @classmethod
-    def load(cls, store: BlobStore, key: str) -> MonthPart:
-        return pickle.loads(store.load([key])[0])
-
-    def save(self, store: BlobStore) -> str:
-        key, = store.save([pickle.dumps(self)])
-        return key
-
     def column(self, column_key: str) -> ClosedColumn:
         return closed_column(column_key, self.totals, self.dates)
-
-
-def _column_key(batch_date: str) -> str:
-    """The closed column a batch of `batch_date` ends in."""
-    _, column_of = columns({"": batch_date}, newest=0, weeks=0)
-    return column_of[""]
 
 
 @dataclass
@@ -268,16 +264,16 @@ class EvalState:
         if reruns:
             new = [e for e in new if str(e.get("batch_id", "")) not in reruns]
         dates = {**self.dates, **{b: d for b, d in batch_dates(new).items() if b not in self.dates}}
-        newest = ordered_batches(dates)[-drilldown_batches:] if drilldown_batches else []
-        shown = {batch_id for batch_id, _ in newest}
+        ordered = ordered_batches(dates)
+        shown = {batch_id for batch_id, _ in ordered[-drilldown_batches:]} if drilldown_batches else set()
         events = fold_events([e for e in self.events if str(e.get("batch_id", "")) in shown],
                              [e for e in new if str(e.get("batch_id", "")) in shown])
         older = [e for e in new if str(e.get("batch_id", "")) not in shown]
         totals = {**self.totals, **batch_totals(older), **batch_totals(events)}
         # Only a batch with a column of its own shows its interval: keep those of the newest NEWEST_BATCHES.
-        columns = {batch_id for batch_id, _ in ordered_batches(dates)[-NEWEST_BATCHES:]}
+        own_column = {batch_id for batch_id, _ in ordered[-NEWEST_BATCHES:]}
         intervals = {key: interval for key, interval in {**self.intervals, **batch_intervals(older),
-                                                          **batch_intervals(events)}.items() if key[1] in columns}
+                                                          **batch_intervals(events)}.items() if key[1] in own_column}
         parts = self.sample_parts if self.sample_parts.size == sample_size else SampleParts(size=sample_size)
         return replace(self, dates=dates, totals=totals, events=events, intervals=intervals, closed=closed,
                        sample_parts=parts.add(self._blobs(), sampled)).archive()
@@ -286,24 +282,22 @@ class EvalState:
         """The closed months with the reruns of their batches among `new` folded in, and those reruns by batch id:
         a batch the state no longer keeps on its own that one of its closed month's parts holds."""
         closed, reruns = dict(self.closed), {}
-        archived = {b: d for b, d in batch_dates(new).items() if b not in self.dates and _column_key(d) in self.closed}
-        if not archived:
-            return closed, reruns
-        store = self._blobs()
-        by_month: dict[str, list[str]] = defaultdict(list)
-        for batch_id, batch_date in archived.items():
-            by_month[_column_key(batch_date)].append(batch_id)
+        by_month: dict[str, set[str]] = defaultdict(set)  # a batch's month is its closed column
+        for batch_id, batch_date in batch_dates(new).items():
+            if batch_id not in self.dates and rollup_key(batch_date) in self.closed:
+                by_month[rollup_key(batch_date)].add(batch_id)
         for key, batch_ids in by_month.items():
-            parts, mended = [MonthPart.load(store, part) for part in self.closed[key]["parts"]], False
+            parts, mended = [_get(self._blobs(), part) for part in self.closed[key]["parts"]], False
             for part in parts:
-                rerun = [e for e in new if str(e.get("batch_id", "")) in set(batch_ids) & set(part.dates)]
+                mine = batch_ids & set(part.dates)
+                rerun = [e for e in new if str(e.get("batch_id", "")) in mine]
                 if rerun:
                     part.totals.update(batch_totals(rerun))
                     reruns.update({b: [e for e in rerun if str(e.get("batch_id", "")) == b] for b in batch_dates(rerun)})
                     mended = True
             if mended:
                 closed[key] = ArchivedMonth(column=sum((part.column(key) for part in parts[1:]), parts[0].column(key)),
-                                            parts=[part.save(store) for part in parts])
+                                            parts=[_put(self._blobs(), part) for part in parts])
         return closed, reruns
 
     def archive(self) -> EvalState:
@@ -323,7 +317,7 @@ class EvalState:
                              totals={k: totals.pop(k) for k in [k for k in totals if k[1] in gone]})
             before = closed.get(key)
             closed[key] = ArchivedMonth(column=before["column"] + part.column(key) if before else part.column(key),
-                                        parts=[*(before["parts"] if before else []), part.save(store)])
+                                        parts=[*(before["parts"] if before else []), _put(store, part)])
         return replace(self, dates=dates, totals=totals, closed=closed)
 
     @property
