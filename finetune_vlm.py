@@ -93,7 +93,7 @@ class FineTuneVLM(FlowSpec):
     @step
     def train(self):
         """Train the LoRA adapter with the transformers Trainer (phototagger.training.train), resuming from the
-        newest checkpoint this run stored in the datastore (an earlier attempt's, on any machine), and store the
+        newest checkpoint its training stored in the datastore (an earlier attempt's, or the resumed run's, on any machine), and store the
         adapter (never merged into the base) with its processor as `adapter_files`, the metadata as `finetune_meta`, and the loss curves on the card."""
         self.adapter_files, self.finetune_meta = {}, None
         if not self.train_examples:
