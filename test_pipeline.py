@@ -335,7 +335,7 @@ def test_a_resume_of_a_failed_resume_continues_from_the_newest_checkpoint(flow_e
     runner = Runner(str(ROOT / "finetune_vlm.py"), show_output=False, env=flow_env, cwd=str(ROOT))
 
     first_killer, resume_killer = PodKiller(tmp_path, cache, kills=2), PodKiller(tmp_path, cache, kills=2)
-    first = failed_run(lambda: runner.run(base_model=str(base), max_steps=24, save_steps=2, batch_size=2, grad_accum=1,
+    first = failed_run(lambda: runner.run(base_model=str(base), max_steps=30, save_steps=2, batch_size=2, grad_accum=1,
                                           quantize="none", output_dir=str(cache)), first_killer)
     resumed = failed_run(lambda: runner.resume(origin_run_id=first.id), resume_killer)
     newest = newest_stored_step(tmp_path)
@@ -346,9 +346,9 @@ def test_a_resume_of_a_failed_resume_continues_from_the_newest_checkpoint(flow_e
     assert len(first_killer.killed_at) == len(resume_killer.killed_at) == 2, "each failed run lost its task and its retry"
     training = finished.data.finetune_meta["training"]
     assert training["resumed_from"] == str(cache / f"checkpoint-{newest}"), "continued from the newest step, not from 0"
-    assert training["global_step"] == 24
+    assert training["global_step"] == 30
     steps = [p["step"] for p in finished.data.finetune_meta["train_loss"]]
-    assert steps == list(range(1, 25)), "the log history came back with the checkpoint: every step once"
+    assert steps == list(range(1, 31)), "the log history came back with the checkpoint: every step once"
 
 
 def test_a_model_past_its_error_budget_fails_the_run_but_keeps_every_record(flow_env):

@@ -151,8 +151,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         storage = datastore_dirs.configured_storage()
         if args.command == "list":
-            for name, size in list_stored(storage):
+            stored = list_stored(storage)
+            for name, size in stored:
                 print(f"{name}\t{size / 1e9:.2f} GB")
+            if not stored:
+                print(f"No base model cached in {storage.full_uri(storage.path_join(*ROOT))} yet: {CACHE_COMMAND} PATH-OR-HUB-ID")
             return 0
         return _cache(storage, args.source, args.name)
     except UserError as exc:
@@ -169,7 +172,11 @@ def _cache(storage: Any, source: str, name: str) -> int:
         from huggingface_hub import snapshot_download
 
         name = _check_name(name or source)
-        vlm.check_base_model(source)
+        try:
+            vlm.check_base_model(source)
+        except UserError as exc:
+            raise UserError(f"cannot cache {source}: {exc.problem.removeprefix(f'--base-model {source} ')}",
+                            f"run this where the hub is reachable, or cache a local copy: {CACHE_COMMAND} /path/to/model --name {name}") from None
         store(storage, snapshot_download(repo_id=source), name, source=f"hub:{source}")
     print(f"Cached {name} in the datastore. Use it with: python finetune_vlm.py run --base-model {name}")
     return 0
