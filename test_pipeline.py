@@ -288,6 +288,7 @@ class PodKiller(threading.Thread):
                 seen = newest
 
 
+@pytest.mark.timeout(900)  # four flows and two train attempts on a shared CPU: past pytest.ini's 300 s under load
 def test_a_killed_train_task_resumes_on_retry_from_the_datastore_not_the_lost_disk(flow_env, tmp_path):
     base = tmp_path / "tiny-qwen"
     subprocess.run([sys.executable, "-m", "phototagger.training.random_qwen", str(base), "--size", "tiny"], cwd=ROOT, check=True)
