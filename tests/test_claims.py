@@ -208,3 +208,21 @@ def test_run_state_tells_a_failed_run_from_a_successful_one(tmp_path, monkeypatc
     assert mfclient.run_state("FailSome", ids[False]) == "successful"
     assert mfclient.run_state("FailSome", ids[True]) == "failed"
     assert mfclient.run_state("FailSome", "999999") == "running"
+
+
+def test_s3_heartbeat_ages_by_the_servers_clock_and_a_missing_claim_reads_as_none():
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="bucket")
+        store = claims.S3ClaimStore("s3://bucket/metaflow/UpdatePhotos/_claims", client)
+        assert store.read("user.test/0/none.0") is None and store.age("user.test/_leases/9") is None
+
+        run = run_claims(store, "1", lease_s=60)
+        run.renew()
+        run.claim("a")
+        assert 0 <= store.age(run.lease_key("1")) < 60
+        assert holder_state(run_claims(store, "2").claim("a")) == ("1", "pending", "")
+        assert run_claims(store, "2", {"1": "failed"}).confirm(["a"], ancestors={"1"}) == {} and run.owner("a") == "2"
