@@ -260,6 +260,12 @@ class Claims:
         """The run that delivers the photo: the holder of its newest claim."""
         return self.newest(photo_id)[1]
 
+    def held_elsewhere(self, photo_ids: Iterable[str]) -> dict[str, str]:
+        """The photos among `photo_ids` whose newest claim another run holds, with that run: the ones this run's
+        batch must not count (a photo nobody claimed, from before claims, counts where it is)."""
+        owners = {photo_id: self.owner(photo_id) for photo_id in photo_ids}
+        return {photo_id: owner for photo_id, owner in owners.items() if owner is not None and owner != self.run_id}
+
     def confirm(self, photo_ids: Iterable[str], ancestors: Collection[str] = ()) -> dict[str, str]:
         """Make sure each photo's newest claim is this run's before it delivers them; the photos it may not
         deliver, with the run that holds them. A claim of an `ancestor` (the run a resume started from, whose

@@ -287,8 +287,7 @@ def delivered_by(update_run: Run, branch: str, photo_ids: Iterable[str]) -> dict
     if "claim_epoch" not in data:
         return {}
     claims = Claims(claim_store(UPDATE_FLOW), branch, data.claim_epoch, update_run.id, lambda holder: run_state(UPDATE_FLOW, holder))
-    owners = {photo_id: claims.owner(photo_id) for photo_id in photo_ids}
-    return {photo_id: owner for photo_id, owner in owners.items() if owner is not None and owner != update_run.id}
+    return claims.held_elsewhere(photo_ids)
 
 
 def once_per_branch(update_run: Run, branch: str, photos: dict) -> tuple[dict, str]:

@@ -226,3 +226,15 @@ def test_s3_heartbeat_ages_by_the_servers_clock_and_a_missing_claim_reads_as_non
         assert 0 <= store.age(run.lease_key("1")) < 60
         assert holder_state(run_claims(store, "2").claim("a")) == ("1", "pending", "")
         assert run_claims(store, "2", {"1": "failed"}).confirm(["a"], ancestors={"1"}) == {} and run.owner("a") == "2"
+
+
+def test_a_photo_two_runs_delivered_counts_only_in_the_batch_of_its_claims_holder(tmp_path):
+    """The downstream layer on its own: however a photo came to be in two batches, the claims name one."""
+    store = claims.LocalClaimStore(tmp_path)
+    for photo_id in "abc":
+        run_claims(store, "1").claim(photo_id)
+    run_claims(store, "2", {"1": "failed"}).claim("b")  # "b" is in both batches: run 1 delivered it anyway
+
+    assert run_claims(store, "1").held_elsewhere(["a", "b", "c"]) == {"b": "2"}
+    assert run_claims(store, "2").held_elsewhere(["b"]) == {}
+    assert run_claims(store, "3").held_elsewhere(["never-claimed"]) == {}, "a photo from before claims counts where it is"

@@ -103,15 +103,13 @@ def test_two_runs_started_together_one_killed_deliver_every_photo_once_after_the
     time.sleep(max(0.0, killed_at + LEASE_S + 1 - time.time()))
     later = run_update(datastore_env, tmp_path, batch_size=12)  # no flag: the lease alone gives the photos back
     back_s = time.time() - killed_at
-    last = run_update(datastore_env, tmp_path)
-    dead, together, took_over, empty = runs([killed_id, beside["id"], later, last], datastore_env, tmp_path)
+    dead, together, took_over = runs([killed_id, beside["id"], later], datastore_env, tmp_path)
 
     assert not dead["successful"] and len(dead["claimed"]) == 6
     assert set(dead["claimed"]) <= set(took_over["unseen"]), "the killed run's photos come back to the next run after its lease"
     assert any(note.startswith(f"Took over {len(dead['claimed'])} photos claimed by UpdatePhotos/{killed_id}, which will not deliver them")
                for note in took_over["notes"]), took_over["notes"]
-    assert empty["unseen"] == []
-    delivered = [together, took_over, empty]
+    delivered = [together, took_over]
     assert len({p for run in delivered for p in run["unseen"]}) == DEMO_PHOTOS and duplicates(delivered) == 0
     print(f"\n[{datastore_env.get('METAFLOW_DEFAULT_DATASTORE', 'local')}] delivered {DEMO_PHOTOS} photos, "
           f"{duplicates(delivered)} duplicates; the killed run's {len(dead['claimed'])} photos were taken over "
@@ -134,3 +132,14 @@ def test_a_resume_after_a_takeover_delivers_no_photo_twice(datastore_env, tmp_pa
     assert f"Dropped 3 photos from this batch: their claims were taken over by UpdatePhotos/{taker}, which delivers them." in again["notes"]
     print(f"\n[{datastore_env.get('METAFLOW_DEFAULT_DATASTORE', 'local')}] resume after takeover: "
           f"{len(took_over['unseen']) + len(again['unseen'])} photos delivered, {duplicates([took_over, again])} delivered twice")
+
+
+def test_reset_existing_rebuilds_the_history_from_the_claims_and_delivers_no_photo_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("USER", "test")
+    env = {"METAFLOW_USER": "test", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path)}
+    first = run_update(env, tmp_path, batch_size=6)
+    reset = run_update(env, tmp_path, batch_size=6, reset_existing=True)
+    before, after = runs([first, reset], env, tmp_path)
+
+    assert len(after["unseen"]) == 6 and duplicates([before, after]) == 0, "the issue's reset delivered the first 6 photos again"
+    assert "Skipped 6 photos another run of this branch delivered; they join the history." in after["notes"]
