@@ -102,7 +102,8 @@ class EvaluationFlow(FlowSpec):
         new_events = []
         for run in new_runs:
             prompt_run = next(evals.read_runs([run]) if run.successful else evals.budget_failures([run]))
-            prompt_run, note = mfclient.events_once_per_branch(run, current.branch_name, prompt_run)
+            events, note = mfclient.events_once_per_branch(run, current.branch_name, prompt_run.events)
+            prompt_run = prompt_run._replace(events=events)
             if note:
                 print(note)
             skipped = f", skipped {', '.join(prompt_run.skipped)}" if prompt_run.skipped else ""

@@ -10,16 +10,13 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
 from metaflow import Flow, Run, namespace
 from metaflow.exception import MetaflowNotFound
 
 from phototagger.claims import DEFAULT_LEASE_S, Claims, ClaimStore, LocalClaimStore, RunState, S3ClaimStore
 from phototagger.errors import UserError
-
-if TYPE_CHECKING:
-    from phototagger.scoring.evals import PromptRun
 
 PROJECT = "photo_tagger"
 
@@ -302,18 +299,18 @@ def once_per_branch(update_run: Run, branch: str, photos: dict) -> tuple[dict, s
                   "a photo counts once per branch, in the batch of the run holding its claim.")
 
 
-def events_once_per_branch(prompt_run: Run, branch: str, read: PromptRun) -> tuple[PromptRun, str]:
-    """A prompt run's events less those of photos another UpdatePhotos run delivers (an upstream that delivered a
-    photo twice, or a prompt run from before PromptModels left them out), and a note on what was left out."""
+def events_once_per_branch(prompt_run: Run, branch: str, events: list[Mapping]) -> tuple[list[Mapping], str]:
+    """A prompt run's events (each with its `photo_id`) less those on photos another UpdatePhotos run delivers
+    (an upstream that delivered a photo twice, or a prompt run that did not leave them out), and a note on them."""
     data = prompt_run.data
-    if not read.events or "update_run_pathspec" not in data:
-        return read, ""
+    if not events or "update_run_pathspec" not in data:
+        return events, ""
     namespace(None)
     update_run = Run(data.update_run_pathspec)
-    elsewhere = delivered_by(update_run, branch, {str(event["photo_id"]) for event in read.events})
+    elsewhere = delivered_by(update_run, branch, {str(event["photo_id"]) for event in events})
     if not elsewhere:
-        return read, ""
-    kept = [event for event in read.events if str(event["photo_id"]) not in elsewhere]
-    note = (f"{prompt_run.pathspec}: left out {len(read.events) - len(kept)} answers on {len(elsewhere)} photos that "
+        return events, ""
+    kept = [event for event in events if str(event["photo_id"]) not in elsewhere]
+    note = (f"{prompt_run.pathspec}: left out {len(events) - len(kept)} answers on {len(elsewhere)} photos that "
             f"another UpdatePhotos run delivered; they count once, in that run's batch.")
-    return read._replace(events=kept), note
+    return kept, note
