@@ -91,7 +91,8 @@ class UpdatePhotos(FlowSpec):
         with this run's id and date so the dashboard can show them as a batch."""
         source = resolve_source(self.source)
         store = mfclient.DatastoreBlobs(current.flow_name)
-        run_claims = mfclient.run_claims(current.flow_name, current.branch_name, self.claim_epoch, current.run_id, self.claim_lease_seconds)
+        run_claims = mfclient.run_claims(current.flow_name, current.branch_name, self.claim_epoch, current.run_id,
+                                         self.claim_lease_seconds, ancestors=[current.origin_run_id])
         delivered = state.delivered_ids(store, self.delivered)
         with run_claims.heartbeat():
             claimed = batches.fetch_claimed(source, delivered, self.batch_size or source.default_batch_size, run_claims)
@@ -111,10 +112,10 @@ class UpdatePhotos(FlowSpec):
         claim is this run's (taking over those of the run it resumes, unless that run delivered them),
         labelled with this run's id and date. Then print what this run delivered (an empty batch is a normal,
         successful outcome: downstream flows see `unseen == {}` and have nothing to do) and show it on the card."""
-        run_claims = mfclient.run_claims(current.flow_name, current.branch_name, self.claim_epoch, current.run_id, self.claim_lease_seconds)
+        run_claims = mfclient.run_claims(current.flow_name, current.branch_name, self.claim_epoch, current.run_id,
+                                         self.claim_lease_seconds, ancestors=[self.claim_holder, current.origin_run_id])
         with run_claims.heartbeat():
-            ancestors = {self.claim_holder, current.origin_run_id} - {None}
-            self.unseen, dropped = batches.confirm_batch(self.claimed, run_claims, ancestors)
+            self.unseen, dropped = batches.confirm_batch(self.claimed, run_claims)
         self.notes = self.notes + dropped
         self.batch_id = str(current.run_id)
         self.batch_date = batches.batch_date()

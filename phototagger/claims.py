@@ -169,8 +169,11 @@ class Claims:
     """The claims of one run: `claim(photo_id)` says who delivers the photo, this run if nobody else does."""
 
     def __init__(self, store: ClaimStore, branch: str, epoch: str, run_id: str, run_state: Callable[[str], RunState],
-                 lease_s: float = DEFAULT_LEASE_S) -> None:
+                 lease_s: float = DEFAULT_LEASE_S, ancestors: Collection[str] = ()) -> None:
+        """`ancestors`: the runs this one resumes (Metaflow's origin run, the run whose `fetch` it reuses): their
+        claims are this run's to take over, unless they delivered them."""
         self.store, self.run_id, self.run_state, self.lease_s = store, str(run_id), run_state, float(lease_s)
+        self.ancestors = {str(run) for run in ancestors if run} - {self.run_id}
         self.branch = quote(branch, safe="")
         self.prefix = f"{self.branch}/{quote(epoch, safe='')}"
         self._holders: dict[str, Holder] = {}
@@ -209,6 +212,8 @@ class Claims:
             found = Holder("successful")
         elif state == "failed":
             found = Holder("expired", "it failed")
+        elif run_id in self.ancestors:
+            found = Holder("expired", "this run resumes it")
         else:
             lease = self.store.read(self.lease_key(run_id))
             if lease is not None:  # the holder's own lease, whatever this run's is
@@ -266,16 +271,16 @@ class Claims:
         owners = {photo_id: self.owner(photo_id) for photo_id in photo_ids}
         return {photo_id: owner for photo_id, owner in owners.items() if owner is not None and owner != self.run_id}
 
-    def confirm(self, photo_ids: Iterable[str], ancestors: Collection[str] = ()) -> dict[str, str]:
+    def confirm(self, photo_ids: Iterable[str]) -> dict[str, str]:
         """Make sure each photo's newest claim is this run's before it delivers them; the photos it may not
-        deliver, with the run that holds them. A claim of an `ancestor` (the run a resume started from, whose
-        `fetch` this run reuses) is taken over unless that run delivered it; any other run's claim wins."""
+        deliver, with the run that holds them. A claim of an ancestor (a resume's origin, whose `fetch` this
+        run reuses) is taken over unless that run delivered it; any other run's claim wins."""
         lost: dict[str, str] = {}
         for photo_id in photo_ids:
             generation, holder = self.newest(photo_id)
             if holder == self.run_id:
                 continue
-            if holder is None or holder in ancestors and self.run_state(holder) != "successful":
+            if holder is None or holder in self.ancestors and self.run_state(holder) != "successful":
                 if self.store.create(self._key(photo_id, generation + 1), self._body(photo_id)):
                     continue
                 holder = self.owner(photo_id)

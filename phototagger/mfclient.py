@@ -271,9 +271,11 @@ def run_state(flow_name: str, run_id: str) -> RunState:
     return "running"
 
 
-def run_claims(flow_name: str, branch: str, epoch: str, run_id: str, lease_s: float = DEFAULT_LEASE_S) -> Claims:
+def run_claims(flow_name: str, branch: str, epoch: str, run_id: str, lease_s: float = DEFAULT_LEASE_S,
+               ancestors: Iterable[Optional[str]] = ()) -> Claims:
     """The claims of one run of `flow_name`, in the configured datastore, judging other holders through the client."""
-    return Claims(claim_store(flow_name), branch, epoch, run_id, lambda holder: run_state(flow_name, holder), lease_s)
+    return Claims(claim_store(flow_name), branch, epoch, run_id, lambda holder: run_state(flow_name, holder), lease_s,
+                  [run for run in ancestors if run])
 
 
 def delivered_by(update_run: Run, branch: str, photo_ids: Iterable[str]) -> dict[str, str]:

@@ -28,8 +28,9 @@ class ListSource:
         return [photo(i) for i in self.ids if i not in exclude_ids][:limit]
 
 
-def run_claims(store, run_id: str, states: dict[str, claims.RunState] | None = None, epoch: str = "0", lease_s: float = 300) -> claims.Claims:
-    return claims.Claims(store, "user.test", epoch, run_id, lambda holder: (states or {}).get(holder, "running"), lease_s)
+def run_claims(store, run_id: str, states: dict[str, claims.RunState] | None = None, epoch: str = "0", lease_s: float = 300,
+               ancestors: tuple[str, ...] = ()) -> claims.Claims:
+    return claims.Claims(store, "user.test", epoch, run_id, lambda holder: (states or {}).get(holder, "running"), lease_s, ancestors)
 
 
 def holder_state(claim: claims.Claim) -> tuple[str, str, str]:
@@ -139,11 +140,21 @@ def test_confirm_keeps_its_own_claims_and_drops_those_taken_over(tmp_path):
     run_claims(store, "2", {"1": "failed"}).claim("a")  # run 2 took "a" over while run 1 was down
 
     assert first.confirm(["a", "b", "c"]) == {"a": "2"}, "run 1 must not deliver what run 2 took over"
-    resumed = run_claims(store, "5", {"1": "failed"})
-    assert resumed.confirm(["a", "b", "c"], ancestors={"1"}) == {"a": "2"}, "a resume takes over its origin's claims only"
+    resumed = run_claims(store, "5", {"1": "failed"}, ancestors=("1",))
+    assert resumed.confirm(["a", "b", "c"]) == {"a": "2"}, "a resume takes over its origin's claims only"
     assert [resumed.owner(p) for p in "abc"] == ["2", "5", "5"]
-    assert run_claims(store, "7", {"5": "successful"}).confirm(["b"], ancestors={"5"}) == {"b": "5"}, "a delivered photo stays its run's"
-    assert run_claims(store, "6", {"5": "failed"}).confirm(["b"], ancestors={"5"}) == {} and resumed.owner("b") == "6"
+    assert run_claims(store, "7", {"5": "successful"}, ancestors=("5",)).confirm(["b"]) == {"b": "5"}, "a delivered photo stays its run's"
+    assert run_claims(store, "6", {"5": "failed"}, ancestors=("5",)).confirm(["b"]) == {} and resumed.owner("b") == "6"
+
+
+def test_a_resume_takes_over_its_origins_live_looking_claims_when_it_fetches_again(tmp_path):
+    store = claims.LocalClaimStore(tmp_path)
+    killed = run_claims(store, "1")
+    killed.renew()
+    killed.claim("a")  # killed in `fetch`: no error recorded, its heartbeat still fresh
+    assert run_claims(store, "2").claim("a").state == "pending"
+    taken = run_claims(store, "3", ancestors=("1",)).claim("a")
+    assert holder_state(taken) == ("3", "won", "1") and taken.seen.why == "this run resumes it"
 
 
 def test_reset_keeps_the_claim_epoch_so_it_never_delivers_a_photo_again(tmp_path):
@@ -225,7 +236,7 @@ def test_s3_heartbeat_ages_by_the_servers_clock_and_a_missing_claim_reads_as_non
         run.claim("a")
         assert 0 <= store.age(run.lease_key("1")) < 60
         assert holder_state(run_claims(store, "2").claim("a")) == ("1", "pending", "")
-        assert run_claims(store, "2", {"1": "failed"}).confirm(["a"], ancestors={"1"}) == {} and run.owner("a") == "2"
+        assert run_claims(store, "2", {"1": "failed"}, ancestors=("1",)).confirm(["a"]) == {} and run.owner("a") == "2"
 
 
 def test_a_photo_two_runs_delivered_counts_only_in_the_batch_of_its_claims_holder(tmp_path):

@@ -127,10 +127,10 @@ def pending_note(run_id: str, claims: list[Claim], now: float) -> str:
             f"without finishing (killed, evicted), the first run after {at} takes them over ({lease:.0f} s lease).")
 
 
-def confirm_batch(unseen: dict[str, Photo], claims: Claims, ancestors: Collection[str]) -> tuple[dict[str, Photo], list[str]]:
+def confirm_batch(unseen: dict[str, Photo], claims: Claims) -> tuple[dict[str, Photo], list[str]]:
     """The photos of `unseen` this run may still deliver, checked against the claims just before it does
     (a run taken over while it was stopped, or a resume reusing its origin's `fetch`), and a note on the others."""
-    lost = claims.confirm(unseen, ancestors)
+    lost = claims.confirm(unseen)
     kept = {photo_id: photo for photo_id, photo in unseen.items() if photo_id not in lost}
     holders = ", ".join(f"{UPDATE_FLOW}/{run_id}" for run_id in sorted(set(lost.values())))
     notes = [f"Dropped {len(lost)} photos from this batch: their claims were taken over by {holders}, which delivers them."] if lost else []
