@@ -98,7 +98,7 @@ TEMPLATES.filters.update(fmt=_fmt, latency=_fmt_latency, cost=_fmt_cost, decile=
 
 # ---------------------------------------------------------------- recall vs latency chart
 def recall_latency_spec(points: Sequence[tuple[str, float, float]], colours: Mapping[str, str]) -> dict:
-    """A Vega-Lite scatter of avg recall (exact rule, 0-100) against avg latency, one labelled point per model.
+    """A Vega-Lite scatter of recall over all photos (exact rule, 0-100) against avg latency, one labelled point per row.
 
     `points` are (model, latency ms, recall %). Latency is on a log scale when it spans more than 20x,
     with 1-2-5 ticks over whole decades; otherwise linear with 10% padding.
@@ -132,7 +132,7 @@ def recall_latency_spec(points: Sequence[tuple[str, float, float]], colours: Map
         "mark": {"type": "circle", "size": 144, "opacity": 0.9, "stroke": "#ffffff", "strokeWidth": 1.5},
         "encoding": {
             "x": {"field": "latency", "type": "quantitative", "title": x_title, "scale": x_scale, "axis": x_axis},
-            "y": {"field": "recall", "type": "quantitative", "title": "Avg recall, exact rule (%)",
+            "y": {"field": "recall", "type": "quantitative", "title": "Recall, all photos, exact rule (%)",
                   "scale": {"domain": [0, 100]}, "axis": {"values": list(range(0, 101, 20))}},
             # The legend names each point, best model first, so close points never hide each other's label.
             "color": {"field": "model", "type": "nominal", "title": None,
@@ -183,7 +183,7 @@ def _kpis(ranking: Ranking) -> list[tuple[str, str, str, str]]:
     return [
         ("Best model (tie)" if tied else "Best model", short_name(best.key) if best else "\u2013", "small",
          _claims(ranking)),
-        (f"Its {metric} (all photos)", f"{headline[0]:.1f}% {_pm(headline[1], headline[2])}" if best else "\u2013", "",
+        (f"Its {metric} (all photos, exact)", f"{headline[0]:.1f}% {_pm(headline[1], headline[2])}" if best else "\u2013", "",
          f"{_interval(headline[1], headline[2], best.n_with_truth)}; a failed call counts 0" if best else ""),
         ("Its precision \u00b7 F1", f"{_fmt(best.avg_precision_all)} \u00b7 {_fmt(best.avg_f1_all)}" if best else "\u2013",
          "", "over all photos with ground truth" if best else ""),
@@ -368,8 +368,8 @@ def _drilldown(events: list[EvalEvent], order: Mapping[str, int], max_batches: i
 
 
 def _plottable(row: RankingRow) -> bool:
-    """A model is a point on the chart once it has both an avg latency and an avg recall."""
-    return row.avg_latency_ms is not None and row.avg_recall is not None
+    """A model is a point on the chart once it has both an avg latency and a recall."""
+    return row.avg_latency_ms is not None and row.avg_recall_all is not None
 
 
 def render_dashboard(
@@ -388,7 +388,7 @@ def render_dashboard(
     events = fold_events([], events)
     models = [row.key for row in ranking.rows]
     colours = {m: _MODEL_COLOURS[i % len(_MODEL_COLOURS)] for i, m in enumerate(models)}
-    points = [(row.key, row.avg_latency_ms, row.avg_recall) for row in ranking.rows if _plottable(row)]
+    points = [(row.key, row.avg_latency_ms, row.avg_recall_all) for row in ranking.rows if _plottable(row)]
     return TEMPLATES.get_template("dashboard.html.j2").render(
         title=title,
         decile_colours=_decile_colours(),
