@@ -191,7 +191,7 @@ def test_a_tie_at_the_top_is_marked_on_the_row_and_in_the_best_model_kpi():
               + [event("prior:tag-prior", p, "", ["cat", "pet"], ["cat", "pet"] if i else ["cat"]) for i, p in enumerate(photos)]
               + [event("openai:gpt-4o-mini", p, "", ["cat", "pet"], ["dog"]) for p in photos])
     page = card.render_dashboard(evals.rank_models(events), events)
-    assert '<div class="k">Best model (tie)</div><div class="v small">knn:jec</div>' in page
+    assert '<div class="k">Best model (tie)</div><div class="v small name">knn:jec</div>' in page
     assert ("tied with prior:tag-prior; ahead of 1 row beyond noise (paired on the photos both answered; "
             "Holm-corrected over 3 pairwise comparisons)") in page
     tied_row = re.search(r'<tr data-model="prior:tag-prior">.*?</tr>', page, re.DOTALL).group(0)
@@ -204,7 +204,7 @@ def test_a_tie_between_prompt_variants_names_the_tied_row_and_per_tag_has_a_colu
     events = [event("openai:gpt-4o", p, "", ["cat", "pet"], ["cat", "pet"] if i or v == "default" else ["cat"],
                     variant=f"{v}@abc123") for v in ("default", "short") for i, p in enumerate(photos)]
     page = card.render_dashboard(evals.rank_models(events), events)
-    assert '<div class="k">Best model (tie)</div><div class="v small">openai:gpt-4o | default@abc123</div>' in page
+    assert '<div class="k">Best model (tie)</div><div class="v small name">openai:gpt-4o | default@abc123</div>' in page
     assert "tied with openai:gpt-4o | short@abc123 (paired" in page
     tied_row = re.search(r'<tr data-model="openai:gpt-4o \| short@abc123">.*?</tr>', page, re.DOTALL).group(0)
     assert '<span class="tie"' in tied_row and '<span class="variant">short@abc123</span>' in tied_row

@@ -78,13 +78,18 @@ def _interval(low: Optional[float], high: Optional[float], n: int) -> str:
     return f"95% interval {low:,.1f} to {high:,.1f} over n={n} photos"
 
 
+def _signed(value: float) -> str:
+    """`+1.5`, `-0.3`, and `+0.0` for a difference that rounds to zero from either side (never "-0.0")."""
+    return f"{round(value, 1) + 0.0:+,.1f}"
+
+
 def _fmt_cost(usd: Optional[float]) -> str:
     if not usd:
         return "$0"
     return f"${usd:,.4f}" if usd < 1 else f"${usd:,.2f}"
 
 
-def short_name(model_key: str, limit: int = 28) -> str:
+def short_name(model_key: str, limit: int = 32) -> str:
     """`provider:last-path-part` of a row's model, cut to `limit` characters, then its prompt variant whole, for tight places."""
     model_part, variant = split_row_key(model_key)
     provider, _, model = model_part.partition(":")
@@ -161,7 +166,9 @@ def _claims(ranking: Ranking) -> str:
     untested = [row for row in ranking.rows[1:] if not row.tied_with_best and not row.behind_best]
     parts = []
     if tied:
-        parts.append(f"tied with {', '.join(short_name(r.key) for r in tied)}")
+        names = [short_name(r.key) for r in tied]
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        parts.append(f"tied with {', '.join(names[:3])}{more}")
     if behind:
         parts.append(f"ahead of {len(behind)} row{'s' if len(behind) > 1 else ''} beyond noise")
     if untested:
@@ -181,7 +188,7 @@ def _kpis(ranking: Ranking) -> list[tuple[str, str, str, str]]:
     headline = (best.avg_f1_all, best.avg_f1_all_low, best.avg_f1_all_high) if best and ranking.sort_by == "f1" else \
         (best.avg_recall_all, best.avg_recall_all_low, best.avg_recall_all_high) if best else (None, None, None)
     return [
-        ("Best model (tie)" if tied else "Best model", short_name(best.key) if best else "\u2013", "small",
+        ("Best model (tie)" if tied else "Best model", short_name(best.key) if best else "\u2013", "small name",
          _claims(ranking)),
         (f"Its {metric} (all photos, exact)", f"{headline[0]:.1f}% {_pm(headline[1], headline[2])}" if best else "\u2013", "",
          f"{_interval(headline[1], headline[2], best.n_with_truth)}; a failed call counts 0" if best else ""),
@@ -211,14 +218,14 @@ def _versus_best(row: RankingRow, best: Optional[RankingRow], metric: str) -> di
     if row.vs_best is None:
         return {"text": "\u2013", "pm": "", "cls": "", "title": f"no photo answered by both this row and {best.key}"}
     if row.vs_best_low is None:
-        return {"text": f"{row.vs_best:+,.1f}", "pm": f"n={row.n_paired}", "cls": "",
+        return {"text": _signed(row.vs_best), "pm": f"n={row.n_paired}", "cls": "",
                 "title": f"{row.n_paired} photos answered by both this row and {best.key}: fewer than {MIN_INTERVAL_N}, "
                          "too few to compare"}
     verdict = ("behind the best beyond noise" if row.behind_best else
                "not distinguishable from the best: tied")
     title = (f"{metric} minus {best.key}'s on the n={row.n_paired} photos both answered: 95% interval "
-             f"{row.vs_best_low:+,.1f} to {row.vs_best_high:+,.1f}; {verdict} (Holm-corrected)")
-    return {"text": f"{row.vs_best:+,.1f}", "pm": f"[{row.vs_best_low:+,.1f}, {row.vs_best_high:+,.1f}] n={row.n_paired:,}",
+             f"{_signed(row.vs_best_low)} to {_signed(row.vs_best_high)}; {verdict} (Holm-corrected)")
+    return {"text": _signed(row.vs_best), "pm": f"[{_signed(row.vs_best_low)}, {_signed(row.vs_best_high)}] n={row.n_paired:,}",
             "title": title, "cls": "tiecell" if row.tied_with_best else ""}
 
 
