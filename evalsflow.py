@@ -32,8 +32,8 @@ class EvaluationFlow(FlowSpec):
        into the state, a rerun of a batch replacing the earlier answers, and store them as
        `photo_results` (Parquet bytes): only this run's new rows. Each model skipped by a run
        (`skipped_models`) keeps the reason of its latest run.
-    3) Rank the (model, prompt) rows with 95% bootstrap intervals and a paired comparison with the best
-       one (from the state's score sample), store the ranking (`ranking`, the `evals` table of DESIGN.md,
+    3) Rank the (model, prompt) rows in a paired order of --sort-by (docs/metrics.md), with 95% t-intervals and
+       Holm-corrected paired comparisons with the best one (from the state's score sample), store the ranking (`ranking`, the `evals` table of DESIGN.md,
        `per_tag`) and render the dashboard card: ranking, skipped models and error classes, recall vs
        latency chart, per-tag view and a capped per-photo drill-down.
     What a run loads, computes and stores is bounded by the new runs (phototagger/scoring/evalstate.py);

@@ -588,7 +588,7 @@ def rank_totals(totals: Mapping[tuple[str, str], Totals], dates: Mapping[str, st
                 skipped: Optional[Mapping[str, SkippedModel]] = None,
                 closed: Iterable[ClosedColumn] = (),
                 newest: int = NEWEST_BATCHES, weeks: int = WEEKLY_ROLLUPS) -> Ranking:
-    """One row per (model, prompt variant) over all batches, best Avg Recall (exact) first, from the Totals
+    """One row per (model, prompt variant) over all batches, best recall over all photos first, from the Totals
     per (row key, batch):
     the overall figures and each column's (a batch or a roll-up) are sums of those Totals, so they are
     exactly the figures of all the events behind them. A single batch's cell shows its interval from
@@ -638,7 +638,7 @@ def rank_totals(totals: Mapping[tuple[str, str], Totals], dates: Mapping[str, st
 
 def rank_models(events: Iterable[EvalEvent], skipped: Optional[Mapping[str, SkippedModel]] = None,
                 sort_by: str = "recall", **limits: int) -> Ranking:
-    """One row per (model, prompt variant) over all batches, best Avg Recall (exact) first, with its summary on
+    """One row per (model, prompt variant) over all batches in the paired order of `sort_by`, with its summary on
     each batch column, the intervals of its means, the paired comparison with the best row and the per-tag
     view (rank_totals and add_photo_figures of all `events`; `limits` are rank_totals' `newest` and `weeks`)."""
     events = fold_events([], events)

@@ -353,7 +353,7 @@ class EvalState:
 
     def paired(self, score: str = "recall", valid_only: bool = True) -> pd.DataFrame:
         """`score` of the sampled photos, one row per (batch, photo) and one column per row key (model and
-        prompt), NaN where a row has none (or, with `valid_only`, erred): the paired sample a bootstrap over photos resamples."""
+        prompt), NaN where a row has none (or, with `valid_only`, erred): the paired sample of the comparisons."""
         sample = self.sample
         rows = sample[sample["error"].isna()] if valid_only else sample
         rows = rows.astype({"batch_id": "object", "model_key": "object"})
