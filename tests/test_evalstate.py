@@ -191,14 +191,6 @@ def test_a_run_still_going_holds_the_horizon_back_until_it_is_given_up():
     assert given_up == ["PromptModels/1"] and stuck.horizon == 1 + HOUR
 
 
-def test_a_folded_list_stored_before_folded_runs_gets_its_times_on_the_next_collect():
-    legacy = FoldedRuns.of_pathspecs(["PromptModels/0", "PromptModels/1"])
-    assert "PromptModels/1" in legacy and legacy.horizon == 0
-    listed = hourly_runs(3)
-    folded, _ = legacy.advance(listed, ["PromptModels/2"], [], now=2 * HOUR + 60)
-    assert folded.runs == {"PromptModels/2": 2 * HOUR}
-
-
 def test_batch_columns_are_the_newest_batches_then_weekly_then_monthly_rollups():
     dates = {f"h{h}": f"2024-{1 + h // (24 * 28) % 12:02d}-{1 + h // 24 % 28:02d}T{h % 24:02d}:00:00Z"
              for h in range(24 * 28 * 12)}  # a year of hourly batches

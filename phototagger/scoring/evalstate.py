@@ -76,12 +76,6 @@ class FoldedRuns:
     horizon: float = 0.0
     runs: dict[str, float] = field(default_factory=dict)
 
-    @classmethod
-    def of_pathspecs(cls, pathspecs: Iterable[str]) -> FoldedRuns:
-        """What an EvaluationFlow run that stored a plain list of every folded run becomes: its runs get their
-        times when the next collect lists them all again."""
-        return cls(horizon=0.0, runs=dict.fromkeys(pathspecs, 0.0))
-
     def __contains__(self, pathspec: object) -> bool:
         return pathspec in self.runs
 
