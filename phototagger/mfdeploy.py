@@ -91,14 +91,15 @@ def asks_for_gpu(step) -> bool:
 
 
 def command_line() -> tuple[str, str, list[str]]:
-    """(--environment, the command, the --with decorator specs) of the Metaflow command being run: a
-    FlowMutator sees neither, and which decorators a step needs depends on both."""
+    """(--environment, the command, the --with decorator specs) of the Metaflow command being run, from
+    its click context: a FlowMutator sees neither, and which decorators a step needs depends on both."""
     ctx = click.get_current_context(silent=True)
     while ctx is not None and ctx.parent is not None:
         ctx = ctx.parent
     if ctx is None:
         return os.environ.get("METAFLOW_DEFAULT_ENVIRONMENT", "local"), "", []
-    return ctx.params.get("environment") or "local", ctx.invoked_subcommand or "", list(ctx.params.get("decospecs") or [])
+    command = (getattr(ctx, "saved_args", None) or [""])[0]
+    return ctx.params.get("environment") or "local", command, list(ctx.params.get("decospecs") or [])
 
 
 class dependencies_by_role(FlowMutator):
