@@ -69,7 +69,7 @@ IMAGES_CONFIG = "deploy-images"
 PYPI_ENVIRONMENTS = ("pypi", "conda", "fast-bakery")
 # The environments that install the dependencies in the pod, whatever the image.
 INSTALLING_ENVIRONMENTS = PYPI_ENVIRONMENTS + ("uv",)
-KUBERNETES_COMMANDS = ("argo-workflows", "airflow")
+KUBERNETES_COMMANDS = ("argo-workflows", "airflow", "kubernetes")
 
 
 def images_config() -> Config:
@@ -98,8 +98,14 @@ def command_line() -> tuple[str, str, list[str]]:
         ctx = ctx.parent
     if ctx is None:
         return os.environ.get("METAFLOW_DEFAULT_ENVIRONMENT", "local"), "", []
-    command = (getattr(ctx, "saved_args", None) or [""])[0]
-    return ctx.params.get("environment") or "local", command, list(ctx.params.get("decospecs") or [])
+    args = list(getattr(ctx, "saved_args", None) or [""])
+    decospecs = list(ctx.params.get("decospecs") or [])  # `flow.py --with X run` ...
+    for i, arg in enumerate(args):  # ... and `flow.py run --with X`
+        if arg == "--with" and i + 1 < len(args):
+            decospecs.append(args[i + 1])
+        elif arg.startswith("--with="):
+            decospecs.append(arg.removeprefix("--with="))
+    return ctx.params.get("environment") or "local", args[0], decospecs
 
 
 class dependencies_by_role(FlowMutator):

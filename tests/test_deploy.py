@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import subprocess
 import sys
@@ -197,3 +198,14 @@ def test_under_the_pypi_environment_each_step_declares_its_role(flow_file, tmp_p
         role = "gpu" if (flow_file, step) == ("finetune_vlm.py", "train") else "light"
         assert entry["packages"] == dependencies.pins(role), f"{flow_file} {step}"
         assert entry["python"] == dependencies.python_version()
+
+
+def test_a_run_sent_to_kubernetes_without_an_image_is_refused_before_it_starts(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PHOTO_TAGGER_", "METAFLOW_KUBERNETES_CONTAINER_IMAGE"))}
+    env["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = str(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "updatephotos.py", "run", "--with", "kubernetes:cpu=2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert out.returncode != 0
+    assert "default image" in out.stderr and "PHOTO_TAGGER_IMAGE" in out.stderr and "Traceback" not in out.stderr
+    assert not list(tmp_path.glob("UpdatePhotos/*/start")), "no task started"
