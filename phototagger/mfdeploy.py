@@ -140,7 +140,7 @@ class dependencies_by_role(FlowMutator):
         if missing and (images["cpu"] or images["gpu"]):
             names = {"cpu": IMAGE_ENV, "gpu": GPU_IMAGE_ENV}
             raise UserError(
-                f"{mutable_flow._flow_cls.__name__} has {' and '.join('GPU' if r == 'gpu' else 'CPU' for r in missing)} steps but no image for them",
+                f"This flow has {' and '.join('GPU' if r == 'gpu' else 'CPU' for r in missing)} steps but no image for them",
                 f"export {' and '.join(names[r] for r in missing)} (images built from docker/, see docs/deploy.md)",
             )
         if not images["cpu"] and not images["gpu"]:
@@ -148,7 +148,7 @@ class dependencies_by_role(FlowMutator):
 
             if environment not in INSTALLING_ENVIRONMENTS and not KUBERNETES_CONTAINER_IMAGE:
                 raise UserError(
-                    f"{mutable_flow._flow_cls.__name__}'s pods would run Metaflow's default image, which lacks the flows' dependencies",
+                    "This flow's pods would run Metaflow's default image, which lacks the flows' dependencies",
                     f"export {IMAGE_ENV} and {GPU_IMAGE_ENV} (images built from docker/), or put --environment=uv, pypi "
                     "or fast-bakery before the command (docs/deploy.md)",
                 )
