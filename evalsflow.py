@@ -2,7 +2,9 @@
 import time
 from pathlib import Path
 
-from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
+from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults before Metaflow reads them
+
+from metaflow import Config, FlowSpec, Parameter, card, current, package_sources, project, step, trigger_on_finish
 
 from phototagger import mfclient
 from phototagger.output import dashboard
@@ -15,6 +17,8 @@ from phototagger.output.thumbnails import thumbnails
 VOCABULARY = str(Path(__file__).resolve().with_name("vocabulary.json"))
 
 
+@package_sources(mfdeploy.PACKAGE_DATA, suffixes=mfdeploy.DATA_SUFFIXES)  # the data files tasks read
+@mfdeploy.dependencies_by_role
 # Deployed, a Sensor on two flows waits for both (Argo Events resolves every dependency before it
 # triggers), and the quick baseline path has no PromptCustomModels run: the hourly PromptModels run
 # triggers the dashboard, and `collect` folds every prompt flow's runs that finished since.
@@ -40,6 +44,8 @@ class EvaluationFlow(FlowSpec):
     the state holds scored totals, so a changed vocabulary scores the answers folded from then on, and
     --rebuild scores all history again under it.
     """
+
+    deploy_images = mfdeploy.images_config()
 
     vocabulary = Config("vocabulary", default=VOCABULARY, parser=parse_file,
                         help="JSON vocabulary of the lenient matching rule: synonyms, stop_tags, parents (see vocabulary.json).")
