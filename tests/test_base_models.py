@@ -133,3 +133,13 @@ def test_the_cache_command_stores_a_folder_under_the_name_given(tmp_path):
     assert refused.returncode == 2 and refused.stderr.strip().startswith("error: '../escape' cannot name a cached base model")
     storage = LocalStorage(str(tmp_path / "sysroot" / ".metaflow"))
     assert base_models.find(storage, "Qwen/Qwen2.5-VL-3B-Instruct")["files"].keys() == files_of(source).keys()
+
+
+def test_a_light_pod_without_huggingface_hub_checks_the_datastore_and_leaves_the_hub_to_the_gpu_step(storage, tmp_path, no_hub, monkeypatch):
+    """A deployed `start` runs in the light image (no huggingface_hub): a cached copy is still found, an uncached hub id passes on."""
+    base_models.store(storage, saved_model(tmp_path / "qwen"), "my-qwen")
+    find_spec = base_models.importlib.util.find_spec
+    monkeypatch.setattr(base_models.importlib.util, "find_spec", lambda name, *a: None if name == "huggingface_hub" else find_spec(name, *a))
+
+    assert base_models.check("my-qwen", storage) == "datastore"
+    assert base_models.check("Qwen/not-cached-anywhere", storage) == "hub"

@@ -18,6 +18,7 @@ downloads it again.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import json
 import logging
@@ -102,11 +103,15 @@ def fetch(storage: BlobStorage, stored: StoredModel, target_root: Optional[Path]
 
 def check(base_model: str, storage: Optional[BlobStorage] = None) -> str:
     """Where `base_model` will load from ("local", "datastore", "cache" or "hub"), checked before any GPU is
-    asked for; UserError when it cannot load from any of them."""
+    asked for; UserError when it cannot load from any of them. A deployed `start` runs in the light image,
+    without huggingface_hub: there a name that is neither a folder nor cached in the datastore is left to
+    the GPU step to look up on the hub."""
     if Path(base_model).expanduser().is_dir():
         return vlm.check_base_model(base_model)
     if find(storage or datastore_dirs.configured_storage(), base_model) is not None:
         return "datastore"
+    if importlib.util.find_spec("huggingface_hub") is None:
+        return "hub"
     try:
         return vlm.check_base_model(base_model)
     except UserError as exc:
