@@ -24,9 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 from phototagger.errors import UserError
-from phototagger.prompting.custom_batch import adapter_model_name
 from phototagger.training import vlm
-from phototagger.training.train import unpack_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -127,11 +125,13 @@ def export_adapter(
 
     `files` and `meta` are a FineTuneVLM run's `adapter_files` and `finetune_meta`; `base_model` overrides
     the base it trained on (e.g. a local copy); the merged model is served as `served_name`."""
+    from phototagger.training.train import unpack_adapter  # torch and peft: imported when an export runs
+
     base = base_model or meta["base_model"]
     vlm.check_base_model(base)
     dtype = merge_dtype(base, dtype) if merge else None
     out = Path(out_dir)
-    served_name = served_name or adapter_model_name(meta["base_model"], finetune_run.rsplit("/", 1)[-1])
+    served_name = served_name or vlm.adapter_model_name(meta["base_model"], finetune_run.rsplit("/", 1)[-1])
     if not SERVED_NAME.match(served_name):
         raise UserError(f"--served-name {served_name!r} is not a plain name", "use letters, digits, '.', '_' and '-' only")
     adapter_dir, merged_dir = out / "adapter", out / served_name  # a server started in out_dir knows the model by this name

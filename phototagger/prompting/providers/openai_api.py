@@ -191,7 +191,9 @@ class ChatAPIProvider(Provider):
 
     def _image_ref(self, image: str) -> str:
         """URLs go to the API as they are (never with user:password@); local files (and all images with
-        inline_images) as data URIs."""
+        inline_images) as data URIs; with max_pixels, every image as training loaded it, as a PNG."""
+        if self.max_pixels:
+            return self._shrunk_png(image)
         if is_url(image) and not self.inline_images:
             try:
                 check_request_url(image)
