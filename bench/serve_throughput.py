@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="device for both (cpu, cuda)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, in process and in the server (OMP_NUM_THREADS)")
     args = parser.parse_args()
-    # Both sides get the same thread count: on a loaded 2-core machine, 2 OpenMP threads ran the tiny model 7-13x
+    # Both sides get the same thread count: on a loaded 2-core machine, 2 OpenMP threads ran the tiny model 4-12x
     # slower than 1, and the server's worker thread would otherwise not run like the main thread here.
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
