@@ -80,6 +80,7 @@ def without_special_tokens(text: str) -> str:
     return re.sub(r"<\|[a-z_]+\|>", "", text).strip()
 
 
+@pytest.mark.timeout(600)  # builds and merges the adapter, or generates 18 answers twice, on a busy CPU
 def test_export_writes_the_adapter_with_its_training_metadata_and_a_16bit_merged_model(exported, tiny_qwen_dir):
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
@@ -103,6 +104,7 @@ def test_export_writes_the_adapter_with_its_training_metadata_and_a_16bit_merged
     assert (exported.out_dir / "prompt.txt").read_text().strip() == PROMPT
 
 
+@pytest.mark.timeout(600)  # builds and merges the adapter, or generates 18 answers twice, on a busy CPU
 def test_adapter_in_peft_and_merged_model_give_the_same_answers_greedily(exported, tiny_qwen_dir, demo_images):
     adapter = answers(finetuned(exported, adapter_path=str(exported.adapter_dir)), demo_images)
     merged = answers(finetuned(exported, base_model=str(exported.merged_dir)), demo_images)
@@ -114,6 +116,7 @@ def test_adapter_in_peft_and_merged_model_give_the_same_answers_greedily(exporte
     assert len({text for text, _ in adapter}) > 1, "answers vary by photo"
 
 
+@pytest.mark.timeout(600)  # builds and merges the adapter, or generates 18 answers twice, on a busy CPU
 def test_merged_model_served_by_transformers_serve_answers_as_the_in_process_provider(exported, demo_images):
     local = finetuned(exported, base_model=str(exported.merged_dir)).prompt_batch(PROMPT, demo_images, [None] * len(demo_images))
     with export.transformers_server(exported.out_dir, exported.served_name) as base_url:
@@ -167,3 +170,16 @@ def test_openai_compatible_max_pixels_sends_the_photo_as_training_loaded_it(tmp_
     sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
     assert sent.size == (224, 168), "shrunk to vlm.max_side_for(max_pixels), as training and the finetuned provider load it"
     assert result["error"] is None and served.settings()["max_pixels"] == CAPS["max_pixels"]
+
+
+def test_export_refuses_to_merge_into_a_quantised_base(tiny_qwen_dir, tmp_path):
+    import shutil
+
+    quantised = tmp_path / "tiny-4bit"
+    shutil.copytree(tiny_qwen_dir, quantised)
+    config = json.loads((quantised / "config.json").read_text())
+    (quantised / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}}))
+
+    with pytest.raises(UserError, match="quantised checkpoint"):
+        export.export_adapter({}, training_meta(quantised), "FineTuneVLM/7", tmp_path / "out")
+    assert export.merge_dtype(str(tiny_qwen_dir), "auto") == "float32", "auto: the base checkpoint's own dtype"

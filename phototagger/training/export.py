@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import re
 import shutil
 import tempfile
@@ -25,8 +24,6 @@ from typing import Any, Iterator, Mapping, Optional
 
 from phototagger.errors import UserError
 from phototagger.training import vlm
-
-logger = logging.getLogger(__name__)
 
 EXPORT_META = "photo_tagger.json"
 SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # also the merged model's folder name
