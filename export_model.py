@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from metaflow.exception import MetaflowNotFound
+
 from phototagger import mfclient
 from phototagger.errors import UserError
 from phototagger.mfclient import FINETUNE_FLOW
@@ -62,6 +64,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
     except UserError as exc:
         print(f"export_model.py: {exc.one_line()}", file=sys.stderr)
+        return 1
+    except MetaflowNotFound:
+        print(f"export_model.py: no run {args.run} in this datastore; pass --run FineTuneVLM/<id> of a run `python finetune_vlm.py run` made", file=sys.stderr)
         return 1
     print(f"Adapter: {result.adapter_dir}")
     if result.merged_dir:
