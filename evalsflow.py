@@ -2,7 +2,9 @@
 import time
 from pathlib import Path
 
-from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
+from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults before Metaflow reads them
+
+from metaflow import Config, FlowSpec, Parameter, card, current, package_sources, project, step, trigger_on_finish
 
 from phototagger import mfclient
 from phototagger.output import dashboard
@@ -15,6 +17,8 @@ from phototagger.output.thumbnails import thumbnails
 VOCABULARY = str(Path(__file__).resolve().with_name("vocabulary.json"))
 
 
+@package_sources(mfdeploy.PACKAGE_DATA, suffixes=mfdeploy.DATA_SUFFIXES)  # the data files tasks read
+@mfdeploy.dependencies_by_role
 # Deployed, a Sensor on two flows waits for both (Argo Events resolves every dependency before it
 # triggers), and the quick baseline path has no PromptCustomModels run: the hourly PromptModels run
 # triggers the dashboard, and `collect` folds every prompt flow's runs that finished since.
@@ -28,7 +32,8 @@ class EvaluationFlow(FlowSpec):
        of the same project branch (or start empty with --rebuild).
     2) Read the `models_eval` artifact of each PromptModels and PromptCustomModels run not folded
        before, score its results under both matching rules with this flow's vocabulary, fold them
-       into the state, a rerun of a batch replacing the earlier answers, and store them as
+       into the state (a photo counts once per branch: in the batch of the UpdatePhotos run holding its
+       claim), a rerun of a batch replacing the earlier answers, and store them as
        `photo_results` (Parquet bytes): only this run's new rows. Each model skipped by a run
        (`skipped_models`) keeps the reason of its latest run.
     3) Rank the (model, prompt) rows with 95% bootstrap intervals and a paired comparison with the best
@@ -39,6 +44,8 @@ class EvaluationFlow(FlowSpec):
     the state holds scored totals, so a changed vocabulary scores the answers folded from then on, and
     --rebuild scores all history again under it.
     """
+
+    deploy_images = mfdeploy.images_config()
 
     vocabulary = Config("vocabulary", default=VOCABULARY, parser=parse_file,
                         help="JSON vocabulary of the lenient matching rule: synonyms, stop_tags, parents (see vocabulary.json).")
@@ -101,6 +108,10 @@ class EvaluationFlow(FlowSpec):
         new_events = []
         for run in new_runs:
             prompt_run = next(evals.read_runs([run]) if run.successful else evals.budget_failures([run]))
+            events, note = mfclient.events_once_per_branch(run, current.branch_name, prompt_run.events)
+            prompt_run = prompt_run._replace(events=events)
+            if note:
+                print(note)
             skipped = f", skipped {', '.join(prompt_run.skipped)}" if prompt_run.skipped else ""
             print(f"{prompt_run.pathspec}: {len(prompt_run.events)} events{skipped}")
             new_events += prompt_run.events
