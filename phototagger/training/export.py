@@ -124,8 +124,11 @@ def export_adapter(
     the base it trained on (e.g. a local copy); the merged model is served as `served_name`."""
     from phototagger.training.train import unpack_adapter  # torch and peft: imported when an export runs
 
-    base = base_model or meta["base_model"]
-    vlm.check_base_model(base)
+    from phototagger.training import base_models
+
+    base_name = base_model or meta["base_model"]  # a folder, a copy cached in the datastore, or a hub id
+    base_models.check(base_name)
+    base = base_models.local_path(base_name) if merge else base_name
     dtype = merge_dtype(base, dtype) if merge else None
     out = Path(out_dir)
     served_name = served_name or vlm.adapter_model_name(meta["base_model"], finetune_run.rsplit("/", 1)[-1])
@@ -135,7 +138,7 @@ def export_adapter(
     for stale in (adapter_dir, merged_dir):  # a re-export replaces both forms, never mixes two runs' files
         shutil.rmtree(stale, ignore_errors=True)
     unpack_adapter(files, adapter_dir)
-    info = export_meta(meta, finetune_run, base, dtype)
+    info = export_meta(meta, finetune_run, base_name, dtype)
     (adapter_dir / EXPORT_META).write_text(json.dumps(info, indent=2) + "\n")
     if merge:
         merge_adapter(base, adapter_dir, merged_dir, dtype)

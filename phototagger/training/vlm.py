@@ -34,15 +34,15 @@ TINY_MODEL_FIX = "python -m phototagger.training.random_qwen models/tiny-qwen --
 def check_base_model(base_model: str) -> str:
     """Where `base_model` will load from ("local", "cache" or "hub"), checked before any GPU is asked for;
     UserError when it cannot load: neither a model folder here, nor in the Hugging Face cache, nor on a reachable hub."""
-    from huggingface_hub import HfApi, constants, try_to_load_from_cache
-    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
-
     fix = f"pass --base-model PATH to a local copy, or for a CPU trial build a tiny random model with `{TINY_MODEL_FIX}`"
     path = Path(base_model).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"--base-model {base_model} is a folder without a config.json, not a saved model", fix)
         return "local"
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
     try:
         if isinstance(try_to_load_from_cache(base_model, "config.json"), str):
             return "cache"
