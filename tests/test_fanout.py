@@ -74,7 +74,7 @@ def test_the_finetuned_model_gets_its_trained_prompt_named_like_the_configured_o
 def test_a_small_batch_is_one_task_per_model_and_prompt():
     items = fanout.plan([PRIOR, OPENAI], [DEFAULT, SHORT], n_photos=12, shard_size=500, concurrency=4)
     assert [(fanout.item_row(i), i["shard"], i["start"], i["stop"]) for i in items] == [
-        (f"prior:tag-prior | {DEFAULT['id']}", 0, 0, 12), (f"prior:tag-prior | {SHORT['id']}", 0, 0, 12),
+        ("prior:tag-prior", 0, 0, 12),  # a baseline reads no prompt: one task and one row, not one per prompt
         (f"openai:gpt-4o-mini | {DEFAULT['id']}", 0, 0, 12), (f"openai:gpt-4o-mini | {SHORT['id']}", 0, 0, 12),
     ]
 
@@ -90,20 +90,21 @@ def test_a_big_batch_is_cut_into_shards_that_cover_every_photo_once_in_order():
 def test_a_models_concurrency_is_shared_by_its_prompts_and_shards():
     items = fanout.plan([PRIOR, OPENAI], [DEFAULT, SHORT], n_photos=4, shard_size=2, concurrency=4)
     by_model = {fanout.item_model(i): i["concurrency"] for i in items}
-    assert by_model == {"prior:tag-prior": 1, "openai:gpt-4o-mini": 2}  # 4 // (2 prompts x 2 shards); openai's own 8 // 4
+    assert by_model == {"prior:tag-prior": 2, "openai:gpt-4o-mini": 2}  # 4 // (1 prompt x 2 shards); openai's own 8 // (2 x 2)
     assert fanout.plan([OPENAI], [DEFAULT], n_photos=4, shard_size=500)[0]["concurrency"] == 8, "one task keeps it all"
 
 
 def test_the_join_puts_every_photo_once_in_photo_order_per_model_and_prompt_whatever_order_tasks_end():
     batch = photos(5)
-    items = fanout.plan([PRIOR], [DEFAULT, SHORT], n_photos=5, shard_size=2)
+    items = fanout.plan([PRIOR, OPENAI], [DEFAULT, SHORT], n_photos=5, shard_size=2)
     outputs = [{"item": i, "results": answered(i, batch), "skip_reason": None} for i in reversed(items)]
     results, skipped = fanout.join(outputs, list(batch))
     assert skipped == {}
-    assert sorted(results) == sorted([f"prior:tag-prior | {DEFAULT['id']}", f"prior:tag-prior | {SHORT['id']}"])
+    assert sorted(results) == sorted(["prior:tag-prior", f"openai:gpt-4o-mini | {DEFAULT['id']}", f"openai:gpt-4o-mini | {SHORT['id']}"])
     for row, records in results.items():
         assert [r["photo_id"] for r in records] == ["p0", "p1", "p2", "p3", "p4"]
-        assert {r["prompt_variant"] for r in records} == {evals.split_row_key(row)[1]}
+        assert {r["prompt_variant"] for r in records} == {evals.split_row_key(row)[1] or None}
+    assert {evals.result_row_key(r) for records in results.values() for r in records} == set(results), "scoring reads the same rows"
 
 
 def test_a_skipped_model_is_listed_once_and_has_no_rows():
@@ -114,7 +115,7 @@ def test_a_skipped_model_is_listed_once_and_has_no_rows():
                else {"item": i, "results": answered(i, batch), "skip_reason": None} for i in items]
     results, skipped = fanout.join(outputs, list(batch))
     assert skipped == {"openai:gpt-4o-mini": "openai_api is not set"}
-    assert list(results) == [f"prior:tag-prior | {DEFAULT['id']}"]
+    assert list(results) == ["prior:tag-prior"]
 
 
 def test_a_missing_or_repeated_shard_fails_the_join_instead_of_storing_a_gap():
@@ -185,7 +186,7 @@ def test_the_dashboards_short_name_keeps_the_prompt_variant():
 
 def test_the_run_summary_counts_models_not_rows_and_says_how_many_prompts():
     batch = photos(2)
-    items = fanout.plan([PRIOR], [DEFAULT, SHORT], n_photos=2)
+    items = fanout.plan([{"provider": "together", "model": "qwen-vl"}], [DEFAULT, SHORT], n_photos=2)
     results, _ = fanout.join([{"item": i, "results": answered(i, batch), "skip_reason": None} for i in items], list(batch))
     models_eval = {"batch_id": "17", "batch_date": "2025-03-04", "photos": batch, "results": results}
     lines = run_summary_lines(models_eval, {k: summarise(v) for k, v in results.items()}, {"openai:gpt-4o-mini": "key missing"})

@@ -80,9 +80,9 @@ def test_equal_rows_keep_their_order_between_runs_and_are_tied_not_behind():
     assert first.rows[1].tied_with_best and not first.rows[1].behind_best
 
 
-def test_prompt_variants_of_a_model_that_ignores_the_prompt_are_one_row():
+def test_a_model_that_ignores_the_prompt_is_one_row_beside_the_variants_of_one_that_reads_it():
     from tests.test_evals import event
-    events = [event(model="prior:tag-prior", photo=f"p{i}", variant=v) for i in range(3) for v in ("default@1", "short@2")]
+    events = [event(model="prior:tag-prior", photo=f"p{i}") for i in range(3)]  # the fan-out labels no variant
     events += [event(model="openai:gpt-4o-mini", photo=f"p{i}", variant=v) for i in range(3) for v in ("default@1", "short@2")]
     keys = sorted(row.key for row in evals.rank_models(events).rows)
     assert keys == ["openai:gpt-4o-mini | default@1", "openai:gpt-4o-mini | short@2", "prior:tag-prior"]

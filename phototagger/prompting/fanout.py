@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Optional, Sequence, TypedDict
 
+from phototagger.prompting.providers import reads_prompt
 from phototagger.prompting.variants import PromptVariant
 from phototagger.records import ModelResult, Photo
 from phototagger.scoring.evals import model_key, row_key
@@ -58,13 +59,16 @@ def plan(
     concurrency: int = 1,
 ) -> list[WorkItem]:
     """The foreach items: every model x every variant x every shard, model by model, shards in photo order.
+    A model that reads no prompt (the offline baselines) runs on the first variant only: its answers would
+    be the same on every variant, so it is one ranking row.
 
     `concurrency` is the default calls in flight per model; an entry's own "concurrency" wins."""
     ranges = shard_ranges(n_photos, shard_size)
     items = []
     for entry in entries:
-        own = share(int(entry.get("concurrency") or concurrency), len(variants) * len(ranges))
-        for variant in variants:
+        own_variants = variants if reads_prompt(entry["provider"]) else variants[:1]
+        own = share(int(entry.get("concurrency") or concurrency), len(own_variants) * len(ranges))
+        for variant in own_variants:
             for shard, (start, stop) in enumerate(ranges):
                 items.append(WorkItem(entry=dict(entry), variant=variant, shard=shard, shards=len(ranges),
                                       start=start, stop=stop, concurrency=own))
@@ -75,9 +79,14 @@ def item_model(item: WorkItem) -> str:
     return model_key(item["entry"]["provider"], item["entry"]["model"])
 
 
+def item_variant(item: WorkItem) -> Optional[str]:
+    """The prompt variant the item's results are labelled with; None for a model that reads no prompt."""
+    return item["variant"]["id"] if reads_prompt(item["entry"]["provider"]) else None
+
+
 def item_row(item: WorkItem) -> str:
-    """The ranking row the item's results go to: `provider:model | variant@hash`."""
-    return row_key(item_model(item), item["variant"]["id"])
+    """The ranking row the item's results go to: `provider:model | variant@hash`, or the model alone."""
+    return row_key(item_model(item), item_variant(item))
 
 
 def shard_photos(photos: Mapping[str, Photo], item: WorkItem) -> list[Photo]:
@@ -110,7 +119,7 @@ def join(outputs: Iterable[ShardOutput], photo_ids: Sequence[str]) -> tuple[dict
             raise RuntimeError(f"{row}: joined shards {sorted(shards)} of {first['shards']}")
         if item_model(first) in skipped:
             continue
-        rows = [dict(r, prompt_variant=first["variant"]["id"]) for i in range(first["shards"]) for r in shards[i]["results"]]
+        rows = [dict(r, prompt_variant=item_variant(first)) for i in range(first["shards"]) for r in shards[i]["results"]]
         if [r.get("photo_id") for r in rows] != list(photo_ids):
             raise RuntimeError(f"{row}: the joined results are not the batch's {len(photo_ids)} photos in order")
         if rows:

@@ -118,13 +118,9 @@ def split_row_key(key: str) -> tuple[str, str]:
 
 
 def result_row_key(result: ModelResult) -> str:
-    """The ranking row of a result: its model and prompt variant, or its model alone when the provider does not read
-    the prompt (the offline baselines answer the same whatever the prompt, so their variants are one row)."""
-    from phototagger.prompting.providers import reads_prompt  # the provider registry, which imports scoring
-
-    provider = result.get("provider", "")
-    variant = result.get("prompt_variant") if reads_prompt(provider) else None
-    return row_key(model_key(provider, result.get("model", "")), variant)
+    """The ranking row of a result: its model and prompt variant, or its model alone when the result has no variant
+    (the prompt fan-out labels none for a model that reads no prompt, such as the offline baselines)."""
+    return row_key(model_key(result.get("provider", ""), result.get("model", "")), result.get("prompt_variant"))
 
 
 def make_event(
