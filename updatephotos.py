@@ -29,6 +29,8 @@ class UpdatePhotos(FlowSpec):
     2) Fetch up to --batch-size photos from --source that are not among them, with their
        normalised ground-truth tags, claim each in the datastore so that a run started at the
        same moment cannot deliver it too, and store the won ones as `unseen` for the downstream flows.
+       Photos delivered before whose suggestions (export_tags.py) the photographer has reviewed since come again
+       in the batch with their corrected ground truth (`corrected` lists them, `reviews` remembers each review).
     3) Print a short summary and render it on a card; an empty batch ends the run cleanly.
     """
 
@@ -70,6 +72,7 @@ class UpdatePhotos(FlowSpec):
         previous_state = batches.previous_state(previous)
         before = batches.delivered_before(mfclient.DatastoreBlobs(current.flow_name), previous_state, self.reset_existing)
         self.delivered, self.tag_stats, self.reference = before["delivered"], before["tag_stats"], before["reference"]
+        self.reviews = {} if self.reset_existing or previous_state is None else dict(previous_state.reviews)
         self.claim_epoch = claims.epoch(previous_state.claim_epoch if previous_state else None, self.reset_existing, current.run_id)
         self.next(self.fetch)
 
@@ -86,8 +89,11 @@ class UpdatePhotos(FlowSpec):
         before = state.IngestState(delivered=self.delivered, tag_stats=self.tag_stats, reference=self.reference)
         after = state.fold_batch(store, before, claimed.elsewhere, seed=f"{current.run_id}-elsewhere")
         self.delivered, self.tag_stats, self.reference = after["delivered"], after["tag_stats"], after["reference"]
-        self.unseen = claimed.batch.unseen
-        self.notes = self.notes + claimed.notes
+        corrections, correction_notes = batches.fetch_corrections(source, delivered, self.reviews, run_claims)
+        self.unseen = {**claimed.batch.unseen, **corrections}
+        self.corrected = list(corrections)
+        self.reviews = batches.reviews_after(self.reviews, self.unseen)
+        self.notes = self.notes + claimed.notes + correction_notes
         self.batch_id = str(current.run_id)
         self.batch_date = batches.batch_date()
         self.next(self.end)
@@ -97,7 +103,7 @@ class UpdatePhotos(FlowSpec):
     def end(self):
         """Print what this run delivered (an empty batch is a normal, successful outcome: downstream
         flows see `unseen == {}` and have nothing to do) and show the same on the run's card."""
-        batch = batches.Batch(self.unseen, self.delivered["count"])
+        batch = batches.Batch(self.unseen, self.delivered["count"] - len(self.corrected))
         for line in batches.summary_lines(self.source_name, batch, self.notes):
             print(line)
         self.html = run_card.updatephotos_card(self.source_name, batch, self.notes)

@@ -19,6 +19,8 @@ writes dc:subject into IPTC Keywords) stays the model's there too.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
@@ -106,3 +108,13 @@ def classify(values: Iterable[KeywordValue], suggested: Iterable[str], roots: It
 def leaf_keys(tags: Sequence[str | Sequence[str]]) -> list[str]:
     """The normalised tag each export tag stands for (a path's last level)."""
     return [normalise_tag(tag if isinstance(tag, str) else tag[-1]) for tag in tags if tag]
+
+
+def review_key(confirmed: Iterable[str], rejected: Iterable[str]) -> str:
+    """A short fingerprint of how a photo's suggestions were reviewed; "" when none was confirmed or rejected.
+
+    UpdatePhotos delivers a photo again when this changes, so the corrected ground truth reaches the scores."""
+    confirmed, rejected = sorted(set(confirmed)), sorted(set(rejected))
+    if not confirmed and not rejected:
+        return ""
+    return hashlib.sha256(json.dumps([confirmed, rejected]).encode()).hexdigest()[:16]

@@ -22,12 +22,15 @@ import csv
 import hashlib
 import json
 import re
+import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Collection, Iterator, Mapping, Optional
 
 from PIL import Image, UnidentifiedImageError
 
+from phototagger.output import xmp
+from phototagger.provenance import review_key
 from phototagger.records import Photo
 from phototagger.ingest.sources.base import SourceError, collect_tags, listing_note, make_photo, utc_iso
 from phototagger.ingest.sources.keywords import PLACE_NAMES, read_photo_keywords
@@ -59,6 +62,21 @@ class FolderSource:
         self.notes: list[str] = []
 
     def fetch(self, exclude_ids: set[str], limit: int) -> list[Photo]:
+        return self._photos(lambda photo_id, path: photo_id not in exclude_ids, limit)
+
+    def corrections(self, delivered: Collection[str], reviews: Mapping[str, str]) -> list[Photo]:
+        """Delivered photos whose suggestions were reviewed (confirmed or deleted) since they were last delivered:
+        their ground truth changed. Only photos with an XMP sidecar are read again (that is where suggestions live)."""
+        def has_sidecar(photo_id: str, path: Path) -> bool:
+            return photo_id in delivered and any(xmp.sidecar_path(path, naming).is_file() for naming in xmp.NAMINGS)
+
+        notes = self.notes
+        photos = self._photos(has_sidecar, sys.maxsize)
+        self.notes = notes + [note for note in self.notes if note not in notes and note.startswith(("Skipped", "Refused"))]
+        return [photo for photo in photos if review_key(photo.get("confirmed_tags", ()), photo.get("rejected_tags", ())) != reviews.get(photo["id"], "")]
+
+    def _photos(self, wanted: Callable[[str, Path], bool], limit: int) -> list[Photo]:
+        """The photos `wanted(id, path)` picks, up to `limit`, each read with its tags."""
         self.notes = []
         table = self._tags_table()
         photos: list[Photo] = []
@@ -74,7 +92,7 @@ class FolderSource:
                 break
             relative = path.relative_to(self.root).as_posix()
             photo_id = folder_photo_id(relative)
-            if photo_id in exclude_ids:
+            if not wanted(photo_id, path):
                 continue
             if not path.resolve().is_relative_to(self.root):
                 outside.append(relative)
