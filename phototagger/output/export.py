@@ -385,7 +385,7 @@ def write_sidecars(tagset: TagSet, options: ExportOptions) -> tuple[list[xmp.Sid
     """Merge each photo's tags into its sidecar; a sidecar that cannot be merged is reported, never clobbered."""
     changes, failures = [], []
     claimed: dict[Path, str] = {}
-    suggested_by = xmp.Suggestion("", tagset.model, tagset.source)
+    suggested_by = xmp.Suggestion("", split_row_key(tagset.model)[0], tagset.source)
     for photo in tagset.tagged:
         if not photo.tags:
             continue
