@@ -264,3 +264,12 @@ def test_every_recall_figure_on_the_card_names_its_matching_rule(dashboard):
     assert "Best avg recall (exact)" in page and "Its avg recall (lenient)" in page
     assert "recall (exact &middot; lenient)" in page and ">100 &middot; 100</td>" in page  # the drill-down shows both
     assert "Mean difference in recall (exact) from the top row" in page  # Recall vs best, in the footer
+
+
+def test_a_folder_photo_is_shown_by_its_path_in_the_folder_not_its_id():
+    result = {"photo_id": "folder-1308794bd4e9e5ee", "provider": "knn", "model": "jec", "tags": ["rocket"], "error": None,
+              "valid": True, "latency_ms": 5.0, **score_photo(["rocket"], ["rocket"])}
+    photo = {"id": "folder-1308794bd4e9e5ee", "name": "trip/rocket.jpg", "ground_truth_tags": ["rocket"], "image_url": "/lib/trip/rocket.jpg"}
+    events = [evals.make_event(result, photo, batch_id="1", batch_date="2026-05-01", source_flow="PromptModels", source_run="2")]
+    page = card.render_dashboard(evals.rank_models(events), events)
+    assert re.findall(r'<div class="pid">([^<]+)</div>', page) == ["trip/rocket.jpg"]

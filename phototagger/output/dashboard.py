@@ -266,7 +266,7 @@ def _photo(photo_events: list[EvalEvent], order: Mapping[str, int], thumbs: Mapp
                 "recall_lenient": ev.get("recall_lenient"),
                 "tags": [(tag, normalise_tag(tag) in truth) for tag in ev.get("tags") or []]}
                for ev in sorted(photo_events, key=lambda e: order.get(e["model_key"], len(order)))]
-    return {"photo_id": first["photo_id"], "thumb": thumbs.get(first.get("image_url", "")), "truth": truth_tags,
+    return {"photo_id": first["photo_id"], "name": first.get("photo_name") or first["photo_id"], "thumb": thumbs.get(first.get("image_url", "")), "truth": truth_tags,
             "answers": answers}
 
 

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Proto
 from phototagger.scoring.metrics import (Interval, PerTag, ScoredPhoto, Summary, Totals, paired_difference, per_tag,
                                          photo_figures, recall_interval, valid_recalls)
 from phototagger.scoring.tags import normalise_tags
-from phototagger.records import ModelResult, Photo
+from phototagger.records import ModelResult, Photo, photo_name
 
 COLUMNS = (
     ("Model", "key"),
@@ -83,6 +83,7 @@ class EvalEvent(ModelResult, total=False):
     batch_date: str  # ISO date of that batch
     ground_truth_tags: list[str]
     image_url: str
+    photo_name: str  # what the user calls the photo: its path inside the folder, else its id
     source_flow: str  # the flow that prompted the model, e.g. "PromptModels"
     source_run: str  # that flow's run id
 
@@ -122,6 +123,7 @@ def make_event(
         batch_date=batch_date,
         ground_truth_tags=list(photo.get("ground_truth_tags") or []),
         image_url=photo.get("image_url", ""),
+        photo_name=photo_name(photo) or str(result.get("photo_id", "")),
         source_flow=source_flow,
         source_run=str(source_run),
     )
