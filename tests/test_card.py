@@ -3,6 +3,7 @@ import io
 import re
 import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -30,7 +31,8 @@ def event(model, photo, image_url, truth, tags=(), error=None, latency=100.0, ba
               "error": error, "valid": not error, "latency_ms": latency, **score_photo(truth, [] if error else tags)}
     if variant:
         result["prompt_variant"] = variant
-    return evals.make_event(result, {"id": photo, "ground_truth_tags": list(truth), "image_url": image_url},
+    local = {"source": "folder", "name": Path(image_url).name} if image_url.startswith("/") else {}  # a file of the folder source
+    return evals.make_event(result, {"id": photo, "ground_truth_tags": list(truth), "image_url": image_url, **local},
                             batch_id=batch, batch_date=date, source_flow="PromptModels", source_run="1")
 
 
@@ -251,9 +253,9 @@ def test_drilldown_shows_the_photos_models_disagree_on_most_and_says_where_the_r
                          error="timeout" if i == 42 else None)]
     page = card.render_dashboard(evals.rank_models(events), events, drilldown_photos=5)
     shown = re.findall(r'<div class="pid">([^<]+)</div>', page)
-    assert shown == ["p007", "p150", "p042", "p000", "p001"]
+    assert shown == ["007.jpg", "150.jpg", "042.jpg", "000.jpg", "001.jpg"]  # named by their path in the folder
     assert "showing 5 of 200 photos" in page and "photo_results" in page
-    assert card.drilldown_image_urls(events, drilldown_photos=5) == sorted(f"/img/{p[1:]}.jpg" for p in shown)
+    assert card.drilldown_image_urls(events, drilldown_photos=5) == sorted(f"/img/{p}" for p in shown)
 
 
 def test_every_recall_figure_on_the_card_names_its_matching_rule(dashboard):

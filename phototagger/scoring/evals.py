@@ -18,6 +18,8 @@ from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Proto
 from phototagger.scoring.metrics import (Interval, PerTag, ScoredPhoto, Summary, Totals, paired_difference, per_tag,
                                          photo_figures, recall_interval, valid_recalls)
 from phototagger.scoring.tags import normalise_tags
+from phototagger.http import LocalImage
+from phototagger.images import photo_image
 from phototagger.records import ModelResult, Photo, photo_name
 
 COLUMNS = (
@@ -128,6 +130,9 @@ def make_event(
         source_run=str(source_run),
     )
     event.setdefault("photo_id", photo.get("id", ""))
+    image = photo_image(photo)
+    if isinstance(image, LocalImage):
+        event["image_root"] = image.root  # the folder the dashboard may read its thumbnail from
     return event
 
 

@@ -26,9 +26,9 @@ from typing import Any, Callable, Collection, Iterable, Mapping, NamedTuple, Opt
 from PIL import Image
 
 from phototagger.training import vlm
-from phototagger.http import ImageFetchError
+from phototagger.http import ImageFetchError, LocalImage
 from phototagger import mfclient
-from phototagger.images import load_image
+from phototagger.images import load_image, photo_image
 from phototagger.records import Photo
 from phototagger.scoring.tags import normalise_tags
 
@@ -147,6 +147,7 @@ def make_example(photo: Photo, prompt_text: str) -> TrainingExample:
         ],
         "ground_truth_tags": tags,
         "photo_id": str(photo["id"]),
+        **({"image_root": image.root} if isinstance(image := photo_image(photo), LocalImage) else {}),
     }
 
 
@@ -160,8 +161,10 @@ def _content_part(example: Mapping[str, Any], role: str, kind: str) -> Any:
 
 
 def example_image(example: Mapping[str, Any]) -> str:
-    """The image URL or path in an example's user turn."""
-    return _content_part(example, "user", "image")
+    """The image URL or path in an example's user turn; a path of a folder or demo photo (its `image_root`
+    recorded) as the `LocalImage` the image loader reads."""
+    location = _content_part(example, "user", "image")
+    return LocalImage(location, example["image_root"]) if example.get("image_root") else location
 
 
 def example_prompt(example: Mapping[str, Any]) -> str:
@@ -175,7 +178,10 @@ def example_answer(example: Mapping[str, Any]) -> str:
 
 def photo_from_example(example: Mapping[str, Any]) -> Photo:
     """The part of a Photo an example still holds, enough to make the example again."""
-    return Photo(id=example["photo_id"], image_url=example_image(example), ground_truth_tags=list(example["ground_truth_tags"]))
+    photo = Photo(id=example["photo_id"], image_url=str(example_image(example)), ground_truth_tags=list(example["ground_truth_tags"]))
+    if example.get("image_root"):  # what photo_image needs to read it again
+        photo.update(source="folder", name=photo["image_url"][len(example["image_root"].rstrip("/")) + 1:])
+    return photo
 
 
 # ---------------------------------------------------------------- checks
@@ -206,7 +212,7 @@ def validate_photo(
     if not location:
         return PhotoCheck("bad_image: the photo record has no image_url", None)
     try:
-        image = load_image(location)
+        image = load_image(photo_image(photo))
     except ImageFetchError as exc:
         return PhotoCheck(f"bad_image: {exc}", None)
     digest = image_digest(image)
