@@ -256,3 +256,16 @@ def test_card_lists_counts_and_every_dropped_photo(tmp_path):
         "1 train and 0 validation examples from 1 UpdatePhotos runs.",
         "Left out 1 photos (bad_image 1); 3 photo ids are held out for evaluation.",
     ]
+
+
+def test_a_photo_delivered_again_after_a_review_trains_on_the_confirmed_tags_in_its_split(tmp_path):
+    photos = [make_photo(tmp_path, f"p{i}", tags=["cat", "pet", "sofa"]) for i in range(4)]
+    settings = curate.CurationSettings(prompt_text="Tag.", min_tags=1)
+    first = curate.curate([batch("UpdatePhotos/1", *photos)], {"new"}, settings)
+    split = {e["photo_id"]: name for name, group in (("train", first.train_examples), ("validation", first.validation_examples)) for e in group}
+    reviewed = {**photos[0], "ground_truth_tags": ["cat", "pet", "sofa", "blanket"], "confirmed_tags": ["blanket"]}
+    second = curate.curate([batch("UpdatePhotos/3", reviewed)], {"newer"}, settings, previous=first)
+    examples = {e["photo_id"]: (name, e) for name, group in (("train", second.train_examples), ("validation", second.validation_examples)) for e in group}
+    name, example = examples["p0"]
+    assert name == split["p0"] and example["ground_truth_tags"] == ["cat", "pet", "sofa", "blanket"]
+    assert '"blanket"' in curate.example_answer(example)

@@ -11,7 +11,9 @@ Rules a reader can rely on:
   in the split it had, so extending the dataset never moves a photo between train and validation.
 - Every photo left out is reported with a reason: `held_out`, `too_few_tags`, `bad_image`,
   `too_small`, `too_large`, `duplicate` or `over_max_samples` (a detail may follow after ": ").
-- Targets are the photo's own normalised tags, in `{"tags": [...]}` form: no padding, no filler.
+- Targets are the photo's own normalised tags, in `{"tags": [...]}` form: no padding, no filler. A model's
+  suggestion is among them only once the photographer confirmed it (provenance.py); a photo delivered again
+  after a review answers with its corrected tags, in the split it had.
 """
 from __future__ import annotations
 
@@ -344,9 +346,13 @@ def curate(
     # the photos to look at: cheap checks first, so a held-out photo costs no download
     candidates: list[Photo] = []
     seen = set(examples)
+    corrected = 0
     for photo in [*previous.pending_photos.values(), *(p for batch in batches for p in batch["photos"].values())]:
         pid = str(photo["id"])
-        if pid in seen:
+        if pid in examples and pid not in held_out and _reviewed_again(photo, examples[pid]):
+            examples[pid] = make_example(photo, settings.prompt_text)  # same split, the photographer's corrected tags
+            corrected += 1
+        elif pid in seen:
             drop(pid, "duplicate: the same photo id was delivered before")
         elif pid in held_out:
             drop(pid, "held_out", photo)
@@ -361,9 +367,17 @@ def curate(
     dataset.train_examples = [examples[pid] for pid, split in splits.items() if split == "train"]
     dataset.validation_examples = [examples[pid] for pid, split in splits.items() if split == "validation"]
     dataset.notes.append(f"{len(new_ids)} new examples out of {len(candidates)} photos considered; {len(examples) - len(new_ids)} kept from before.")
+    if corrected:
+        dataset.notes.append(f"{corrected} earlier examples now answer with the tags the photographer confirmed or rejected since.")
     if not examples:
         dataset.notes.append(_empty_message(dataset))
     return dataset
+
+
+def _reviewed_again(photo: Photo, example: TrainingExample) -> bool:
+    """A photo delivered again (UpdatePhotos' `corrected`) whose reviewed ground truth differs from its example's target."""
+    reviewed = photo.get("confirmed_tags") or photo.get("rejected_tags")
+    return bool(reviewed) and normalise_tags(photo.get("ground_truth_tags") or []) != list(example["ground_truth_tags"])
 
 
 def _add_checked_photos(
