@@ -27,7 +27,7 @@ from phototagger.output import export
 from phototagger.prompting.configs import prompt_config
 from phototagger.prompting.providers.base import ProviderError
 from phototagger.output.xmp import NAMINGS
-from phototagger.provenance import AI_ROOT
+from phototagger.scoring.provenance import AI_ROOT
 from phototagger.scoring.vocabulary import Vocabulary, VocabularyError, parse_file
 
 HERE = Path(__file__).resolve().parent

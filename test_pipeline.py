@@ -363,6 +363,7 @@ def truth_by_name(run) -> dict[str, list[str]]:
     return {photo["name"]: sorted(photo["ground_truth_tags"]) for photo in run.data.unseen.values()}
 
 
+@pytest.mark.timeout(900)  # seven flow runs and two exports
 @pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool plays the photo tool (apt-get install libimage-exiftool-perl)")
 def test_a_photographer_reviews_suggestions_and_the_next_dashboard_scores_against_them(flow_env, tmp_path):
     library = keyworded_library(tmp_path / "library")

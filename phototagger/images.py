@@ -6,8 +6,10 @@ orientation is applied, so a phone photo is upright for our models as it is for 
 """
 from __future__ import annotations
 
+import importlib.util
 import io
 import struct
+from pathlib import Path
 from typing import Optional
 
 from PIL import Image, ImageOps
@@ -37,10 +39,15 @@ def _local_root(photo: Photo, location: str) -> str:
     if photo.get("source") == "folder" and photo.get("name") and location.endswith("/" + photo["name"]):
         return location[: -len(photo["name"]) - 1] or "/"
     if photo.get("source") == "demo":
-        from phototagger.ingest.sources.demo import skimage_data_dir
-
-        return str(skimage_data_dir())
+        return str(demo_image_dir() or "")
     return ""
+
+
+def demo_image_dir() -> Optional[Path]:
+    """The installed scikit-image's sample-data folder, where the demo photos are (found without importing
+    scikit-image); None when it is not installed."""
+    spec = importlib.util.find_spec("skimage")
+    return Path(spec.origin).parent / "data" if spec is not None and spec.origin is not None else None
 
 
 def load_image(

@@ -16,7 +16,7 @@ from phototagger.claims import Claims
 from phototagger.ingest import state
 from phototagger.ingest.sources.base import Source
 from phototagger.mfclient import UPDATE_FLOW
-from phototagger.provenance import review_key
+from phototagger.scoring.provenance import review_key
 from phototagger.records import Photo
 
 NOTES_SHOWN = 5  # notes printed in full at the end of a run; the card and the `notes` artifact hold them all

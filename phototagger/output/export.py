@@ -34,8 +34,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
-from phototagger import mfclient, provenance
+from phototagger import mfclient
 from phototagger.errors import UserError
+from phototagger.scoring import provenance
 from phototagger.output import xmp
 from phototagger.prompting.batch import DEFAULT_CONCURRENCY, PromptSettings, prompt_photos
 from phototagger.prompting.cache import make_cache

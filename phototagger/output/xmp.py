@@ -21,7 +21,7 @@ first, in their order and with their attributes (an `xml:lang` on an item of a w
 a value written in attribute form), and a new tag is appended only when no item already has the
 same normalised value (tags.normalise_tag, per path level), so rewriting is idempotent.
 
-Provenance (see phototagger/provenance.py): `write_sidecar(..., suggested_by=...)` also lists each tag
+Provenance (see phototagger/scoring/provenance.py): `write_sidecar(..., suggested_by=...)` also lists each tag
 in the Photo Tagger namespace, `phototagger:Suggestions` (rdf:Bag of structures with `phototagger:Tag`,
 `phototagger:Model`, `phototagger:Run`), and records the hierarchy it filed them under in
 `phototagger:Hierarchy`. A tag listed once keeps its first model and run.

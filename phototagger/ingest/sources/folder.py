@@ -30,7 +30,7 @@ from typing import Any, Callable, Collection, Iterator, Mapping, Optional
 from PIL import Image, UnidentifiedImageError
 
 from phototagger.output import xmp
-from phototagger.provenance import review_key
+from phototagger.scoring.provenance import review_key
 from phototagger.records import Photo
 from phototagger.ingest.sources.base import SourceError, collect_tags, listing_note, make_photo, utc_iso
 from phototagger.ingest.sources.keywords import PLACE_NAMES, read_photo_keywords

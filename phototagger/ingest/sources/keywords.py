@@ -22,7 +22,7 @@ from typing import Optional
 
 from PIL import Image, IptcImagePlugin
 
-from phototagger import provenance
+from phototagger.scoring import provenance
 from phototagger.output import xmp
 
 SIDECAR = "xmp-sidecar"
