@@ -32,7 +32,7 @@ from phototagger.scoring.evals import model_key
 from phototagger.scoring.metrics import score_results, summarise
 from phototagger.scoring.vocabulary import Vocabulary, parse_file
 from phototagger import mfclient
-from phototagger.mfclient import CARD_TIMEOUT_S, UPDATE_FLOW, DatastoreBlobs, scored_update_run
+from phototagger.mfclient import CARD_TIMEOUT_S, UPDATE_FLOW, DatastoreBlobs, once_per_branch, scored_update_run
 
 HERE = Path(__file__).resolve().parent  # the default Configs sit beside this file, wherever it is run from
 
@@ -45,7 +45,8 @@ class PromptModels(FlowSpec):
 
     1) Read the unseen batch (and, for the offline baselines, the tag counts and the keys of a
        bounded sample of earlier photos, never all of history) from the latest successful
-       UpdatePhotos run of this branch, or the run given by --update-run. Decide here which
+       UpdatePhotos run of this branch, or the run given by --update-run, less any photo whose claim
+       another UpdatePhotos run holds (it is scored in that run's batch, once). Decide here which
        models cannot run (no API key; a baseline on the first batch): they get no branch.
     2) One branch per runnable model in models.json x prompt variant x shard of --shard-size photos:
        prompt every photo (bounded adaptive concurrency, a share of the model's, response cache,
@@ -96,7 +97,9 @@ class PromptModels(FlowSpec):
         run = scored_update_run(current.branch_name, self.update_run)
         data = run.data  # each attribute read loads the artifact again: read each once
         self.update_run_pathspec = run.pathspec
-        self.photos = dict(data.unseen)
+        self.photos, note = once_per_branch(run, current.branch_name, dict(data.unseen))
+        if note:
+            print(note)
         self.tag_stats, self.reference = data.tag_stats, data.reference
         self.batch_id = str(data.batch_id)
         self.batch_date = data.batch_date

@@ -27,6 +27,7 @@ class Photo(TypedDict, total=False):
     confirmed_tags: list[str]  # model suggestions the photographer confirmed (part of ground_truth_tags)
     rejected_tags: list[str]  # model suggestions the photographer deleted: never suggested again
     suggested_tags: list[str]  # model suggestions not reviewed yet: never ground truth
+    corrects: str  # a photo delivered again after a review (id "<its id>@review-<key>"): the id it had
 
 
 def photo_name(photo: Photo) -> str:

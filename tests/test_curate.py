@@ -263,7 +263,8 @@ def test_a_photo_delivered_again_after_a_review_trains_on_the_confirmed_tags_in_
     settings = curate.CurationSettings(prompt_text="Tag.", min_tags=1)
     first = curate.curate([batch("UpdatePhotos/1", *photos)], {"new"}, settings)
     split = {e["photo_id"]: name for name, group in (("train", first.train_examples), ("validation", first.validation_examples)) for e in group}
-    reviewed = {**photos[0], "ground_truth_tags": ["cat", "pet", "sofa", "blanket"], "confirmed_tags": ["blanket"]}
+    reviewed = {**photos[0], "id": "p0@review-1a2b", "corrects": "p0", "ground_truth_tags": ["cat", "pet", "sofa", "blanket"],
+                "confirmed_tags": ["blanket"]}
     second = curate.curate([batch("UpdatePhotos/3", reviewed)], {"newer"}, settings, previous=first)
     examples = {e["photo_id"]: (name, e) for name, group in (("train", second.train_examples), ("validation", second.validation_examples)) for e in group}
     name, example = examples["p0"]

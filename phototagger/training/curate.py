@@ -349,8 +349,9 @@ def curate(
     corrected = 0
     for photo in [*previous.pending_photos.values(), *(p for batch in batches for p in batch["photos"].values())]:
         pid = str(photo["id"])
-        if pid in examples and pid not in held_out and _reviewed_again(photo, examples[pid]):
-            examples[pid] = make_example(photo, settings.prompt_text)  # same split, the photographer's corrected tags
+        base = str(photo.get("corrects") or pid)
+        if base in examples and base not in held_out and _reviewed_again(photo, examples[base]):
+            examples[base] = make_example({**photo, "id": base}, settings.prompt_text)  # same split, the corrected tags
             corrected += 1
         elif pid in seen:
             drop(pid, "duplicate: the same photo id was delivered before")
