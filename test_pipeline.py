@@ -96,12 +96,12 @@ def test_baseline_loop_offline_on_demo_photos(flow_env):
     assert set(rows) == {"prior:tag-prior", "knn:jec"}
     batch_cols = [h for h in evals["headers"] if h.endswith(")") and "(" in h and h[-6:-1].count("-") == 1]
     assert len(batch_cols) == 2, evals["headers"]
-    assert [split_row_key(row[0])[0] for row in evals["rows"]] == sorted(rows, key=lambda m: -(rows[m]["Avg Recall (exact)"] or 0))
+    assert [row[0] for row in evals["rows"]] == sorted(rows, key=lambda m: (-rows[m]["Paired score"], m))  # one row each
     for row in evals["rows"]:
         assert f'data-model="{row[0]}"' in html
     for model in rows:
-        assert rows[model]["Avg Recall (exact) 95% low"] <= rows[model]["Avg Recall (exact)"] <= rows[model]["Avg Recall (exact) 95% high"]
-        assert rows[model]["Avg Recall (exact) n"] == 12  # the two scored batches of 6 photos
+        assert rows[model]["Recall (all photos, exact) n"] == 12  # the two scored batches of 6 photos, every prompt one row
+        assert rows[model]["Recall (all photos, exact) 95% low"] is None  # fewer than 30 photos: no interval
     configured = {f"{m['provider']}:{m['model']}" for m in json.loads((ROOT / "models.json").read_text())["models"]}
     assert set(evals_run.data.ranking["skipped"]) == configured - set(rows)  # no keys here: listed, with the reason
     assert f'<div class="v ">{len(configured)}</div><div class="note">2 ranked \u00b7 3 skipped</div>' in html
@@ -440,3 +440,41 @@ def test_a_photo_delivered_twice_upstream_is_counted_once_by_promptmodels_and_ev
     assert rows_by_model(evals_run.data.evals)["prior:tag-prior"]["Avg Recall (exact) n"] == 4
     assert f"Left out 2 photos of {batch.pathspec} that UpdatePhotos/999 delivered" in prompt_out
     assert sorted(rescored.data.photos) == sorted(set(batch.data.unseen) - set(twice))
+
+
+@pytest.mark.timeout(900)  # trains, merges, serves and prompts the tiny model on a CPU
+def test_exported_model_served_by_transformers_serve_is_scored_beside_the_baselines(flow_env, tmp_path):
+    from phototagger.training.export import transformers_server
+
+    base = tmp_path / "tiny-qwen"
+    subprocess.run([sys.executable, "-m", "phototagger.training.random_qwen", str(base), "--size", "tiny"], cwd=ROOT, check=True)
+    run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
+    newest, _ = run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
+    run_flow("prepare_vlm_data.py", flow_env)
+    trained, _ = run_flow("finetune_vlm.py", flow_env, base_model=str(base), quantize="none", max_steps=2, batch_size=2,
+                          grad_accum=1, epochs=1, output_dir=str(tmp_path / "checkpoints"))
+    out = tmp_path / "export"
+    exported = subprocess.run([sys.executable, str(ROOT / "export_model.py"), "--out", str(out)], cwd=tmp_path,
+                              env={**os.environ, **flow_env}, capture_output=True, text=True, timeout=600)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    name = f"tiny-qwen-lora-{trained.id}"
+    assert f"transformers serve {name}" in exported.stdout and (out / name / "model.safetensors").is_file()
+    (entry,) = json.loads((out / "models.json").read_text())["models"]
+
+    with transformers_server(out, name) as base_url:
+        models = tmp_path / "models.json"
+        served = {**entry, "base_url": base_url, "max_tokens": 16}
+        models.write_text(json.dumps({"models": [{"provider": "prior", "model": "tag-prior"}, {"provider": "knn", "model": "jec"}, served]}))
+        # A random tiny model answers gibberish, cut at max_tokens: every answer fails, which the error budget would stop.
+        prompted, _ = flowrun.run_flow(ROOT / "promptmodels.py", flow_env, ROOT, runner_options={"config": [("model-list", str(models))]},
+                                       max_error_share=1.0)
+    evals_run, _ = run_flow("evalsflow.py", flow_env)
+
+    key = f"openai-compatible:{name}"
+    results = by_model(prompted.data.models_eval["results"])
+    assert set(results) == {"prior:tag-prior", "knn:jec", key}
+    assert [r["photo_id"] for r in results[key]] == list(newest.data.unseen), "every photo once, answered by the server"
+    assert all(r["error"] in (None, "truncated", "unparseable") and r["raw"] for r in results[key]), [r["error"] for r in results[key]]
+    evals, html = dashboard(evals_run)
+    assert set(rows_by_model(evals)) == {"prior:tag-prior", "knn:jec", key}
+    assert any(row[0].startswith(key) for row in evals["rows"]) and f'data-model="{key}' in html

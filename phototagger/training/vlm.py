@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
 from PIL import Image
@@ -203,6 +203,11 @@ def load_model(path: str | Path, quantize: str = "4bit", **kwargs: Any) -> Any:
     model = AutoModelForImageTextToText.from_pretrained(str(path), **options)
     logger.info("loaded %s (%s) on %s", path, quantize, model.device)
     return model
+
+
+def adapter_model_name(base_model: str, finetune_run_id: str) -> str:
+    """The name a FineTuneVLM run's adapter goes by: PromptCustomModels' model name and the exported model's served name."""
+    return f"{PurePosixPath(base_model.rstrip('/')).name}-lora-{finetune_run_id}"
 
 
 def pixel_caps_note(min_pixels: int, max_pixels: int) -> str:
