@@ -4,10 +4,11 @@
     python export_tags.py --model openai:gpt-4o-mini       # another model, its latest batch
     python export_tags.py --run PromptModels/1712345678    # a given prompt run
     python export_tags.py --folder ~/Pictures/trip         # prompt the best model on your own photos now
-    python export_tags.py --folder ~/Pictures/trip --xmp-naming basename --tag-prefix "Photo Tagger" --dry-run
+    python export_tags.py --folder ~/Pictures/trip --xmp-naming basename --no-ai-hierarchy --dry-run
 
 Sidecars are merged into, never overwritten: keywords, ratings and everything else already in them
-stay. Tags go out as the lenient matching rule reads them (vocabulary.json, or --vocabulary FILE):
+stay. Every tag is a suggestion, filed under the keyword AI (AI|cat) and listed with the model and run
+in the sidecar's Photo Tagger namespace, until you confirm it (docs/own-library.md). Tags go out as the lenient matching rule reads them (vocabulary.json, or --vocabulary FILE):
 synonyms folded, stop-tags left out, each tag filed under its parents in the keyword paths.
 The library code is phototagger/output/export.py and phototagger/output/xmp.py.
 """
@@ -26,6 +27,7 @@ from phototagger.output import export
 from phototagger.prompting.configs import prompt_config
 from phototagger.prompting.providers.base import ProviderError
 from phototagger.output.xmp import NAMINGS
+from phototagger.scoring.provenance import AI_ROOT
 from phototagger.scoring.vocabulary import Vocabulary, VocabularyError, parse_file
 
 HERE = Path(__file__).resolve().parent
@@ -47,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--folder", metavar="PATH", help="Tag the images under PATH by prompting the model now (recursively; hidden folders skipped).")
     parser.add_argument("--out", metavar="DIR", type=Path, default=Path("exports"), help="Folder for the CSV, the JSONL and the sidecars of URL images (default: %(default)s).")
     parser.add_argument("--xmp-naming", choices=NAMINGS, default="fullname", help="Sidecar naming (default: %(default)s).")
-    parser.add_argument("--tag-prefix", metavar="TEXT", default="", help='File tags under this keyword in digiKam:TagsList and lr:hierarchicalSubject (e.g. "Photo Tagger"; "/" between levels); default: flat tags.')
+    hierarchy = parser.add_mutually_exclusive_group()
+    hierarchy.add_argument("--tag-prefix", metavar="TEXT", default=AI_ROOT, help='File suggestions under this keyword in digiKam:TagsList and lr:hierarchicalSubject ("/" between levels); confirm one by keeping it outside (default: %(default)s).')
+    hierarchy.add_argument("--no-ai-hierarchy", action="store_true", help="Write suggestions as plain keywords: the Photo Tagger namespace still marks them as the model's, but they cannot be confirmed in a photo tool.")
     parser.add_argument("--vocabulary", metavar="FILE", type=Path, default=HERE / "vocabulary.json", help="Synonyms, stop-tags and parent tags to export with (default: vocabulary.json, the lenient matching rule's).")
     parser.add_argument("--no-vocabulary", action="store_true", help="Export the tags as the model gave them, flat.")
     parser.add_argument("--csv", metavar="FILE", type=Path, help="CSV file to write (default: DIR/tags.csv).")
@@ -112,7 +116,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         csv_path=args.csv,
         jsonl_path=args.jsonl,
         write_xmp=not args.no_xmp,
-        tag_prefix=args.tag_prefix,
+        tag_prefix="" if args.no_ai_hierarchy else args.tag_prefix,
         dry_run=args.dry_run,
         vocabulary=vocabulary,
     )

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from phototagger.http import LocalImage, is_url
 from phototagger.prompting.prompter import Prompter
 from phototagger.prompting.providers import MissingKeyError, known_providers
 
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         prompter = Prompter(args.provider, args.model, **dict(args.option))
     except (ValueError, TypeError, MissingKeyError) as exc:
         parser.error(str(exc))
-    result = prompter.prompt(args.prompt_file.read_text(encoding="utf-8"), args.image, args.photo_id)
+    image = args.image if is_url(args.image) else LocalImage(args.image, Path(args.image).resolve().parent)  # a file you named
+    result = prompter.prompt(args.prompt_file.read_text(encoding="utf-8"), image, args.photo_id)
     print(json.dumps(result, indent=2))
     return 1 if result.get("error") else 0
 

@@ -7,10 +7,12 @@
    PromptCustomModels -> EvaluationFlow, with the fine-tuned row on the dashboard.
 4) A train task killed after its first checkpoint resumes on @retry from the datastore, its local disk gone;
    a resume of a failed resume continues from the newest checkpoint of either.
+5) A photographer's folder: ingest, a fake VLM, export, a review with exiftool, ingest again, scores against the review.
 The full loop runs on a base model cached once in the datastore, with no hub and no local copy.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -370,6 +372,109 @@ def test_a_model_past_its_error_budget_fails_the_run_but_keeps_every_record(flow
     [failure] = evals.budget_failures([run])  # what EvaluationFlow lists on the card for this run
     assert mfclient.run_state("PromptModels", run.id) == "failed" and failure.events == []
     assert failure.skipped["openai:gpt-4o-mini"].startswith("broke the error budget: openai:gpt-4o-mini | default@")
+
+
+LIBRARY = {  # photo: (colour, how it is keyworded, its keywords, what the model suggests)
+    "trip/rocket.jpg": ((200, 30, 30), "iptc", ["Rocket", "launch"], ["rocket", "sky", "smoke"]),
+    "trip/cat.jpg": ((30, 200, 30), "embedded", ["cat", "sofa"], ["cat", "pet"]),
+    "beach.jpg": ((30, 30, 200), "sidecar", ["beach"], ["beach", "sea", "sand"]),
+    "plain.jpg": ((200, 200, 30), "none", [], ["kite", "chair"]),
+}
+
+
+def exiftool(*args: str) -> str:
+    return subprocess.run(["exiftool", "-q", "-overwrite_original", *args], check=True, capture_output=True, text=True).stdout
+
+
+def keyworded_library(root: Path) -> Path:
+    """A photographer's folder: keywords in IPTC, in embedded XMP, in an XMP sidecar (with a keyword path), and none."""
+    from PIL import Image
+
+    for name, (colour, where, keywords, _) in LIBRARY.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 64), colour).save(path, quality=95)
+        if where == "iptc":
+            exiftool(*(f"-Keywords={k}" for k in keywords), str(path))
+        elif where == "embedded":
+            exiftool(*(f"-XMP-dc:Subject={k}" for k in keywords), str(path))
+        elif where == "sidecar":
+            exiftool("-o", f"{path}.xmp", *(f"-XMP-dc:Subject={k}" for k in keywords), *(f"-XMP-lr:HierarchicalSubject=places|{k}" for k in keywords))
+    return root
+
+
+def answer_by_colour(request: dict) -> str:
+    """The fake VLM 'sees' each photo by its colour (local photos reach it as data URIs)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    url = next(part["image_url"]["url"] for msg in request["messages"] if isinstance(msg["content"], list)
+               for part in msg["content"] if part.get("type") == "image_url")
+    pixel = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB").getpixel((32, 32))
+    colour, suggestions = min(((c, s) for c, _, _, s in LIBRARY.values()), key=lambda cs: sum(abs(a - b) for a, b in zip(cs[0], pixel)))
+    return json.dumps({"tags": suggestions})
+
+
+def truth_by_name(run) -> dict[str, list[str]]:
+    return {photo["name"]: sorted(photo["ground_truth_tags"]) for photo in run.data.unseen.values()}
+
+
+@pytest.mark.timeout(900)  # seven flow runs and two exports
+@pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool plays the photo tool (apt-get install libimage-exiftool-perl)")
+def test_a_photographer_reviews_suggestions_and_the_next_dashboard_scores_against_them(flow_env, tmp_path):
+    library = keyworded_library(tmp_path / "library")
+    with FakeOpenAIServer() as llm:
+        llm.answer_fn = answer_by_colour
+        env = {**flow_env, "openai_api": "sk-test", "OPENAI_BASE_URL": llm.base_url}
+        first, _ = run_flow("updatephotos.py", env, source=f"folder:{library}")
+        assert truth_by_name(first) == {"trip/rocket.jpg": ["launch", "rocket"], "trip/cat.jpg": ["cat", "sofa"],
+                                        "beach.jpg": ["beach"], "plain.jpg": []}
+        run_flow("promptmodels.py", env, models="openai")
+        exported = subprocess.run([sys.executable, "export_tags.py", "--model", "openai:gpt-4o-mini", "--out", str(tmp_path / "out")], cwd=ROOT,
+                                  env={**os.environ, **env}, capture_output=True, text=True)
+        assert exported.returncode == 0, exported.stderr
+
+        read_back = {Path(item["SourceFile"]).name: item for item in json.loads(subprocess.run(
+            ["exiftool", "-j", "-struct", "-XMP:all", *map(str, sorted(library.rglob("*.xmp")))], capture_output=True, text=True, check=True).stdout)}
+        assert sorted(read_back) == ["beach.jpg.xmp", "cat.jpg.xmp", "plain.jpg.xmp", "rocket.jpg.xmp"]
+        assert read_back["rocket.jpg.xmp"]["HierarchicalSubject"] == ["AI|sky", "AI|smoke"]  # "rocket" is the photographer's already
+        assert read_back["beach.jpg.xmp"]["HierarchicalSubject"] == ["places|beach", "AI|sea", "AI|sand"]
+        assert read_back["plain.jpg.xmp"]["TagsList"] == ["AI/kite", "AI/chair"]
+        assert [(s["Tag"], s["Model"]) for s in read_back["plain.jpg.xmp"]["Suggestions"]] == [("kite", "openai:gpt-4o-mini"), ("chair", "openai:gpt-4o-mini")]
+        assert all(s["Run"].startswith("PromptModels/") for s in read_back["plain.jpg.xmp"]["Suggestions"])
+
+        # The review, as Lightroom or digiKam writes it: two suggestions confirmed (moved out of AI), one deleted.
+        for name, tag in (("beach.jpg", "sea"), ("plain.jpg", "kite")):
+            exiftool(f"-XMP-lr:HierarchicalSubject-=AI|{tag}", f"-XMP-lr:HierarchicalSubject+={tag}",
+                     f"-XMP-digiKam:TagsList-=AI/{tag}", f"-XMP-digiKam:TagsList+={tag}", str(library / f"{name}.xmp"))
+        exiftool("-XMP-lr:HierarchicalSubject-=AI|smoke", "-XMP-digiKam:TagsList-=AI/smoke", "-XMP-dc:Subject-=smoke",
+                 str(library / "trip" / "rocket.jpg.xmp"))
+
+        second, second_out = run_flow("updatephotos.py", env, source=f"folder:{library}")
+        assert truth_by_name(second) == {"trip/rocket.jpg": ["launch", "rocket"], "beach.jpg": ["beach", "sea"], "plain.jpg": ["kite"]}
+        by_name = {photo["name"]: photo for photo in second.data.unseen.values()}
+        assert by_name["trip/rocket.jpg"]["rejected_tags"] == ["smoke"]
+        assert by_name["beach.jpg"]["confirmed_tags"] == ["sea"] and by_name["beach.jpg"]["suggested_tags"] == ["sand"]
+        assert sorted(second.data.corrected) == sorted(by_name[n]["id"] for n in ("trip/rocket.jpg", "beach.jpg", "plain.jpg"))
+        assert "come again with the suggestions you reviewed" in second_out
+
+        prompted, _ = run_flow("promptmodels.py", env, models="openai")
+        evals_run, _ = run_flow("evalsflow.py", env)
+        again = subprocess.run([sys.executable, "export_tags.py", "--model", "openai:gpt-4o-mini", "--out", str(tmp_path / "out")], cwd=ROOT,
+                               env={**os.environ, **env}, capture_output=True, text=True)
+        assert again.returncode == 0, again.stderr
+
+    scored = read_parquet(evals_run.data.photo_results)
+    scored = scored[scored["batch_id"] == str(second.data.batch_id)]
+    truth = {Path(url).name: sorted(tags) for url, tags in zip(scored["image_url"], scored["ground_truth_tags"])}
+    assert truth == {"rocket.jpg": ["launch", "rocket"], "beach.jpg": ["beach", "sea"], "plain.jpg": ["kite"]}
+    recall = {Path(url).name: r for url, r in zip(scored["image_url"], scored["recall"])}
+    assert recall == {"rocket.jpg": 50.0, "beach.jpg": 100.0, "plain.jpg": 100.0}
+    assert "AI|smoke" not in (library / "trip" / "rocket.jpg.xmp").read_text(), "a rejected suggestion is never suggested again"
+    with (tmp_path / "out" / "tags.csv").open(newline="") as handle:
+        assert {row["photo"] for row in csv.DictReader(handle)} == {"trip/rocket.jpg", "beach.jpg", "plain.jpg"}
 
 
 def test_a_photo_delivered_twice_upstream_is_counted_once_by_promptmodels_and_evaluationflow(flow_env, tmp_path):

@@ -36,6 +36,9 @@ class UpdatePhotos(FlowSpec):
     3) Check the claims once more and store the photos still this run's as `unseen` for the downstream
        flows (a resume reuses its origin's `fetch`: photos another run took over since are dropped);
        print a short summary and render it on a card; an empty batch ends the run cleanly.
+       Photos delivered before whose suggestions (export_tags.py) the photographer has reviewed since come again,
+       as a new version (`<id>@review-<key>`, `corrects` naming the photo) with their corrected ground truth:
+       `corrected` lists them, `reviews` remembers each photo's last review.
     """
 
     deploy_secrets = mfdeploy.secrets_config()
@@ -84,6 +87,7 @@ class UpdatePhotos(FlowSpec):
         previous_state = batches.previous_state(previous)
         before = batches.delivered_before(mfclient.DatastoreBlobs(current.flow_name), previous_state, self.reset_existing)
         self.delivered, self.tag_stats, self.reference = before["delivered"], before["tag_stats"], before["reference"]
+        self.reviews = {} if self.reset_existing or previous_state is None else dict(previous_state.reviews)
         self.claim_epoch = claims.epoch(previous_state.claim_epoch if previous_state else None)
         self.next(self.fetch)
 
@@ -99,12 +103,13 @@ class UpdatePhotos(FlowSpec):
         delivered = state.delivered_ids(store, self.delivered)
         with run_claims.heartbeat():
             claimed = batches.fetch_claimed(source, delivered, self.batch_size or source.default_batch_size, run_claims)
+            corrections, correction_notes = batches.fetch_corrections(source, delivered, self.reviews, run_claims)
         before = state.IngestState(delivered=self.delivered, tag_stats=self.tag_stats, reference=self.reference)
         after = state.fold_batch(store, before, claimed.elsewhere, seed=f"{current.run_id}-elsewhere")
         self.delivered, self.tag_stats, self.reference = after["delivered"], after["tag_stats"], after["reference"]
-        self.claimed = claimed.batch.unseen
+        self.claimed = {**claimed.batch.unseen, **corrections}
         self.claim_holder = str(current.run_id)
-        self.notes = self.notes + claimed.notes
+        self.notes = self.notes + claimed.notes + correction_notes
         self.next(self.end)
 
     @card(type="html", timeout=mfclient.CARD_TIMEOUT_S)
@@ -122,7 +127,9 @@ class UpdatePhotos(FlowSpec):
         self.notes = self.notes + dropped
         self.batch_id = str(current.run_id)
         self.batch_date = batches.batch_date()
-        batch = batches.Batch(self.unseen, self.delivered["count"])
+        self.corrected = [photo_id for photo_id, photo in self.unseen.items() if photo.get("corrects")]
+        self.reviews = batches.reviews_after(self.reviews, self.unseen)
+        batch = batches.Batch(self.unseen, self.delivered["count"] - len(self.corrected))
         for line in batches.summary_lines(self.source_name, batch, self.notes):
             print(line)
         self.html = run_card.updatephotos_card(self.source_name, batch, self.notes)

@@ -146,6 +146,26 @@ def is_url(location: str) -> bool:
     return location.startswith(("http://", "https://"))
 
 
+class LocalImage(str):
+    """A local image path that a photo source vouches for, with the folder it must stay inside.
+
+    Only the folder source (inside the folder the user named), the demo set (inside the installed package)
+    and the user's own command line make these; a bare path from an API or a dataset file is a plain str
+    and is refused. Like markupsafe.Markup, the trust travels with the value through the code that only
+    passes a location on (prompters, providers, caches), so none of it needs to know about sources.
+    """
+
+    root: str
+
+    def __new__(cls, path: str | os.PathLike, root: str | os.PathLike) -> "LocalImage":
+        value = super().__new__(cls, os.fspath(path))
+        value.root = os.fspath(root)
+        return value
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return LocalImage, (str(self), self.root)
+
+
 def fetch_image_bytes(
     location: str, max_bytes: int = MAX_IMAGE_BYTES, timeout_s: float = DEFAULT_TIMEOUT_S
 ) -> bytes:
@@ -164,12 +184,17 @@ def _fetch_image_bytes(location: str, max_bytes: int, timeout_s: float) -> bytes
     """Read an image from an http(s) URL or a local path, at most `max_bytes`, in `timeout_s`.
 
     Other URL schemes (file:, ftp:, data:) are refused so a photo record cannot make us read
-    arbitrary places.
+    arbitrary places; a local path only as a `LocalImage`, inside its root once links are resolved.
     """
     if "://" in location and not is_url(location):
         raise ImageFetchError(f"unsupported image location scheme: {location.split('://')[0]}://")
     if not is_url(location):
+        if not isinstance(location, LocalImage):
+            raise ImageFetchError(f"local path refused: {location} (files are read only for photos of a folder source, "
+                                  "inside its folder; an image URL must be http(s))")
         path = Path(location)
+        if not path.resolve().is_relative_to(Path(location.root).resolve()):
+            raise ImageFetchError(f"local path refused: {location} is outside the folder {location.root}")
         if not path.is_file():
             raise ImageFetchError(f"image file not found: {location}")
         if path.stat().st_size > max_bytes:

@@ -23,6 +23,16 @@ class Photo(TypedDict, total=False):
     tag_provenance: dict[str, str]  # tag -> where it came from (e.g. "user", "ai:87.2")
     attribution: Optional[str]
     tag_origin: dict[str, str]  # tag -> the field of the photo's own metadata it was read from ("iptc:keywords")
+    name: str  # what the user calls the photo: its path inside the folder ("trip/rocket.jpg"); absent: the id
+    confirmed_tags: list[str]  # model suggestions the photographer confirmed (part of ground_truth_tags)
+    rejected_tags: list[str]  # model suggestions the photographer deleted: never suggested again
+    suggested_tags: list[str]  # model suggestions not reviewed yet: never ground truth
+    corrects: str  # a photo delivered again after a review (id "<its id>@review-<key>"): the id it had
+
+
+def photo_name(photo: Photo) -> str:
+    """The name a user knows a photo by: its path inside the folder, else its id."""
+    return photo.get("name") or str(photo.get("id", ""))
 
 
 class ModelResult(TypedDict, total=False):

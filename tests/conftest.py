@@ -69,6 +69,7 @@ def chat_example(photo_id: str, image: str, tags: list[str], prompt: str = "Tag 
         ],
         "ground_truth_tags": tags,
         "photo_id": photo_id,
+        **({"image_root": str(Path(image).parent)} if "://" not in image else {}),  # a local file, as curate records it
     }
 
 

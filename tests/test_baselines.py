@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from phototagger.http import LocalImage
 from phototagger.prompting.providers.features import image_features, jec_distances, stack_features
 from phototagger.prompting.prompter import Prompter, RetryPolicy
 from phototagger.prompting.providers import ProviderError, make_provider
@@ -28,7 +29,7 @@ def noisy(rgb: tuple[int, int, int], seed: int, stripes: bool = False) -> Image.
 
 def save(image: Image.Image, path: Path) -> str:
     image.save(path)
-    return str(path)
+    return LocalImage(path, path.parent)
 
 
 @pytest.fixture
@@ -114,14 +115,14 @@ def test_knn_unreadable_photo_is_bad_image(history, tmp_path):
     not_an_image.write_text("hello")
 
     with pytest.raises(ProviderError) as info:
-        make_provider("knn", "jec", history=history).complete("ignored", str(not_an_image), photo_id="x")
+        make_provider("knn", "jec", history=history).complete("ignored", LocalImage(not_an_image, tmp_path), photo_id="x")
 
     assert info.value.error_class == "bad_image"
     assert info.value.retryable is False
 
 
 def test_knn_skips_unreadable_history_photos(history, tmp_path):
-    history.append({"id": "gone", "image_url": str(tmp_path / "gone.png"), "ground_truth_tags": ["ghost"]})
+    history.append({"id": "gone", "image_url": LocalImage(tmp_path / "gone.png", tmp_path), "ground_truth_tags": ["ghost"]})
 
     tags = tags_of(make_provider("knn", "jec", history=history).complete("ignored", history[4]["image_url"], photo_id="q"))
 

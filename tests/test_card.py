@@ -3,6 +3,7 @@ import io
 import re
 import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -30,7 +31,8 @@ def event(model, photo, image_url, truth, tags=(), error=None, latency=100.0, ba
               "error": error, "valid": not error, "latency_ms": latency, **score_photo(truth, [] if error else tags)}
     if variant:
         result["prompt_variant"] = variant
-    return evals.make_event(result, {"id": photo, "ground_truth_tags": list(truth), "image_url": image_url},
+    local = {"source": "folder", "name": Path(image_url).name} if image_url.startswith("/") else {}  # a file of the folder source
+    return evals.make_event(result, {"id": photo, "ground_truth_tags": list(truth), "image_url": image_url, **local},
                             batch_id=batch, batch_date=date, source_flow="PromptModels", source_run="1")
 
 
@@ -257,9 +259,9 @@ def test_drilldown_shows_the_photos_models_disagree_on_most_and_says_where_the_r
                          error="timeout" if i == 42 else None)]
     page = card.render_dashboard(evals.rank_models(events), events, drilldown_photos=5)
     shown = re.findall(r'<div class="pid">([^<]+)</div>', page)
-    assert shown == ["p007", "p150", "p042", "p000", "p001"]
+    assert shown == ["007.jpg", "150.jpg", "042.jpg", "000.jpg", "001.jpg"]  # named by their path in the folder
     assert "showing 5 of 200 photos" in page and "photo_results" in page
-    assert card.drilldown_image_urls(events, drilldown_photos=5) == sorted(f"/img/{p[1:]}.jpg" for p in shown)
+    assert card.drilldown_image_urls(events, drilldown_photos=5) == sorted(f"/img/{p}" for p in shown)
 
 
 def test_every_recall_figure_on_the_card_names_its_matching_rule(dashboard):
@@ -268,3 +270,12 @@ def test_every_recall_figure_on_the_card_names_its_matching_rule(dashboard):
     assert recall_headers == ["Recall (all photos, exact)"]
     assert "Recall (all photos, exact) by batch" in page and "Its recall (all photos, exact)" in page
     assert "recall (exact &middot; lenient)" in page and ">100 &middot; 100</td>" in page  # the drill-down shows both
+
+
+def test_a_folder_photo_is_shown_by_its_path_in_the_folder_not_its_id():
+    result = {"photo_id": "folder-1308794bd4e9e5ee", "provider": "knn", "model": "jec", "tags": ["rocket"], "error": None,
+              "valid": True, "latency_ms": 5.0, **score_photo(["rocket"], ["rocket"])}
+    photo = {"id": "folder-1308794bd4e9e5ee", "name": "trip/rocket.jpg", "ground_truth_tags": ["rocket"], "image_url": "/lib/trip/rocket.jpg"}
+    events = [evals.make_event(result, photo, batch_id="1", batch_date="2026-05-01", source_flow="PromptModels", source_run="2")]
+    page = card.render_dashboard(evals.rank_models(events), events)
+    assert re.findall(r'<div class="pid">([^<]+)</div>', page) == ["trip/rocket.jpg"]

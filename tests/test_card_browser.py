@@ -64,7 +64,7 @@ def realistic_events(photo_dir: Path) -> list[evals.EvalEvent]:
                 provider, model = key.split(":", 1)
                 result = {"photo_id": photo_id, "provider": provider, "model": model, "tags": tags, "error": error,
                           "valid": not error, "latency_ms": latency, "cost_usd": cost, **score_photo(truth, tags)}
-                photo = {"id": photo_id, "image_url": str(image), "ground_truth_tags": truth}
+                photo = {"id": photo_id, "image_url": str(image), "ground_truth_tags": truth, "source": "folder", "name": image.name}
                 events.append(evals.make_event(result, photo, batch_id=batch_id, batch_date=date,
                                                source_flow="PromptModels", source_run=batch_id))
     return events

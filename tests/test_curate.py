@@ -10,7 +10,7 @@ from PIL import Image
 
 from phototagger.output import run_card
 from phototagger.training import curate, vlm
-from phototagger.images import load_image
+from phototagger.images import load_image, photo_image
 from phototagger.training.curate import CurationSettings, UpdateBatch
 from phototagger.scoring.tags import parse_tags
 
@@ -24,7 +24,7 @@ def make_photo(root: Path, pid: str, tags: list[str] = TAGS, size: tuple[int, in
     if not path.exists():
         seed = sum(ord(c) * 31**i for i, c in enumerate(pid))
         Image.new("RGB", size, colour or (seed % 251, seed // 251 % 251, seed // 63001 % 251)).save(path)
-    return {"id": pid, "image_url": str(path), "ground_truth_tags": list(tags), "source": "folder"}
+    return {"id": pid, "image_url": str(path), "ground_truth_tags": list(tags), "source": "folder", "name": path.name}
 
 
 def batch(pathspec: str, *photos: dict) -> UpdateBatch:
@@ -56,7 +56,7 @@ def test_example_renders_through_the_chat_template_with_the_answer_last(tmp_path
     text = processor.apply_chat_template(example["messages"], tokenize=False)
     assert f"<|im_start|>user\n{PROMPT}<|vision_start|><|image_pad|><|vision_end|><|im_end|>\n" in text
     assert text.endswith('<|im_start|>assistant\n{"tags": ["cat", "pet", "café"]}<|im_end|>\n')
-    batch_tensors = vlm.encode_chats(processor, [example["messages"]], [load_image(photo["image_url"])], add_generation_prompt=False)
+    batch_tensors = vlm.encode_chats(processor, [example["messages"]], [load_image(photo_image(photo))], add_generation_prompt=False)
     assert int((batch_tensors["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum()) > 1
 
 
@@ -186,8 +186,8 @@ def test_every_photo_left_out_is_reported_with_its_reason(tmp_path):
     tiny = make_photo(tmp_path, "tiny", size=(20, 20))
     few = make_photo(tmp_path, "few", tags=["cat", "cat ", "pet"])  # two after normalising
     no_tags = make_photo(tmp_path, "notags", tags=[])
-    missing = {**make_photo(tmp_path, "missing"), "image_url": str(tmp_path / "gone.png")}
-    copy = {**make_photo(tmp_path, "copy"), "image_url": good["image_url"]}
+    missing = {**make_photo(tmp_path, "missing"), "image_url": str(tmp_path / "gone.png"), "name": "gone.png"}
+    copy = {**make_photo(tmp_path, "copy"), "image_url": good["image_url"], "name": good["name"]}
     redelivered = dict(good)
 
     dataset = curate.curate(
@@ -210,7 +210,7 @@ def test_every_photo_left_out_is_reported_with_its_reason(tmp_path):
 def test_same_pixels_in_another_file_format_is_a_duplicate(tmp_path):
     png = make_photo(tmp_path, "png", colour=(10, 200, 30))
     Image.open(png["image_url"]).save(tmp_path / "same.bmp")
-    bmp = {**make_photo(tmp_path, "bmp"), "image_url": str(tmp_path / "same.bmp")}
+    bmp = {**make_photo(tmp_path, "bmp"), "image_url": str(tmp_path / "same.bmp"), "name": "same.bmp"}
     dataset = curate.curate([batch("UpdatePhotos/1", png, bmp)], set(), CurationSettings(PROMPT))
     assert reasons(dataset) == {"bmp": "duplicate: the same image as photo png"}
 
@@ -256,3 +256,17 @@ def test_card_lists_counts_and_every_dropped_photo(tmp_path):
         "1 train and 0 validation examples from 1 UpdatePhotos runs.",
         "Left out 1 photos (bad_image 1); 3 photo ids are held out for evaluation.",
     ]
+
+
+def test_a_photo_delivered_again_after_a_review_trains_on_the_confirmed_tags_in_its_split(tmp_path):
+    photos = [make_photo(tmp_path, f"p{i}", tags=["cat", "pet", "sofa"]) for i in range(4)]
+    settings = curate.CurationSettings(prompt_text="Tag.", min_tags=1)
+    first = curate.curate([batch("UpdatePhotos/1", *photos)], {"new"}, settings)
+    split = {e["photo_id"]: name for name, group in (("train", first.train_examples), ("validation", first.validation_examples)) for e in group}
+    reviewed = {**photos[0], "id": "p0@review-1a2b", "corrects": "p0", "ground_truth_tags": ["cat", "pet", "sofa", "blanket"],
+                "confirmed_tags": ["blanket"]}
+    second = curate.curate([batch("UpdatePhotos/3", reviewed)], {"newer"}, settings, previous=first)
+    examples = {e["photo_id"]: (name, e) for name, group in (("train", second.train_examples), ("validation", second.validation_examples)) for e in group}
+    name, example = examples["p0"]
+    assert name == split["p0"] and example["ground_truth_tags"] == ["cat", "pet", "sofa", "blanket"]
+    assert '"blanket"' in curate.example_answer(example)

@@ -10,6 +10,7 @@ import metaflow.metaflow_config
 import pytest
 from PIL import Image
 
+from phototagger.http import LocalImage
 from phototagger import mfclient
 
 from phototagger.training import curate, diagnose, vlm
@@ -20,7 +21,7 @@ PROMPT = "Tag this photo."
 def image(root: Path, name: str, size: tuple[int, int] = (120, 90), colour: tuple = (200, 40, 40)) -> str:
     path = root / f"{name}.png"
     Image.new("RGB", size, colour).save(path)
-    return str(path)
+    return LocalImage(path, root)
 
 
 def example(pid: str, location: str, tags: list[str]) -> dict:
@@ -128,7 +129,7 @@ def test_report_counts_tags_duplicates_broken_and_tiny_images_and_leaks(tmp_path
         example("c", image(tmp_path, "tiny", size=(30, 20)), ["cat"]),
         example("d", str(tmp_path / "missing.png"), ["cat", "dog"]),
     ]
-    validation = [example("e", str(tmp_path / "same_copy.png"), ["cat", "owl"]), example("b", train[1]["messages"][0]["content"][1]["image"], ["cat", "pet"])]
+    validation = [example("e", LocalImage(tmp_path / "same_copy.png", tmp_path), ["cat", "owl"]), example("b", train[1]["messages"][0]["content"][1]["image"], ["cat", "pet"])]
     dataset = {
         "train_examples": train,
         "validation_examples": validation,

@@ -87,12 +87,12 @@ def test_csv_and_jsonl_hold_one_row_per_tagged_photo(batch):
     with (tmp_path / "t.csv").open(newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
     assert rows == [
-        ["photo_id", "image", "tags", "model"],
-        ["p-beach", str(tmp_path / "photos" / "beach.jpg"), "sea;sand", MODEL],
-        ["u-1", "https://images.example.com/photo-1?w=800", "city;night", MODEL],
+        ["photo", "image", "tags", "model", "photo_id"],
+        ["p-beach", str(tmp_path / "photos" / "beach.jpg"), "sea;sand", MODEL, "p-beach"],
+        ["u-1", "https://images.example.com/photo-1?w=800", "city;night", MODEL, "u-1"],
     ]
     records = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert records[0] == {"photo_id": "p-beach", "image": str(tmp_path / "photos" / "beach.jpg"), "tags": ["sea", "sand"],
+    assert records[0] == {"photo": "p-beach", "photo_id": "p-beach", "image": str(tmp_path / "photos" / "beach.jpg"), "tags": ["sea", "sand"],
                           "model": MODEL, "source": "PromptModels/1712345678"}
     assert [r["photo_id"] for r in records] == ["p-beach", "u-1"]
 
@@ -286,8 +286,8 @@ def test_export_with_the_vocabulary_folds_synonyms_drops_stop_tags_and_files_tag
     export.export(tagset, export.ExportOptions(out_dir=tmp_path / "out", vocabulary=vocab))
     assert xmp.read_keywords(tmp_path / "photos" / "bike.jpg.xmp") == {
         "dc:subject": ["vehicle", "motorcycle", "garage"],
-        "digiKam:TagsList": ["vehicle/motorcycle", "garage"],
-        "lr:hierarchicalSubject": ["vehicle|motorcycle", "garage"],
+        "digiKam:TagsList": ["AI/vehicle/motorcycle", "AI/garage"],
+        "lr:hierarchicalSubject": ["AI|vehicle|motorcycle", "AI|garage"],
     }
     rows = list(csv.DictReader((tmp_path / "out" / "tags.csv").open()))
     assert rows[0]["tags"] == "motorcycle;garage"
@@ -312,3 +312,27 @@ def test_a_bare_model_key_names_its_one_row_or_its_default_prompt_row_and_a_row_
     assert export.result_key(several, "prior:tag-prior") == "prior:tag-prior | short@1a2db5"
     assert export.result_key(several, "openai:gpt-4o-mini") is None
     assert export.result_key({"knn:jec": []}, "knn:jec") == "knn:jec", "results stored before prompt variants"
+
+
+def test_every_exported_tag_is_marked_as_the_model_s_with_its_run(batch):
+    from phototagger.output import xmp
+
+    models_eval, tmp_path = batch
+    export.export(export.tags_from_models_eval(models_eval, MODEL, "PromptModels/1712345678"), export.ExportOptions(out_dir=tmp_path / "out"))
+    packet = xmp.read_packet((tmp_path / "photos" / "beach.jpg.xmp").read_bytes(), "beach")
+    assert packet.suggestions == [xmp.Suggestion("sea", MODEL, "PromptModels/1712345678"), xmp.Suggestion("sand", MODEL, "PromptModels/1712345678")]
+    assert packet.hierarchy == "AI"
+    assert packet.fields["lr:hierarchicalSubject"] == ["AI|sea", "AI|sand"]
+    flat = export.export(export.tags_from_models_eval(models_eval, MODEL, "PromptModels/1"), export.ExportOptions(out_dir=tmp_path / "flat", tag_prefix=""))
+    assert [c.path.name for c in flat.sidecars if c.changed] == ["u-1.xmp"]  # beach.jpg's suggestions are there already
+
+
+def test_a_rejected_suggestion_or_a_keyword_the_photo_has_is_not_suggested_again(batch):
+    from phototagger.output import xmp
+
+    models_eval, tmp_path = batch
+    models_eval["photos"]["p-beach"]["rejected_tags"] = ["sand"]
+    image = tmp_path / "photos" / "beach.jpg"
+    Image.new("RGB", (16, 16)).save(image, xmp=xmp.merge_keywords(None, ["Sea"])[0].replace(b"Photo Tagger", b"Adobe XMP"))
+    export.export(export.tags_from_models_eval(models_eval, MODEL, "PromptModels/2"), export.ExportOptions(out_dir=tmp_path / "out"))
+    assert not (tmp_path / "photos" / "beach.jpg.xmp").exists()

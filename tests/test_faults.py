@@ -12,6 +12,7 @@ import time
 import pytest
 from PIL import Image
 
+from phototagger.http import LocalImage
 from phototagger.prompting.batch import DEFAULT_MODEL_DEADLINE_S, PromptSettings, prompt_photos
 from phototagger.prompting.budget import ErrorBudget, ErrorBudgetExceeded, raise_if_broken
 from phototagger.prompting.cache import LocalCacheBackend, ResponseCache
@@ -207,7 +208,7 @@ def test_an_image_that_404s_is_not_an_image_or_is_50mb_is_a_bad_image(server, na
 
 
 def test_a_local_image_that_is_missing_is_a_bad_image_without_a_call(server, tmp_path):
-    items = [{"id": "gone", "image_url": str(tmp_path / "gone.jpg"), "ground_truth_tags": ["red"]}]
+    items = [{"id": "gone", "image_url": LocalImage(tmp_path / "gone.jpg", tmp_path), "ground_truth_tags": ["red"]}]
     (result,) = run(prompter(server), items, "tag", progress=False)
     assert result["error"] == "bad_image" and server.calls == 0
 

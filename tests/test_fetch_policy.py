@@ -113,3 +113,26 @@ def test_card_thumbnails_knn_features_and_unsplash_share_the_policy(tmp_path):
 
     with pytest.raises(SourceError, match="fetch policy"):
         UnsplashSource("key", base_url="http://metadata.test").fetch(set(), 1)
+
+
+def test_a_bare_local_path_is_refused_and_a_folder_photo_is_read_only_inside_its_folder(tmp_path):
+    from PIL import Image
+
+    from phototagger.http import LocalImage
+    from phototagger.images import photo_image
+
+    with pytest.raises(ImageFetchError, match="local path refused"):
+        fetch_image_bytes("/etc/passwd")
+    folder = tmp_path / "trip"
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "rocket.jpg")
+    (folder / "escape.jpg").symlink_to("/etc/passwd")
+    own = {"id": "f1", "image_url": str(folder / "rocket.jpg"), "source": "folder", "name": "rocket.jpg"}
+    assert fetch_image_bytes(photo_image(own)).startswith(b"\xff\xd8\xff")
+    for photo in ({**own, "image_url": "/etc/passwd"},  # its name does not end the path: no folder vouches for it
+                  {**own, "image_url": str(folder / "escape.jpg"), "name": "escape.jpg"},  # a link out of the folder
+                  {"id": "u1", "image_url": "/etc/passwd", "source": "unsplash-lite"}):  # a dataset row with a bare path
+        with pytest.raises(ImageFetchError, match="local path refused"):
+            fetch_image_bytes(photo_image(photo))
+    with pytest.raises(ImageFetchError, match="outside the folder"):
+        fetch_image_bytes(LocalImage(folder / ".." / ".." / "x.jpg", folder))

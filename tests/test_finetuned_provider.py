@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from phototagger.http import LocalImage
 from phototagger.prompting.providers.base import Answer, ProviderError, make_provider
 from phototagger.prompting.providers.finetuned import FineTunedProvider
 
@@ -14,7 +15,7 @@ def base_provider(tiny_qwen_dir) -> FineTunedProvider:
 
 
 def test_batched_generation_returns_one_answer_per_image_same_as_one_at_a_time(base_provider, colour_photos):
-    images = [str(path) for path in colour_photos.values()]  # two sizes: the batch is left-padded
+    images = [LocalImage(path, path.parent) for path in colour_photos.values()]  # two sizes: the batch is left-padded
 
     batched = base_provider.complete_batch("Tag this photo.", images, [None] * len(images))
     single = [base_provider.complete("Tag this photo.", image) for image in images]
@@ -28,7 +29,7 @@ def test_batched_generation_returns_one_answer_per_image_same_as_one_at_a_time(b
 def test_an_answer_cut_at_max_new_tokens_is_marked_length_and_recorded_truncated(base_provider, colour_photos):
     from phototagger.prompting.prompter import read_answer
 
-    answers = base_provider.complete_batch("Tag this photo.", [str(p) for p in colour_photos.values()], [None] * 4)
+    answers = base_provider.complete_batch("Tag this photo.", [LocalImage(p, p.parent) for p in colour_photos.values()], [None] * 4)
 
     cut = [a for a in answers if a.completion_tokens == base_provider.max_new_tokens]
     assert cut, "the random tiny model never stops on its own within 10 tokens"
@@ -39,7 +40,7 @@ def test_an_answer_cut_at_max_new_tokens_is_marked_length_and_recorded_truncated
 def test_unreadable_photo_is_an_error_in_its_own_slot(base_provider, colour_photos, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
-    images = [str(colour_photos["red"]), str(broken), str(tmp_path / "missing.png")]
+    images = [LocalImage(colour_photos["red"], colour_photos["red"].parent), LocalImage(broken, tmp_path), LocalImage(tmp_path / "missing.png", tmp_path)]
 
     answers = base_provider.complete_batch("Tag this photo.", images, ["r", "b", "m"])
 

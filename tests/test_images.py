@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from phototagger.http import LocalImage
 from phototagger.output import thumbnails
 from phototagger.training import curate, vlm
 from phototagger.http import ImageFetchError
@@ -46,7 +47,7 @@ def sideways(tmp_path: Path) -> tuple[str, Image.Image]:
     path = phone_photo(tmp_path / "phone.jpg", stripes(96, 64, vertical=True, seed=1))
     with Image.open(path) as stored:
         upright = stored.convert("RGB").transpose(Image.Transpose.ROTATE_270)
-    return str(path), upright
+    return LocalImage(path, path.parent), upright
 
 
 def test_the_loader_turns_a_phone_photo_upright(sideways):
@@ -77,10 +78,10 @@ def test_knn_describes_a_phone_photo_as_it_is_shown(tmp_path):
     for i, vertical in enumerate((False, False, True, True)):
         path = tmp_path / f"h{i}.png"
         stripes(64, 64, vertical, seed=10 + i).save(path)
-        history.append({"id": f"h{i}", "image_url": str(path), "ground_truth_tags": ["vertical" if vertical else "horizontal"]})
+        history.append({"id": f"h{i}", "image_url": LocalImage(path, tmp_path), "ground_truth_tags": ["vertical" if vertical else "horizontal"]})
     query = phone_photo(tmp_path / "query.jpg", stripes(64, 64, vertical=True, seed=99))
 
-    answer = make_provider("knn", "jec", history=history, neighbours=1).complete("ignored", str(query), photo_id="new")
+    answer = make_provider("knn", "jec", history=history, neighbours=1).complete("ignored", LocalImage(query, tmp_path), photo_id="new")
     assert json.loads(answer.text)["tags"] == ["horizontal"]
 
 
@@ -95,7 +96,7 @@ def bomb_png(path: Path, side: int = 30000) -> Path:
 
 
 def test_a_decompression_bomb_is_a_bad_image_for_every_consumer(tmp_path):
-    bomb = str(bomb_png(tmp_path / "bomb.png"))
+    bomb = LocalImage(bomb_png(tmp_path / "bomb.png"), tmp_path)
     with pytest.raises(ImageFetchError, match="DecompressionBombError") as caught:
         load_image(bomb)
     assert caught.value.error_class == "bad_image"
@@ -103,6 +104,6 @@ def test_a_decompression_bomb_is_a_bad_image_for_every_consumer(tmp_path):
     assert thumbnails.thumbnail_data_uri(bomb) is None
     good = tmp_path / "good.png"
     stripes(32, 32, vertical=True, seed=3).save(good)
-    history = [{"id": "bomb", "image_url": bomb, "ground_truth_tags": ["boom"]}, {"id": "good", "image_url": str(good), "ground_truth_tags": ["fine"]}]
-    answer = make_provider("knn", "jec", history=history, neighbours=1).complete("ignored", str(good), photo_id="new")
+    history = [{"id": "bomb", "image_url": bomb, "ground_truth_tags": ["boom"]}, {"id": "good", "image_url": LocalImage(good, tmp_path), "ground_truth_tags": ["fine"]}]
+    answer = make_provider("knn", "jec", history=history, neighbours=1).complete("ignored", LocalImage(good, tmp_path), photo_id="new")
     assert json.loads(answer.text)["tags"] == ["fine"]

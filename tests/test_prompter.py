@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 import prompter as prompter_cli
+from phototagger.http import LocalImage
 from phototagger.http import ImageFetchError, fetch_image_bytes
 from phototagger.prompting.prompter import Prompter, RetryPolicy
 from phototagger.prompting.providers import Answer, MissingKeyError, Provider, ProviderError, make_provider, register_provider
@@ -99,7 +100,7 @@ def test_local_image_is_sent_as_a_base64_data_uri(env, tmp_path: Path):
     path = tmp_path / "local.png"
     path.write_bytes(png_bytes())
 
-    make("openai").prompt("Tag.", str(path))
+    make("openai").prompt("Tag.", LocalImage(path, tmp_path))
 
     (url,) = image_urls(env.requests[0][2])
     assert url.startswith("data:image/png;base64,")

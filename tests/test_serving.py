@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from phototagger.errors import UserError
+from phototagger.http import LocalImage
+from phototagger.images import photo_image
 from phototagger.ingest.sources.demo import DemoSource
 from phototagger.prompting.prompter import Prompter
 from phototagger.training import export
@@ -61,7 +63,7 @@ def exported(tiny_qwen_dir, tmp_path_factory) -> export.ExportResult:
 
 @pytest.fixture(scope="module")
 def demo_images() -> list[str]:
-    return [photo["image_url"] for photo in DemoSource().fetch(set(), 100)]
+    return [photo_image(photo) for photo in DemoSource().fetch(set(), 100)]
 
 
 def finetuned(exported: export.ExportResult, **where) -> Prompter:
@@ -162,7 +164,7 @@ def test_openai_compatible_max_pixels_sends_the_photo_as_training_loaded_it(tmp_
     Image.new("RGB", (640, 480), (200, 30, 30)).save(photo)
     with FakeOpenAIServer() as server:
         served = Prompter("openai-compatible", "tagger", base_url=server.base_url, max_pixels=CAPS["max_pixels"])
-        result = served.prompt(PROMPT, str(photo))
+        result = served.prompt(PROMPT, LocalImage(photo, tmp_path))
         (_, _, request), = server.requests
 
     url = request["messages"][0]["content"][1]["image_url"]["url"]

@@ -8,6 +8,7 @@ from bitsandbytes.functional import has_avx512bf16
 from metaflow.plugins.datastores.local_storage import LocalStorage
 from transformers import TrainerCallback
 
+from phototagger.http import LocalImage
 from phototagger.training import train, vlm
 from phototagger.training.checkpoint_store import CheckpointStore
 from phototagger.prompting.providers.base import Answer
@@ -77,7 +78,7 @@ def test_4bit_adapter_saves_reloads_and_generates(cpu_kernel, tiny_qwen_dir, col
     assert quantised, "the language model's linears are 4-bit"
     for module in quantised:
         module.support_avx512bf16_for_cpu = cpu_kernel == "avx512bf16-packed"
-    answer = provider.complete("Tag this photo.", str(colour_photos["red"]))
+    answer = provider.complete("Tag this photo.", LocalImage(colour_photos["red"], colour_photos["red"].parent))
 
     assert isinstance(answer, Answer) and 1 <= answer.completion_tokens <= 8 and answer.prompt_tokens > 0
     packed = [getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in quantised]

@@ -18,6 +18,7 @@ from phototagger.claims import Claim, Claims
 from phototagger.ingest import state
 from phototagger.ingest.sources.base import Source
 from phototagger.mfclient import UPDATE_FLOW
+from phototagger.scoring.provenance import review_key
 from phototagger.records import Photo
 
 NOTES_SHOWN = 5  # notes printed in full at the end of a run; the card and the `notes` artifact hold them all
@@ -37,6 +38,8 @@ class Previous(NamedTuple):
     batch_id: str
     legacy_history: Optional[dict[str, Photo]] = None  # a run from before state.py stored all of `history`
     claim_epoch: Optional[str] = None  # None: a run from before claims, in the first epoch
+    corrected: tuple[str, ...] = ()  # photos of its batch delivered before, again with reviewed suggestions
+    reviews: tuple[tuple[str, str], ...] = ()  # (photo id, provenance.review_key) as last delivered
 
 
 class Claimed(NamedTuple):
@@ -55,7 +58,9 @@ def previous_state(run: Any) -> Optional[Previous]:
     if "delivered" not in data:
         return Previous(state.empty_state(), unseen, batch_id, legacy_history=dict(data.history or {}), claim_epoch=epoch)
     ingest_state = state.IngestState(delivered=data.delivered, tag_stats=data.tag_stats, reference=data.reference)
-    return Previous(ingest_state, unseen, batch_id, claim_epoch=epoch)
+    corrected = tuple(data.corrected) if "corrected" in data else ()
+    reviews = tuple(sorted(dict(data.reviews).items())) if "reviews" in data else ()
+    return Previous(ingest_state, unseen, batch_id, claim_epoch=epoch, corrected=corrected, reviews=reviews)
 
 
 def delivered_before(store: state.BlobStore, previous: Optional[Previous], reset: bool = False) -> state.IngestState:
@@ -64,7 +69,35 @@ def delivered_before(store: state.BlobStore, previous: Optional[Previous], reset
         return state.empty_state()
     if previous.legacy_history:
         previous = previous._replace(state=state.fold_batch(store, previous.state, previous.legacy_history, seed="history"))
-    return state.fold_batch(store, previous.state, previous.unseen, seed=previous.batch_id)
+    return state.fold_batch(store, previous.state, previous.unseen, seed=previous.batch_id, again=previous.corrected)
+
+
+def fetch_corrections(source: Source, delivered: Collection[str], reviews: dict[str, str], claims: Claims) -> tuple[dict[str, Photo], list[str]]:
+    """Delivered photos whose suggestions the photographer reviewed since (a source that has no suggestions to
+    review, like Unsplash, has none), claimed under their review so two runs never deliver the same correction,
+    and a note for the user. They are delivered again in the batch: the prompt flows prompt them (from the cache)
+    and EvaluationFlow scores the models against the corrected ground truth."""
+    find = getattr(source, "corrections", None)
+    if find is None:
+        return {}, []
+    won: dict[str, Photo] = {}
+    for photo in find(delivered, reviews):
+        version = f"{photo['id']}@review-{review_key(photo.get('confirmed_tags', ()), photo.get('rejected_tags', ()))}"
+        if claims.claim(version).state == "won":  # a new id: downstream counts each photo once, in its claim's batch
+            won[version] = {**photo, "id": version, "corrects": photo["id"]}
+    if not won:
+        return {}, []
+    return won, [f"{len(won)} photos delivered before come again with the suggestions you reviewed: confirmed tags are their ground truth now."]
+
+
+def reviews_after(reviews: dict[str, str], batch: dict[str, Photo]) -> dict[str, str]:
+    """The review fingerprints once `batch` is delivered: grows with the photos whose suggestions were reviewed."""
+    after = dict(reviews)
+    for photo_id, photo in batch.items():
+        key = review_key(photo.get("confirmed_tags", ()), photo.get("rejected_tags", ()))
+        if key:
+            after[photo.get("corrects") or photo_id] = key
+    return after
 
 
 def plan_batch(delivered: Collection[str], photos: Iterable[Photo]) -> Batch:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from typing import Mapping, Optional, TypedDict
+from typing import Collection, Mapping, Optional, TypedDict
 
 from phototagger.blobs import BlobStore
 from phototagger.records import Photo
@@ -59,8 +59,10 @@ def empty_state() -> IngestState:
     )
 
 
-def fold_batch(store: BlobStore, state: IngestState, batch: Mapping[str, Photo], seed: str = "") -> IngestState:
-    """The state once `batch` is delivered too; `seed` (the batch's id) makes the sample reproducible."""
+def fold_batch(store: BlobStore, state: IngestState, batch: Mapping[str, Photo], seed: str = "", again: Collection[str] = ()) -> IngestState:
+    """The state once `batch` is delivered too; `seed` (the batch's id) makes the sample reproducible.
+    Photos in `again` were delivered before (UpdatePhotos' `corrected`): they are counted once."""
+    batch = {photo_id: photo for photo_id, photo in batch.items() if photo_id not in set(again)}
     tagged = [p for p in batch.values() if normalise_tags(p.get("ground_truth_tags") or [])]
     return IngestState(
         delivered=_add_ids(store, state["delivered"], list(batch)),

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import vl_convert
 from markupsafe import Markup
 
+from phototagger.http import LocalImage
 from phototagger.output.templating import TEMPLATES
 from phototagger.scoring.evals import (
     COLUMNS, Column, EvalEvent, Ranking, RankingRow, batches_of, fold_events, row_key, split_row_key,
@@ -311,7 +312,7 @@ def _photo(photo_events: list[EvalEvent], order: Mapping[str, int], thumbs: Mapp
                 "recall_lenient": ev.get("recall_lenient"),
                 "tags": [(tag, normalise_tag(tag) in truth) for tag in ev.get("tags") or []]}
                for ev in sorted(photo_events, key=lambda e: order.get(e["model_key"], len(order)))]
-    return {"photo_id": first["photo_id"], "thumb": thumbs.get(first.get("image_url", "")), "truth": truth_tags,
+    return {"photo_id": first["photo_id"], "name": first.get("photo_name") or first["photo_id"], "thumb": thumbs.get(first.get("image_url", "")), "truth": truth_tags,
             "answers": answers}
 
 
@@ -348,7 +349,14 @@ def drilldown_image_urls(events: Iterable[EvalEvent], drilldown_batches: int = D
                          drilldown_photos: int = DRILLDOWN_PHOTOS) -> list[str]:
     """The image URLs of the photos the drill-down shows: what the caller fetches thumbnails for."""
     shown = _shown_photos(fold_events([], events), drilldown_batches, drilldown_photos)
-    return sorted({evs[0].get("image_url", "") for _, photos, _ in shown for evs in photos} - {""})
+    urls = {_image_location(evs[0]) for _, photos, _ in shown for evs in photos} - {""}
+    return sorted(urls)
+
+
+def _image_location(event: EvalEvent) -> str:
+    """The event's image URL; a local file as the `LocalImage` its photo source vouched for (`image_root`)."""
+    url, root = event.get("image_url", ""), event.get("image_root")
+    return LocalImage(url, root) if url and isinstance(root, str) and root else url
 
 
 def _batch_means(ranking: Ranking, batch_id: str) -> list[dict]:

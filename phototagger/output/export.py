@@ -11,6 +11,12 @@ file is on this machine; named by `xmp.sidecar_path`); for everything else (imag
 package images, a path this machine does not have) into the output folder as `<photo id>.xmp`.
 CSV and JSONL go into the output folder unless given their own paths.
 
+Every keyword goes out as a suggestion (provenance.py): filed under `AI` in the keyword paths
+(`ExportOptions.tag_prefix`; "" writes them flat) and listed with the model and the run in the sidecar's
+Photo Tagger namespace. A tag the photo already has as its own keyword, or one the photographer deleted
+after an earlier export (the photo's `rejected_tags`, or what its sidecar says now), is never suggested again.
+Photos are named by their path inside the folder (`Photo["name"]`) in the CSV, the JSONL and the report.
+
 With a vocabulary (vocabulary.json, the lenient matching rule's) every output gets the tags in the
 form that rule scores: synonyms and inflections folded ("motorbikes" -> "motorcycle"), stop-tags
 ("photo", "hd wallpapers") left out, and in the sidecars each tag filed under its parents
@@ -30,16 +36,19 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from phototagger import mfclient
 from phototagger.errors import UserError
+from phototagger.scoring import provenance
 from phototagger.output import xmp
 from phototagger.prompting.batch import DEFAULT_CONCURRENCY, PromptSettings, prompt_photos
 from phototagger.prompting.cache import make_cache
 from phototagger.prompting.configs import ModelSkipped, make_prompter, select_models
 from phototagger.prompting.variants import DEFAULT_VARIANT
 from phototagger.scoring.evals import Ranking, model_key, split_row_key
+from phototagger.scoring.tags import normalise_tag
 from phototagger.scoring.vocabulary import Vocabulary
 from phototagger.http import is_url
-from phototagger.records import ModelResult, Photo
+from phototagger.records import ModelResult, Photo, photo_name
 from phototagger.ingest.sources import resolve_source
+from phototagger.ingest.sources.keywords import read_photo_keywords
 from phototagger.ingest.state import reference_photos
 
 log = logging.getLogger(__name__)
@@ -49,7 +58,7 @@ PROMPT_FLOWS = mfclient.PROMPT_FLOWS
 UPDATE_FLOW = mfclient.UPDATE_FLOW
 FINETUNED_PROVIDER = "finetuned"  # needs a FineTuneVLM adapter and a GPU: only PromptCustomModels prompts it
 FOLDER_SOURCE = "folder"  # Photo["source"] of the user's own files, the only ones that get sidecars beside them
-CSV_FIELDS = ("photo_id", "image", "tags", "model")
+CSV_FIELDS = ("photo", "image", "tags", "model", "photo_id")
 CSV_TAG_SEPARATOR = ";"
 
 
@@ -63,6 +72,12 @@ class TaggedPhoto:
     image: str  # the photo's image_url: a local path or an http(s) URL
     tags: list[str]
     source: str = ""  # the Photo's source ("folder", "unsplash", "demo", ...)
+    name: str = ""  # what the user calls it: its path inside the folder; "" means the id
+    rejected: list[str] = field(default_factory=list)  # suggestions the photographer deleted when it was ingested
+
+    @property
+    def label(self) -> str:
+        return self.name or self.photo_id
 
 
 @dataclass
@@ -70,6 +85,11 @@ class SkippedPhoto:
     photo_id: str
     image: str
     reason: str  # the error class of the model's result, or why its sidecar was not written
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.name or self.photo_id
 
 
 @dataclass
@@ -90,7 +110,7 @@ class ExportOptions:
     csv_path: Optional[Path] = None  # default: <out_dir>/tags.csv
     jsonl_path: Optional[Path] = None  # default: <out_dir>/tags.jsonl
     write_xmp: bool = True
-    tag_prefix: str = ""  # see xmp.py: flat tags, or filed under this path in the hierarchical fields
+    tag_prefix: str = provenance.AI_ROOT  # the keyword suggestions are filed under ("AI|cat"); "": flat
     dry_run: bool = False
     vocabulary: Optional[Vocabulary] = None  # None: the tags as the model gave them, flat
 
@@ -102,6 +122,11 @@ class ExportReport:
     csv_path: Optional[Path] = None
     jsonl_path: Optional[Path] = None
     dry_run: bool = False
+    tag_prefix: str = ""  # where the suggestions were filed in the keyword paths
+
+
+def options_prefix(report: ExportReport) -> bool:
+    return bool(report.tag_prefix.strip("/ "))
 
 
 # -- which model ----------------------------------------------------------------------------------
@@ -179,10 +204,12 @@ def tagset_from_results(photos: Mapping[str, Photo], results: Iterable[ModelResu
         photo_id = str(result.get("photo_id", ""))
         photo = photos.get(photo_id) or {}
         image = photo.get("image_url", "")
+        name = photo_name(photo) if photo else ""
         if result.get("error"):
-            tagset.skipped.append(SkippedPhoto(photo_id, image, f"model error: {result['error']}"))
+            tagset.skipped.append(SkippedPhoto(photo_id, image, f"model error: {result['error']}", name))
         else:
-            tagset.tagged.append(TaggedPhoto(photo_id, image, list(result.get("tags") or []), photo.get("source", "")))
+            tagset.tagged.append(TaggedPhoto(photo_id, image, list(result.get("tags") or []), photo.get("source", ""), name,
+                                             list(photo.get("rejected_tags") or [])))
     return tagset
 
 
@@ -329,30 +356,52 @@ def with_vocabulary(tagset: TagSet, vocabulary: Vocabulary) -> TagSet:
     return replace(tagset, tagged=tagged)
 
 
+def beside_image(photo: TaggedPhoto) -> bool:
+    """Whether the photo is the user's own file on this machine (folder source), whose sidecar goes beside it."""
+    return photo.source == FOLDER_SOURCE and bool(photo.image) and not is_url(photo.image) and Path(photo.image).is_file()
+
+
 def sidecar_for(photo: TaggedPhoto, options: ExportOptions) -> Path:
     """Next to the user's own image file (folder source); else `<out_dir>/<photo id>.xmp`."""
-    if photo.source == FOLDER_SOURCE and photo.image and not is_url(photo.image) and Path(photo.image).is_file():
+    if beside_image(photo):
         return xmp.sidecar_path(photo.image, options.xmp_naming)
     return options.out_dir / f"{_UNSAFE.sub('_', photo.photo_id) or 'photo'}.xmp"
+
+
+def not_to_suggest(photo: TaggedPhoto) -> set[str]:
+    """Tags the photo must not be offered again: its own keywords, confirmed or not, suggestions waiting for review
+    (filed again elsewhere they would read as confirmed) and rejected ones (as ingested, and as its metadata says
+    now: the user may have reviewed since)."""
+    keys = set(photo.rejected)
+    if beside_image(photo):
+        try:
+            now = read_photo_keywords(Path(photo.image))
+        except OSError:
+            return keys
+        keys |= {normalise_tag(keyword) for keyword, _ in now.keywords} | set(now.pending) | set(now.rejected)
+    return keys
 
 
 def write_sidecars(tagset: TagSet, options: ExportOptions) -> tuple[list[xmp.SidecarChange], list[SkippedPhoto]]:
     """Merge each photo's tags into its sidecar; a sidecar that cannot be merged is reported, never clobbered."""
     changes, failures = [], []
     claimed: dict[Path, str] = {}
+    suggested_by = xmp.Suggestion("", split_row_key(tagset.model)[0], tagset.source)
     for photo in tagset.tagged:
         if not photo.tags:
             continue
         path = sidecar_for(photo, options)
         if path in claimed:
-            failures.append(SkippedPhoto(photo.photo_id, photo.image, f"shares {path} with photo {claimed[path]}: use --xmp-naming fullname"))
+            failures.append(SkippedPhoto(photo.photo_id, photo.image, f"shares {path} with photo {claimed[path]}: use --xmp-naming fullname", photo.name))
             continue
-        claimed[path] = photo.photo_id
+        claimed[path] = photo.label
         try:
-            tags = [options.vocabulary.path(tag) for tag in photo.tags] if options.vocabulary else photo.tags
-            change = xmp.write_sidecar(path, tags, options.tag_prefix, dry_run=options.dry_run)
+            skip = not_to_suggest(photo)
+            tags = [tag for tag in photo.tags if normalise_tag(tag) not in skip]
+            tags = [options.vocabulary.path(tag) for tag in tags] if options.vocabulary else tags
+            change = xmp.write_sidecar(path, tags, options.tag_prefix, dry_run=options.dry_run, suggested_by=suggested_by)
         except (xmp.XmpError, OSError) as exc:
-            failures.append(SkippedPhoto(photo.photo_id, photo.image, str(exc)))
+            failures.append(SkippedPhoto(photo.photo_id, photo.image, str(exc), photo.name))
             continue
         log.info("%s: %s", path, {name: len(values) for name, values in change.added.items()} if change.changed else "up to date")
         changes.append(change)
@@ -360,27 +409,27 @@ def write_sidecars(tagset: TagSet, options: ExportOptions) -> tuple[list[xmp.Sid
 
 
 def write_csv(path: Path, tagset: TagSet) -> None:
-    """photo_id, image, tags joined with ';', model: one row per tagged photo."""
+    """photo (its path inside the folder, else its id), image, tags joined with ';', model, photo_id: one row per tagged photo."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_FIELDS)
         for photo in tagset.tagged:
-            writer.writerow([photo.photo_id, photo.image, CSV_TAG_SEPARATOR.join(photo.tags), tagset.model])
+            writer.writerow([photo.label, photo.image, CSV_TAG_SEPARATOR.join(photo.tags), tagset.model, photo.photo_id])
 
 
 def write_jsonl(path: Path, tagset: TagSet) -> None:
-    """One JSON object per tagged photo: photo_id, image, tags, model, source."""
+    """One JSON object per tagged photo: photo (its name), photo_id, image, tags, model, source."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as handle:
         for photo in tagset.tagged:
-            record = {"photo_id": photo.photo_id, "image": photo.image, "tags": photo.tags, "model": tagset.model, "source": tagset.source}
+            record = {"photo": photo.label, "photo_id": photo.photo_id, "image": photo.image, "tags": photo.tags, "model": tagset.model, "source": tagset.source}
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def export(tagset: TagSet, options: ExportOptions) -> ExportReport:
     """Write the sidecars, the CSV and the JSONL for `tagset` (nothing is written in a dry run)."""
-    report = ExportReport(dry_run=options.dry_run)
+    report = ExportReport(dry_run=options.dry_run, tag_prefix=options.tag_prefix)
     if options.write_xmp:
         report.sidecars, report.sidecar_failures = write_sidecars(tagset, options)
     report.csv_path = options.csv_path or options.out_dir / "tags.csv"
@@ -403,10 +452,13 @@ def report_lines(tagset: TagSet, report: ExportReport) -> list[str]:
         lines.append(f"{untagged} photos got an empty tag list: they have CSV/JSONL rows but no sidecar.")
     if report.sidecars or report.sidecar_failures:
         lines.append(f"XMP sidecars: {created} {would}created, {updated} {would}updated, {unchanged} already up to date, {len(report.sidecar_failures)} not written.")
+    if report.sidecars and options_prefix(report):
+        lines.append(f"Suggestions are filed under the keyword {report.tag_prefix.replace('/', ' > ')}: review them in Lightroom or digiKam "
+                     "(keep one outside it to confirm it, delete it to reject it; docs/own-library.md), then run updatephotos.py again.")
     lines.append(f"CSV: {report.csv_path} {'(dry run: not written)' if report.dry_run else ''}".rstrip())
     lines.append(f"JSONL: {report.jsonl_path} {'(dry run: not written)' if report.dry_run else ''}".rstrip())
     for skipped in tagset.skipped:
-        lines.append(f"  skipped {skipped.photo_id} ({skipped.image or 'no image'}): {skipped.reason}")
+        lines.append(f"  skipped {skipped.label} ({skipped.image or 'no image'}): {skipped.reason}")
     for failed in report.sidecar_failures:
-        lines.append(f"  no sidecar for {failed.photo_id} ({failed.image or 'no image'}), its tags are in the CSV/JSONL: {failed.reason}")
+        lines.append(f"  no sidecar for {failed.label} ({failed.image or 'no image'}), its tags are in the CSV/JSONL: {failed.reason}")
     return lines

@@ -21,6 +21,11 @@ first, in their order and with their attributes (an `xml:lang` on an item of a w
 a value written in attribute form), and a new tag is appended only when no item already has the
 same normalised value (tags.normalise_tag, per path level), so rewriting is idempotent.
 
+Provenance (see phototagger/scoring/provenance.py): `write_sidecar(..., suggested_by=...)` also lists each tag
+in the Photo Tagger namespace, `phototagger:Suggestions` (rdf:Bag of structures with `phototagger:Tag`,
+`phototagger:Model`, `phototagger:Run`), and records the hierarchy it filed them under in
+`phototagger:Hierarchy`. A tag listed once keeps its first model and run.
+
 Sidecar names: "fullname" is `photo.jpg.xmp` (digiKam's and darktable's default), "basename" is
 `photo.xmp` (Lightroom's; two images that differ only by extension then share one sidecar).
 """
@@ -51,6 +56,7 @@ NAMESPACES = {
     "darktable": "http://darktable.sf.net/",
     "Iptc4xmpCore": "http://iptc.org/std/Iptc4xmpCore/1.0/xmlns/",
     "MicrosoftPhoto": "http://ns.microsoft.com/photo/1.0/",
+    "phototagger": "http://ns.phototagger.org/xmp/1.0/",
 }
 _PREFIXES: dict[str, str] = {}  # uri -> prefix, what this module has told ElementTree to write
 
@@ -94,6 +100,29 @@ FIELDS = (
     KeywordField("digiKam:TagsList", "Seq", "/"),
     KeywordField("lr:hierarchicalSubject", "Bag", "|"),
 )
+
+
+_PT = "{%s}" % NAMESPACES["phototagger"]
+SUGGESTIONS = "phototagger:Suggestions"
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """One tag a model suggested for a photo, as the Photo Tagger namespace records it."""
+
+    tag: str
+    model: str = ""  # "openai:gpt-4o-mini"
+    run: str = ""  # "PromptModels/1712345678", or "folder:/path" for export_tags.py --folder
+
+
+@dataclass
+class Packet:
+    """What an XMP packet says about keywords: the three fields, its toolkit, and our provenance record."""
+
+    fields: dict[str, list[str]]
+    toolkit: str  # `x:xmptk`, e.g. "Image::ExifTool 12.57"; "" when it names none
+    suggestions: list[Suggestion] = field(default_factory=list)
+    hierarchy: Optional[str] = None  # the root suggestions were filed under ("AI"; "" flat); None: no record
 
 
 class XmpError(Exception):
@@ -145,28 +174,33 @@ def field_values(tags: Iterable[str | Sequence[str]], prefix: str = "") -> dict[
 
 def read_keywords(path: Path | str) -> dict[str, list[str]]:
     """The values of dc:subject, digiKam:TagsList and lr:hierarchicalSubject in a sidecar, in order."""
-    return read_packet(Path(path).read_bytes(), str(path))[0]
+    return read_packet(Path(path).read_bytes(), str(path)).fields
 
 
-def read_packet(data: bytes, source: str) -> tuple[dict[str, list[str]], str]:
-    """The keyword fields of an XMP packet (a sidecar's bytes or one embedded in an image), and the
-    toolkit that wrote it (`x:xmptk`, e.g. "Image::ExifTool 12.57"; "" when it names none)."""
+def read_packet(data: bytes, source: str) -> Packet:
+    """The keyword fields, toolkit and Photo Tagger record of an XMP packet (a sidecar's bytes or one
+    embedded in an image)."""
     root = _parse(data, source)[0]
     rdf = _rdf_of(root)
     found = {}
     for kf in FIELDS:
         items = [item for _, _, items in _occurrences(rdf, kf.tag) for item in items]
         found[kf.name] = [_item_value(item) for item in items]
-    return found, root.get(_X + "xmptk", "")
+    suggestions = [s for _, _, items in _occurrences(rdf, _PT + "Suggestions") for s in map(_suggestion_of, items) if s.tag]
+    return Packet(found, root.get(_X + "xmptk", ""), suggestions, _hierarchy_of(rdf))
 
 
-def merge_keywords(existing: Optional[bytes], tags: Iterable[str | Sequence[str]], prefix: str = "", source: str = "sidecar") -> tuple[bytes, dict[str, list[str]]]:
-    """The sidecar bytes with `tags` merged in (a new packet when `existing` is None), and what was added."""
-    data, added, _ = _merge(existing, tags, prefix, source)
+def merge_keywords(existing: Optional[bytes], tags: Iterable[str | Sequence[str]], prefix: str = "", source: str = "sidecar",
+                   suggested_by: Optional[Suggestion] = None) -> tuple[bytes, dict[str, list[str]]]:
+    """The sidecar bytes with `tags` merged in (a new packet when `existing` is None), and what was added.
+
+    With `suggested_by` (its model and run; its tag is ignored) each tag is also listed as a suggestion."""
+    data, added, _ = _merge(existing, tags, prefix, source, suggested_by)
     return data, added
 
 
-def _merge(existing: Optional[bytes], tags: Iterable[str | Sequence[str]], prefix: str, source: str) -> tuple[bytes, dict[str, list[str]], bool]:
+def _merge(existing: Optional[bytes], tags: Iterable[str | Sequence[str]], prefix: str, source: str,
+           suggested_by: Optional[Suggestion] = None) -> tuple[bytes, dict[str, list[str]], bool]:
     """`merge_keywords`, and whether `existing` had to be repaired to be read."""
     repaired = False
     if existing is None:
@@ -178,16 +212,23 @@ def _merge(existing: Optional[bytes], tags: Iterable[str | Sequence[str]], prefi
             wrapper.append(root)
             root = wrapper
     rdf = _rdf_of(root)
+    tags = [tag for tag in tags if tag]
     values = field_values(tags, prefix)
     added = {kf.name: _merge_field(rdf, kf, values[kf.name]) for kf in FIELDS}
+    if suggested_by is not None:
+        leaves = [xml_safe(tag if isinstance(tag, str) else tag[-1]).strip() for tag in tags]
+        added[SUGGESTIONS] = _merge_suggestions(rdf, [Suggestion(leaf, suggested_by.model, suggested_by.run) for leaf in leaves if leaf],
+                                                "/".join(level.strip() for level in xml_safe(prefix).split("/") if level.strip()))
     root.tail = None
     ET.indent(root, space=" ")
     body = ET.tostring(root, encoding="unicode")
     return f"{XPACKET_BEGIN}\n{body}\n{XPACKET_END}\n".encode("utf-8"), added, repaired
 
 
-def write_sidecar(path: Path | str, tags: Iterable[str | Sequence[str]], prefix: str = "", dry_run: bool = False) -> SidecarChange:
-    """Merge `tags` into the sidecar at `path` (created if missing), written atomically.
+def write_sidecar(path: Path | str, tags: Iterable[str | Sequence[str]], prefix: str = "", dry_run: bool = False,
+                  suggested_by: Optional[Suggestion] = None) -> SidecarChange:
+    """Merge `tags` into the sidecar at `path` (created if missing), written atomically; with `suggested_by`,
+    listed as that model's suggestions too.
 
     An unchanged sidecar is not rewritten, so its modification time stays as it was: photo tools
     take a newer sidecar as a metadata change to import. One made ill-formed by characters XML
@@ -195,7 +236,7 @@ def write_sidecar(path: Path | str, tags: Iterable[str | Sequence[str]], prefix:
     """
     path = Path(path)
     existing = path.read_bytes() if path.exists() else None
-    data, added, repaired = _merge(existing, tags, prefix, str(path))
+    data, added, repaired = _merge(existing, tags, prefix, str(path), suggested_by)
     change = SidecarChange(path=path, created=existing is None, added=added, repaired=repaired)
     if change.changed and not dry_run:
         _atomic_write(path, data)
@@ -359,6 +400,65 @@ def _merge_field(rdf: ET.Element, kf: KeywordField, values: list[str]) -> list[s
     prop = ET.Element(kf.tag)
     ET.SubElement(prop, _RDF + kf.container).extend(items)
     target.insert(position, prop)
+    return added
+
+
+def _suggestion_of(item: ET.Element) -> Suggestion:
+    """A suggestion from an rdf:li structure, in any of the forms RDF allows (parseType="Resource",
+    a nested rdf:Description, or properties as attributes), as we or a photo tool wrote it."""
+    holders = [item, *item.findall(_RDF + "Description")]
+
+    def value(name: str) -> str:
+        for holder in holders:
+            if _PT + name in holder.attrib:
+                return holder.attrib[_PT + name].strip()
+            child = holder.find(_PT + name)
+            if child is not None:
+                return (child.text or "").strip()
+        return ""
+
+    return Suggestion(value("Tag"), value("Model"), value("Run"))
+
+
+def _hierarchy_of(rdf: ET.Element) -> Optional[str]:
+    for desc in rdf.findall(_RDF + "Description"):
+        if _PT + "Hierarchy" in desc.attrib:
+            return desc.attrib[_PT + "Hierarchy"].strip()
+        prop = desc.find(_PT + "Hierarchy")
+        if prop is not None:
+            return (prop.text or "").strip()
+    return None
+
+
+def _merge_suggestions(rdf: ET.Element, suggestions: list[Suggestion], hierarchy: str) -> list[str]:
+    """Append the suggestions not listed yet to phototagger:Suggestions and record the hierarchy; the tags added."""
+    occurrences = _occurrences(rdf, _PT + "Suggestions")
+    descriptions = rdf.findall(_RDF + "Description")
+    target = occurrences[0][0] if occurrences else (descriptions[0] if descriptions else ET.SubElement(rdf, _RDF + "Description", {_RDF + "about": ""}))
+    items = [item for _, _, items in occurrences for item in items]
+    for desc, prop, _ in occurrences:
+        if prop is None:
+            del desc.attrib[_PT + "Suggestions"]
+        else:
+            desc.remove(prop)
+    seen = {normalise_tag(_suggestion_of(item).tag) for item in items}
+    added = []
+    for suggestion in suggestions:
+        key = normalise_tag(suggestion.tag)
+        if key and key not in seen:
+            seen.add(key)
+            item = ET.Element(_RDF + "li", {_RDF + "parseType": "Resource"})
+            for name, text in (("Tag", suggestion.tag), ("Model", suggestion.model), ("Run", suggestion.run)):
+                ET.SubElement(item, _PT + name).text = xml_safe(text)
+            items.append(item)
+            added.append(suggestion.tag)
+    prop = ET.SubElement(target, _PT + "Suggestions")
+    ET.SubElement(prop, _RDF + "Bag").extend(items)
+    for desc in descriptions:
+        desc.attrib.pop(_PT + "Hierarchy", None)
+        for old in desc.findall(_PT + "Hierarchy"):
+            desc.remove(old)
+    ET.SubElement(target, _PT + "Hierarchy").text = hierarchy
     return added
 
 

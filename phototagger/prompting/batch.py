@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from tqdm.auto import tqdm
 
+from phototagger.images import photo_image
 from phototagger.prompting.cache import ResponseCache
 from phototagger.prompting.limiter import AdaptiveLimiter
 from phototagger.prompting.prompter import Prompter, failed_result
@@ -192,7 +193,7 @@ def _run_batched(prompter, photos, prompt_text, cache, key_of: Callable, batch_s
                                             f"not prompted: the model deadline of {deadline_s:g}s had passed"))
             continue
         try:
-            answers = prompter.prompt_batch(prompt_text, [photos[i]["image_url"] for i in chunk],
+            answers = prompter.prompt_batch(prompt_text, [photo_image(photos[i]) for i in chunk],
                                             [photos[i]["id"] for i in chunk])
             if len(answers) != len(chunk):
                 raise RuntimeError(f"prompt_batch returned {len(answers)} results for {len(chunk)} photos")
@@ -206,7 +207,7 @@ def _run_batched(prompter, photos, prompt_text, cache, key_of: Callable, batch_s
 def _prompt_one(prompter, prompt_text: str, photo: Photo) -> ModelResult:
     if not photo.get("image_url"):
         return failed_result(prompter.provider, prompter.model, "bad_image", f"photo {photo['id']} has no image_url")
-    return prompter.prompt(prompt_text, photo["image_url"], photo_id=photo["id"])
+    return prompter.prompt(prompt_text, photo_image(photo), photo_id=photo["id"])
 
 
 def _internal_error(prompter, exc: BaseException) -> ModelResult:

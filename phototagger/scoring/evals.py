@@ -19,7 +19,9 @@ from phototagger.scoring.compare import paired_order
 from phototagger.scoring.metrics import (SORT_METRICS, Interval, PerTag, ScoredPhoto, Summary, Totals, all_photo_scores,
                                          per_tag, photo_figures, recall_interval)
 from phototagger.scoring.tags import normalise_tags
-from phototagger.records import ModelResult, Photo
+from phototagger.http import LocalImage
+from phototagger.images import photo_image
+from phototagger.records import ModelResult, Photo, photo_name
 
 @dataclass(frozen=True)
 class Column:
@@ -95,6 +97,7 @@ class EvalEvent(ModelResult, total=False):
     batch_date: str  # ISO date of that batch
     ground_truth_tags: list[str]
     image_url: str
+    photo_name: str  # what the user calls the photo: its path inside the folder, else its id
     source_flow: str  # the flow that prompted the model, e.g. "PromptModels"
     source_run: str  # that flow's run id
 
@@ -140,10 +143,14 @@ def make_event(
         batch_date=batch_date,
         ground_truth_tags=list(photo.get("ground_truth_tags") or []),
         image_url=photo.get("image_url", ""),
+        photo_name=photo_name(photo) or str(result.get("photo_id", "")),
         source_flow=source_flow,
         source_run=str(source_run),
     )
     event.setdefault("photo_id", photo.get("id", ""))
+    image = photo_image(photo)
+    if isinstance(image, LocalImage):
+        event["image_root"] = image.root  # the folder the dashboard may read its thumbnail from
     return event
 
 

@@ -11,7 +11,9 @@ Rules a reader can rely on:
   in the split it had, so extending the dataset never moves a photo between train and validation.
 - Every photo left out is reported with a reason: `held_out`, `too_few_tags`, `bad_image`,
   `too_small`, `too_large`, `duplicate` or `over_max_samples` (a detail may follow after ": ").
-- Targets are the photo's own normalised tags, in `{"tags": [...]}` form: no padding, no filler.
+- Targets are the photo's own normalised tags, in `{"tags": [...]}` form: no padding, no filler. A model's
+  suggestion is among them only once the photographer confirmed it (provenance.py); a photo delivered again
+  after a review answers with its corrected tags, in the split it had.
 """
 from __future__ import annotations
 
@@ -26,9 +28,9 @@ from typing import Any, Callable, Collection, Iterable, Mapping, NamedTuple, Opt
 from PIL import Image
 
 from phototagger.training import vlm
-from phototagger.http import ImageFetchError
+from phototagger.http import ImageFetchError, LocalImage
 from phototagger import mfclient
-from phototagger.images import load_image
+from phototagger.images import load_image, photo_image
 from phototagger.records import Photo
 from phototagger.scoring.tags import normalise_tags
 
@@ -147,6 +149,7 @@ def make_example(photo: Photo, prompt_text: str) -> TrainingExample:
         ],
         "ground_truth_tags": tags,
         "photo_id": str(photo["id"]),
+        **({"image_root": image.root} if isinstance(image := photo_image(photo), LocalImage) else {}),
     }
 
 
@@ -160,8 +163,10 @@ def _content_part(example: Mapping[str, Any], role: str, kind: str) -> Any:
 
 
 def example_image(example: Mapping[str, Any]) -> str:
-    """The image URL or path in an example's user turn."""
-    return _content_part(example, "user", "image")
+    """The image URL or path in an example's user turn; a path of a folder or demo photo (its `image_root`
+    recorded) as the `LocalImage` the image loader reads."""
+    location = _content_part(example, "user", "image")
+    return LocalImage(location, example["image_root"]) if example.get("image_root") else location
 
 
 def example_prompt(example: Mapping[str, Any]) -> str:
@@ -175,7 +180,10 @@ def example_answer(example: Mapping[str, Any]) -> str:
 
 def photo_from_example(example: Mapping[str, Any]) -> Photo:
     """The part of a Photo an example still holds, enough to make the example again."""
-    return Photo(id=example["photo_id"], image_url=example_image(example), ground_truth_tags=list(example["ground_truth_tags"]))
+    photo = Photo(id=example["photo_id"], image_url=str(example_image(example)), ground_truth_tags=list(example["ground_truth_tags"]))
+    if example.get("image_root"):  # what photo_image needs to read it again
+        photo.update(source="folder", name=photo["image_url"][len(example["image_root"].rstrip("/")) + 1:])
+    return photo
 
 
 # ---------------------------------------------------------------- checks
@@ -206,7 +214,7 @@ def validate_photo(
     if not location:
         return PhotoCheck("bad_image: the photo record has no image_url", None)
     try:
-        image = load_image(location)
+        image = load_image(photo_image(photo))
     except ImageFetchError as exc:
         return PhotoCheck(f"bad_image: {exc}", None)
     digest = image_digest(image)
@@ -338,9 +346,14 @@ def curate(
     # the photos to look at: cheap checks first, so a held-out photo costs no download
     candidates: list[Photo] = []
     seen = set(examples)
+    corrected = 0
     for photo in [*previous.pending_photos.values(), *(p for batch in batches for p in batch["photos"].values())]:
         pid = str(photo["id"])
-        if pid in seen:
+        base = str(photo.get("corrects") or pid)
+        if base in examples and base not in held_out and _reviewed_again(photo, examples[base]):
+            examples[base] = make_example({**photo, "id": base}, settings.prompt_text)  # same split, the corrected tags
+            corrected += 1
+        elif pid in seen:
             drop(pid, "duplicate: the same photo id was delivered before")
         elif pid in held_out:
             drop(pid, "held_out", photo)
@@ -355,9 +368,17 @@ def curate(
     dataset.train_examples = [examples[pid] for pid, split in splits.items() if split == "train"]
     dataset.validation_examples = [examples[pid] for pid, split in splits.items() if split == "validation"]
     dataset.notes.append(f"{len(new_ids)} new examples out of {len(candidates)} photos considered; {len(examples) - len(new_ids)} kept from before.")
+    if corrected:
+        dataset.notes.append(f"{corrected} earlier examples now answer with the tags the photographer confirmed or rejected since.")
     if not examples:
         dataset.notes.append(_empty_message(dataset))
     return dataset
+
+
+def _reviewed_again(photo: Photo, example: TrainingExample) -> bool:
+    """A photo delivered again (UpdatePhotos' `corrected`) whose reviewed ground truth differs from its example's target."""
+    reviewed = photo.get("confirmed_tags") or photo.get("rejected_tags")
+    return bool(reviewed) and normalise_tags(photo.get("ground_truth_tags") or []) != list(example["ground_truth_tags"])
 
 
 def _add_checked_photos(

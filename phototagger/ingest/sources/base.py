@@ -79,6 +79,7 @@ def make_photo(
     photographer: Optional[str] = None,
     attribution: Optional[str] = None,
     tag_origin: Optional[dict[str, str]] = None,
+    name: Optional[str] = None,
 ) -> Photo:
     """One Photo record; `tags` is what `collect_tags` returns."""
     photo = Photo(
@@ -96,6 +97,8 @@ def make_photo(
     )
     if tag_origin is not None:
         photo["tag_origin"] = dict(tag_origin)
+    if name:
+        photo["name"] = name
     return photo
 
 

@@ -7,12 +7,12 @@ and the second is scored with the first as history.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 from PIL import Image
 
+from phototagger.images import demo_image_dir
 from phototagger.records import Photo
 from phototagger.ingest.sources.base import SourceError, collect_tags, make_photo, utc_iso
 
@@ -20,11 +20,11 @@ CATALOGUE = Path(__file__).with_name("demo_photos.json")
 
 
 def skimage_data_dir() -> Path:
-    """The installed scikit-image's sample-data folder, found without importing scikit-image."""
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or spec.origin is None:
+    """The installed scikit-image's sample-data folder (images.demo_image_dir, which the image loader reads inside)."""
+    found = demo_image_dir()
+    if found is None:
         raise SourceError("The demo photos ship with scikit-image: pip install scikit-image==0.26.0 (see requirements.txt)")
-    return Path(spec.origin).parent / "data"
+    return found
 
 
 class DemoSource:

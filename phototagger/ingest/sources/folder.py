@@ -7,7 +7,10 @@ Where the tags of `trip/beach.jpg` are looked for, first match wins:
 3. `tags.csv` at the folder root: rows `filename,tags` with the tags separated by `;` or `,`.
 4. the keywords already in the photo (XMP sidecar `beach.jpg.xmp` / `beach.xmp`, else the XMP or IPTC
    Keywords inside the image, as Lightroom, digiKam and darktable write them: see `keywords.py`),
-   each tag with its origin in `tag_origin` ("xmp-sidecar:lr:hierarchicalSubject").
+   each tag with its origin in `tag_origin` ("xmp-sidecar:lr:hierarchicalSubject"). A model's suggestion
+   (export_tags.py) is ground truth only once the photographer confirmed it; the ones they deleted are
+   the photo's `rejected_tags` (see provenance.py).
+A photo is named by its path inside the folder (`name`, "trip/rocket.jpg"), its id is a hash of it.
 An image without tags is still a photo: its ground truth is empty and metrics count it apart.
 A file that is no readable image, an image too large to decode safely (PIL's decompression-bomb
 limit), a link to a file outside the folder (its bytes would go to a vendor) and a tags entry that
@@ -19,12 +22,15 @@ import csv
 import hashlib
 import json
 import re
+import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Collection, Iterator, Mapping, Optional
 
 from PIL import Image, UnidentifiedImageError
 
+from phototagger.output import xmp
+from phototagger.scoring.provenance import review_key
 from phototagger.records import Photo
 from phototagger.ingest.sources.base import SourceError, collect_tags, listing_note, make_photo, utc_iso
 from phototagger.ingest.sources.keywords import PLACE_NAMES, read_photo_keywords
@@ -56,6 +62,21 @@ class FolderSource:
         self.notes: list[str] = []
 
     def fetch(self, exclude_ids: set[str], limit: int) -> list[Photo]:
+        return self._photos(lambda photo_id, path: photo_id not in exclude_ids, limit)
+
+    def corrections(self, delivered: Collection[str], reviews: Mapping[str, str]) -> list[Photo]:
+        """Delivered photos whose suggestions were reviewed (confirmed or deleted) since they were last delivered:
+        their ground truth changed. Only photos with an XMP sidecar are read again (that is where suggestions live)."""
+        def has_sidecar(photo_id: str, path: Path) -> bool:
+            return photo_id in delivered and any(xmp.sidecar_path(path, naming).is_file() for naming in xmp.NAMINGS)
+
+        notes = self.notes
+        photos = self._photos(has_sidecar, sys.maxsize)
+        self.notes = notes + [note for note in self.notes if note not in notes and note.startswith(("Skipped", "Refused"))]
+        return [photo for photo in photos if review_key(photo.get("confirmed_tags", ()), photo.get("rejected_tags", ())) != reviews.get(photo["id"], "")]
+
+    def _photos(self, wanted: Callable[[str, Path], bool], limit: int) -> list[Photo]:
+        """The photos `wanted(id, path)` picks, up to `limit`, each read with its tags."""
         self.notes = []
         table = self._tags_table()
         photos: list[Photo] = []
@@ -64,12 +85,14 @@ class FolderSource:
         outside: list[str] = []
         places: Counter[str] = Counter()  # where photos without a tags file took their keywords from
         ours: list[str] = []
+        reviewed = 0
+        with_own = 0
         for path in self._images():
             if len(photos) >= limit:
                 break
             relative = path.relative_to(self.root).as_posix()
             photo_id = folder_photo_id(relative)
-            if photo_id in exclude_ids:
+            if not wanted(photo_id, path):
                 continue
             if not path.resolve().is_relative_to(self.root):
                 outside.append(relative)
@@ -90,14 +113,17 @@ class FolderSource:
                 continue
             origins = None
             description = None
+            review = None
             if own is not None:
                 self.notes.extend(f"{relative}: {note}" for note in own.notes)
-                if own.place:
-                    places[own.place] += 1
+                places.update(own.places)
+                with_own += bool(own.places)
                 if own.ours:
                     ours.append(relative)
                 origins = collect_tags(own.keywords)  # all origins rank alike: the first field a tag is in
                 tags = {tag: "user" for tag in origins}
+                review = own if own.confirmed or own.rejected or own.pending else None
+                reviewed += bool(own.confirmed or own.rejected)
             else:
                 raw_tags, description, where = sidecar
                 tag_list = _as_tag_list(raw_tags)
@@ -119,15 +145,20 @@ class FolderSource:
                     width=width,
                     height=height,
                     tag_origin=origins,
+                    name=relative,
                 )
             )
+            if review is not None:
+                photos[-1].update(confirmed_tags=review.confirmed, rejected_tags=review.rejected, suggested_tags=review.pending)
         if places:
             counts = ", ".join(f"{places[place]} from {label}" for place, label in PLACE_NAMES.items() if places[place])
-            self.notes.append(f"{sum(places.values())} photos took their ground truth from their own keywords: {counts}.")
+            self.notes.append(f"{with_own} photos took their ground truth from their own keywords: {counts}.")
+        if reviewed:
+            self.notes.append(f"{reviewed} photos have reviewed suggestions: confirmed ones are ground truth, deleted ones rejections.")
         if ours:
             self.notes.append(listing_note(
-                "{n} photos took their ground truth from XMP sidecars that export_tags.py wrote and no photo tool "
-                "has changed since, so it is a model's tags, not yours", ours))
+                "{n} photos have XMP sidecars that an older export_tags.py wrote and no photo tool has changed since: "
+                "their keywords are a model's, not yours, and were left out of the ground truth", ours))
         if unreadable:
             self.notes.append(listing_note("Skipped {n} files that are not readable images", unreadable))
         if too_large:

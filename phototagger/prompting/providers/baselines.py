@@ -26,7 +26,7 @@ from phototagger.prompting.providers.features import (
     stack_features,
 )
 from phototagger.http import DEFAULT_TIMEOUT_S, MAX_IMAGE_BYTES, ImageFetchError
-from phototagger.images import load_image
+from phototagger.images import load_image, photo_image
 from phototagger.records import Photo
 from phototagger.scoring.tags import normalise_tags
 from phototagger.prompting.providers.base import Answer, Provider, ProviderError, register_provider
@@ -201,7 +201,7 @@ class JECProvider(_HistoryBaseline):
 
     def _history_features(self, photo: Photo) -> Optional[Features]:
         try:
-            return self._features_of(photo["image_url"])
+            return self._features_of(photo_image(photo))
         except ImageFetchError as exc:
             log.warning("knn skips history photo %s: %s", photo["id"], exc)
             return None
