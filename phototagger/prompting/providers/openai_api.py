@@ -15,6 +15,8 @@ from types import ModuleType
 from typing import Any, Mapping, Optional
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
+
 from phototagger.http import (
     MAX_IMAGE_BYTES,
     DeadlineExceeded,
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_TOKENS = 300
+REACHABLE_TIMEOUT_S = 5.0  # the one-off check in `start`: a server that does not answer a GET in this is not there
 KEYLESS_PLACEHOLDER = "EMPTY"  # what vLLM's docs pass when the server wants no key
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 QUOTA_CODE = "insufficient_quota"  # OpenAI's code for an account without credit (sent with 429, or 200 by some gateways)
@@ -267,6 +270,18 @@ class ChatAPIProvider(Provider):
         log.warning("unexpected %s from %s", type(exc).__name__, where)
         return ProviderError("internal", f"{where} call failed with {type(exc).__name__}: {detail}", retryable=False)
 
+    def check_reachable(self) -> None:
+        """One GET of the base URL without retries: any HTTP answer (404 and 401 too) means a server is there;
+        a refused connection, an unknown host or no answer within REACHABLE_TIMEOUT_S means there is none."""
+        url = self._public_base_url()
+        try:
+            with httpx.Client(timeout=min(REACHABLE_TIMEOUT_S, self.timeout_s)) as client:
+                client.get(str(self._client.base_url))
+        except httpx.TimeoutException:
+            raise ProviderError("connection", f"{self.label} at {url} did not answer within {min(REACHABLE_TIMEOUT_S, self.timeout_s):g}s") from None
+        except httpx.HTTPError as exc:
+            raise ProviderError("connection", f"{self.label} at {url} cannot be reached ({_transport_reason(exc)})") from None
+
     # -- secrets and settings --------------------------------------------------------------
     def held_keys(self) -> tuple[str, ...]:
         return (self._key,) if self._key else ()
@@ -283,6 +298,16 @@ class ChatAPIProvider(Provider):
             "json_mode": self.json_mode,
             "inline_images": self.inline_images,
         }
+
+
+def _transport_reason(exc: Exception) -> str:
+    """The innermost reason of a connection failure ("[Errno 111] Connection refused"), without the key."""
+    for _ in range(10):  # a chain, not a cycle
+        inner = exc.__cause__ or exc.__context__
+        if inner is None:
+            break
+        exc = inner  # type: ignore[assignment]
+    return str(exc) or type(exc).__name__
 
 
 def _api_body(exc: Exception) -> Any:
