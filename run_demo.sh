@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The quick baseline loop, offline, on the built-in demo photos (18 photos, three batches of 6):
 #   (UpdatePhotos -> PromptModels) x 3 -> EvaluationFlow
-# Each batch is scored with the earlier ones as history, as hourly runs would: on the first batch the
-# offline baselines (prior, knn) have nothing to learn from yet and are skipped, so the dashboard
-# shows the second and third batches. No key and no network are needed: models whose key is not
-# exported are skipped with one line. Every model runs with both prompts of prompts/demo.json.
+# Each batch is scored with the earlier ones as history, as hourly runs would; on the first batch the
+# offline baselines (prior, knn) learn from that batch itself, each photo's tags guessed from the other
+# photos only (leave-one-out). No key and no network are needed: models whose key is not exported are
+# skipped with one line (--skip-unavailable). Every model runs with both prompts of prompts/demo.json.
 # Each demo gets its own Metaflow project branch, so it never mixes with your own runs and can be
 # run again. Set up on first use: .venv from requirements.txt.
 #
@@ -29,7 +29,7 @@ echo "== Photo Tagger demo on project branch test.$branch"
 for batch in 1 2 3; do
     echo "== Batch $batch"
     flow updatephotos.py --source demo --batch-size 6
-    python promptmodels.py --branch "$branch" --config prompts prompts/demo.json run  # two prompts side by side
+    python promptmodels.py --branch "$branch" --config prompts prompts/demo.json run --skip-unavailable  # two prompts side by side
 done
 if $finetune; then
     echo "== Fine-tune loop on a tiny random Qwen2.5-VL (CPU smoke run)"
