@@ -2,6 +2,8 @@
 import time
 from pathlib import Path
 
+from phototagger import bootstrap  # noqa: F401 - first: a user name and one datastore before Metaflow reads its configuration
+
 from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
 
 from phototagger import mfclient

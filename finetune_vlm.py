@@ -14,6 +14,8 @@ read from a local path. Resume after a failure:
   complete one there;
 - from a fresh run, pass --resume-from <a local checkpoint dir of an earlier run>.
 """
+from phototagger import bootstrap  # noqa: F401 - first: a user name and one datastore before Metaflow reads its configuration
+
 from metaflow import FlowSpec, Parameter, card, current, project, resources, retry, step, trigger_on_finish
 from metaflow.cards import Markdown, Table, VegaChart
 

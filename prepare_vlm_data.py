@@ -14,6 +14,8 @@ out every photo a vendor model was scored on (strict; then only unscored batches
 from dataclasses import asdict
 from pathlib import Path
 
+from phototagger import bootstrap  # noqa: F401 - first: a user name and one datastore before Metaflow reads its configuration
+
 from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
 
 from phototagger.training import vlm

@@ -11,6 +11,8 @@ fine-tuned model next to the vendor models.
 """
 from pathlib import Path
 
+from phototagger import bootstrap  # noqa: F401 - first: a user name and one datastore before Metaflow reads its configuration
+
 from metaflow import Config, FlowSpec, Parameter, current, project, resources, step, trigger_on_finish
 
 from phototagger.prompting import fanout

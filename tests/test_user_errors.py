@@ -162,3 +162,26 @@ def test_an_unreachable_model_server_is_found_in_start_in_two_lines(env, tmp_pat
                                "Connection refused", "--skip-unavailable")
     assert len(error_lines(output)) == 2, error_lines(output)
     assert "/prompt_model/" not in output and "/end/" not in output, "found in start, before any model task"
+
+
+def test_every_flow_and_tool_imports_phototagger_before_metaflow_so_root_and_other_directories_work():
+    """phototagger/bootstrap.py sets METAFLOW_USER (root is refused) and the datastore root; Metaflow reads both
+    once, when it is first imported, so a file that imports metaflow first runs without them."""
+    import ast
+
+    from phototagger import bootstrap
+
+    late = []
+    for path in sorted(set(ROOT.glob("*.py")) - {ROOT / "test_pipeline.py"}):
+        modules = [alias.name if isinstance(node, ast.Import) else node.module or ""
+                   for node in ast.parse(path.read_text()).body if isinstance(node, (ast.Import, ast.ImportFrom))
+                   for alias in node.names]
+        ours = next((i for i, m in enumerate(modules) if m.split(".")[0] == "phototagger"), None)
+        theirs = next((i for i, m in enumerate(modules) if m.split(".")[0] == "metaflow"), None)
+        if theirs is not None and (ours is None or ours > theirs):
+            late.append(path.name)
+    assert not late, f"import phototagger before metaflow in: {late}"
+    assert bootstrap.defaults({"USER": "root"}, Path("/srv/tagger")) == {
+        "METAFLOW_USER": "photo-tagger", "METAFLOW_DATASTORE_SYSROOT_LOCAL": "/srv/tagger",
+        "METAFLOW_CARD_LOCALROOT": "/srv/tagger/.metaflow/mf.cards"}
+    assert bootstrap.defaults({"USER": "ana", "METAFLOW_DATASTORE_SYSROOT_LOCAL": "/d", "METAFLOW_CARD_LOCALROOT": "/c"}) == {}
