@@ -19,8 +19,12 @@ for arg in "$@"; do
         *) echo "usage: $0 [--finetune]" >&2; exit 2 ;;
     esac
 done
+caller="$(pwd)"
 cd "$(dirname "$0")"
 source scripts/ensure_venv.sh
+# The commands printed at the end work from where the demo was started: `cd` to the project first when that is elsewhere.
+here="$(pwd)"
+[ "$caller" = "$here" ] && go="" || go="cd $here && "
 
 branch="demo$(date -u +%Y%m%d%H%M%S)"
 flow() { python "$1" --branch "$branch" run "${@:2}"; }
@@ -50,9 +54,9 @@ PY
 )
 python evalsflow.py card get "$run_id/end" dashboard.html >/dev/null
 echo
-echo "== Done. The dashboard card of EvaluationFlow/$run_id is in $(pwd)/dashboard.html"
+echo "== Done. The dashboard card of EvaluationFlow/$run_id is in $here/dashboard.html"
 echo "   Open it in a browser, or write it again with:"
-echo "     .venv/bin/python evalsflow.py card get $run_id/end dashboard.html"
-echo "   or browse every card with: .venv/bin/python evalsflow.py card server"
+echo "     ${go}.venv/bin/python evalsflow.py card get $run_id/end dashboard.html"
+echo "   or browse every card with: ${go}.venv/bin/python evalsflow.py card server"
 echo "   Export the best model's tags of this demo (drop --dry-run to write them):"
-echo "     .venv/bin/python export_tags.py --branch $branch --dry-run"
+echo "     ${go}.venv/bin/python export_tags.py --branch $branch --dry-run"

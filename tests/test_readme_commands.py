@@ -171,3 +171,23 @@ def test_as_root_from_another_directory_the_flows_share_one_datastore_and_their_
     run_block(dashboard, elsewhere, env)
     assert "knn:jec" in (elsewhere / shlex.split(dashboard)[-1]).read_text()
     assert not (elsewhere / ".metaflow").exists() and (clone / ".metaflow" / "EvaluationFlow").is_dir()
+
+
+def test_run_demo_started_from_another_directory_as_root_prints_commands_that_work_there(tmp_path):
+    """./run_demo.sh as a new user runs it: as root, from their home; then every command it prints at its end
+    (but `card server`, which serves until stopped) is run as printed, from that same directory."""
+    clone, home = fresh_copy(tmp_path / "photo-tagger"), tmp_path / "home"
+    home.mkdir()
+    stamp = Path(sys.prefix) / ".requirements.sha256"
+    if not stamp.is_file() or stamp.read_text().split()[0] != subprocess.run(
+            ["sha256sum", str(clone / "requirements.txt")], capture_output=True, text=True).stdout.split()[0]:
+        pytest.skip("this venv was not built from this requirements.txt: run_demo.sh would rebuild it")
+    output = run_block(str(clone / "run_demo.sh"), home, user_env(home))
+    printed = [line.strip() for line in output.splitlines()[output.splitlines().index(next(
+        line for line in output.splitlines() if line.startswith("== Done."))):] if ".venv/bin/python" in line]
+    commands = [line.split(": ", 1)[-1] for line in printed if "card server" not in line]
+    assert len(commands) == 2 and all(c.startswith(f"cd {clone} && ") for c in commands), printed
+    (clone / "dashboard.html").unlink()
+    for command in commands:
+        run_block(command, home, user_env(home))
+    assert "Photo Tagger demo" in (clone / "dashboard.html").read_text()
