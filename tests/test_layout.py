@@ -1,4 +1,4 @@
-"""The library's wings import only the core and the wings below them in pipeline order (README: Layout)."""
+"""The library's wings import only the core and the wings below them in pipeline order (docs/internals.md: Layout)."""
 from __future__ import annotations
 
 import ast
