@@ -274,13 +274,14 @@ class ChatAPIProvider(Provider):
         """One GET of the base URL without retries: any HTTP answer (404 and 401 too) means a server is there;
         a refused connection, an unknown host or no answer within REACHABLE_TIMEOUT_S means there is none."""
         url = self._public_base_url()
+        fix = f"start it, or correct base_url in models.json or {self.base_url_env}"
         try:
             with httpx.Client(timeout=min(REACHABLE_TIMEOUT_S, self.timeout_s)) as client:
                 client.get(str(self._client.base_url))
         except httpx.TimeoutException:
-            raise ProviderError("connection", f"{self.label} at {url} did not answer within {min(REACHABLE_TIMEOUT_S, self.timeout_s):g}s") from None
+            raise ProviderError("connection", f"{self.label} at {url} did not answer within {min(REACHABLE_TIMEOUT_S, self.timeout_s):g}s: {fix}") from None
         except httpx.HTTPError as exc:
-            raise ProviderError("connection", f"{self.label} at {url} cannot be reached ({_transport_reason(exc)})") from None
+            raise ProviderError("connection", f"{self.label} at {url} cannot be reached ({self.scrub(_transport_reason(exc))}): {fix}") from None
 
     # -- secrets and settings --------------------------------------------------------------
     def held_keys(self) -> tuple[str, ...]:
@@ -301,7 +302,7 @@ class ChatAPIProvider(Provider):
 
 
 def _transport_reason(exc: Exception) -> str:
-    """The innermost reason of a connection failure ("[Errno 111] Connection refused"), without the key."""
+    """The innermost reason of a connection failure ("[Errno 111] Connection refused")."""
     for _ in range(10):  # a chain, not a cycle
         inner = exc.__cause__ or exc.__context__
         if inner is None:
