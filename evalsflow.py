@@ -30,7 +30,8 @@ class EvaluationFlow(FlowSpec):
        of the same project branch (or start empty with --rebuild).
     2) Read the `models_eval` artifact of each PromptModels and PromptCustomModels run not folded
        before, score its results under both matching rules with this flow's vocabulary, fold them
-       into the state, a rerun of a batch replacing the earlier answers, and store them as
+       into the state (a photo counts once per branch: in the batch of the UpdatePhotos run holding its
+       claim), a rerun of a batch replacing the earlier answers, and store them as
        `photo_results` (Parquet bytes): only this run's new rows. Each model skipped by a run
        (`skipped_models`) keeps the reason of its latest run.
     3) Rank the (model, prompt) rows with 95% bootstrap intervals and a paired comparison with the best
@@ -103,6 +104,10 @@ class EvaluationFlow(FlowSpec):
         new_events = []
         for run in new_runs:
             prompt_run = next(evals.read_runs([run]) if run.successful else evals.budget_failures([run]))
+            events, note = mfclient.events_once_per_branch(run, current.branch_name, prompt_run.events)
+            prompt_run = prompt_run._replace(events=events)
+            if note:
+                print(note)
             skipped = f", skipped {', '.join(prompt_run.skipped)}" if prompt_run.skipped else ""
             print(f"{prompt_run.pathspec}: {len(prompt_run.events)} events{skipped}")
             new_events += prompt_run.events

@@ -33,7 +33,7 @@ from phototagger.scoring.evals import model_key
 from phototagger.scoring.metrics import score_results, summarise
 from phototagger.scoring.vocabulary import Vocabulary, parse_file
 from phototagger import mfclient
-from phototagger.mfclient import CARD_TIMEOUT_S, UPDATE_FLOW, scored_update_run
+from phototagger.mfclient import CARD_TIMEOUT_S, UPDATE_FLOW, once_per_branch, scored_update_run
 
 HERE = Path(__file__).resolve().parent  # the default Configs sit beside this file, wherever it is run from
 
@@ -46,7 +46,8 @@ class PromptModels(FlowSpec):
 
     1) Read the unseen batch (and, for the offline baselines, the tag counts and the keys of a
        bounded sample of earlier photos, never all of history) from the latest successful
-       UpdatePhotos run of this branch, or the run given by --update-run. On a branch's first
+       UpdatePhotos run of this branch, or the run given by --update-run, less any photo whose claim
+       another UpdatePhotos run holds (it is scored in that run's batch, once). On a branch's first
        batch the baselines learn from the batch's own keyworded photos instead, each photo left
        out of its own answer (leave-one-out). Decide here which models cannot run (no API key, a
        server that does not answer, nothing to learn from): the run fails naming them, unless
@@ -106,7 +107,9 @@ class PromptModels(FlowSpec):
         run = scored_update_run(current.branch_name, self.update_run)
         data = run.data  # each attribute read loads the artifact again: read each once
         self.update_run_pathspec = run.pathspec
-        self.photos = dict(data.unseen)
+        self.photos, note = once_per_branch(run, current.branch_name, dict(data.unseen))
+        if note:
+            print(note)
         self.tag_stats, self.reference = data.tag_stats, data.reference
         self.batch_id = str(data.batch_id)
         self.batch_date = data.batch_date

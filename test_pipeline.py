@@ -314,3 +314,26 @@ def test_a_model_past_its_error_budget_fails_the_run_but_keeps_every_record(flow
     [failure] = evals.budget_failures([run])  # what EvaluationFlow lists on the card for this run
     assert mfclient.run_state("PromptModels", run.id) == "failed" and failure.events == []
     assert failure.skipped["openai:gpt-4o-mini"].startswith("broke the error budget: openai:gpt-4o-mini | default@")
+
+
+def test_a_photo_delivered_twice_upstream_is_counted_once_by_promptmodels_and_evaluationflow(flow_env, tmp_path):
+    """The second layer on its own: make the claims say that another UpdatePhotos run delivers two photos of a
+    batch already scored (as an upstream that delivered them twice would leave them); EvaluationFlow leaves their
+    answers out, and a PromptModels run on that batch does not prompt them."""
+    from phototagger.claims import Claims, LocalClaimStore
+
+    run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
+    batch, _ = run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
+    run_flow("promptmodels.py", flow_env, models="prior")
+    twice = sorted(batch.data.unseen)[:2]
+    other = Claims(LocalClaimStore(tmp_path / ".metaflow" / "UpdatePhotos" / "_claims"), "user.ci", batch.data.claim_epoch, "999",
+                   lambda holder: "failed")
+    assert [other.claim(photo_id).state for photo_id in twice] == ["won", "won"]
+
+    evals_run, evals_out = run_flow("evalsflow.py", flow_env)
+    rescored, prompt_out = run_flow("promptmodels.py", flow_env, models="prior", update_run=batch.id)
+
+    assert "left out 2 answers on 2 photos that another UpdatePhotos run delivered" in evals_out
+    assert rows_by_model(evals_run.data.evals)["prior:tag-prior"]["Avg Recall (exact) n"] == 4
+    assert f"Left out 2 photos of {batch.pathspec} that UpdatePhotos/999 delivered" in prompt_out
+    assert sorted(rescored.data.photos) == sorted(set(batch.data.unseen) - set(twice))

@@ -3,14 +3,15 @@
     python updatephotos.py run                                  # Unsplash if client_id is set, else the demo set
     python updatephotos.py run --source unsplash:search:beach
     python updatephotos.py run --source folder:/data/photos --batch-size 200
-    python updatephotos.py run --reset-existing                 # start over on this branch
+    python updatephotos.py run --claim-lease-seconds 120        # a killed run's photos come back after 2 minutes
+    python updatephotos.py run --reset-existing                 # rebuild this branch's history from its claims
 """
 from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults before Metaflow reads them
 
 from metaflow import FlowSpec, Parameter, card, current, project, schedule, step
 
 from phototagger import claims, mfclient
-from phototagger.errors import checked, count
+from phototagger.errors import checked, count, lease_seconds
 from phototagger.ingest import batches, state
 from phototagger.ingest.sources import SPECS, checked_spec, resolve_source
 from phototagger.output import run_card
@@ -23,13 +24,16 @@ class UpdatePhotos(FlowSpec):
     """Deliver photos that no earlier run of this project branch has delivered.
 
     1) Read what the previous successful run of this branch delivered (its state and its
-       `unseen`), unless --reset-existing starts over, and fold its batch into the state:
+       `unseen`), unless --reset-existing rebuilds it from the claims, and fold its batch into the state:
        `delivered` ids, `tag_stats` and the `reference` sample (ingest/state.py), none of which
        grows with history beyond chunks written once.
     2) Fetch up to --batch-size photos from --source that are not among them, with their
        normalised ground-truth tags, claim each in the datastore so that a run started at the
-       same moment cannot deliver it too, and store the won ones as `unseen` for the downstream flows.
-    3) Print a short summary and render it on a card; an empty batch ends the run cleanly.
+       same moment cannot deliver it too (a claim is a lease, renewed while this run is alive; the claims
+       of a run that failed or stopped heartbeating are taken over), and keep the won ones.
+    3) Check the claims once more and store the photos still this run's as `unseen` for the downstream
+       flows (a resume reuses its origin's `fetch`: photos another run took over since are dropped);
+       print a short summary and render it on a card; an empty batch ends the run cleanly.
     """
 
     deploy_secrets = mfdeploy.secrets_config()
@@ -52,7 +56,16 @@ class UpdatePhotos(FlowSpec):
         default=False,
         type=bool,
         is_flag=True,
-        help="Forget what earlier runs of this branch delivered and start over.",
+        help="Forget the state carried from run to run and rebuild it from the claims (every photo of the source "
+        "is checked once); a photo delivered before is never delivered again.",
+    )
+    claim_lease_seconds = Parameter(
+        "claim-lease-seconds",
+        default=claims.DEFAULT_LEASE_S,
+        type=int,
+        callback=checked(lease_seconds),
+        help="Seconds after this run's last heartbeat (renewed while it is alive) before a later run may take over "
+        "the photos it claimed, if it was killed or lost without failing.",
     )
 
     @step
@@ -62,15 +75,13 @@ class UpdatePhotos(FlowSpec):
         delivered before this run, so this run can skip those photos without reading every earlier run."""
         self.source_name = resolve_source(self.source).name
         self.notes = []
-        previous = None
         if self.reset_existing:
-            self.notes.append("Started over (--reset-existing): earlier batches of this branch are not excluded.")
-        else:
-            previous = mfclient.latest_successful_run(mfclient.UPDATE_FLOW, current.branch_name)
+            self.notes.append("Rebuilt the history from the claims (--reset-existing): photos delivered before are skipped, not delivered again.")
+        previous = mfclient.latest_successful_run(mfclient.UPDATE_FLOW, current.branch_name)
         previous_state = batches.previous_state(previous)
         before = batches.delivered_before(mfclient.DatastoreBlobs(current.flow_name), previous_state, self.reset_existing)
         self.delivered, self.tag_stats, self.reference = before["delivered"], before["tag_stats"], before["reference"]
-        self.claim_epoch = claims.epoch(previous_state.claim_epoch if previous_state else None, self.reset_existing, current.run_id)
+        self.claim_epoch = claims.epoch(previous_state.claim_epoch if previous_state else None)
         self.next(self.fetch)
 
     @step
@@ -80,23 +91,34 @@ class UpdatePhotos(FlowSpec):
         with this run's id and date so the dashboard can show them as a batch."""
         source = resolve_source(self.source)
         store = mfclient.DatastoreBlobs(current.flow_name)
-        run_claims = mfclient.run_claims(current.flow_name, current.branch_name, self.claim_epoch, current.run_id)
+        run_claims = mfclient.run_claims(current.flow_name, current.branch_name, self.claim_epoch, current.run_id,
+                                         self.claim_lease_seconds, ancestors=[current.origin_run_id])
         delivered = state.delivered_ids(store, self.delivered)
-        claimed = batches.fetch_claimed(source, delivered, self.batch_size or source.default_batch_size, run_claims)
+        with run_claims.heartbeat():
+            claimed = batches.fetch_claimed(source, delivered, self.batch_size or source.default_batch_size, run_claims)
         before = state.IngestState(delivered=self.delivered, tag_stats=self.tag_stats, reference=self.reference)
         after = state.fold_batch(store, before, claimed.elsewhere, seed=f"{current.run_id}-elsewhere")
         self.delivered, self.tag_stats, self.reference = after["delivered"], after["tag_stats"], after["reference"]
-        self.unseen = claimed.batch.unseen
+        self.claimed = claimed.batch.unseen
+        self.claim_holder = str(current.run_id)
         self.notes = self.notes + claimed.notes
-        self.batch_id = str(current.run_id)
-        self.batch_date = batches.batch_date()
         self.next(self.end)
 
     @card(type="html", timeout=mfclient.CARD_TIMEOUT_S)
     @step
     def end(self):
-        """Print what this run delivered (an empty batch is a normal, successful outcome: downstream
-        flows see `unseen == {}` and have nothing to do) and show the same on the run's card."""
+        """Check the claims of this run's photos once more, here, because a resume or a retry reuses the
+        `fetch` of a run that may have been taken over since: keep as `unseen` the photos whose newest
+        claim is this run's (taking over those of the run it resumes, unless that run delivered them),
+        labelled with this run's id and date. Then print what this run delivered (an empty batch is a normal,
+        successful outcome: downstream flows see `unseen == {}` and have nothing to do) and show it on the card."""
+        run_claims = mfclient.run_claims(current.flow_name, current.branch_name, self.claim_epoch, current.run_id,
+                                         self.claim_lease_seconds, ancestors=[self.claim_holder, current.origin_run_id])
+        with run_claims.heartbeat():
+            self.unseen, dropped = batches.confirm_batch(self.claimed, run_claims)
+        self.notes = self.notes + dropped
+        self.batch_id = str(current.run_id)
+        self.batch_date = batches.batch_date()
         batch = batches.Batch(self.unseen, self.delivered["count"])
         for line in batches.summary_lines(self.source_name, batch, self.notes):
             print(line)

@@ -52,6 +52,14 @@ def checked(convert: Callable[[Any], Any], local_only: bool = False) -> Callable
     return callback
 
 
+def lease_seconds(value: Any) -> int:
+    """A --claim-lease-seconds value: a whole number of seconds, at least 1."""
+    number = count(value)
+    if number < 1:
+        raise UserError("a lease of 0 s gives every run's photos away at once", "pass a number of seconds, e.g. 300")
+    return number
+
+
 def count(value: Any) -> int:
     """A --batch-size style number: 0 (the default) or more."""
     try:

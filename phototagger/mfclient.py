@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
 from metaflow import Flow, Run, namespace
 from metaflow.exception import MetaflowNotFound
 
 from phototagger.bootstrap import PROJECT_ROOT
-from phototagger.claims import Claims, ClaimStore, LocalClaimStore, RunState, S3ClaimStore
+from phototagger.claims import DEFAULT_LEASE_S, Claims, ClaimStore, LocalClaimStore, RunState, S3ClaimStore
 from phototagger.errors import UserError
 
 PROJECT = "photo_tagger"
@@ -270,7 +270,8 @@ def claim_store(flow_name: str) -> ClaimStore:
 
 
 def run_state(flow_name: str, run_id: str) -> RunState:
-    """`successful`, `failed` (a task ended in error) or `running` (also: not visible yet, or killed)."""
+    """`successful`, `failed` (a task ended in error) or `running` (also: not visible yet, or killed: the
+    client cannot tell a SIGKILLed run from a live one, which is why claims carry a lease)."""
     namespace(None)
     try:
         run = Run(f"{flow_name}/{run_id}")
@@ -288,6 +289,48 @@ def run_state(flow_name: str, run_id: str) -> RunState:
     return "running"
 
 
-def run_claims(flow_name: str, branch: str, epoch: str, run_id: str) -> Claims:
+def run_claims(flow_name: str, branch: str, epoch: str, run_id: str, lease_s: float = DEFAULT_LEASE_S,
+               ancestors: Iterable[Optional[str]] = ()) -> Claims:
     """The claims of one run of `flow_name`, in the configured datastore, judging other holders through the client."""
-    return Claims(claim_store(flow_name), branch, epoch, run_id, lambda holder: run_state(flow_name, holder))
+    return Claims(claim_store(flow_name), branch, epoch, run_id, lambda holder: run_state(flow_name, holder), lease_s,
+                  [run for run in ancestors if run])
+
+
+def delivered_by(update_run: Run, branch: str, photo_ids: Iterable[str]) -> dict[str, str]:
+    """The photos among `photo_ids` of an UpdatePhotos run's batch that the claims say another run delivers,
+    with that run's id: downstream flows count a photo once per branch, in the batch of the run that holds
+    its claim, whatever happened upstream. A run from before claims holds all its photos."""
+    data = update_run.data
+    if "claim_epoch" not in data:
+        return {}
+    claims = Claims(claim_store(UPDATE_FLOW), branch, data.claim_epoch, update_run.id, lambda holder: run_state(UPDATE_FLOW, holder))
+    return claims.held_elsewhere(photo_ids)
+
+
+def once_per_branch(update_run: Run, branch: str, photos: dict) -> tuple[dict, str]:
+    """The photos of an UpdatePhotos batch this batch counts (those whose claim another run holds are that
+    run's to count), and a note naming what was left out ("" when nothing was)."""
+    elsewhere = delivered_by(update_run, branch, photos)
+    if not elsewhere:
+        return photos, ""
+    runs = ", ".join(f"{UPDATE_FLOW}/{run_id}" for run_id in sorted(set(elsewhere.values())))
+    kept = {photo_id: photo for photo_id, photo in photos.items() if photo_id not in elsewhere}
+    return kept, (f"Left out {len(elsewhere)} photos of {update_run.pathspec} that {runs} delivered: "
+                  "a photo counts once per branch, in the batch of the run holding its claim.")
+
+
+def events_once_per_branch(prompt_run: Run, branch: str, events: list[Mapping]) -> tuple[list[Mapping], str]:
+    """A prompt run's events (each with its `photo_id`) less those on photos another UpdatePhotos run delivers
+    (an upstream that delivered a photo twice, or a prompt run that did not leave them out), and a note on them."""
+    data = prompt_run.data
+    if not events or "update_run_pathspec" not in data:
+        return events, ""
+    namespace(None)
+    update_run = Run(data.update_run_pathspec)
+    elsewhere = delivered_by(update_run, branch, {str(event["photo_id"]) for event in events})
+    if not elsewhere:
+        return events, ""
+    kept = [event for event in events if str(event["photo_id"]) not in elsewhere]
+    note = (f"{prompt_run.pathspec}: left out {len(events) - len(kept)} answers on {len(elsewhere)} photos that "
+            f"another UpdatePhotos run delivered; they count once, in that run's batch.")
+    return kept, note

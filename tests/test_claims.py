@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+import time
 from threading import Barrier
 
 from phototagger import claims
@@ -27,8 +28,23 @@ class ListSource:
         return [photo(i) for i in self.ids if i not in exclude_ids][:limit]
 
 
-def run_claims(store, run_id: str, states: dict[str, claims.RunState] | None = None, epoch: str = "0") -> claims.Claims:
-    return claims.Claims(store, "user.test", epoch, run_id, lambda holder: (states or {}).get(holder, "running"))
+def run_claims(store, run_id: str, states: dict[str, claims.RunState] | None = None, epoch: str = "0", lease_s: float = 300,
+               ancestors: tuple[str, ...] = ()) -> claims.Claims:
+    return claims.Claims(store, "user.test", epoch, run_id, lambda holder: (states or {}).get(holder, "running"), lease_s, ancestors)
+
+
+def holder_state(claim: claims.Claim) -> tuple[str, str, str]:
+    return claim.holder, claim.state, claim.taken_from
+
+
+def age_files(root, seconds: float) -> None:
+    """Every claim and heartbeat under `root` as if written `seconds` ago."""
+    import os
+    import time
+
+    for path in root.rglob("*"):
+        if path.is_file():
+            os.utime(path, (time.time() - seconds, time.time() - seconds))
 
 
 def test_only_one_of_many_simultaneous_creates_wins(tmp_path):
@@ -64,10 +80,10 @@ def test_s3_claim_is_a_conditional_put_refused_when_the_key_exists():
 
 def test_a_photo_is_won_once_and_the_winner_is_named_to_the_others(tmp_path):
     store = claims.LocalClaimStore(tmp_path)
-    assert run_claims(store, "1").claim("a") == ("1", "won")
-    assert run_claims(store, "1").claim("a") == ("1", "won"), "a retried task of the same run keeps its photo"
-    assert run_claims(store, "2").claim("a") == ("1", "pending")
-    assert run_claims(store, "2", {"1": "successful"}).claim("a") == ("1", "delivered")
+    assert holder_state(run_claims(store, "1").claim("a")) == ("1", "won", "")
+    assert holder_state(run_claims(store, "1").claim("a")) == ("1", "won", ""), "a retried task of the same run keeps its photo"
+    assert holder_state(run_claims(store, "2").claim("a")) == ("1", "pending", "")
+    assert holder_state(run_claims(store, "2", {"1": "successful"}).claim("a")) == ("1", "delivered", "")
 
 
 def test_a_failed_runs_claim_is_taken_over_by_exactly_one_run(tmp_path):
@@ -75,17 +91,77 @@ def test_a_failed_runs_claim_is_taken_over_by_exactly_one_run(tmp_path):
     run_claims(store, "1").claim("a")
     failed = {"1": "failed"}
 
-    assert run_claims(store, "2", failed).claim("a") == ("2", "won")
-    assert run_claims(store, "3", failed).claim("a") == ("2", "pending")
+    taken = run_claims(store, "2", failed).claim("a")
+    assert holder_state(taken) == ("2", "won", "1") and taken.seen.why == "it failed"
+    assert holder_state(run_claims(store, "3", failed).claim("a")) == ("2", "pending", "")
 
 
-def test_reset_starts_a_new_epoch_with_no_claims(tmp_path):
+def test_a_claim_is_a_lease_kept_while_its_run_heartbeats_and_taken_over_once_after(tmp_path):
     store = claims.LocalClaimStore(tmp_path)
-    run_claims(store, "1", epoch=claims.epoch(None, False, "1")).claim("a")
-    reset_epoch = claims.epoch("0", True, "5")
+    killed = run_claims(store, "1", lease_s=60)
+    killed.renew()
+    killed.claim("a")
+    age_files(tmp_path, 30)
+    pending = run_claims(store, "2", lease_s=5).claim("a")
+    assert holder_state(pending) == ("1", "pending", ""), "the holder's own 60 s lease counts, not the reader's 5 s"
+    assert 25 < pending.seen.expires_in <= 30 and pending.seen.lease_s == 60
 
-    assert claims.epoch(reset_epoch, False, "6") == reset_epoch == "reset-5"
-    assert run_claims(store, "5", epoch=reset_epoch).claim("a") == ("5", "won")
+    age_files(tmp_path, 61)  # run 1 was SIGKILLed: its heartbeat stops
+    taken = [run_claims(store, run_id).claim("a") for run_id in ("2", "3")]
+    assert [holder_state(c) for c in taken] == [("2", "won", "1"), ("2", "pending", "")]
+    assert taken[0].seen.why == "no heartbeat for 61 s, lease 60 s"
+
+
+def test_a_slow_run_keeps_its_photos_while_its_heartbeat_renews_the_lease(tmp_path):
+    store = claims.LocalClaimStore(tmp_path)
+    slow = run_claims(store, "1", lease_s=0.6)
+    with slow.heartbeat():
+        slow.claim("a")
+        for _ in range(4):  # well past the lease: the heartbeat keeps renewing it
+            time.sleep(0.3)
+            assert run_claims(store, "2", lease_s=0.6).claim("a").state == "pending"
+    time.sleep(0.8)
+    assert holder_state(run_claims(store, "2").claim("a")) == ("2", "won", "1")
+
+
+def test_a_claim_from_before_leases_expires_by_its_own_age(tmp_path):
+    store = claims.LocalClaimStore(tmp_path)
+    run_claims(store, "1").claim("a")  # no heartbeat ever written
+    assert run_claims(store, "2", lease_s=60).claim("a").state == "pending"
+    age_files(tmp_path, 61)
+    assert holder_state(run_claims(store, "2", lease_s=60).claim("a")) == ("2", "won", "1")
+
+
+def test_confirm_keeps_its_own_claims_and_drops_those_taken_over(tmp_path):
+    store = claims.LocalClaimStore(tmp_path)
+    first = run_claims(store, "1", {"1": "failed"})
+    for photo_id in "abc":
+        first.claim(photo_id)
+    run_claims(store, "2", {"1": "failed"}).claim("a")  # run 2 took "a" over while run 1 was down
+
+    assert first.confirm(["a", "b", "c"]) == {"a": "2"}, "run 1 must not deliver what run 2 took over"
+    resumed = run_claims(store, "5", {"1": "failed"}, ancestors=("1",))
+    assert resumed.confirm(["a", "b", "c"]) == {"a": "2"}, "a resume takes over its origin's claims only"
+    assert [resumed.owner(p) for p in "abc"] == ["2", "5", "5"]
+    assert run_claims(store, "7", {"5": "successful"}, ancestors=("5",)).confirm(["b"]) == {"b": "5"}, "a delivered photo stays its run's"
+    assert run_claims(store, "6", {"5": "failed"}, ancestors=("5",)).confirm(["b"]) == {} and resumed.owner("b") == "6"
+
+
+def test_a_resume_takes_over_its_origins_live_looking_claims_when_it_fetches_again(tmp_path):
+    store = claims.LocalClaimStore(tmp_path)
+    killed = run_claims(store, "1")
+    killed.renew()
+    killed.claim("a")  # killed in `fetch`: no error recorded, its heartbeat still fresh
+    assert run_claims(store, "2").claim("a").state == "pending"
+    taken = run_claims(store, "3", ancestors=("1",)).claim("a")
+    assert holder_state(taken) == ("3", "won", "1") and taken.seen.why == "this run resumes it"
+
+
+def test_reset_keeps_the_claim_epoch_so_it_never_delivers_a_photo_again(tmp_path):
+    assert claims.epoch(None) == claims.FIRST_EPOCH and claims.epoch("reset-5") == "reset-5"
+    store = claims.LocalClaimStore(tmp_path)
+    run_claims(store, "1").claim("a")
+    assert run_claims(store, "5", {"1": "successful"}, epoch=claims.epoch("0")).claim("a").state == "delivered"
 
 
 def test_lost_photos_are_replaced_by_fetching_again(tmp_path):
@@ -94,14 +170,15 @@ def test_lost_photos_are_replaced_by_fetching_again(tmp_path):
     run_claims(store, "1").claim("a")
     run_claims(store, "2").claim("b")
 
-    batch, elsewhere, notes = ingest.fetch_claimed(source, set(), 2, run_claims(store, "3", {"1": "successful"}))
+    batch, elsewhere, notes = ingest.fetch_claimed(source, set(), 2, run_claims(store, "3", {"1": "successful"}), now=0)
 
     assert list(batch.unseen) == ["c", "d"] and source.limits == [2, 2]
     assert list(elsewhere) == ["a"], "a photo a successful run delivered joins the delivered ids"
     assert [*elsewhere, *batch.unseen] == ["a", "c", "d"] and batch.delivered_before == 1
     assert notes == [
         "Skipped 1 photos another run of this branch delivered; they join the history.",
-        "Skipped 1 photos claimed by runs still in progress (UpdatePhotos/2).",
+        "Skipped 1 photos claimed by UpdatePhotos/2, which is still running: if it stops without finishing "
+        "(killed, evicted), the first run after 00:05:00 UTC takes them over (300 s lease).",
     ]
 
 
@@ -142,3 +219,33 @@ def test_run_state_tells_a_failed_run_from_a_successful_one(tmp_path, monkeypatc
     assert mfclient.run_state("FailSome", ids[False]) == "successful"
     assert mfclient.run_state("FailSome", ids[True]) == "failed"
     assert mfclient.run_state("FailSome", "999999") == "running"
+
+
+def test_s3_heartbeat_ages_by_the_servers_clock_and_a_missing_claim_reads_as_none():
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="bucket")
+        store = claims.S3ClaimStore("s3://bucket/metaflow/UpdatePhotos/_claims", client)
+        assert store.read("user.test/0/none.0") is None and store.age("user.test/_leases/9") is None
+
+        run = run_claims(store, "1", lease_s=60)
+        run.renew()
+        run.claim("a")
+        assert 0 <= store.age(run.lease_key("1")) < 60
+        assert holder_state(run_claims(store, "2").claim("a")) == ("1", "pending", "")
+        assert run_claims(store, "2", {"1": "failed"}, ancestors=("1",)).confirm(["a"]) == {} and run.owner("a") == "2"
+
+
+def test_a_photo_two_runs_delivered_counts_only_in_the_batch_of_its_claims_holder(tmp_path):
+    """The downstream layer on its own: however a photo came to be in two batches, the claims name one."""
+    store = claims.LocalClaimStore(tmp_path)
+    for photo_id in "abc":
+        run_claims(store, "1").claim(photo_id)
+    run_claims(store, "2", {"1": "failed"}).claim("b")  # "b" is in both batches: run 1 delivered it anyway
+
+    assert run_claims(store, "1").held_elsewhere(["a", "b", "c"]) == {"b": "2"}
+    assert run_claims(store, "2").held_elsewhere(["b"]) == {}
+    assert run_claims(store, "3").held_elsewhere(["never-claimed"]) == {}, "a photo from before claims counts where it is"

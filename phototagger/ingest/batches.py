@@ -4,15 +4,17 @@ A run of UpdatePhotos stores its own new photos (`unseen`) and the state of ever
 before them (state.py: ids in chunks written once, tag counts, a bounded sample for the baselines).
 The next run folds the batch into that state, so each run reads only the previous successful run,
 stores what grows with its batch plus a small constant, and a photo is delivered once per branch.
-`--reset-existing` starts from an empty state. Runs started together share a previous run, so each
-photo is also claimed (claims.py) and only the run that wins it delivers it.
+`--reset-existing` starts from an empty state and rebuilds it from the claims. Runs started together
+share a previous run, so each photo is also claimed (claims.py) and only the run that wins it delivers it.
 """
 from __future__ import annotations
 
+import math
+import time
 from datetime import datetime, timezone
 from typing import Any, Collection, Iterable, NamedTuple, Optional
 
-from phototagger.claims import Claims
+from phototagger.claims import Claim, Claims
 from phototagger.ingest import state
 from phototagger.ingest.sources.base import Source
 from phototagger.mfclient import UPDATE_FLOW
@@ -74,14 +76,15 @@ def plan_batch(delivered: Collection[str], photos: Iterable[Photo]) -> Batch:
     return Batch(unseen=unseen, delivered_before=len(delivered))
 
 
-def fetch_claimed(source: Source, delivered: Collection[str], limit: int, claims: Claims) -> Claimed:
+def fetch_claimed(source: Source, delivered: Collection[str], limit: int, claims: Claims, now: Optional[float] = None) -> Claimed:
     """Fetch up to `limit` photos not among the `delivered` ids and keep those this run wins the claim
     of, fetching again while other runs held some. Photos a successful run delivered come back as
     `elsewhere`, for the flow to fold into `delivered`, so later runs skip them; photos of a run still
-    going do not, so they come back to a later run if that run fails."""
+    alive do not, so they come back to a later run if that run stops without finishing."""
     unseen: dict[str, Photo] = {}
     elsewhere: dict[str, Photo] = {}
-    pending: dict[str, str] = {}
+    pending: dict[str, list[Claim]] = {}
+    taken: dict[str, list[Claim]] = {}
     notes: list[str] = []
     tried = set(delivered)  # grows with the photos this run has claimed or lost
     lost = True
@@ -94,18 +97,44 @@ def fetch_claimed(source: Source, delivered: Collection[str], limit: int, claims
             claim = claims.claim(photo_id)
             if claim.state == "won":
                 unseen[photo_id] = photo
+                if claim.taken_from:
+                    taken.setdefault(claim.taken_from, []).append(claim)
             else:
                 lost = True
                 if claim.state == "delivered":
                     elsewhere[photo_id] = photo
                 else:
-                    pending[photo_id] = claim.holder
+                    pending.setdefault(claim.holder, []).append(claim)
     if elsewhere:
         notes.append(f"Skipped {len(elsewhere)} photos another run of this branch delivered; they join the history.")
-    if pending:
-        runs = ", ".join(f"{UPDATE_FLOW}/{run_id}" for run_id in sorted(set(pending.values())))
-        notes.append(f"Skipped {len(pending)} photos claimed by runs still in progress ({runs}).")
+    notes += [takeover_note(run_id, held) for run_id, held in sorted(taken.items())]
+    notes += [pending_note(run_id, held, time.time() if now is None else now) for run_id, held in sorted(pending.items())]
     return Claimed(Batch(unseen=unseen, delivered_before=len(delivered) + len(elsewhere)), elsewhere, notes)
+
+
+def takeover_note(run_id: str, claims: list[Claim]) -> str:
+    why = claims[0].seen.why if claims[0].seen else "it stopped"
+    return f"Took over {len(claims)} photos claimed by {UPDATE_FLOW}/{run_id}, which will not deliver them ({why})."
+
+
+def pending_note(run_id: str, claims: list[Claim], now: float) -> str:
+    """Whose photos were skipped, and when they come back if their run never finishes."""
+    seen = [claim.seen for claim in claims if claim.seen]
+    back = now + max((s.expires_in for s in seen), default=0.0)
+    lease = max((s.lease_s for s in seen), default=0.0)
+    at = datetime.fromtimestamp(math.ceil(back), timezone.utc).strftime("%H:%M:%S UTC")
+    return (f"Skipped {len(claims)} photos claimed by {UPDATE_FLOW}/{run_id}, which is still running: if it stops "
+            f"without finishing (killed, evicted), the first run after {at} takes them over ({lease:.0f} s lease).")
+
+
+def confirm_batch(unseen: dict[str, Photo], claims: Claims) -> tuple[dict[str, Photo], list[str]]:
+    """The photos of `unseen` this run may still deliver, checked against the claims just before it does
+    (a run taken over while it was stopped, or a resume reusing its origin's `fetch`), and a note on the others."""
+    lost = claims.confirm(unseen)
+    kept = {photo_id: photo for photo_id, photo in unseen.items() if photo_id not in lost}
+    holders = ", ".join(f"{UPDATE_FLOW}/{run_id}" for run_id in sorted(set(lost.values())))
+    notes = [f"Dropped {len(lost)} photos from this batch: their claims were taken over by {holders}, which delivers them."] if lost else []
+    return kept, notes
 
 
 def batch_date(now: Optional[datetime] = None) -> str:
