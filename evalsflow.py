@@ -2,14 +2,15 @@
 import time
 from pathlib import Path
 
-from phototagger import bootstrap  # noqa: F401 - first: a user name and one datastore before Metaflow reads its configuration
+from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults before Metaflow reads them
 
-from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
+from metaflow import Config, FlowSpec, Parameter, card, current, package_sources, project, step, trigger_on_finish
 
 from phototagger import mfclient
 from phototagger.output import dashboard
 from phototagger.scoring import evals, metrics
-from phototagger.scoring.evalstate import GIVE_UP_S, EvalState, FoldedRuns, photo_frame, to_parquet
+from phototagger.scoring.evalstate import GIVE_UP_S, STATE_VERSION, EvalState, FoldedRuns, photo_frame, to_parquet
+from phototagger.scoring.metrics import SORT_METRICS
 from phototagger.scoring.vocabulary import Vocabulary, change_note, fingerprint, parse_file
 from phototagger.mfclient import CARD_TIMEOUT_S, PROMPT_FLOW, PROMPT_FLOWS, DatastoreBlobs, latest_successful_run, runs_of
 from phototagger.output.thumbnails import thumbnails
@@ -17,6 +18,8 @@ from phototagger.output.thumbnails import thumbnails
 VOCABULARY = str(Path(__file__).resolve().with_name("vocabulary.json"))
 
 
+@package_sources(mfdeploy.PACKAGE_DATA, suffixes=mfdeploy.DATA_SUFFIXES)  # the data files tasks read
+@mfdeploy.dependencies_by_role
 # Deployed, a Sensor on two flows waits for both (Argo Events resolves every dependency before it
 # triggers), and the quick baseline path has no PromptCustomModels run: the hourly PromptModels run
 # triggers the dashboard, and `collect` folds every prompt flow's runs that finished since.
@@ -34,14 +37,16 @@ class EvaluationFlow(FlowSpec):
        claim), a rerun of a batch replacing the earlier answers, and store them as
        `photo_results` (Parquet bytes): only this run's new rows. Each model skipped by a run
        (`skipped_models`) keeps the reason of its latest run.
-    3) Rank the (model, prompt) rows with 95% bootstrap intervals and a paired comparison with the best
-       one (from the state's score sample), store the ranking (`ranking`, the `evals` table of DESIGN.md,
+    3) Rank the (model, prompt) rows in a paired order of --sort-by (docs/metrics.md), with 95% t-intervals and
+       Holm-corrected paired comparisons with the best one (from the state's score sample), store the ranking (`ranking`, the `evals` table of DESIGN.md,
        `per_tag`) and render the dashboard card: ranking, skipped models and error classes, recall vs
        latency chart, per-tag view and a capped per-photo drill-down.
     What a run loads, computes and stores is bounded by the new runs (phototagger/scoring/evalstate.py);
     the state holds scored totals, so a changed vocabulary scores the answers folded from then on, and
     --rebuild scores all history again under it.
     """
+
+    deploy_images = mfdeploy.images_config()
 
     vocabulary = Config("vocabulary", default=VOCABULARY, parser=parse_file,
                         help="JSON vocabulary of the lenient matching rule: synonyms, stop_tags, parents (see vocabulary.json).")
@@ -53,24 +58,26 @@ class EvaluationFlow(FlowSpec):
         is_flag=True,
         help="Refold all history instead of starting from the previous EvaluationFlow run.",
     )
+    sort_by = Parameter("sort-by", default="recall",
+                        help="What orders the ranking: recall or F1 over all photos (a failed call as 0), paired on "
+                             "the photos both rows answered. F1 keeps a model that answers with every tag from winning.")
     title = Parameter("title", default=dashboard.DEFAULT_TITLE, help="Title shown at the top of the dashboard card.")
 
     @step
     def start(self):
         """Load the accumulated state of the previous successful run of this branch, so this run reads only
         the prompt runs that finished since; with --rebuild, start from nothing and refold everything."""
+        if self.sort_by not in SORT_METRICS:
+            raise mfclient.UserError(f"--sort-by {self.sort_by} is not a sort metric", f"use one of {', '.join(SORT_METRICS)}")
         previous = None if self.rebuild else latest_successful_run(current.flow_name, current.branch_name)
         if previous is None:
             mfclient.require_prompt_runs(current.branch_name)
-        folded = previous.data.folded_runs if previous else FoldedRuns()
-        self.folded_runs = FoldedRuns.of_pathspecs(folded) if isinstance(folded, list) else folded
-        if previous is None:
-            self.state = EvalState()
-        elif "state" in previous.data:
-            self.state = previous.data.state
-        else:  # a run stored before EvalState: its `events` were all of history
-            events = metrics.rescore(previous.data.events, Vocabulary.from_dict(self.vocabulary.to_dict()))
-            self.state = EvalState.from_events(events, DatastoreBlobs(current.flow_name))
+        stored = previous.data.state if previous and "state" in previous.data else None
+        if previous is not None and getattr(stored, "version", 1) != STATE_VERSION:
+            print(f"{previous.pathspec} scored under earlier definitions (docs/metrics.md): refolding all history once.")
+            stored = None
+        self.state = stored or EvalState()
+        self.folded_runs = previous.data.folded_runs if stored else FoldedRuns()
         carried = previous is not None and "skipped_models" in previous.data
         self.skipped_models = dict(previous.data.skipped_models) if carried else {}
         months = f" and {len(self.state.closed)} closed months" if self.state.closed else ""
@@ -122,7 +129,8 @@ class EvaluationFlow(FlowSpec):
     def end(self):
         """Rank the models, store the ranking as `ranking` and as the `evals` table, fetch the thumbnails the
         drill-down shows, and render the dashboard into `html`, which the html card shows as it is."""
-        ranking = self.state.attach(DatastoreBlobs(current.flow_name)).ranking(skipped=self.skipped_models)
+        ranking = self.state.attach(DatastoreBlobs(current.flow_name)).ranking(skipped=self.skipped_models,
+                                                                                sort_by=self.sort_by)
         self.ranking = ranking.to_dict()
         self.evals = ranking.table()
         self.per_tag = ranking.per_tag
@@ -130,15 +138,16 @@ class EvaluationFlow(FlowSpec):
         self.html = dashboard.render_dashboard(ranking, self.state.events, title=self.title, thumbs=thumbs)
         best = ranking.best
         if best:
-            latency = f"{best.avg_latency_ms:.0f} ms/photo" if best.avg_latency_ms is not None else "every answer from the cache"
-            lenient = f"{best.avg_recall_lenient:.1f}%" if best.avg_recall_lenient is not None else "n/a"
-            spread = (f"95% interval {best.avg_recall_low:.1f}-{best.avg_recall_high:.1f} over {best.n_scored} photos"
-                      if best.avg_recall_low is not None else f"{best.n_scored} photo, no interval")
-            print(f"Best model: {best.key} (avg recall {best.avg_recall:.1f}% exact, {spread}, {lenient} lenient; "
-                  f"error {best.error_pct:.1f}%, {latency})")
-            if ranking.tied_with_best:
-                print(f"Tied with it (paired difference not distinguishable from 0): "
-                      f"{', '.join(row.key for row in ranking.tied_with_best)}")
+            headline = best.avg_f1_all if self.sort_by == "f1" else best.avg_recall_all
+            print(f"Best model: {best.key} ({self.sort_by} over all photos {headline:.1f}%, a failed call as 0; "
+                  f"precision {best.avg_precision_all:.1f}%, error {best.error_pct:.1f}%)")
+            for row in ranking.rows[1:]:
+                verdict = ("behind beyond noise" if row.behind_best else "tied" if row.tied_with_best
+                           else "not compared: too few shared photos")
+                if row.vs_best is not None:
+                    print(f"  {row.key}: {row.vs_best:+.1f} on {row.n_paired} shared photos, {verdict}")
+            if ranking.comparisons:
+                print(f"  (paired on the photos both answered; Holm-corrected over {ranking.comparisons} comparisons)")
         else:
             print(
                 f"No model has a valid answer yet: run `{mfclient.flow_command(mfclient.PROMPT_FLOW, current.branch_name)}` "

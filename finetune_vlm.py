@@ -14,9 +14,9 @@ read from a local path. Resume after a failure:
   complete one there;
 - from a fresh run, pass --resume-from <a local checkpoint dir of an earlier run>.
 """
-from phototagger import bootstrap  # noqa: F401 - first: a user name and one datastore before Metaflow reads its configuration
+from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults before Metaflow reads them
 
-from metaflow import FlowSpec, Parameter, card, current, project, resources, retry, step, trigger_on_finish
+from metaflow import FlowSpec, Parameter, card, current, package_sources, project, resources, retry, step, trigger_on_finish
 from metaflow.cards import Markdown, Table, VegaChart
 
 from phototagger import mfclient
@@ -27,6 +27,8 @@ from phototagger.mfclient import CARD_TIMEOUT_S, DATASET_FLOW
 CHECKPOINT_ROOT = "finetune_checkpoints"
 
 
+@package_sources(mfdeploy.PACKAGE_DATA, suffixes=mfdeploy.DATA_SUFFIXES)  # the data files tasks read
+@mfdeploy.dependencies_by_role
 @project(name="photo_tagger")
 @trigger_on_finish(flow=DATASET_FLOW)
 class FineTuneVLM(FlowSpec):
@@ -40,6 +42,8 @@ class FineTuneVLM(FlowSpec):
        processor as `adapter_files`, and `finetune_meta`; the card shows the loss curves.
     3) Print where the adapter is and what to run next. An empty dataset ends the run cleanly.
     """
+
+    deploy_images = mfdeploy.images_config()
 
     dataset_run = Parameter(
         "dataset-run", default="", help="PrepareVLMData run to train on (pathspec or run id); default: the latest successful one of this branch."

@@ -14,9 +14,9 @@ out every photo a vendor model was scored on (strict; then only unscored batches
 from dataclasses import asdict
 from pathlib import Path
 
-from phototagger import bootstrap  # noqa: F401 - first: a user name and one datastore before Metaflow reads its configuration
+from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults before Metaflow reads them
 
-from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
+from metaflow import Config, FlowSpec, Parameter, card, current, package_sources, project, step, trigger_on_finish
 
 from phototagger.training import vlm
 from phototagger.prompting.configs import prompt_config
@@ -29,6 +29,8 @@ from phototagger.mfclient import CARD_TIMEOUT_S, DATASET_FLOW, UPDATE_FLOW, late
 HERE = Path(__file__).resolve().parent  # the default prompt sits beside this file, wherever it is run from
 
 
+@package_sources(mfdeploy.PACKAGE_DATA, suffixes=mfdeploy.DATA_SUFFIXES)  # the data files tasks read
+@mfdeploy.dependencies_by_role
 @project(name="photo_tagger")
 @trigger_on_finish(flow=UPDATE_FLOW)
 class PrepareVLMData(FlowSpec):
@@ -42,6 +44,8 @@ class PrepareVLMData(FlowSpec):
        train/validation by a seeded hash of the photo id, and keep a report of every photo left out.
     3) End: print a summary and show the counts and the dropped-photo report on a card.
     """
+
+    deploy_images = mfdeploy.images_config()
 
     prompt = Config("prompt", default=str(HERE / "prompt.txt"), parser=prompt_config, help="Plain-text prompt file (the prompt flows read the same one).")
 

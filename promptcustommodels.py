@@ -11,9 +11,9 @@ fine-tuned model next to the vendor models.
 """
 from pathlib import Path
 
-from phototagger import bootstrap  # noqa: F401 - first: a user name and one datastore before Metaflow reads its configuration
+from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults before Metaflow reads them
 
-from metaflow import Config, FlowSpec, Parameter, current, project, resources, step, trigger_on_finish
+from metaflow import Config, FlowSpec, Parameter, current, package_sources, project, resources, step, trigger_on_finish
 
 from phototagger.prompting import fanout
 from phototagger.prompting.batch import DEFAULT_MODEL_DEADLINE_S
@@ -30,6 +30,8 @@ from phototagger.prompting.custom_batch import plan_custom_batch
 HERE = Path(__file__).resolve().parent  # the default Config sits beside this file, wherever it is run from
 
 
+@package_sources(mfdeploy.PACKAGE_DATA, suffixes=mfdeploy.DATA_SUFFIXES)  # the data files tasks read
+@mfdeploy.dependencies_by_role
 @project(name="photo_tagger")
 @trigger_on_finish(flow=FINETUNE_FLOW)
 class PromptCustomModels(FlowSpec):
@@ -44,6 +46,8 @@ class PromptCustomModels(FlowSpec):
     3) Join the shards in photo order: store `models_eval` (PromptModels' shape) and `summaries`.
     4) Print a three-line summary and fail if the error budget was broken.
     """
+
+    deploy_images = mfdeploy.images_config()
 
     prompt = Config("prompt", default=str(HERE / "prompt.txt"), parser=prompt_config, help="Plain-text prompt file (the `default` variant).")
     prompts = Config(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults before Metaflow reads them
 
-from metaflow import Config, FlowSpec, Parameter, card, current, project, step, trigger_on_finish
+from metaflow import Config, FlowSpec, Parameter, card, current, package_sources, project, step, trigger_on_finish
 
 from phototagger.output.run_card import render_run_card
 from phototagger.prompting import fanout
@@ -38,6 +38,8 @@ from phototagger.mfclient import CARD_TIMEOUT_S, UPDATE_FLOW, once_per_branch, s
 HERE = Path(__file__).resolve().parent  # the default Configs sit beside this file, wherever it is run from
 
 
+@package_sources(mfdeploy.PACKAGE_DATA, suffixes=mfdeploy.DATA_SUFFIXES)  # the data files tasks read
+@mfdeploy.dependencies_by_role
 @mfdeploy.keys_in_steps("start", "prompt_model")  # start decides which models have their key
 @project(name="photo_tagger")
 @trigger_on_finish(flow=UPDATE_FLOW)
@@ -72,6 +74,7 @@ class PromptModels(FlowSpec):
     vocabulary = Config("vocabulary", default=str(HERE / "vocabulary.json"), parser=parse_file,
                         help="JSON vocabulary of the lenient matching rule: synonyms, stop_tags, parents (see vocabulary.json).")
     deploy_secrets = mfdeploy.secrets_config()
+    deploy_images = mfdeploy.images_config()
 
     update_run = Parameter(
         "update-run", default="", help="UpdatePhotos run to read (pathspec or run id); default: the latest successful one of this branch."

@@ -96,12 +96,12 @@ def test_baseline_loop_offline_on_demo_photos(flow_env):
     assert set(rows) == {"prior:tag-prior", "knn:jec"}
     batch_cols = [h for h in evals["headers"] if h.endswith(")") and "(" in h and h[-6:-1].count("-") == 1]
     assert len(batch_cols) == 3, evals["headers"]
-    assert [split_row_key(row[0])[0] for row in evals["rows"]] == sorted(rows, key=lambda m: -(rows[m]["Avg Recall (exact)"] or 0))
+    assert [row[0] for row in evals["rows"]] == sorted(rows, key=lambda m: (-rows[m]["Paired score"], m))  # one row each
     for row in evals["rows"]:
         assert f'data-model="{row[0]}"' in html
     for model in rows:
-        assert rows[model]["Avg Recall (exact) 95% low"] <= rows[model]["Avg Recall (exact)"] <= rows[model]["Avg Recall (exact) 95% high"]
-        assert rows[model]["Avg Recall (exact) n"] == 18  # the three batches of 6 photos
+        assert rows[model]["Recall (all photos, exact) n"] == 18  # the three batches of 6 photos (the first leave-one-out), every prompt one row
+        assert rows[model]["Recall (all photos, exact) 95% low"] is None  # fewer than 30 photos: no interval
     configured = {f"{m['provider']}:{m['model']}" for m in json.loads((ROOT / "models.json").read_text())["models"]}
     assert set(evals_run.data.ranking["skipped"]) == configured - set(rows)  # no keys here: listed, with the reason
     assert f'<div class="v ">{len(configured)}</div><div class="note">2 ranked \u00b7 3 skipped</div>' in html

@@ -8,7 +8,7 @@
 """
 from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults before Metaflow reads them
 
-from metaflow import FlowSpec, Parameter, card, current, project, schedule, step
+from metaflow import FlowSpec, Parameter, card, current, package_sources, project, schedule, step
 
 from phototagger import claims, mfclient
 from phototagger.errors import checked, count, lease_seconds
@@ -17,6 +17,8 @@ from phototagger.ingest.sources import SPECS, checked_spec, resolve_source
 from phototagger.output import run_card
 
 
+@package_sources(mfdeploy.PACKAGE_DATA, suffixes=mfdeploy.DATA_SUFFIXES)  # the data files tasks read
+@mfdeploy.dependencies_by_role
 @mfdeploy.keys_in_steps("start", "fetch")
 @project(name="photo_tagger")
 @schedule(hourly=True)
@@ -37,6 +39,7 @@ class UpdatePhotos(FlowSpec):
     """
 
     deploy_secrets = mfdeploy.secrets_config()
+    deploy_images = mfdeploy.images_config()
 
     source = Parameter(
         "source",

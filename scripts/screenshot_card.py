@@ -126,7 +126,7 @@ def grey_stddev(png: str | Path) -> float:
         return ImageStat.Stat(img.convert("L")).stddev[0]
 
 
-RANKING_ROWS_JS = """Array.from(document.querySelectorAll('table.rank tbody tr'))
+RANKING_ROWS_JS = """Array.from(document.querySelectorAll('table.rank:not(.batches) tbody tr'))
   .filter(tr => tr.getBoundingClientRect().height > 0).map(tr => tr.dataset.model)"""
 """The model of each ranking-table row the browser actually laid out, top to bottom."""
 BROKEN_IMAGES_JS = """Array.from(document.images)

@@ -28,6 +28,8 @@ BUCKET = "photo-tagger-ci"
 SECRETS_ENV = "PHOTOTAGGER_SECRETS"
 SECRET_SOURCES = ["aws-secrets-manager.photo-tagger-keys", "photo-tagger-unsplash"]
 KEY_VALUE = f"sk-{uuid.uuid4().hex}"  # made at run time: this file itself is in the code package
+IMAGES = {"PHOTO_TAGGER_IMAGE": "registry.example.org/photo-tagger:cpu", "PHOTO_TAGGER_GPU_IMAGE": "registry.example.org/photo-tagger:cuda"}
+FLOWS = ["updatephotos.py", "promptmodels.py", "prepare_vlm_data.py", "finetune_vlm.py", "promptcustommodels.py", "evalsflow.py"]
 
 
 def _free_port() -> int:
@@ -62,6 +64,7 @@ def argo_env(tmp_path_factory):
         METAFLOW_ARGO_EVENTS_SERVICE_ACCOUNT="operate-workflow-sa",
         METAFLOW_ARGO_EVENTS_WEBHOOK_URL="http://127.0.0.1:1/metaflow-event",
         METAFLOW_HOME=str(tmp_path_factory.mktemp("mfhome")),
+        **IMAGES,  # the images built from docker/: without them (or an environment) a deployment is refused
     )
     import boto3
 
@@ -102,6 +105,24 @@ def compile_flow(flow_file: str, env: dict, *extra: str) -> dict:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout[out.stdout.index("{"):])
+
+
+def containers(wf: dict) -> dict[str, dict]:
+    """Step name -> the container of its template (the steps the DAGs run, not Metaflow's own exit hooks)."""
+    steps = {task["template"] for t in wf["spec"]["templates"] if t.get("dag") for task in t["dag"]["tasks"]}
+    return {t["name"]: t["container"] for t in wf["spec"]["templates"] if t.get("container") and t["name"] in steps}
+
+
+def installs_its_dependencies(container: dict) -> str | None:
+    """What gives this container the flows' imports: an image built from docker/, or an environment that
+    installs them when the pod starts (Metaflow's uv or pypi bootstrap); None for a bare image."""
+    if container["image"] in IMAGES.values():
+        return container["image"]
+    script = " ".join((container.get("command") or []) + (container.get("args") or []))
+    for bootstrap in ("metaflow.plugins.uv.bootstrap", "metaflow.plugins.pypi.bootstrap"):
+        if bootstrap in script:
+            return bootstrap
+    return None
 
 
 def annotations(wf: dict) -> dict:
@@ -274,3 +295,56 @@ def test_deployed_prompt_step_fetches_its_keys_from_the_named_secret_sources(dep
     assert shown.stdout.count("@secrets") == 2, "only start (which skips models without a key) and the step that calls the models fetch keys"
     configs = json.loads((tmp_path / "pod" / ".mf_meta" / "CONFIG").read_text())["user_configs"]
     assert configs["deploy-secrets"][0] == {"sources": SECRET_SOURCES}
+
+
+def test_every_step_runs_in_the_image_of_its_role(argo_env):
+    """The light steps in the CPU image, the GPU steps (and only they) in the CUDA one: both built from pyproject.toml."""
+    for flow_file in FLOWS:
+        wf = compile_flow(flow_file, argo_env)
+        gpus = gpu_steps(wf)
+        assert {"start", "end"} <= set(containers(wf))
+        for name, container in containers(wf).items():
+            want = IMAGES["PHOTO_TAGGER_GPU_IMAGE" if name in gpus else "PHOTO_TAGGER_IMAGE"]
+            assert container["image"] == want, f"{flow_file} step {name}: {container['image']}"
+            assert installs_its_dependencies(container)
+        assert bool(gpus) == (flow_file in ("finetune_vlm.py", "promptcustommodels.py")), flow_file
+
+
+def test_a_deployment_into_metaflows_bare_python_image_is_refused_with_the_fix(argo_env):
+    bare = {k: v for k, v in argo_env.items() if k not in IMAGES}
+    out = subprocess.run(
+        [sys.executable, "promptmodels.py", "argo-workflows", "create", "--only-json"],
+        cwd=ROOT, env=bare, capture_output=True, text=True, timeout=240,
+    )
+    assert out.returncode != 0
+    assert "default image" in out.stderr and "PHOTO_TAGGER_IMAGE" in out.stderr and "--environment=uv" in out.stderr
+    assert "Traceback" not in out.stderr
+    only_cpu = subprocess.run(
+        [sys.executable, "finetune_vlm.py", "argo-workflows", "create", "--only-json"],
+        cwd=ROOT, env=dict(bare, PHOTO_TAGGER_IMAGE=IMAGES["PHOTO_TAGGER_IMAGE"]), capture_output=True, text=True, timeout=240,
+    )
+    assert only_cpu.returncode != 0 and "PHOTO_TAGGER_GPU_IMAGE" in only_cpu.stderr
+
+
+def test_the_check_fails_on_a_bare_python_image():
+    bare = {"image": "python:3.11", "command": ["bash", "-c", "python flow.py step start"]}
+    assert installs_its_dependencies(bare) is None
+
+
+def test_with_the_uv_environment_every_pod_syncs_the_lockfile_shipped_in_its_code_package(argo_env, tmp_path):
+    bare = {k: v for k, v in argo_env.items() if k not in IMAGES}
+    wf = compile_flow("finetune_vlm.py", bare, "--environment=uv")
+    assert {"start", "train", "end"} <= set(containers(wf))
+    for name, container in containers(wf).items():
+        assert installs_its_dependencies(container) == "metaflow.plugins.uv.bootstrap", name
+    import boto3
+
+    bucket, key = container_env(wf, "METAFLOW_CODE_URL").removeprefix("s3://").split("/", 1)
+    s3 = boto3.client("s3", endpoint_url=argo_env["METAFLOW_S3_ENDPOINT_URL"], aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1")
+    package = tmp_path / "job.tar"
+    package.write_bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    with tarfile.open(package) as tar:
+        names = tar.getnames()
+        packed = {Path(n).name: tar.extractfile(n).read() for n in names if Path(n).name in ("uv.lock", "pyproject.toml")}
+    assert packed["uv.lock"] == (ROOT / "uv.lock").read_bytes()
+    assert packed["pyproject.toml"] == (ROOT / "pyproject.toml").read_bytes()

@@ -55,18 +55,18 @@ def dashboard(tmp_path):
 def test_table_has_every_model_row_best_first(dashboard):
     table, _, page = dashboard
     rendered = re.findall(r'<tr data-model="([^"]*)"', page)
-    assert rendered == [escape(r[0]) for r in table["rows"]]
+    assert rendered == [escape(r[0]) for r in table["rows"]] * 2  # the ranking, then the same rows by batch
     assert rendered[:3] == ["openai:gpt-4o-mini", "knn:jec", "prior:tag-prior"]
     shown = [h for h in table["headers"] if f">{h}</th>" in page]
     assert shown == [*card.CARD_HEADERS, *table["headers"][len(evals.FIXED_HEADERS):]]
-    assert {"Precision", "F1", "Tags/photo", "Valid %", "p50 Latency (ms)", "p95 Latency (ms)", "Recall vs best"} <= set(shown)
+    assert {"Paired score", "Precision (all photos)", "F1 (all photos)", "vs best", "Error %"} <= set(shown)
 
 
 def test_recall_cells_are_shaded_by_decile_higher_is_stronger(dashboard):
     _, _, page = dashboard
     assert '<td class="rec d9"' in page  # gpt-4o-mini: 100
-    assert '<td class="rec d2"' in page  # knn: 25 over valid answers
-    assert '<td class="rec none" title="no interval (n=0)">' in page  # the rate-limited model has no valid answer
+    assert '<td class="rec d2"' in page  # knn: 25 over all photos
+    assert '<td class="rec d0" title="no interval: n=1, fewer than 30 photos' in page  # the rate-limited model: 0
     assert [card.decile(v) for v in (0, 9.9, 10, 55, 99.9, 100, None)] == [0, 0, 1, 5, 9, 9, None]
     colours = re.findall(r"\.d(\d)\{background:#([0-9a-f]{6})", page)
     darkness = [sum(int(c[i:i + 2], 16) for i in (0, 2, 4)) for _, c in colours]
@@ -105,10 +105,11 @@ def test_page_is_self_contained(dashboard):
 def test_chart_is_well_formed_svg_with_a_labelled_point_per_model(dashboard):
     table, _, page = dashboard
     svg = ET.fromstring(re.search(r"<svg.*?</svg>", page, re.DOTALL).group(0))
-    plotted = [r[0] for r in table["rows"] if r[1] is not None and r[2] is not None]
+    cells = [dict(zip(table["headers"], r)) for r in table["rows"]]
+    plotted = [c["Model"] for c in cells if c["Avg Latency (ms)"] is not None and c["Recall (all photos, exact)"] is not None]
     assert len(svg.findall(".//path[@aria-roledescription='circle']")) == len(plotted) == 3
     texts = [t.text for t in svg.iter("text")]
-    assert "Avg recall, exact rule (%)" in texts
+    assert "Recall, all photos, exact rule (%)" in texts
     assert any(t and t.startswith("Avg latency per photo (ms") for t in texts)
     assert {card.short_name(m) for m in plotted} <= set(texts)
     assert "Not plotted" in page and "together:&lt;b&gt;evil&lt;/b&gt;" in page
@@ -167,43 +168,48 @@ def test_empty_dashboard_renders_with_hints():
 
 
 def test_means_show_plus_minus_with_the_interval_and_n_on_hover():
-    events = [event("knn:jec", f"p{i}", "", ["cat", "pet"], ["cat", "pet"] if i % 2 else ["cat"]) for i in range(10)]
+    events = [event("knn:jec", f"p{i}", "", ["cat", "pet"], ["cat", "pet"] if i % 2 else ["cat"]) for i in range(40)]
     row = evals.rank_models(events).rows[0]
     page = card.render_dashboard(evals.rank_models(events), events)
-    assert (row.avg_recall, row.n_scored) == (75.0, 10) and row.avg_recall_low < 75.0 < row.avg_recall_high
-    hover = f"95% bootstrap interval {row.avg_recall_low:.1f} to {row.avg_recall_high:.1f} over n=10 photos"
-    assert (f'<td class="rec d7" title="{hover}; recall decile 8 of 10">75.0'
-            f'<span class="pm">\u00b1{(row.avg_recall_high - row.avg_recall_low) / 2:.1f}</span></td>') in page
+    assert (row.avg_recall_all, row.n_with_truth) == (75.0, 40) and row.avg_recall_all_low < 75.0 < row.avg_recall_all_high
+    hover = f"95% interval {row.avg_recall_all_low:.1f} to {row.avg_recall_all_high:.1f} over n=40 photos"
+    assert (f'<td class="rec d7" title="{hover}">75.0'
+            f'<span class="pm">\u00b1{(row.avg_recall_all_high - row.avg_recall_all_low) / 2:.1f}</span></td>') in page
+    assert f'title="{hover}; recall decile 8 of 10">75.0' in page  # the batch cell
     assert f'<span class="mean" title="knn:jec: {hover}">' in page  # the batch's mean in the drill-down
-    assert (row.avg_recall_lenient, row.n_scored_lenient) == (75.0, 10)
-    assert (row.avg_recall_lenient_low, row.avg_recall_lenient_high) == (row.avg_recall_low, row.avg_recall_high)
-    assert page.count(f'title="{hover}; recall decile 8 of 10">75.0') == 5  # both recalls under both rules, and the batch cell
+
+
+def test_fewer_photos_than_the_minimum_show_no_plus_minus():
+    events = [event("knn:jec", f"p{i}", "", ["cat", "pet"], ["cat", "pet"] if i % 2 else ["cat"]) for i in range(10)]
+    page = card.render_dashboard(evals.rank_models(events), events)
+    assert '<td class="rec d7" title="no interval: n=10, fewer than 30 photos">75.0</td>' in page
 
 
 def test_a_tie_at_the_top_is_marked_on_the_row_and_in_the_best_model_kpi():
-    photos = [f"p{i}" for i in range(8)]
+    photos = [f"p{i}" for i in range(40)]
     events = ([event("knn:jec", p, "", ["cat", "pet"], ["cat", "pet"]) for p in photos]
               + [event("prior:tag-prior", p, "", ["cat", "pet"], ["cat", "pet"] if i else ["cat"]) for i, p in enumerate(photos)]
               + [event("openai:gpt-4o-mini", p, "", ["cat", "pet"], ["dog"]) for p in photos])
     page = card.render_dashboard(evals.rank_models(events), events)
-    assert '<div class="k">Best model (tie)</div><div class="v small">knn:jec</div>' in page
-    assert "tied with prior:tag-prior: the paired 95% interval of the difference includes 0" in page
+    assert '<div class="k">Best model (tie)</div><div class="v small name">knn:jec</div>' in page
+    assert ("tied with prior:tag-prior; ahead of 1 row beyond noise (paired on the photos both answered; "
+            "Holm-corrected over 3 pairwise comparisons)") in page
     tied_row = re.search(r'<tr data-model="prior:tag-prior">.*?</tr>', page, re.DOTALL).group(0)
     worse_row = re.search(r'<tr data-model="openai:gpt-4o-mini">.*?</tr>', page, re.DOTALL).group(0)
     assert '<span class="tie"' in tied_row and '<span class="tie"' not in worse_row
 
 
 def test_a_tie_between_prompt_variants_names_the_tied_row_and_per_tag_has_a_column_per_row():
-    photos = [f"p{i}" for i in range(8)]
-    events = [event("knn:jec", p, "", ["cat", "pet"], ["cat", "pet"] if i or v == "default" else ["cat"],
+    photos = [f"p{i}" for i in range(40)]
+    events = [event("openai:gpt-4o", p, "", ["cat", "pet"], ["cat", "pet"] if i or v == "default" else ["cat"],
                     variant=f"{v}@abc123") for v in ("default", "short") for i, p in enumerate(photos)]
     page = card.render_dashboard(evals.rank_models(events), events)
-    assert '<div class="k">Best model (tie)</div><div class="v small">knn:jec | default@abc123</div>' in page
-    assert "tied with knn:jec | short@abc123: the paired 95% interval" in page
-    tied_row = re.search(r'<tr data-model="knn:jec \| short@abc123">.*?</tr>', page, re.DOTALL).group(0)
-    assert '<span class="tie"' in tied_row
+    assert '<div class="k">Best model (tie)</div><div class="v small name">openai:gpt-4o | default@abc123</div>' in page
+    assert "tied with openai:gpt-4o | short@abc123 (paired" in page
+    tied_row = re.search(r'<tr data-model="openai:gpt-4o \| short@abc123">.*?</tr>', page, re.DOTALL).group(0)
+    assert '<span class="tie"' in tied_row and '<span class="variant">short@abc123</span>' in tied_row
     section = page[page.index("<h2>What each model misses</h2>"):page.index("<h2>Per-photo results</h2>")]
-    assert 'title="knn:jec | short@abc123 found pet on 7 of 8 answered photos with it">88</td>' in section
+    assert 'title="openai:gpt-4o | short@abc123 found pet on 39 of 40 answered photos with it">98</td>' in section
 
 
 def test_skipped_models_are_listed_with_their_reason_and_errors_per_class_with_an_example():
@@ -234,12 +240,12 @@ def test_per_tag_view_shows_recall_per_frequent_tag_and_over_predicted_tags():
 
 
 def test_recall_vs_best_shows_the_paired_interval_itself():
-    photos = [f"p{i}" for i in range(6)]
+    photos = [f"p{i}" for i in range(40)]
     events = ([event("knn:jec", p, "", ["cat", "pet"], ["cat", "pet"]) for p in photos]
               + [event("prior:tag-prior", p, "", ["cat", "pet"], ["cat"]) for p in photos])
     page = card.render_dashboard(evals.rank_models(events), events)
-    assert ('title="paired difference from knn:jec on the n=6 photos both answered: 95% interval -50.0 to -50.0">'
-            '-50.0<span class="pm">[-50.0, -50.0]</span></td>') in page
+    assert ('title="recall minus knn:jec&#39;s on the n=40 photos both answered: 95% interval -50.0 to -50.0; behind the '
+            'best beyond noise (Holm-corrected)">-50.0<span class="pm">[-50.0, -50.0] n=40</span></td>') in page
 
 
 def test_drilldown_shows_the_photos_models_disagree_on_most_and_says_where_the_rest_is():
@@ -258,9 +264,7 @@ def test_drilldown_shows_the_photos_models_disagree_on_most_and_says_where_the_r
 
 def test_every_recall_figure_on_the_card_names_its_matching_rule(dashboard):
     _, _, page = dashboard
-    recall_headers = [h for h in card.CARD_HEADERS if "recall" in h.lower() and h != "Recall vs best"]
-    assert recall_headers == ["Avg Recall (exact)", "Recall (all photos, exact)", "Avg Recall (lenient)", "Recall (all photos, lenient)"]
-    assert "Avg Recall (exact) by batch" in page
-    assert "Best avg recall (exact)" in page and "Its avg recall (lenient)" in page
+    recall_headers = [h for h in card.CARD_HEADERS if "recall" in h.lower()]
+    assert recall_headers == ["Recall (all photos, exact)"]
+    assert "Recall (all photos, exact) by batch" in page and "Its recall (all photos, exact)" in page
     assert "recall (exact &middot; lenient)" in page and ">100 &middot; 100</td>" in page  # the drill-down shows both
-    assert "Mean difference in recall (exact) from the top row" in page  # Recall vs best, in the footer

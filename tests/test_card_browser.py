@@ -171,3 +171,37 @@ def test_screenshot_script_writes_the_png_and_exits_0(chromium, dashboard, tmp_p
     assert "5 ranking rows" in done.stdout
     with Image.open(png) as shot:
         assert shot.size == (1280, 1500)
+
+
+def test_a_year_of_batch_columns_fits_1400_px_without_scrolling_sideways_and_names_stay_on_one_line(browser, tmp_path):
+    """Three months of daily batches (newest 12, 4 weeks, then months as columns) for five models with long names
+    and two prompt variants each: at 1400 px the page has no horizontal scroll and no model name wraps."""
+    events = []
+    for day in range(90):
+        date = f"2024-{3 + day // 30:02d}-{1 + day % 30:02d}"
+        for model in MODELS:
+            for variant in ("default@3f2a1c", "short@9b8e7d"):
+                truth = ["cat", "pet", "sofa"]
+                result = {"photo_id": f"d{day}", "provider": model.split(":")[0], "model": model.split(":", 1)[1],
+                          "tags": truth[: 1 + day % 3], "error": None, "valid": True, "latency_ms": 100.0,
+                          "prompt_variant": variant, **score_photo(truth, truth[: 1 + day % 3])}
+                photo = {"id": f"d{day}", "image_url": "", "ground_truth_tags": truth}
+                events.append(evals.make_event(result, photo, batch_id=str(2000 + day), batch_date=date,
+                                               source_flow="PromptModels", source_run="1"))
+    ranking = evals.rank_models(events)
+    assert len(ranking.batches) >= 18
+    path = tmp_path / "year.html"
+    path.write_text(card.render_dashboard(ranking, events), encoding="utf-8")
+    browser.page.set_viewport_size({"width": 1400, "height": 900})
+    try:
+        browser.open(path)
+        assert browser.evaluate("document.documentElement.scrollWidth") <= 1400
+        overflowing = browser.evaluate("Array.from(document.querySelectorAll('.tablewrap'))"
+                                       ".filter(w => w.scrollWidth > w.clientWidth + 1).length")
+        assert overflowing == 0, "a table scrolls sideways at 1400 px"
+        name_heights = browser.evaluate("Array.from(document.querySelectorAll('table.rank .model'), "
+                                        "m => m.getBoundingClientRect().height)")
+        line = browser.evaluate("parseFloat(getComputedStyle(document.querySelector('table.rank .model')).lineHeight)")
+        assert name_heights and max(name_heights) <= 1.5 * line, "a model name wraps"
+    finally:
+        browser.page.set_viewport_size({"width": browser.width, "height": browser.height})

@@ -1,3 +1,5 @@
+import pytest
+
 from phototagger.scoring import evals
 from phototagger.scoring.metrics import score_photo
 
@@ -21,16 +23,21 @@ def test_table_headers_and_cells():
         event(photo="p2", tags=("dog",), latency=30.0, cost=0.002),
     ]
     table = evals.rank_models(events).table()
-    assert table["headers"] == ["Model", "Avg Latency (ms)", "Avg Recall (exact)", "Recall (all photos, exact)", "Error %",
-                                "Cost (USD)", "Avg Recall (lenient)", "Recall (all photos, lenient)",
-                                *evals.FIXED_HEADERS[8:], "101 (05-06)"]
-    assert table["rows"] == [["prior:tag-prior", 20.0, 50.0, 50.0, 0.0, 0.003, 50.0, 50.0,
-                              0.0, 100.0, 2, 0.0, 100.0, 2,  # recall and recall over all photos: 95% interval, n
-                              50.0, 0.0, 100.0, 50.0, 0.0, 100.0,  # precision, F1 and their intervals
-                              1.5, 100.0, 20.0, 29.0,  # tags per photo, valid %, p50 and p95 latency
-                              None, None, None, 0, False,  # the only model: no paired difference from the best
-                              0.0, 100.0, 2, 0.0, 100.0, 2,  # the lenient recalls' intervals and n
-                              "50.0 (2)"]]
+    assert table["headers"][:6] == ["Model", "Paired score", "Recall (all photos, exact)", "Recall (all photos, exact) 95% low",
+                                    "Recall (all photos, exact) 95% high", "Recall (all photos, exact) n"]
+    assert table["headers"] == [*evals.FIXED_HEADERS, "101 (05-06)"]
+    (row,) = table["rows"]
+    cells = dict(zip(table["headers"], row))
+    assert {h: cells[h] for h in ("Model", "Paired score", "Recall (all photos, exact)", "Precision (all photos)",
+                                  "F1 (all photos)", "Error %", "Avg Latency (ms)", "Tags/photo", "Valid %",
+                                  "p50 Latency (ms)", "p95 Latency (ms)", "vs best", "Tied with best")} == {
+        "Model": "prior:tag-prior", "Paired score": 50.0, "Recall (all photos, exact)": 50.0,
+        "Precision (all photos)": 50.0, "F1 (all photos)": 50.0, "Error %": 0.0, "Avg Latency (ms)": 20.0,
+        "Tags/photo": 1.5, "Valid %": 100.0, "p50 Latency (ms)": 20.0, "p95 Latency (ms)": 29.0, "vs best": None,
+        "Tied with best": False}
+    assert cells["Cost (USD)"] == pytest.approx(0.003)
+    assert cells["Recall (all photos, exact) 95% low"] is None and cells["Recall (all photos, exact) n"] == 2  # n < 30
+    assert row[-1] == "50.0 (2)"
 
 
 def test_batch_labels_use_short_id_and_month_day_ordered_by_date_then_id():
@@ -60,7 +67,7 @@ def test_rerun_of_the_same_batch_keeps_the_latest_answer():
     first = event(photo="p1", tags=("dog",), run="7")
     rerun = event(photo="p1", tags=("cat", "pet"), run="8")
     table = evals.rank_models([first, event(photo="p2", tags=("cat",)), rerun]).table()
-    assert table["rows"][0][2] == 75.0
+    assert dict(zip(table["headers"], table["rows"][0]))["Recall (all photos, exact)"] == 75.0
     assert table["rows"][0][-1] == "75.0 (2)"
 
 
@@ -71,20 +78,19 @@ def test_errors_count_in_error_pct_and_as_zero_in_recall_over_all_photos():
         event(photo="p3", error="rate_limited"),
         event(photo="p4", error="timeout"),
     ]
-    (row,) = evals.rank_models(events).table()["rows"]
-    model, latency, avg_recall, recall_all, error_pct = row[:5]
-    assert avg_recall == 75.0  # over the two valid answers
-    assert recall_all == 37.5  # (100 + 50 + 0 + 0) / 4
-    assert error_pct == 50.0
-    assert row[-1] == "75.0 (2)"
+    (row,) = evals.rank_models(events).rows
+    assert row.avg_recall == 75.0  # over the two valid answers
+    assert row.avg_recall_all == 37.5  # (100 + 50 + 0 + 0) / 4: the headline
+    assert row.error_pct == 50.0
+    assert row.batches["101"].cell == "37.5 (4)"  # batch cells count failed calls too
 
 
 def test_model_with_only_errors_ranks_last_with_no_recall():
-    events = [event(model="openai:gpt-4o", error="auth"), event(model="prior:tag-prior", tags=("dog",))]
+    events = [event(model="openai:gpt-4o", error="auth"), event(model="prior:tag-prior", tags=("cat",))]
     ranking = evals.rank_models(events)
     rows = ranking.table()["rows"]
     assert [r[0] for r in rows] == ["prior:tag-prior", "openai:gpt-4o"]
-    assert rows[1][2] is None and rows[1][-1] == "n/a (0)"
+    assert ranking.rows[1].avg_recall is None and rows[1][-1] == "0.0 (1)"
     assert ranking.best.model == "prior:tag-prior"
 
 
@@ -105,10 +111,9 @@ def test_ranking_rows_hold_named_figures_and_a_number_summary_per_batch():
     events = [event(photo="p1", tags=("cat", "pet"), latency=10.0), event(photo="p2", tags=("dog",), latency=30.0),
               event(photo="p3", batch="202", date="2024-05-07", error="timeout", latency=50.0)]
     (row,) = evals.rank_models(events).rows
-    assert (row.model, row.avg_latency_ms, row.avg_recall, row.avg_recall_all, row.error_pct) == (
-        "prior:tag-prior", 30.0, 50.0, 33.33, 33.33)
-    assert row.batches == {"101": evals.BatchSummary(avg_recall=50.0, n=2, low=0.0, high=100.0),
-                           "202": evals.BatchSummary(avg_recall=None, n=0)}
+    assert (row.model, row.avg_latency_ms, row.avg_recall) == ("prior:tag-prior", 30.0, 50.0)
+    assert row.avg_recall_all == pytest.approx(100 / 3) and row.error_pct == pytest.approx(100 / 3)  # unrounded
+    assert row.batches == {"101": evals.BatchSummary(avg_recall=50.0, n=2), "202": evals.BatchSummary(avg_recall=0.0, n=1)}
 
 
 def test_a_stored_ranking_reads_back_equal_and_tolerates_fields_added_or_dropped_since():
@@ -165,34 +170,35 @@ def test_read_runs_takes_every_result_from_the_artifact_whatever_the_log_kept():
 
 
 def test_rows_within_noise_of_the_best_are_marked_tied_and_a_clear_gap_is_not():
-    photos = [f"p{i}" for i in range(12)]
+    photos = [f"p{i}" for i in range(40)]
     events = ([event(model="knn:jec", photo=p, tags=("cat", "pet")) for p in photos]
               + [event(model="prior:tag-prior", photo=p, tags=("cat", "pet") if i else ("dog",)) for i, p in enumerate(photos)]
-              + [event(model="openai:gpt-4o-mini", photo=p, tags=("cat",)) for p in photos])
+              + [event(model="openai:gpt-4o-mini", photo=p, tags=("cat",) if i % 4 else ("cat", "pet")) for i, p in enumerate(photos)])
     ranking = evals.rank_models(events)
     best, close, worse = ranking.rows
-    assert best.model == "knn:jec" and not best.tied_with_best and best.recall_vs_best is None
-    assert (close.model, close.n_paired, close.tied_with_best) == ("prior:tag-prior", 12, True)
-    assert close.recall_vs_best_low < 0 and close.recall_vs_best_high == 0.0  # one photo of 12 differs
-    assert (worse.recall_vs_best, worse.recall_vs_best_low, worse.recall_vs_best_high) == (-50.0, -50.0, -50.0)
-    assert not worse.tied_with_best and [row.model for row in ranking.tied_with_best] == ["prior:tag-prior"]
+    assert best.model == "knn:jec" and not best.tied_with_best and best.vs_best is None
+    assert (close.model, close.n_paired, close.tied_with_best, close.behind_best) == ("prior:tag-prior", 40, True, False)
+    assert close.vs_best_low < 0 < close.vs_best_high  # one photo of 40 differs
+    assert worse.vs_best == pytest.approx(-37.5) and worse.vs_best_high < 0
+    assert worse.behind_best and not worse.tied_with_best and [row.model for row in ranking.tied_with_best] == ["prior:tag-prior"]
+    assert ranking.comparisons == 3  # Holm's family: every pair of rows
 
 
 def test_prompt_variants_of_one_model_are_compared_tied_and_viewed_per_tag_as_their_own_rows():
-    photos = [f"p{i}" for i in range(12)]
-    events = ([event(model="knn:jec", photo=p, tags=("cat", "pet"), variant="default@aaa") for p in photos]
-              + [event(model="knn:jec", photo=p, tags=("cat", "pet") if i else ("dog",), variant="short@bbb")
+    photos = [f"p{i}" for i in range(40)]
+    events = ([event(model="openai:gpt-4o", photo=p, tags=("cat", "pet"), variant="default@aaa") for p in photos]
+              + [event(model="openai:gpt-4o", photo=p, tags=("cat", "pet") if i else ("dog",), variant="short@bbb")
                  for i, p in enumerate(photos)]
-              + [event(model="knn:jec", photo="p12", error="timeout", variant="short@bbb")]
+              + [event(model="openai:gpt-4o", photo="p40", error="timeout", variant="short@bbb")]
               + [event(model="prior:tag-prior", photo=p, tags=("cat",)) for p in photos])
     ranking = evals.rank_models(events)
     best, close, worse = ranking.rows
-    assert [row.key for row in ranking.rows] == ["knn:jec | default@aaa", "knn:jec | short@bbb", "prior:tag-prior"]
-    assert best.n_scored == close.n_scored == 12 and close.avg_recall_low is not None  # each row its own photos
-    assert (close.n_paired, close.tied_with_best) == (12, True) and [row.key for row in ranking.tied_with_best] == [close.key]
-    assert worse.recall_vs_best == -50.0 and not worse.tied_with_best
+    assert [row.key for row in ranking.rows] == ["openai:gpt-4o | default@aaa", "openai:gpt-4o | short@bbb", "prior:tag-prior"]
+    assert best.n_scored == close.n_scored == 40 and close.avg_recall_low is not None  # each row its own photos
+    assert (close.n_paired, close.tied_with_best) == (40, True) and [row.key for row in ranking.tied_with_best] == [close.key]
+    assert worse.vs_best == -50.0 and worse.behind_best
     assert set(ranking.per_tag["recall"]) == {row.key for row in ranking.rows}
-    assert ranking.per_tag["recall"]["knn:jec | short@bbb"]["cat"]["found"] == 11
+    assert ranking.per_tag["recall"]["openai:gpt-4o | short@bbb"]["cat"]["found"] == 39
     assert close.errors == {"timeout": {"count": 1, "example": ""}} and best.errors == {}
 
 
@@ -205,7 +211,7 @@ def test_a_model_prompted_under_a_variant_is_no_longer_skipped():
 def test_models_that_answered_no_common_photo_are_not_called_tied():
     events = [event(model="knn:jec", photo="p1", tags=("cat", "pet")), event(model="prior:tag-prior", photo="p2")]
     (_, other) = evals.rank_models(events).rows
-    assert other.n_paired == 0 and other.recall_vs_best is None and not other.tied_with_best
+    assert other.n_paired == 0 and other.vs_best is None and not other.tied_with_best and not other.behind_best
 
 
 def test_each_error_class_is_counted_with_one_example_message():

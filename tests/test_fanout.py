@@ -132,23 +132,31 @@ def test_a_missing_or_repeated_shard_fails_the_join_instead_of_storing_a_gap():
 
 def test_evaluation_keeps_the_prompts_of_a_model_apart_as_rows():
     batch = photos(2)
-    items = fanout.plan([PRIOR], [DEFAULT, SHORT], n_photos=2)
+    items = fanout.plan([OPENAI], [DEFAULT, SHORT], n_photos=2)
     tags = {DEFAULT["id"]: ("cat",), SHORT["id"]: ("dog",)}
     results, _ = fanout.join([{"item": i, "results": answered(i, batch, tags[i["variant"]["id"]]), "skip_reason": None}
                               for i in items], list(batch))
     events = evals.events_from_models_eval({"batch_id": "1", "batch_date": "2024-05-06", "photos": batch, "results": results},
                                            "PromptModels", "3")
     assert len(evals.fold_events([], events)) == 4, "two photos x two prompts: none replaces another"
-    table = evals.rank_models(events).table()
-    assert [(row[0], row[2]) for row in table["rows"]] == [(f"prior:tag-prior | {DEFAULT['id']}", 100.0),
-                                                           (f"prior:tag-prior | {SHORT['id']}", 0.0)]
+    assert [(row.key, row.avg_recall) for row in evals.rank_models(events).rows] == [
+        (f"openai:gpt-4o-mini | {DEFAULT['id']}", 100.0), (f"openai:gpt-4o-mini | {SHORT['id']}", 0.0)]
 
 
-def test_a_ranking_row_names_its_model_and_prompt_and_the_dashboard_shows_a_models_rows_together():
+def test_a_model_that_ignores_the_prompt_is_one_row_whatever_the_prompts():
     batch = photos(2)
-    knn = {"provider": "knn", "model": "jec"}
-    items = fanout.plan([PRIOR, knn], [DEFAULT, SHORT], n_photos=2)
-    recall = {("prior:tag-prior", DEFAULT["id"]): 2, ("knn:jec", DEFAULT["id"]): 1}  # photos answered "cat"; the rest "dog"
+    items = fanout.plan([PRIOR], [DEFAULT, SHORT], n_photos=2)
+    results, _ = fanout.join([{"item": i, "results": answered(i, batch), "skip_reason": None} for i in items], list(batch))
+    events = evals.events_from_models_eval({"batch_id": "1", "batch_date": "2024-05-06", "photos": batch, "results": results},
+                                           "PromptModels", "3")
+    assert [(row.key, row.n_with_truth) for row in evals.rank_models(events).rows] == [("prior:tag-prior", 2)]
+
+
+def test_a_ranking_row_names_its_model_and_prompt_and_the_dashboard_shows_the_rows_in_rank_order():
+    batch = photos(2)
+    together = {"provider": "together", "model": "llama"}
+    items = fanout.plan([OPENAI, together], [DEFAULT, SHORT], n_photos=2)
+    recall = {("openai:gpt-4o-mini", DEFAULT["id"]): 2, ("together:llama", DEFAULT["id"]): 1}  # photos answered "cat"
     outputs = []
     for item in items:
         hits = recall.get((fanout.item_model(item), item["variant"]["id"]), 0)
@@ -159,13 +167,14 @@ def test_a_ranking_row_names_its_model_and_prompt_and_the_dashboard_shows_a_mode
                                            "PromptModels", "3")
     ranking = evals.rank_models(events)
     assert [(row.model, row.prompt_variant, row.avg_recall) for row in ranking.rows[:2]] == [
-        ("prior:tag-prior", DEFAULT["id"], 100.0), ("knn:jec", DEFAULT["id"], 50.0)]
-    assert ranking.best.key == f"prior:tag-prior | {DEFAULT['id']}"
+        ("openai:gpt-4o-mini", DEFAULT["id"], 100.0), ("together:llama", DEFAULT["id"], 50.0)]
+    assert ranking.best.key == f"openai:gpt-4o-mini | {DEFAULT['id']}"
     assert evals.Ranking.from_dict(ranking.to_dict()) == ranking
     assert [row.key for row in evals.Ranking.from_table(ranking.table()).rows] == [row.key for row in ranking.rows]
     shown = re.findall(r'<tr data-model="([^"]+)"', render_dashboard(ranking, events))
-    assert shown == [f"prior:tag-prior | {DEFAULT['id']}", f"prior:tag-prior | {SHORT['id']}",
-                     f"knn:jec | {DEFAULT['id']}", f"knn:jec | {SHORT['id']}"], "a model's rows together, best model first"
+    ranked = [f"openai:gpt-4o-mini | {DEFAULT['id']}", f"together:llama | {DEFAULT['id']}",
+              f"openai:gpt-4o-mini | {SHORT['id']}", f"together:llama | {SHORT['id']}"]  # equal rows by name
+    assert shown == ranked * 2, "the ranking in rank order, then the same rows by batch"
 
 
 def test_the_dashboards_short_name_keeps_the_prompt_variant():

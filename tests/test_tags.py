@@ -74,3 +74,18 @@ def test_parser_marks_json_that_never_closes_truncated_not_a_tag_list(answer):
 
 def test_parser_normalises_and_dedupes_model_tags():
     assert parse_tags('{"tags": ["Sky", "sky", " Blue Sky "]}').tags == ["sky", "blue sky"]
+
+
+def test_normaliser_casefolds_and_strips_invisible_characters_and_quote_marks():
+    assert normalise_tag("Straße") == normalise_tag("STRASSE") == "strasse"
+    assert normalise_tag("sun\u200bset\ufeff") == "sunset"
+    assert normalise_tag("«plage»") == normalise_tag("“beach”".replace("beach", "plage")) == "plage"
+    assert normalise_tag("„Hund“") == "hund"
+
+
+def test_a_tag_over_the_length_limit_is_shortened_at_a_word_not_dropped():
+    long = "a very long description of a sunset over the mountains seen from a small wooden cabin"
+    [tag] = normalise_tags([long])
+    assert len(tag) <= 64 and long.startswith(tag) and not tag.endswith(" ")
+    assert tag == "a very long description of a sunset over the mountains seen from"
+    assert normalise_tags(["x" * 80]) == ["x" * 64]

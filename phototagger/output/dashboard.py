@@ -19,8 +19,9 @@ from markupsafe import Markup
 
 from phototagger.output.templating import TEMPLATES
 from phototagger.scoring.evals import (
-    COLUMNS, EvalEvent, Ranking, RankingRow, batches_of, fold_events, row_key, split_row_key,
+    COLUMNS, Column, EvalEvent, Ranking, RankingRow, batches_of, fold_events, row_key, split_row_key,
 )
+from phototagger.scoring.metrics import MIN_INTERVAL_N
 from phototagger.scoring.evalstate import DRILLDOWN_BATCHES
 from phototagger.scoring.tags import normalise_tag
 
@@ -28,14 +29,10 @@ DEFAULT_TITLE = "Photo Tagger: model evaluation"
 DRILLDOWN_PHOTOS = 60
 """Photos shown per drill-down batch: those where the models disagree most, then those with errors. A
 5,000-photo batch shown whole was 35 MB of HTML and 37 s to open; the rest is in `photo_results`."""
-IN_CELL_FIELDS = {"avg_recall_low", "avg_recall_high", "n_scored", "avg_recall_all_low", "avg_recall_all_high",
-                  "n_with_truth", "avg_precision_low", "avg_precision_high", "avg_f1_low", "avg_f1_high",
-                  "recall_vs_best_low", "recall_vs_best_high", "n_paired", "tied_with_best",
-                  "avg_recall_lenient_low", "avg_recall_lenient_high", "n_scored_lenient",
-                  "avg_recall_all_lenient_low", "avg_recall_all_lenient_high", "n_with_truth_lenient"}
-"""`evals` columns the ranking table shows inside another column's cell (an interval on hover, a tie badge)."""
-CARD_HEADERS = [header for header, name in COLUMNS if name not in IN_CELL_FIELDS]
-"""The ranking table's column headers before the batches: every other `evals` column."""
+CARD_COLUMNS = [column for column in COLUMNS if column.show]
+"""The ranking table's columns before the batches: the COLUMNS the card shows (the rest are in the `evals` table)."""
+CARD_HEADERS = [column.header for column in CARD_COLUMNS]
+SORT_NAMES = {"recall": "recall", "f1": "F1"}
 
 # Colours: one hue for recall deciles (light = low, strong = high), a categorical set for models.
 _DECILE_LOW, _DECILE_HIGH = (0xEE, 0xF6, 0xF1), (0x0B, 0x6E, 0x4F)
@@ -75,10 +72,15 @@ def _pm(low: Optional[float], high: Optional[float]) -> str:
 
 
 def _interval(low: Optional[float], high: Optional[float], n: int) -> str:
-    """The hover text of a mean: its 95% bootstrap interval and n."""
+    """The hover text of a mean: its 95% t-interval and n."""
     if low is None or high is None:
-        return f"no interval (n={n})"
-    return f"95% bootstrap interval {low:,.1f} to {high:,.1f} over n={n} photos"
+        return f"no interval: n={n}, fewer than {MIN_INTERVAL_N} photos" if n else "no photos"
+    return f"95% interval {low:,.1f} to {high:,.1f} over n={n} photos"
+
+
+def _signed(value: float) -> str:
+    """`+1.5`, `-0.3`, and `+0.0` for a difference that rounds to zero from either side (never "-0.0")."""
+    return f"{round(value, 1) + 0.0:+,.1f}"
 
 
 def _fmt_cost(usd: Optional[float]) -> str:
@@ -101,7 +103,7 @@ TEMPLATES.filters.update(fmt=_fmt, latency=_fmt_latency, cost=_fmt_cost, decile=
 
 # ---------------------------------------------------------------- recall vs latency chart
 def recall_latency_spec(points: Sequence[tuple[str, float, float]], colours: Mapping[str, str]) -> dict:
-    """A Vega-Lite scatter of avg recall (exact rule, 0-100) against avg latency, one labelled point per model.
+    """A Vega-Lite scatter of recall over all photos (exact rule, 0-100) against avg latency, one labelled point per row.
 
     `points` are (model, latency ms, recall %). Latency is on a log scale when it spans more than 20x,
     with 1-2-5 ticks over whole decades; otherwise linear with 10% padding.
@@ -135,7 +137,7 @@ def recall_latency_spec(points: Sequence[tuple[str, float, float]], colours: Map
         "mark": {"type": "circle", "size": 144, "opacity": 0.9, "stroke": "#ffffff", "strokeWidth": 1.5},
         "encoding": {
             "x": {"field": "latency", "type": "quantitative", "title": x_title, "scale": x_scale, "axis": x_axis},
-            "y": {"field": "recall", "type": "quantitative", "title": "Avg recall, exact rule (%)",
+            "y": {"field": "recall", "type": "quantitative", "title": "Recall, all photos, exact rule (%)",
                   "scale": {"domain": [0, 100]}, "axis": {"values": list(range(0, 101, 20))}},
             # The legend names each point, best model first, so close points never hide each other's label.
             "color": {"field": "model", "type": "nominal", "title": None,
@@ -155,24 +157,43 @@ def _inline_svg(spec: dict) -> Markup:
 
 
 # ---------------------------------------------------------------- the page's parts
+def _claims(ranking: Ranking) -> str:
+    """What the order claims, in a sentence: ties and rows behind the best, on how many shared photos, Holm-corrected."""
+    best = ranking.best
+    if best is None or len(ranking.rows) < 2:
+        return ""
+    behind, tied = ranking.behind_best, ranking.tied_with_best
+    untested = [row for row in ranking.rows[1:] if not row.tied_with_best and not row.behind_best]
+    parts = []
+    if tied:
+        names = [short_name(r.key) for r in tied]
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        parts.append(f"tied with {', '.join(names[:3])}{more}")
+    if behind:
+        parts.append(f"ahead of {len(behind)} row{'s' if len(behind) > 1 else ''} beyond noise")
+    if untested:
+        parts.append(f"{len(untested)} not compared (fewer than {MIN_INTERVAL_N} photos shared)")
+    family = (f"paired on the photos both answered; Holm-corrected over {ranking.comparisons} pairwise comparison"
+              f"{'s' if ranking.comparisons != 1 else ''}")
+    return f"{'; '.join(parts)} ({family})"
+
+
 def _kpis(ranking: Ranking) -> list[tuple[str, str, str, str]]:
     """(label, value, size class, note) per KPI tile."""
     best, tied = ranking.best, ranking.tied_with_best
     batches = sum(b.get("batches", 1) for b in ranking.batches)
     ranked = {row.model for row in ranking.rows}
     not_ranked = [m for m in ranking.skipped if m not in ranked]
-    compared = [row for row in ranking.rows[1:] if row.recall_vs_best_low is not None]
-    tie_note = (f"tied with {', '.join(row.key for row in tied)}: the paired 95% interval of the difference includes 0"
-                if tied else f"ahead of {len(compared)} compared rows beyond noise" if compared else "")
+    metric = SORT_NAMES[ranking.sort_by]
+    headline = (best.avg_f1_all, best.avg_f1_all_low, best.avg_f1_all_high) if best and ranking.sort_by == "f1" else \
+        (best.avg_recall_all, best.avg_recall_all_low, best.avg_recall_all_high) if best else (None, None, None)
     return [
-        ("Best model (tie)" if tied else "Best model", best.key if best else "\u2013", "small", tie_note),
-        ("Best avg recall (exact)",
-         f"{best.avg_recall:.1f}% {_pm(best.avg_recall_low, best.avg_recall_high)}" if best else "\u2013", "",
-         _interval(best.avg_recall_low, best.avg_recall_high, best.n_scored) if best else ""),
-        ("Its avg recall (lenient)",
-         f"{best.avg_recall_lenient:.1f}% {_pm(best.avg_recall_lenient_low, best.avg_recall_lenient_high)}"
-         if best and best.avg_recall_lenient is not None else "\u2013", "",
-         _interval(best.avg_recall_lenient_low, best.avg_recall_lenient_high, best.n_scored_lenient) if best else ""),
+        ("Best model (tie)" if tied else "Best model", short_name(best.key) if best else "\u2013", "small name",
+         _claims(ranking)),
+        (f"Its {metric} (all photos, exact)", f"{headline[0]:.1f}% {_pm(headline[1], headline[2])}" if best else "\u2013", "",
+         f"{_interval(headline[1], headline[2], best.n_with_truth)}; a failed call counts 0" if best else ""),
+        ("Its precision \u00b7 F1", f"{_fmt(best.avg_precision_all)} \u00b7 {_fmt(best.avg_f1_all)}" if best else "\u2013",
+         "", "over all photos with ground truth" if best else ""),
         ("Models", str(len(ranked) + len(not_ranked)), "",
          f"{len(ranked)} ranked \u00b7 {len(not_ranked)} skipped" if not_ranked else ""),
         ("Photos", f"{ranking.photos:,}", "", ""),
@@ -189,46 +210,70 @@ def grouped_by_model(rows: Sequence[RankingRow]) -> list[RankingRow]:
     return sorted(rows, key=lambda row: first[row.model])
 
 
-def _mean(value: Optional[float], low: Optional[float], high: Optional[float], n: int) -> dict:
-    return {"value": value, "pm": _pm(low, high), "title": _interval(low, high, n)}
-
-
-def _versus_best(row: RankingRow, best: Optional[RankingRow]) -> dict:
+def _versus_best(row: RankingRow, best: Optional[RankingRow], metric: str) -> dict:
+    """The "vs best" cell: the paired difference, its interval in brackets (often lopsided; whether it holds 0 is
+    the point), and the verdict."""
     if best is None or row is best:
-        return {"text": "best" if best is not None else "\u2013", "pm": "", "title": "", "tied": False}
-    if row.recall_vs_best is None:
-        return {"text": "\u2013", "pm": "", "tied": False,
-                "title": f"no photo answered by both this row and {best.key}"}
-    if row.recall_vs_best_low is None:
-        return {"text": f"{row.recall_vs_best:+,.1f}", "pm": "", "tied": False,
-                "title": f"one photo answered by both this row and {best.key}: too few to compare"}
-    title = (f"paired difference from {best.key} on the n={row.n_paired} photos both answered: 95% interval "
-             f"{row.recall_vs_best_low:+,.1f} to {row.recall_vs_best_high:+,.1f}"
-             + ("; it includes 0, so this row is tied with the best" if row.tied_with_best else ""))
-    # The interval itself, not ±: a difference's interval is often lopsided, and whether it holds 0 is the point.
-    bracket = f"[{row.recall_vs_best_low:+,.1f}, {row.recall_vs_best_high:+,.1f}]"
-    return {"text": f"{row.recall_vs_best:+,.1f}", "pm": bracket, "title": title, "tied": row.tied_with_best}
+        return {"text": "best" if best is not None else "\u2013", "pm": "", "title": "", "cls": ""}
+    if row.vs_best is None:
+        return {"text": "\u2013", "pm": "", "cls": "", "title": f"no photo answered by both this row and {best.key}"}
+    if row.vs_best_low is None:
+        return {"text": _signed(row.vs_best), "pm": f"n={row.n_paired}", "cls": "",
+                "title": f"{row.n_paired} photos answered by both this row and {best.key}: fewer than {MIN_INTERVAL_N}, "
+                         "too few to compare"}
+    verdict = ("behind the best beyond noise" if row.behind_best else
+               "not distinguishable from the best: tied")
+    title = (f"{metric} minus {best.key}'s on the n={row.n_paired} photos both answered: 95% interval "
+             f"{_signed(row.vs_best_low)} to {_signed(row.vs_best_high)}; {verdict} (Holm-corrected)")
+    return {"text": _signed(row.vs_best), "pm": f"[{_signed(row.vs_best_low)}, {_signed(row.vs_best_high)}] n={row.n_paired:,}",
+            "title": title, "cls": "tiecell" if row.tied_with_best else ""}
+
+
+def _cell(row: RankingRow, column: Column, ranking: Ranking) -> dict:
+    """One ranking-table cell as the template shows it: text, ± half the interval, hover, shading class."""
+    value = getattr(row, column.field)
+    n = getattr(row, column.n) if column.n else 0
+    low, high = (getattr(row, f"{column.interval}_low"), getattr(row, f"{column.interval}_high")) if column.interval \
+        else (None, None)
+    cell = {"text": "", "pm": "", "title": column.title, "cls": ""}
+    if column.show == "versus":
+        return _versus_best(row, ranking.best, SORT_NAMES[ranking.sort_by])
+    if column.show in ("recall", "mean"):
+        cell.update(text=_fmt(value), pm=_pm(low, high), title=_interval(low, high, n))
+        d = decile(value) if column.show == "recall" else None
+        cell["cls"] = "rec none" if column.show == "recall" and d is None else f"rec d{d}" if d is not None else ""
+    elif column.show == "rating":
+        cell.update(text=_fmt(value), cls="rating")
+    elif column.show == "percent":
+        cell.update(text=_fmt(value), cls="err-hi" if (value or 0) >= 20 else "")
+    elif column.show == "latency":
+        cell["text"] = _fmt_latency(value)
+    elif column.show == "cost":
+        cell["text"] = _fmt_cost(value)
+    return cell
 
 
 def _table_rows(ranking: Ranking, colours: Mapping[str, str]) -> list[dict]:
+    """The ranking table in rank order: the model, then one cell per CARD_COLUMNS column after it."""
     out = []
-    for row in grouped_by_model(ranking.rows):
+    for rank, row in enumerate(ranking.rows, 1):
+        model, variant = split_row_key(row.key)
+        out.append({"rank": rank, "key": row.key, "name": short_name(model), "variant": variant, "colour": colours[row.key],
+                    "tied": row.tied_with_best, "behind": row.behind_best,
+                    "versus_title": _versus_best(row, ranking.best, SORT_NAMES[ranking.sort_by])["title"],
+                    "cells": [_cell(row, column, ranking) for column in CARD_COLUMNS if column.show != "model"]})
+    return out
+
+
+def _batch_rows(ranking: Ranking, colours: Mapping[str, str]) -> list[dict]:
+    """The by-batch table: per row, one cell per batch column (recall over all photos, n, interval)."""
+    out = []
+    for row in ranking.rows:
         cells = [row.batches.get(b["batch_id"]) for b in ranking.batches]
-        batches = [{"recall": cell.avg_recall, "n": f"({cell.n})", "pm": _pm(cell.low, cell.high),
-                    "title": _interval(cell.low, cell.high, cell.n)} if cell else None for cell in cells]
-        out.append({"model": row.key, "colour": colours[row.key], "latency": row.avg_latency_ms,
-                    "recall": _mean(row.avg_recall, row.avg_recall_low, row.avg_recall_high, row.n_scored),
-                    "recall_all": _mean(row.avg_recall_all, row.avg_recall_all_low, row.avg_recall_all_high,
-                                        row.n_with_truth),
-                    "recall_lenient": _mean(row.avg_recall_lenient, row.avg_recall_lenient_low, row.avg_recall_lenient_high,
-                                            row.n_scored_lenient),
-                    "recall_all_lenient": _mean(row.avg_recall_all_lenient, row.avg_recall_all_lenient_low,
-                                                row.avg_recall_all_lenient_high, row.n_with_truth_lenient),
-                    "precision": _mean(row.avg_precision, row.avg_precision_low, row.avg_precision_high, row.n_scored),
-                    "f1": _mean(row.avg_f1, row.avg_f1_low, row.avg_f1_high, row.n_scored),
-                    "error_pct": row.error_pct, "cost": row.cost_usd, "tags_per_photo": row.tags_per_photo,
-                    "valid_pct": row.valid_pct, "p50": row.p50_latency_ms, "p95": row.p95_latency_ms,
-                    "versus_best": _versus_best(row, ranking.best), "batches": batches})
+        model, variant = split_row_key(row.key)
+        out.append({"key": row.key, "name": short_name(model), "variant": variant, "colour": colours[row.key],
+                    "batches": [{"recall": cell.avg_recall, "n": cell.n, "pm": _pm(cell.low, cell.high),
+                                 "title": _interval(cell.low, cell.high, cell.n)} if cell else None for cell in cells]})
     return out
 
 
@@ -330,8 +375,8 @@ def _drilldown(events: list[EvalEvent], order: Mapping[str, int], max_batches: i
 
 
 def _plottable(row: RankingRow) -> bool:
-    """A model is a point on the chart once it has both an avg latency and an avg recall."""
-    return row.avg_latency_ms is not None and row.avg_recall is not None
+    """A model is a point on the chart once it has both an avg latency and a recall."""
+    return row.avg_latency_ms is not None and row.avg_recall_all is not None
 
 
 def render_dashboard(
@@ -348,16 +393,20 @@ def render_dashboard(
     `thumbs` maps image URLs to data URIs (thumbnails.thumbnails of drilldown_image_urls); a photo
     without one gets a placeholder."""
     events = fold_events([], events)
-    models = [row.key for row in grouped_by_model(ranking.rows)]
+    models = [row.key for row in ranking.rows]
     colours = {m: _MODEL_COLOURS[i % len(_MODEL_COLOURS)] for i, m in enumerate(models)}
-    points = [(row.key, row.avg_latency_ms, row.avg_recall) for row in ranking.rows if _plottable(row)]
+    points = [(row.key, row.avg_latency_ms, row.avg_recall_all) for row in ranking.rows if _plottable(row)]
     return TEMPLATES.get_template("dashboard.html.j2").render(
         title=title,
         decile_colours=_decile_colours(),
         kpis=_kpis(ranking),
-        fixed_headers=CARD_HEADERS,
+        columns=CARD_COLUMNS,
+        sort_name=SORT_NAMES[ranking.sort_by],
+        comparisons=ranking.comparisons,
+        min_n=MIN_INTERVAL_N,
         batch_headers=[b["label"] for b in ranking.batches],
         rows=_table_rows(ranking, colours),
+        batch_rows=_batch_rows(ranking, colours),
         model_status=_model_status(ranking),
         per_tag=_per_tag(ranking),
         chart=_inline_svg(recall_latency_spec(points, colours)) if points else None,

@@ -15,58 +15,70 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Protocol, TypedDict
 
-from phototagger.scoring.metrics import (Interval, PerTag, ScoredPhoto, Summary, Totals, paired_difference, per_tag,
-                                         photo_figures, recall_interval, valid_recalls)
+from phototagger.scoring.compare import paired_order
+from phototagger.scoring.metrics import (SORT_METRICS, Interval, PerTag, ScoredPhoto, Summary, Totals, all_photo_scores,
+                                         per_tag, photo_figures, recall_interval)
 from phototagger.scoring.tags import normalise_tags
 from phototagger.records import ModelResult, Photo
 
+@dataclass(frozen=True)
+class Column:
+    """One figure of a ranking row: the `evals` payload gets its header (and its interval's and n's), and the card's
+    ranking table shows it as `show` says ("" keeps it out of the card). A new column is one entry in COLUMNS."""
+
+    header: str
+    field: str  # the RankingRow attribute ("key": its row key)
+    show: str = ""  # "model", "rating", "recall" (shaded by decile), "mean", "latency", "cost", "percent", "versus"
+    interval: str = ""  # the prefix of its `<prefix>_low`/`_high` fields, for "± half its 95% interval"
+    n: str = ""  # the field holding its n
+    title: str = ""  # what the card's header says on hover
+
+    def headers(self) -> list[tuple[str, str]]:
+        """(header, field) of this column in the `evals` payload: the mean, then its interval and n where it has them."""
+        out = [(self.header, self.field)]
+        if self.interval:
+            out += [(f"{self.header} 95% low", f"{self.interval}_low"), (f"{self.header} 95% high", f"{self.interval}_high")]
+        if self.n:
+            out.append((f"{self.header} n", self.n))
+        return out
+
+
 COLUMNS = (
-    ("Model", "key"),
-    ("Avg Latency (ms)", "avg_latency_ms"),
-    ("Avg Recall (exact)", "avg_recall"),
-    ("Recall (all photos, exact)", "avg_recall_all"),
-    ("Error %", "error_pct"),
-    ("Cost (USD)", "cost_usd"),
-    ("Avg Recall (lenient)", "avg_recall_lenient"),
-    ("Recall (all photos, lenient)", "avg_recall_all_lenient"),
-    ("Avg Recall (exact) 95% low", "avg_recall_low"),
-    ("Avg Recall (exact) 95% high", "avg_recall_high"),
-    ("Avg Recall (exact) n", "n_scored"),
-    ("Recall (all photos, exact) 95% low", "avg_recall_all_low"),
-    ("Recall (all photos, exact) 95% high", "avg_recall_all_high"),
-    ("Recall (all photos, exact) n", "n_with_truth"),
-    ("Precision", "avg_precision"),
-    ("Precision 95% low", "avg_precision_low"),
-    ("Precision 95% high", "avg_precision_high"),
-    ("F1", "avg_f1"),
-    ("F1 95% low", "avg_f1_low"),
-    ("F1 95% high", "avg_f1_high"),
-    ("Tags/photo", "tags_per_photo"),
-    ("Valid %", "valid_pct"),
-    ("p50 Latency (ms)", "p50_latency_ms"),
-    ("p95 Latency (ms)", "p95_latency_ms"),
-    ("Recall vs best", "recall_vs_best"),
-    ("Recall vs best 95% low", "recall_vs_best_low"),
-    ("Recall vs best 95% high", "recall_vs_best_high"),
-    ("Recall vs best n", "n_paired"),
-    ("Tied with best", "tied_with_best"),
-    ("Avg Recall (lenient) 95% low", "avg_recall_lenient_low"),
-    ("Avg Recall (lenient) 95% high", "avg_recall_lenient_high"),
-    ("Avg Recall (lenient) n", "n_scored_lenient"),
-    ("Recall (all photos, lenient) 95% low", "avg_recall_all_lenient_low"),
-    ("Recall (all photos, lenient) 95% high", "avg_recall_all_lenient_high"),
-    ("Recall (all photos, lenient) n", "n_with_truth_lenient"),
+    Column("Model", "key", "model"),
+    Column("Paired score", "rating", "rating",
+           title="the order: each row's score fitted to its paired differences from the other rows on the photos both "
+                 "answered; the row's own mean when every row answered the same photos"),
+    Column("Recall (all photos, exact)", "avg_recall_all", "recall", "avg_recall_all", "n_with_truth",
+           "ground-truth tags found, over every photo with ground truth, a failed call as 0"),
+    Column("Precision (all photos)", "avg_precision_all", "mean", "avg_precision_all", "n_with_truth",
+           "predicted tags in the ground truth, a failed call as 0"),
+    Column("F1 (all photos)", "avg_f1_all", "mean", "avg_f1_all", "n_with_truth",
+           "harmonic mean of recall and precision per photo, a failed call as 0"),
+    Column("vs best", "vs_best", "versus", "vs_best", "n_paired",
+           "paired difference from the best row in the sort metric, on the photos both answered"),
+    Column("Error %", "error_pct", "percent", title="calls that failed after retries"),
+    Column("Avg Latency (ms)", "avg_latency_ms", "latency", title="per call not served from the cache"),
+    Column("Cost (USD)", "cost_usd", "cost"),
+    Column("Avg Recall (exact)", "avg_recall", "", "avg_recall", "n_scored"),
+    Column("Precision", "avg_precision", "", "avg_precision"),
+    Column("F1", "avg_f1", "", "avg_f1"),
+    Column("Avg Recall (lenient)", "avg_recall_lenient", "", "avg_recall_lenient", "n_scored_lenient"),
+    Column("Recall (all photos, lenient)", "avg_recall_all_lenient", "", "avg_recall_all_lenient", "n_with_truth_lenient"),
+    Column("Tags/photo", "tags_per_photo"),
+    Column("Valid %", "valid_pct"),
+    Column("p50 Latency (ms)", "p50_latency_ms"),
+    Column("p95 Latency (ms)", "p95_latency_ms"),
+    Column("Tied with best", "tied_with_best"),
+    Column("Behind best", "behind_best"),
 )
-"""The `evals` payload's columns before the per-batch ones, as (header, RankingRow field; "key" is the row's
-row_key, its model and prompt variant). Avg Recall is over valid answers; Recall (all photos) counts an
-errored photo as 0; each recall names its matching rule (vocabulary.RULES): exact is the default, ranks
-the rows and fills the batch cells. Precision and F1 (exact) are averaged over the same photos as Avg
-Recall (scikit-learn's average='samples'); each `95% low/high` is the percentile bootstrap interval over
-photos of the mean it names, under both rules, `n` its photos (metrics.py). Recall vs best is the paired difference from
-the top row on the photos both answered; a row whose interval of it includes 0 is tied with the best."""
-FIXED_HEADERS = [header for header, _ in COLUMNS]
-_OLD_HEADERS = {"Avg Recall": "avg_recall", "Recall (all photos)": "avg_recall_all"}
-"""The two recall headers before they named their matching rule, as older `evals` tables hold them."""
+"""The ranking's figures before the per-batch ones, in order. The headline is over every photo with ground truth, a
+failed call counting 0 (a model that fails on hard photos cannot look better for it); Avg Recall/Precision/F1 are
+over valid answers only (scikit-learn's average='samples'); each recall names its matching rule (vocabulary.RULES).
+Intervals are Student-t 95% over photos, none below metrics.MIN_INTERVAL_N photos (docs/metrics.md)."""
+PAYLOAD_COLUMNS = [pair for column in COLUMNS for pair in column.headers()]
+FIXED_HEADERS = [header for header, _ in PAYLOAD_COLUMNS]
+_OLD_HEADERS = {"Avg Recall": "avg_recall", "Recall (all photos)": "avg_recall_all", "Recall vs best": "vs_best"}
+"""Headers older `evals` tables hold: the recalls before they named their matching rule, the old comparison."""
 
 _ISO_DATE = re.compile(r"^\d{4}-(\d{2})-(\d{2})")
 NEWEST_BATCHES = 12
@@ -105,6 +117,16 @@ def split_row_key(key: str) -> tuple[str, str]:
     return model, variant
 
 
+def result_row_key(result: ModelResult) -> str:
+    """The ranking row of a result: its model and prompt variant, or its model alone when the provider does not read
+    the prompt (the offline baselines answer the same whatever the prompt, so their variants are one row)."""
+    from phototagger.prompting.providers import reads_prompt  # the provider registry, which imports scoring
+
+    provider = result.get("provider", "")
+    variant = result.get("prompt_variant") if reads_prompt(provider) else None
+    return row_key(model_key(provider, result.get("model", "")), variant)
+
+
 def make_event(
     result: ModelResult,
     photo: Photo,
@@ -117,7 +139,7 @@ def make_event(
     """The event for `result` on `photo`, with the batch and the prompt run it came from."""
     event = EvalEvent(**result)  # type: ignore[typeddict-item]
     event.update(
-        model_key=row_key(model_key(result.get("provider", ""), result.get("model", "")), result.get("prompt_variant")),
+        model_key=result_row_key(result),
         batch_id=str(batch_id),
         batch_date=batch_date,
         ground_truth_tags=list(photo.get("ground_truth_tags") or []),
@@ -184,8 +206,8 @@ def batches_of(events: Iterable[EvalEvent]) -> list[BatchInfo]:
 
 @dataclass(frozen=True)
 class BatchSummary:
-    """One model on one batch: mean recall over its valid answers, how many valid answers (n) there were,
-    and the 95% bootstrap interval of that mean over the batch's photos."""
+    """One model on one batch: its recall over the batch's photos with ground truth (a failed call as 0), how many
+    such photos (n) there were, and the 95% interval of that mean (none below metrics.MIN_INTERVAL_N photos)."""
 
     avg_recall: Optional[float]
     n: int
@@ -195,7 +217,7 @@ class BatchSummary:
     @classmethod
     def of(cls, summary: Summary, interval: Optional[Interval] = None) -> BatchSummary:
         """From metrics.summarise and metrics.recall_interval of the batch's results (a roll-up has no interval)."""
-        return cls(avg_recall=summary["avg_recall"], n=summary["scored"],
+        return cls(avg_recall=summary["avg_recall_all"], n=summary["with_truth"],
                    low=interval.low if interval else None, high=interval.high if interval else None)
 
     @property
@@ -253,11 +275,19 @@ class RankingRow:
     valid_pct: float = 0.0
     p50_latency_ms: Optional[float] = None
     p95_latency_ms: Optional[float] = None
-    recall_vs_best: Optional[float] = None  # mean of (this row - best row) recall on the photos both answered
-    recall_vs_best_low: Optional[float] = None
-    recall_vs_best_high: Optional[float] = None
+    rating: Optional[float] = None  # the paired rating the rows are ordered by (compare.paired_order), in the sort metric's units
+    vs_best: Optional[float] = None  # mean of (this row - best row) in the sort metric on the photos both answered
+    vs_best_low: Optional[float] = None  # its paired 95% t-interval (none below metrics.MIN_INTERVAL_N shared photos)
+    vs_best_high: Optional[float] = None
     n_paired: int = 0
-    tied_with_best: bool = False  # the interval of recall_vs_best includes 0
+    tied_with_best: bool = False  # compared with the best, and Holm's procedure finds no difference
+    behind_best: bool = False  # compared with the best, and behind it beyond noise (Holm over every pair compared)
+    avg_precision_all: Optional[float] = None  # precision and F1 over photos with ground truth, a failed call as 0
+    avg_precision_all_low: Optional[float] = None
+    avg_precision_all_high: Optional[float] = None
+    avg_f1_all: Optional[float] = None
+    avg_f1_all_low: Optional[float] = None
+    avg_f1_all_high: Optional[float] = None
     errors: dict[str, ErrorClass] = field(default_factory=dict)  # error class -> count and one example
     avg_recall_lenient_low: Optional[float] = None  # the lenient recalls' intervals, as the exact ones'
     avg_recall_lenient_high: Optional[float] = None
@@ -279,7 +309,8 @@ class RankingRow:
                    avg_recall_all=summary["avg_recall_all"], error_pct=summary["error_pct"], cost_usd=summary["cost_usd"],
                    batches=batches, avg_recall_lenient=summary["avg_recall_lenient"],
                    avg_recall_all_lenient=summary["avg_recall_all_lenient"], avg_precision=summary["avg_precision"],
-                   avg_f1=summary["avg_f1"], valid_pct=summary["valid_pct"])
+                   avg_f1=summary["avg_f1"], valid_pct=summary["valid_pct"],
+                   avg_precision_all=summary["avg_precision_all"], avg_f1_all=summary["avg_f1_all"])
 
     def add_photo_figures(self, photos: Mapping[str, ScoredPhoto]) -> None:
         """The intervals and latency percentiles of this row, from its answers photo by photo."""
@@ -290,17 +321,24 @@ class RankingRow:
         self.n_with_truth = figures.recall_all.n
         self.avg_precision_low, self.avg_precision_high = figures.precision.low, figures.precision.high
         self.avg_f1_low, self.avg_f1_high = figures.f1.low, figures.f1.high
+        self.avg_precision_all_low, self.avg_precision_all_high = figures.precision_all.low, figures.precision_all.high
+        self.avg_f1_all_low, self.avg_f1_all_high = figures.f1_all.low, figures.f1_all.high
         lenient, lenient_all = figures.recall_lenient, figures.recall_all_lenient
         self.avg_recall_lenient_low, self.avg_recall_lenient_high, self.n_scored_lenient = lenient.low, lenient.high, lenient.n
         self.avg_recall_all_lenient_low, self.avg_recall_all_lenient_high = lenient_all.low, lenient_all.high
         self.n_with_truth_lenient = lenient_all.n
         self.p50_latency_ms, self.p95_latency_ms = figures.p50_latency_ms, figures.p95_latency_ms
 
-    def compare_with_best(self, difference: Interval) -> None:
-        """Store the paired difference from the best row; tied when its interval includes 0."""
-        self.recall_vs_best = difference.mean
-        self.recall_vs_best_low, self.recall_vs_best_high = difference.low, difference.high
-        self.n_paired, self.tied_with_best = difference.n, difference.includes(0.0)
+    def compare_with_best(self, difference: Interval, behind: bool) -> None:
+        """Store the paired difference from the best row and Holm's verdict on it (`behind`)."""
+        self.vs_best = difference.mean
+        self.vs_best_low, self.vs_best_high, self.n_paired = difference.low, difference.high, difference.n
+        self.behind_best = behind
+        self.tied_with_best = difference.p is not None and not behind
+
+    def own_mean(self, sort_by: str) -> Optional[float]:
+        """The row's mean of `sort_by` (metrics.SORT_METRICS) over all its photos with ground truth, a failed call as 0."""
+        return self.avg_f1_all if sort_by == "f1" else self.avg_recall_all
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RankingRow:
@@ -328,6 +366,8 @@ class Ranking:
     calls: int = 0  # model calls (results), over all batches and models
     errored_calls: int = 0
     per_tag: Optional[PerTag] = None  # metrics.per_tag: recall on the frequent tags, over-predicted tags
+    sort_by: str = "recall"  # metrics.SORT_METRICS: the rows are ordered by their paired rating of it
+    comparisons: int = 0  # pairwise comparisons made (Holm's family): every pair of rows with enough shared photos
     skipped: dict[str, SkippedModel] = field(default_factory=dict)  # model key -> why its latest run skipped it
 
     @property
@@ -340,10 +380,15 @@ class Ranking:
         """The rows whose paired difference from the best one is not distinguishable from 0."""
         return [row for row in self.rows[1:] if row.tied_with_best]
 
+    @property
+    def behind_best(self) -> list[RankingRow]:
+        """The rows behind the best beyond noise (Holm-corrected)."""
+        return [row for row in self.rows[1:] if row.behind_best]
+
     def table(self) -> dict[str, list]:
         """The `evals` payload of DESIGN.md: {"headers", "rows"}, row cells following `headers`: the COLUMNS,
         then one `avg-recall (n)` string per batch ("" where the model did not see that batch)."""
-        rows = [[getattr(row, name) for _, name in COLUMNS]
+        rows = [[getattr(row, name) for _, name in PAYLOAD_COLUMNS]
                 + [row.batches[b["batch_id"]].cell if b["batch_id"] in row.batches else "" for b in self.batches]
                 for row in self.rows]
         return {"headers": FIXED_HEADERS + [b["label"] for b in self.batches], "rows": rows}
@@ -363,21 +408,16 @@ class Ranking:
     def from_table(cls, table: Mapping[str, Any]) -> Ranking:
         """The COLUMNS of an `evals` payload, read by header, for an EvaluationFlow run stored before the
         `ranking` artifact existed (recall headers then named no rule); its per-batch cells are not read back."""
-        names = {**dict(COLUMNS), **_OLD_HEADERS}
+        names = {**dict(PAYLOAD_COLUMNS), **_OLD_HEADERS}
         headers = table.get("headers") or []
         return cls(rows=[RankingRow.from_cells({names[h]: v for h, v in zip(headers, row) if h in names})
                          for row in table.get("rows") or []])
 
 
 def _rank_key(item: tuple[str, Summary]) -> tuple:
+    """Before the paired order (add_photo_figures): recall over all photos, then the row key, so ties never flip."""
     key, s = item
-    return (
-        s["avg_recall"] is None,
-        -(s["avg_recall"] or 0.0),
-        -(s["avg_recall_all"] or 0.0),
-        s["avg_latency_ms"] if s["avg_latency_ms"] is not None else float("inf"),
-        key,
-    )
+    return (s["avg_recall_all"] is None, -round(s["avg_recall_all"] or 0.0, 9), key)
 
 
 def batch_dates(events: Iterable[EvalEvent]) -> dict[str, str]:
@@ -519,17 +559,25 @@ def error_examples(events: Iterable[EvalEvent]) -> dict[str, dict[str, str]]:
 
 
 def add_photo_figures(ranking: Ranking, scores: Mapping[str, Mapping[str, ScoredPhoto]],
-                      tag_scores: Optional[Mapping[str, Mapping[str, ScoredPhoto]]] = None) -> Ranking:
-    """`ranking` with what needs answers photo by photo (`scores` by row key, e.g. EvalState.photo_scores):
-    intervals, latency percentiles, each row's paired comparison with the best row on the photos both
-    answered, and the per-tag view per row, from `tag_scores` where `scores` hold no tags."""
+                      tag_scores: Optional[Mapping[str, Mapping[str, ScoredPhoto]]] = None,
+                      sort_by: str = "recall") -> Ranking:
+    """`ranking` with what needs answers photo by photo (`scores` by row key: all of them, or EvalState's uniform
+    sample of photos): intervals, latency percentiles, the paired order by `sort_by` (compare.paired_order), each
+    row's paired comparison with the best row and Holm's verdict, and the per-tag view per row, from `tag_scores`
+    where `scores` hold no tags."""
+    if sort_by not in SORT_METRICS:
+        raise ValueError(f"unknown sort metric {sort_by!r}; choose one of {', '.join(SORT_METRICS)}")
     for row in ranking.rows:
         row.add_photo_figures(scores.get(row.key, {}))
-    best = ranking.best
-    if best is not None:
-        best_recalls = valid_recalls(scores.get(best.key, {}))
-        for row in ranking.rows[1:]:
-            row.compare_with_best(paired_difference(valid_recalls(scores.get(row.key, {})), best_recalls))
+    by_key = {row.key: row for row in ranking.rows}
+    paired = paired_order({key: all_photo_scores(photos, sort_by) for key, photos in scores.items() if key in by_key},
+                          {key: row.own_mean(sort_by) for key, row in by_key.items()})
+    ranking.rows = [by_key[key] for key in paired.order]
+    for row in ranking.rows:
+        row.rating = paired.rating[row.key]
+        if row.key in paired.versus_best:
+            row.compare_with_best(paired.versus_best[row.key], row.key in paired.behind)
+    ranking.sort_by, ranking.comparisons = sort_by, paired.comparisons
     ranking.per_tag = per_tag(scores if tag_scores is None else tag_scores)
     return ranking
 
@@ -540,7 +588,7 @@ def rank_totals(totals: Mapping[tuple[str, str], Totals], dates: Mapping[str, st
                 skipped: Optional[Mapping[str, SkippedModel]] = None,
                 closed: Iterable[ClosedColumn] = (),
                 newest: int = NEWEST_BATCHES, weeks: int = WEEKLY_ROLLUPS) -> Ranking:
-    """One row per (model, prompt variant) over all batches, best Avg Recall (exact) first, from the Totals
+    """One row per (model, prompt variant) over all batches, best recall over all photos first, from the Totals
     per (row key, batch):
     the overall figures and each column's (a batch or a roll-up) are sums of those Totals, so they are
     exactly the figures of all the events behind them. A single batch's cell shows its interval from
@@ -589,14 +637,14 @@ def rank_totals(totals: Mapping[tuple[str, str], Totals], dates: Mapping[str, st
 
 
 def rank_models(events: Iterable[EvalEvent], skipped: Optional[Mapping[str, SkippedModel]] = None,
-                **limits: int) -> Ranking:
-    """One row per (model, prompt variant) over all batches, best Avg Recall (exact) first, with its summary on
+                sort_by: str = "recall", **limits: int) -> Ranking:
+    """One row per (model, prompt variant) over all batches in the paired order of `sort_by`, with its summary on
     each batch column, the intervals of its means, the paired comparison with the best row and the per-tag
     view (rank_totals and add_photo_figures of all `events`; `limits` are rank_totals' `newest` and `weeks`)."""
     events = fold_events([], events)
     ranking = rank_totals(batch_totals(events), batch_dates(events), intervals=batch_intervals(events),
                           examples=error_examples(events), skipped=skipped, **limits)
-    return add_photo_figures(ranking, photo_scores(events))
+    return add_photo_figures(ranking, photo_scores(events), sort_by=sort_by)
 
 
 def events_from_models_eval(models_eval: Mapping[str, Any], source_flow: str, source_run: str) -> list[EvalEvent]:

@@ -76,12 +76,6 @@ class FoldedRuns:
     horizon: float = 0.0
     runs: dict[str, float] = field(default_factory=dict)
 
-    @classmethod
-    def of_pathspecs(cls, pathspecs: Iterable[str]) -> FoldedRuns:
-        """What an EvaluationFlow run that stored a plain list of every folded run becomes: its runs get their
-        times when the next collect lists them all again."""
-        return cls(horizon=0.0, runs=dict.fromkeys(pathspecs, 0.0))
-
     def __contains__(self, pathspec: object) -> bool:
         return pathspec in self.runs
 
@@ -211,6 +205,12 @@ class MonthPart:
         return closed_column(column_key, self.totals, self.dates)
 
 
+STATE_VERSION = 2
+"""Bumped when what the state holds changes meaning: 2 counts failed calls in precision and F1 over all photos,
+keeps the prompt-ignoring baselines in one row and holds unrounded t-intervals. A state of another version is not
+upgraded in place: EvaluationFlow refolds all history once (as --rebuild does), so no figure mixes two definitions."""
+
+
 @dataclass
 class EvalState:
     """EvaluationFlow's state: Totals per (row, batch), the drill-down batches' events, the score sample."""
@@ -221,6 +221,7 @@ class EvalState:
     intervals: dict[tuple[str, str], Interval] = field(default_factory=dict)  # (row key, newest batch id) -> recall interval
     closed: dict[str, ArchivedMonth] = field(default_factory=dict)  # closed column key -> its summary and parts
     sample_parts: SampleParts = field(default_factory=SampleParts)
+    version: int = STATE_VERSION
     store: Optional[BlobStore] = field(default_factory=MemoryBlobStore, compare=False, repr=False)
     """Where the sample and the closed months' batches are: not stored with the state (a stored state's is None
     until `attach`)."""
@@ -229,20 +230,12 @@ class EvalState:
         return {**self.__dict__, "store": None}
 
     def __setstate__(self, stored: dict[str, Any]) -> None:
-        """A state stored before the sample and the closed months moved to the blob store has its sample in the
-        artifact, and no closed months: `attach` writes that sample to the store."""
-        legacy = stored.pop("sample", None)
-        self.__dict__.update({"closed": {}, "sample_parts": SampleParts(), **stored})
-        if legacy is not None:
-            self._legacy_sample = legacy
+        """A state stored before `version` existed reads as version 1, which EvaluationFlow refolds."""
+        self.__dict__.update({"version": 1, **stored})
 
     def attach(self, store: BlobStore) -> EvalState:
         """This state reading and writing its sample and closed months in `store` (the flow's blob store)."""
-        attached = replace(self, store=store)
-        legacy = self.__dict__.get("_legacy_sample")
-        if legacy is not None and len(legacy):
-            attached = replace(attached, sample_parts=attached.sample_parts.add(store, legacy))
-        return attached
+        return replace(self, store=store)
 
     def _blobs(self) -> BlobStore:
         if self.store is None:
@@ -341,12 +334,12 @@ class EvalState:
                 latency_ms=_num(r.latency_ms), tags=[], truth=[])
         return scores
 
-    def ranking(self, skipped: Optional[dict[str, SkippedModel]] = None) -> Ranking:
+    def ranking(self, skipped: Optional[dict[str, SkippedModel]] = None, sort_by: str = "recall") -> Ranking:
         """The ranking of this state: exact figures from the totals, per-batch intervals kept with them,
         intervals, percentiles and paired comparisons from the sample, error examples and the per-tag view
         from the newest batches' events."""
         ranking = self.totals_ranking(intervals=self.intervals, examples=error_examples(self.events), skipped=skipped)
-        return add_photo_figures(ranking, self.photo_scores(), photo_scores(self.events))
+        return add_photo_figures(ranking, self.photo_scores(), photo_scores(self.events), sort_by=sort_by)
 
     def totals_ranking(self, **options: Any) -> Ranking:
         """evals.rank_totals of every batch folded, the closed months' included (`options` are rank_totals')."""
@@ -354,7 +347,7 @@ class EvalState:
 
     def paired(self, score: str = "recall", valid_only: bool = True) -> pd.DataFrame:
         """`score` of the sampled photos, one row per (batch, photo) and one column per row key (model and
-        prompt), NaN where a row has none (or, with `valid_only`, erred): the paired sample a bootstrap over photos resamples."""
+        prompt), NaN where a row has none (or, with `valid_only`, erred): the paired sample of the comparisons."""
         sample = self.sample
         rows = sample[sample["error"].isna()] if valid_only else sample
         rows = rows.astype({"batch_id": "object", "model_key": "object"})

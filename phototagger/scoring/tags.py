@@ -11,8 +11,16 @@ import unicodedata
 from typing import Any, Iterable, NamedTuple
 
 _SPACES = re.compile(r"\s+")
+_INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+"""Zero-width and formatting characters (soft hyphen, ZWSP/ZWJ/ZWNJ, direction marks, word joiner, BOM): invisible
+in a keyword list, yet they make two tags that look the same differ."""
+_QUOTES = "\"'`\u00ab\u00bb\u2018\u2019\u201a\u201b\u201c\u201d\u201e\u201f\u2039\u203a\u300c\u300d\u300e\u300f"
+"""Quote marks of any script: « » ‹ › “ ” „ ‘ ’ 「 」 and the ASCII ones."""
+MAX_TAG_CHARS = 64
+"""A tag longer than this is shortened (at a word boundary where there is one), never dropped: dropping one
+would shrink a photo's ground truth without a word."""
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
-_STRIP = " \t\r\n\"'`.,;:!?()[]{}#*-•"
+_STRIP = " \t\r\n.,;:!?()[]{}#*-•" + _QUOTES
 # XML 1.0 allows tab, newline, CR, U+0020-U+D7FF, U+E000-U+FFFD and U+10000 up; one other character
 # in a keyword makes the XMP sidecar it lands in ill-formed.
 _XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -32,10 +40,20 @@ _REFUSAL = re.compile(
 
 
 def normalise_tag(tag: Any) -> str:
-    """Drop characters XML forbids, lower-case, NFKC-fold, collapse inner white space, trim quotes and punctuation."""
-    text = unicodedata.normalize("NFKC", xml_safe(str(tag))).lower()
-    text = text.replace("_", " ")
-    return _SPACES.sub(" ", text).strip(_STRIP)
+    """Drop characters XML forbids and invisible ones, fold case and compatibility forms (NFKC casefold: "Straße"
+    = "STRASSE", "Ｃａｔ" = "cat"), collapse inner white space, trim quotes and punctuation, shorten past MAX_TAG_CHARS."""
+    text = _INVISIBLE.sub("", xml_safe(str(tag)))
+    text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    text = _SPACES.sub(" ", text.replace("_", " ")).strip(_STRIP)
+    return shorten(text)
+
+
+def shorten(text: str, limit: int = MAX_TAG_CHARS) -> str:
+    """`text` cut to `limit` characters, at the last space within them when there is one."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit + 1].rsplit(" ", 1)[0] if " " in text[: limit + 1] else text[:limit]
+    return cut[:limit].strip(_STRIP)
 
 
 def normalise_tags(tags: Iterable[Any]) -> list[str]:
@@ -43,7 +61,7 @@ def normalise_tags(tags: Iterable[Any]) -> list[str]:
     seen: dict[str, None] = {}
     for tag in tags or ():
         norm = normalise_tag(tag)
-        if norm and len(norm) <= 64:
+        if norm:
             seen.setdefault(norm, None)
     return list(seen)
 

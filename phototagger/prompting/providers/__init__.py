@@ -12,6 +12,7 @@ from phototagger.prompting.providers.base import (
     known_providers,
     make_provider,
     provider_class,
+    reads_prompt,
     register_lazy_provider,
     register_provider,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "known_providers",
     "make_provider",
     "provider_class",
+    "reads_prompt",
     "register_lazy_provider",
     "register_provider",
 ]

@@ -64,6 +64,7 @@ class Provider:
 
     name: str = ""
     learns_from_history: bool = False  # an offline baseline built with `history=` (earlier photos)
+    reads_prompt: bool = True  # False: the answer does not depend on the prompt, so its variants are one ranking row
 
     def __init__(self, model: str):
         self.model = model
@@ -124,6 +125,12 @@ def register_provider(name: str) -> Callable[[P], P]:
 def register_lazy_provider(name: str, module: str) -> None:
     """Name a provider whose module is imported only when it is asked for (keeps torch out of API runs)."""
     _LAZY[name] = module
+
+
+def reads_prompt(name: str) -> bool:
+    """Whether the provider registered as `name` reads the prompt (an unknown or lazy one is taken to)."""
+    cls = _REGISTRY.get(name)
+    return cls is None or cls.reads_prompt
 
 
 def known_providers() -> list[str]:

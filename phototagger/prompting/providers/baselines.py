@@ -44,6 +44,7 @@ class _HistoryBaseline(Provider):
     """
 
     learns_from_history = True
+    reads_prompt = False
 
     def __init__(self, model: str, *, history: Iterable[Photo] = (), tag_stats: Optional[Mapping[str, Any]] = None,
                  n_tags: Optional[int] = None):
