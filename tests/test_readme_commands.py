@@ -133,7 +133,7 @@ def test_the_own_photos_recipe_ends_in_a_dashboard_and_sidecars_on_the_first_try
     assert calls == (len(PHOTOS) if set_up != "no model" else 0), "every photo went to the model once"
     html = (clone / "dashboard.html").read_text()
     for model in models:
-        assert f'data-model="{model} | default@' in html, f"{model} has no row on the dashboard"
+        assert f'data-model="{model}' in html, f"{model} has no row on the dashboard"
     assert "4 photos took their ground truth from their own keywords" in outputs[0]
     for name, (_, keywords) in PHOTOS.items():
         sidecar = folder / f"{name}.xmp"
