@@ -5,13 +5,17 @@
     python finetune_vlm.py run --epochs 1 --max-steps 20 --quantize none
     python finetune_vlm.py run --with kubernetes                      # the train step asks for one GPU
 
-The base model is downloaded once by transformers (about 7.5 GB for Qwen/Qwen2.5-VL-3B-Instruct) or
-read from a local path. Resume after a failure:
+The base model (about 7.5 GB for Qwen/Qwen2.5-VL-3B-Instruct) loads from a local folder, else from the
+datastore's copy of that name, else from the hub, after which the train step stores it in the datastore
+so no later run downloads it again; cache it once where pods cannot reach the hub:
+    python -m phototagger.training.base_models cache /models/qwen2.5-vl-3b --name Qwen/Qwen2.5-VL-3B-Instruct
+
+Resume after a failure:
 - the train step checkpoints every --save-steps optimizer steps into --output-dir (default
-  finetune_checkpoints/<run id> under the working directory, a cache) and stores each checkpoint in the
-  run's Metaflow datastore (local or S3, at FineTuneVLM/checkpoints/<run id>/train); @retry, on this machine
-  or a new pod, and `python finetune_vlm.py resume train` (same origin run id) continue from the newest
-  complete one there;
+  finetune_checkpoints/<training id> under the working directory, a cache) and stores each checkpoint in
+  the Metaflow datastore (local or S3, at FineTuneVLM/checkpoints/<training id>/train), where the training
+  id is the run id of the run whose `start` began it; @retry, on this machine or a new pod,
+  `python finetune_vlm.py resume`, and a resume of that resume continue from the newest complete one there;
 - from a fresh run, pass --resume-from <a local checkpoint dir of an earlier run>.
 """
 from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults before Metaflow reads them
@@ -21,7 +25,7 @@ from metaflow.cards import Markdown, Table, VegaChart
 
 from phototagger import mfclient
 from phototagger.errors import UserError
-from phototagger.training import vlm
+from phototagger.training import base_models, vlm
 from phototagger.mfclient import CARD_TIMEOUT_S, DATASET_FLOW
 
 CHECKPOINT_ROOT = "finetune_checkpoints"
@@ -48,7 +52,7 @@ class FineTuneVLM(FlowSpec):
     dataset_run = Parameter(
         "dataset-run", default="", help="PrepareVLMData run to train on (pathspec or run id); default: the latest successful one of this branch."
     )
-    base_model = Parameter("base-model", default=vlm.DEFAULT_BASE_MODEL, help="Hub id or local path of the Qwen2.5-VL base model.")
+    base_model = Parameter("base-model", default=vlm.DEFAULT_BASE_MODEL, help="Local folder, name of a copy cached in the datastore, or hub id of the Qwen2.5-VL base model.")
     epochs = Parameter("epochs", default=3.0, type=float, help="Passes over the training examples (ignored when --max-steps > 0).")
     batch_size = Parameter("batch-size", default=4, type=int, help="Photos per device batch.")
     grad_accum = Parameter("grad-accum", default=2, type=int, help="Batches per optimizer step (effective batch = batch-size x grad-accum).")
@@ -70,7 +74,8 @@ class FineTuneVLM(FlowSpec):
         caps; check the settings and that the base model can be loaded early, before a GPU is requested."""
         if self.quantize not in ("4bit", "none"):
             raise UserError(f"--quantize {self.quantize!r} is not a choice", "pass --quantize 4bit or --quantize none")
-        vlm.check_base_model(self.base_model)
+        base_models.check(self.base_model)
+        self.training_id = current.run_id  # a resume clones `start`, so resumes of resumes share it and its checkpoints
         run = mfclient.required_run(DATASET_FLOW, current.branch_name, self.dataset_run, "--dataset-run")
         data = run.data  # each attribute read loads the artifact again: read each once
         self.train_examples = list(data.train_examples)
@@ -94,7 +99,7 @@ class FineTuneVLM(FlowSpec):
     @step
     def train(self):
         """Train the LoRA adapter with the transformers Trainer (phototagger.training.train), resuming from the
-        newest checkpoint this run stored in the datastore (an earlier attempt's, on any machine), and store the
+        newest checkpoint its training stored in the datastore (an earlier attempt's, or the resumed run's, on any machine), and store the
         adapter (never merged into the base) with its processor as `adapter_files`, the metadata as `finetune_meta`, and the loss curves on the card."""
         self.adapter_files, self.finetune_meta = {}, None
         if not self.train_examples:
@@ -109,11 +114,11 @@ class FineTuneVLM(FlowSpec):
             max_steps=self.max_steps, min_pixels=self.min_pixels, max_pixels=self.max_pixels, seed=self.seed,
             save_steps=self.save_steps,
         )
-        run_id = current.origin_run_id or current.run_id
-        output_dir = self.resume_from or self.output_dir or f"{CHECKPOINT_ROOT}/{run_id}"
-        store = checkpoint_store.for_task(self, run_id, current.step_name, output_dir, keep=config.save_total_limit)
-        result = train.train_adapter(self.train_examples, self.validation_examples, self.base_model, output_dir, config,
-                                     store=store)
+        output_dir = self.resume_from or self.output_dir or f"{CHECKPOINT_ROOT}/{self.training_id}"
+        store = checkpoint_store.for_step(current.flow_name, self.training_id, current.step_name, output_dir,
+                                          keep=config.save_total_limit)
+        result = train.train_adapter(self.train_examples, self.validation_examples, base_models.local_path(self.base_model),
+                                     output_dir, config, store=store)
         self.checkpoint_dir, self.checkpoint_uri = str(output_dir), store.uri
         self.adapter_files = train.pack_adapter(result.adapter_dir)
         self.finetune_meta = train.finetune_meta(result, config, self.base_model, self.dataset)

@@ -3,6 +3,7 @@
     python promptcustommodels.py run                                  # latest FineTuneVLM adapter, latest batch
     python promptcustommodels.py run --finetune-run FineTuneVLM/12 --update-run UpdatePhotos/34
     python promptcustommodels.py run --base-model /models/qwen2.5-vl-3b   # base not where it was trained
+                                      # (a local folder, a copy cached in the datastore, or a hub id)
     python promptcustommodels.py run --with kubernetes                # one GPU per shard of --shard-size photos
     python promptcustommodels.py --config prompts prompts/demo.json run --all-prompts   # also on other prompts
 
@@ -26,6 +27,7 @@ from phototagger.scoring.vocabulary import Vocabulary, parse_file
 from phototagger import mfclient
 from phototagger.mfclient import FINETUNE_FLOW, resolve_run
 from phototagger.prompting.custom_batch import plan_custom_batch
+from phototagger.training import base_models
 
 HERE = Path(__file__).resolve().parent  # the default Config sits beside this file, wherever it is run from
 
@@ -63,7 +65,7 @@ class PromptCustomModels(FlowSpec):
     update_run = Parameter(
         "update-run", default="", help="UpdatePhotos run whose unseen photos to tag (pathspec or run id); default: the latest successful one."
     )
-    base_model = Parameter("base-model", default="", help="Base model path or hub id; default: the one the adapter was trained on.")
+    base_model = Parameter("base-model", default="", help="Base model: local folder, copy cached in the datastore, or hub id; default: the one the adapter was trained on.")
     batch_size = Parameter("batch-size", default=8, type=int, help="Photos per generate call on the GPU.")
     max_new_tokens = Parameter("max-new-tokens", default=128, type=int, help="Longest answer, in tokens.")
     no_cache = Parameter(
@@ -92,6 +94,8 @@ class PromptCustomModels(FlowSpec):
         self.photos, self.excluded_trained_ids, self.model_name = batch.photos, batch.excluded_trained_ids, batch.model_name
         self.finetune_run_pathspec, self.finetune_meta = batch.finetune_run_pathspec, batch.finetune_meta
         print(batch.message)
+        if batch.photos:
+            base_models.check(self.base_model or self.finetune_meta["base_model"])  # before any GPU is asked for
         configured = prompt_variants(self.prompt.text, self.prompts.to_dict())
         self.prompt_variants = trained_variants((self.finetune_meta or {}).get("prompt_text", ""), configured, self.all_prompts)
         self.work = fanout.plan([{"provider": "finetuned", "model": self.model_name}], self.prompt_variants, len(self.photos), self.shard_size)
@@ -118,7 +122,7 @@ class PromptCustomModels(FlowSpec):
             with tempfile.TemporaryDirectory(prefix="adapter-") as adapter_dir:
                 unpack_adapter(finetune.data.adapter_files, adapter_dir)
                 prompter = Prompter(
-                    "finetuned", self.model_name, base_model=self.base_model or meta["base_model"], adapter_path=adapter_dir,
+                    "finetuned", self.model_name, base_model=base_models.local_path(self.base_model or meta["base_model"]), adapter_path=adapter_dir,
                     quantize=meta["quantize"], min_pixels=meta["min_pixels"], max_pixels=meta["max_pixels"],
                     max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
                 )

@@ -5,7 +5,9 @@
    with fake keys exported as a user would, and a scan that the keys landed nowhere.
 3) The full loop: PrepareVLMData -> FineTuneVLM on a tiny Qwen2.5-VL built from config ->
    PromptCustomModels -> EvaluationFlow, with the fine-tuned row on the dashboard.
-4) A train task killed after its first checkpoint resumes on @retry from the datastore, its local disk gone.
+4) A train task killed after its first checkpoint resumes on @retry from the datastore, its local disk gone;
+   a resume of a failed resume continues from the newest checkpoint of either.
+The full loop runs on a base model cached once in the datastore, with no hub and no local copy.
 """
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from metaflow import Runner
@@ -211,16 +213,20 @@ def test_every_prompted_photo_reaches_the_dashboard_past_the_log_cap(flow_env):
 
 
 @pytest.mark.timeout(900)  # trains, then loads the tiny model once per shard, on a CPU
-def test_full_loop_puts_the_finetuned_model_on_the_dashboard(flow_env, tmp_path):
+def test_full_loop_puts_the_finetuned_model_on_the_dashboard_from_a_base_model_cached_in_the_datastore(flow_env, tmp_path):
     # Built in a child process, as run_demo.sh does: torch imported after Metaflow's client has run in
     # this process can trip over Metaflow's vendored typing_extensions.
     base = tmp_path / "tiny-qwen"
     subprocess.run([sys.executable, "-m", "phototagger.training.random_qwen", str(base), "--size", "tiny"], cwd=ROOT, check=True)
+    # Cached once in the datastore, as the README says for clusters whose pods cannot reach the hub; then gone from disk.
+    subprocess.run([sys.executable, "-m", "phototagger.training.base_models", "cache", str(base), "--name", "tiny-org/tiny-qwen"],
+                   cwd=tmp_path, env={**os.environ, **flow_env, "PYTHONPATH": str(ROOT)}, check=True)
+    shutil.rmtree(base)
     first, _ = run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
     newest, _ = run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
     dataset, _ = run_flow("prepare_vlm_data.py", flow_env)
     trained, _ = run_flow(
-        "finetune_vlm.py", flow_env, base_model=str(base), max_steps=2, batch_size=2, grad_accum=1, epochs=1,
+        "finetune_vlm.py", flow_env, base_model="tiny-org/tiny-qwen", max_steps=2, batch_size=2, grad_accum=1, epochs=1,
         output_dir=str(tmp_path / "checkpoints"),
     )
     # A random tiny model answers gibberish, cut at max-new-tokens: every answer fails, which the error budget would stop.
@@ -230,7 +236,7 @@ def test_full_loop_puts_the_finetuned_model_on_the_dashboard(flow_env, tmp_path)
     train_ids = {ex["photo_id"] for ex in dataset.data.train_examples + dataset.data.validation_examples}
     assert train_ids and train_ids <= set(first.data.unseen), "only the earlier batch trains"
     assert not train_ids & set(newest.data.unseen), "the newest batch is held out for evaluation"
-    assert trained.data.adapter_files and trained.data.finetune_meta["base_model"] == str(base)
+    assert trained.data.adapter_files and trained.data.finetune_meta["base_model"] == "tiny-org/tiny-qwen"
     assert len(trained.data.finetune_meta["train_loss"]) >= 1
 
     assert len(list(custom["evaluate"])) == 2, "6 photos in shards of 3: two evaluate tasks"
@@ -256,37 +262,52 @@ def train_task_pids(datastore_root: Path) -> list[int]:
     return pids
 
 
-def kill_train_after_first_stored_checkpoint(datastore_root: Path, cache_dir: Path, killed: list) -> None:
-    """What a lost pod does: SIGKILL the train task once a checkpoint is complete in the datastore, and its disk is gone."""
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        manifests = [json.loads(p.read_text()) for p in datastore_root.glob("**/checkpoints/*/train/slot-*/MANIFEST.json")]
-        if any(m["step"] for m in manifests):
-            pids = train_task_pids(datastore_root)
-            for pid in pids:
-                os.kill(pid, signal.SIGKILL)
-            shutil.rmtree(cache_dir, ignore_errors=True)
-            killed.extend(pids)
-            return
-        time.sleep(0.05)
+def newest_stored_step(datastore_root: Path) -> int:
+    manifests = [json.loads(p.read_text()) for p in datastore_root.glob("**/checkpoints/*/train/slot-*/MANIFEST.json")]
+    return max([m["step"] for m in manifests if m["step"]] or [0])
 
 
+class PodKiller(threading.Thread):
+    """What a lost pod does: SIGKILL the train task once a newer checkpoint than it started from is complete in the
+    datastore, and its disk is gone; `kills` times (a task and its retry), then it leaves the training alone."""
+
+    def __init__(self, datastore_root: Path, cache_dir: Path, kills: int = 1):
+        super().__init__(daemon=True)
+        self.root, self.cache_dir, self.kills = datastore_root, cache_dir, kills
+        self.killed_at: list[int] = []  # the newest stored step at each kill
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        seen = newest_stored_step(self.root)
+        while len(self.killed_at) < self.kills and not self.done.wait(0.05):
+            newest = newest_stored_step(self.root)
+            pids = train_task_pids(self.root) if newest > seen else []
+            if pids:
+                for pid in pids:
+                    os.kill(pid, signal.SIGKILL)
+                shutil.rmtree(self.cache_dir, ignore_errors=True)
+                self.killed_at.append(newest)
+                seen = newest
+
+
+@pytest.mark.timeout(900)  # four flows and two train attempts on a shared CPU: past pytest.ini's 300 s under load
 def test_a_killed_train_task_resumes_on_retry_from_the_datastore_not_the_lost_disk(flow_env, tmp_path):
     base = tmp_path / "tiny-qwen"
     subprocess.run([sys.executable, "-m", "phototagger.training.random_qwen", str(base), "--size", "tiny"], cwd=ROOT, check=True)
     run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
     run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
     run_flow("prepare_vlm_data.py", flow_env)
-    cache, killed = tmp_path / "pod-disk", []
-    killer = threading.Thread(target=kill_train_after_first_stored_checkpoint, args=(tmp_path, cache, killed), daemon=True)
+    cache = tmp_path / "pod-disk"
+    killer = PodKiller(tmp_path, cache)
     killer.start()
     trained, _ = run_flow(
         "finetune_vlm.py", flow_env, base_model=str(base), max_steps=40, save_steps=2, batch_size=2, grad_accum=1,
         quantize="none", output_dir=str(cache),
     )
-    killer.join(timeout=5)
+    killer.done.set()
+    killer.join()
 
-    assert killed, "the train task was killed after its first stored checkpoint"
+    assert killer.killed_at, "the train task was killed after its first stored checkpoint"
     (task,) = trained["train"]
     assert task.current_attempt == 1
     training = trained.data.finetune_meta["training"]
@@ -294,6 +315,43 @@ def test_a_killed_train_task_resumes_on_retry_from_the_datastore_not_the_lost_di
     assert training["resumed_from"].startswith(str(cache)) and 2 <= resumed_step < 40
     assert training["global_step"] == 40
     assert [p["step"] for p in trained.data.finetune_meta["train_loss"]] == list(range(1, 41))
+
+
+def failed_run(start: Any, killer: PodKiller):
+    """Run `start()` (a Runner's run or resume) with `killer` on the train task; the run must fail. Returns the run."""
+    killer.start()
+    with start() as running:
+        killer.done.set()
+        killer.join()
+        assert running.status == "failed", f"the killed run was meant to fail:\n{flowrun.failed_task_logs(running)}"
+        return running.run
+
+
+@pytest.mark.timeout(1500)  # three runs, six train tasks, each loading torch and the tiny model on a shared CPU
+def test_a_resume_of_a_failed_resume_continues_from_the_newest_checkpoint(flow_env, tmp_path):
+    base = tmp_path / "tiny-qwen"
+    subprocess.run([sys.executable, "-m", "phototagger.training.random_qwen", str(base), "--size", "tiny"], cwd=ROOT, check=True)
+    run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
+    run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
+    run_flow("prepare_vlm_data.py", flow_env)
+    cache = tmp_path / "pod-disk"
+    runner = Runner(str(ROOT / "finetune_vlm.py"), show_output=False, env=flow_env, cwd=str(ROOT))
+
+    first_killer, resume_killer = PodKiller(tmp_path, cache, kills=2), PodKiller(tmp_path, cache, kills=2)
+    first = failed_run(lambda: runner.run(base_model=str(base), max_steps=30, save_steps=2, batch_size=2, grad_accum=1,
+                                          quantize="none", output_dir=str(cache)), first_killer)
+    resumed = failed_run(lambda: runner.resume(origin_run_id=first.id), resume_killer)
+    newest = newest_stored_step(tmp_path)
+    with runner.resume(origin_run_id=resumed.id) as running:
+        assert running.status == "successful", f"the resume of the resume failed:\n{flowrun.failed_task_logs(running)}"
+        finished = running.run
+
+    assert len(first_killer.killed_at) == len(resume_killer.killed_at) == 2, "each failed run lost its task and its retry"
+    training = finished.data.finetune_meta["training"]
+    assert training["resumed_from"] == str(cache / f"checkpoint-{newest}"), "continued from the newest step, not from 0"
+    assert training["global_step"] == 30
+    steps = [p["step"] for p in finished.data.finetune_meta["train_loss"]]
+    assert steps == list(range(1, 31)), "the log history came back with the checkpoint: every step once"
 
 
 def test_a_model_past_its_error_budget_fails_the_run_but_keeps_every_record(flow_env):
@@ -337,3 +395,41 @@ def test_a_photo_delivered_twice_upstream_is_counted_once_by_promptmodels_and_ev
     assert rows_by_model(evals_run.data.evals)["prior:tag-prior"]["Avg Recall (exact) n"] == 4
     assert f"Left out 2 photos of {batch.pathspec} that UpdatePhotos/999 delivered" in prompt_out
     assert sorted(rescored.data.photos) == sorted(set(batch.data.unseen) - set(twice))
+
+
+@pytest.mark.timeout(900)  # trains, merges, serves and prompts the tiny model on a CPU
+def test_exported_model_served_by_transformers_serve_is_scored_beside_the_baselines(flow_env, tmp_path):
+    from phototagger.training.export import transformers_server
+
+    base = tmp_path / "tiny-qwen"
+    subprocess.run([sys.executable, "-m", "phototagger.training.random_qwen", str(base), "--size", "tiny"], cwd=ROOT, check=True)
+    run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
+    newest, _ = run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
+    run_flow("prepare_vlm_data.py", flow_env)
+    trained, _ = run_flow("finetune_vlm.py", flow_env, base_model=str(base), quantize="none", max_steps=2, batch_size=2,
+                          grad_accum=1, epochs=1, output_dir=str(tmp_path / "checkpoints"))
+    out = tmp_path / "export"
+    exported = subprocess.run([sys.executable, str(ROOT / "export_model.py"), "--out", str(out)], cwd=tmp_path,
+                              env={**os.environ, **flow_env}, capture_output=True, text=True, timeout=600)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    name = f"tiny-qwen-lora-{trained.id}"
+    assert f"transformers serve {name}" in exported.stdout and (out / name / "model.safetensors").is_file()
+    (entry,) = json.loads((out / "models.json").read_text())["models"]
+
+    with transformers_server(out, name) as base_url:
+        models = tmp_path / "models.json"
+        served = {**entry, "base_url": base_url, "max_tokens": 16}
+        models.write_text(json.dumps({"models": [{"provider": "prior", "model": "tag-prior"}, {"provider": "knn", "model": "jec"}, served]}))
+        # A random tiny model answers gibberish, cut at max_tokens: every answer fails, which the error budget would stop.
+        prompted, _ = flowrun.run_flow(ROOT / "promptmodels.py", flow_env, ROOT, runner_options={"config": [("model-list", str(models))]},
+                                       max_error_share=1.0)
+    evals_run, _ = run_flow("evalsflow.py", flow_env)
+
+    key = f"openai-compatible:{name}"
+    results = by_model(prompted.data.models_eval["results"])
+    assert set(results) == {"prior:tag-prior", "knn:jec", key}
+    assert [r["photo_id"] for r in results[key]] == list(newest.data.unseen), "every photo once, answered by the server"
+    assert all(r["error"] in (None, "truncated", "unparseable") and r["raw"] for r in results[key]), [r["error"] for r in results[key]]
+    evals, html = dashboard(evals_run)
+    assert set(rows_by_model(evals)) == {"prior:tag-prior", "knn:jec", key}
+    assert any(row[0].startswith(key) for row in evals["rows"]) and f'data-model="{key}' in html

@@ -93,3 +93,27 @@ def test_a_slot_being_written_over_is_never_resumed_as_a_mix_of_two_checkpoints(
         CheckpointStore(FailingAfter(root, 2), PREFIX, tmp_path / "pod-1", keep=1).save(trainer_checkpoint(tmp_path / "pod-1", 4))
 
     assert CheckpointStore(LocalStorage(root), PREFIX, tmp_path / "pod-2", keep=1).latest() is None
+
+
+def test_a_cached_file_of_the_right_size_but_other_content_is_fetched_again(storage, tmp_path):
+    """A file the cache holds at the stored size is still checked by content: a torn or stale write of the
+    same length (optimizer state, weights) is replaced with the datastore's copy, not resumed from."""
+    pod = CheckpointStore(storage, PREFIX, tmp_path / "pod-1")
+    pod.save(trainer_checkpoint(tmp_path / "pod-1", 2))
+    cached = tmp_path / "pod-1" / "checkpoint-2" / "adapter_model.safetensors"
+    cached.write_bytes(bytes([9]) * 1000)  # same size as the stored file, other bytes
+
+    restored = pod.latest()
+
+    assert (restored / "adapter_model.safetensors").read_bytes() == bytes([2]) * 1000
+
+
+def test_a_cached_checkpoint_that_matches_is_not_fetched_again(storage, tmp_path, monkeypatch):
+    pod = CheckpointStore(storage, PREFIX, tmp_path / "pod-1")
+    pod.save(trainer_checkpoint(tmp_path / "pod-1", 2))
+    fetched = []
+    load_bytes = storage.load_bytes
+    monkeypatch.setattr(storage, "load_bytes", lambda keys: fetched.extend(k for k in keys if "MANIFEST" not in k) or load_bytes(keys))
+
+    assert pod.latest() == tmp_path / "pod-1" / "checkpoint-2"
+    assert fetched == []

@@ -65,6 +65,8 @@ def test_evalsflow_on_an_empty_branch_names_the_commands_for_that_branch(env):
 def test_finetune_offline_with_an_uncached_hub_model_says_how_to_get_a_model(env):
     done = run(env, "finetune_vlm.py", "--branch", "fresh3", "run", "--base-model", "Qwen/not-in-this-cache")
     output = assert_user_error(done, "--base-model Qwen/not-in-this-cache is neither a local folder nor in the Hugging Face cache",
+                               "nor is it cached in the datastore",
+                               "python -m phototagger.training.base_models cache PATH-OR-HUB-ID --name Qwen/not-in-this-cache",
                                "--base-model PATH", "python -m phototagger.training.random_qwen models/tiny-qwen --size tiny")
     assert "Task is starting" in output and "/train/" not in output  # failed in start: no GPU step was asked for
 

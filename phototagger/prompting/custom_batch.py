@@ -5,11 +5,11 @@ Kept out of the flow so its start step stays a few lines and this runs in tests 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Any, Mapping, Optional
 
 from phototagger import mfclient
 from phototagger.records import Photo
+from phototagger.training.vlm import adapter_model_name
 
 
 @dataclass
@@ -28,10 +28,6 @@ class CustomBatch:
 def unseen_by_adapter(unseen: Mapping[str, Photo], trained_on: set) -> tuple[dict[str, Photo], list[str]]:
     """(photos the adapter never trained on, sorted ids of those it did): scores measure unseen photos only."""
     return {pid: p for pid, p in unseen.items() if pid not in trained_on}, sorted(pid for pid in unseen if pid in trained_on)
-
-
-def adapter_model_name(base_model: str, finetune_run_id: str) -> str:
-    return f"{PurePosixPath(base_model.rstrip('/')).name}-lora-{finetune_run_id}"
 
 
 def plan_custom_batch(branch: Optional[str], update_run: str = "", finetune_run: str = "", base_model: str = "") -> CustomBatch:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
 from PIL import Image
@@ -34,15 +34,15 @@ TINY_MODEL_FIX = "python -m phototagger.training.random_qwen models/tiny-qwen --
 def check_base_model(base_model: str) -> str:
     """Where `base_model` will load from ("local", "cache" or "hub"), checked before any GPU is asked for;
     UserError when it cannot load: neither a model folder here, nor in the Hugging Face cache, nor on a reachable hub."""
-    from huggingface_hub import HfApi, constants, try_to_load_from_cache
-    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
-
     fix = f"pass --base-model PATH to a local copy, or for a CPU trial build a tiny random model with `{TINY_MODEL_FIX}`"
     path = Path(base_model).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"--base-model {base_model} is a folder without a config.json, not a saved model", fix)
         return "local"
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
     try:
         if isinstance(try_to_load_from_cache(base_model, "config.json"), str):
             return "cache"
@@ -203,6 +203,11 @@ def load_model(path: str | Path, quantize: str = "4bit", **kwargs: Any) -> Any:
     model = AutoModelForImageTextToText.from_pretrained(str(path), **options)
     logger.info("loaded %s (%s) on %s", path, quantize, model.device)
     return model
+
+
+def adapter_model_name(base_model: str, finetune_run_id: str) -> str:
+    """The name a FineTuneVLM run's adapter goes by: PromptCustomModels' model name and the exported model's served name."""
+    return f"{PurePosixPath(base_model.rstrip('/')).name}-lora-{finetune_run_id}"
 
 
 def pixel_caps_note(min_pixels: int, max_pixels: int) -> str:

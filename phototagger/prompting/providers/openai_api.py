@@ -7,6 +7,7 @@ error class, and no message leaves this module with the key in it.
 from __future__ import annotations
 
 import email.utils
+import io
 import logging
 import os
 import re
@@ -116,10 +117,13 @@ class ChatAPIProvider(Provider):
         json_mode: Optional[bool] = None,
         inline_images: bool = False,
         max_image_bytes: int = MAX_IMAGE_BYTES,
+        max_pixels: Optional[int] = None,
     ):
         """`json_mode` asks for `response_format={"type": "json_object"}` when the prompt asks for
         JSON (not every server has it); `inline_images` sends URL images as data URIs too (for
-        servers that cannot reach the web)."""
+        servers that cannot reach the web); `max_pixels` (a fine-tuned model's training cap) sends every
+        image inline as a PNG, loaded and shrunk as training loaded it, so the server's processor sees
+        the pixels the in-process model sees."""
         super().__init__(model)
         key = api_key or os.environ.get(self.key_env) or None
         if key is None and self.key_required:
@@ -134,6 +138,7 @@ class ChatAPIProvider(Provider):
         self.json_mode = self.json_mode_default if json_mode is None else json_mode
         self.inline_images = inline_images
         self.max_image_bytes = max_image_bytes
+        self.max_pixels = int(max_pixels) if max_pixels else None
         self._sdk = self._import_sdk()
         self._client = self._make_client(key or KEYLESS_PLACEHOLDER)
 
@@ -189,7 +194,9 @@ class ChatAPIProvider(Provider):
 
     def _image_ref(self, image: str) -> str:
         """URLs go to the API as they are (never with user:password@); local files (and all images with
-        inline_images) as data URIs."""
+        inline_images) as data URIs; with max_pixels, every image as training loaded it, as a PNG."""
+        if self.max_pixels:
+            return self._shrunk_png(image)
         if is_url(image) and not self.inline_images:
             try:
                 check_request_url(image)
@@ -203,6 +210,18 @@ class ChatAPIProvider(Provider):
         if not image_mime(image, data).startswith("image/"):
             raise ProviderError("bad_image", f"not an image file: {image}")
         return data_uri(image, data)
+
+    def _shrunk_png(self, image: str) -> str:
+        from phototagger.images import load_image
+        from phototagger.training.vlm import max_side_for
+
+        try:
+            loaded = load_image(image, max_side_for(self.max_pixels), max_bytes=self.max_image_bytes, timeout_s=self.timeout_s)
+        except ImageFetchError as exc:
+            raise ProviderError(exc.error_class, str(exc)) from None
+        png = io.BytesIO()
+        loaded.save(png, format="PNG")  # lossless: the server decodes exactly these pixels
+        return data_uri("image.png", png.getvalue())
 
     def _answer(self, response: Any) -> Answer:
         """The completion's text, usage, finish reason and refusal; the prompter decides what they mean."""
@@ -291,7 +310,7 @@ class ChatAPIProvider(Provider):
         return _public_url(str(self._client.base_url))
 
     def settings(self) -> dict[str, Any]:
-        return {
+        settings = {
             **super().settings(),
             "base_url": self._public_base_url(),
             "temperature": self.temperature,
@@ -299,6 +318,9 @@ class ChatAPIProvider(Provider):
             "json_mode": self.json_mode,
             "inline_images": self.inline_images,
         }
+        if self.max_pixels:  # only where set, so the cache keys of every other chat model stay as they were
+            settings["max_pixels"] = self.max_pixels
+        return settings
 
 
 def _transport_reason(exc: Exception) -> str:
