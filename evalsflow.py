@@ -150,11 +150,12 @@ class EvaluationFlow(FlowSpec):
                 print(f"  (paired on the photos both answered; Holm-corrected over {ranking.comparisons} comparisons)")
         else:
             print(
-                "No model has a valid answer yet: run promptmodels.py (after updatephotos.py), then this flow again."
+                f"No model has a valid answer yet: run `{mfclient.flow_command(mfclient.PROMPT_FLOW, current.branch_name)}` "
+                "(after updatephotos.py), then this flow again."
                 if not ranking.rows
                 else "No model has a valid answer yet: see the Error % column and the drill-down on the card."
             )
-        print(f"Dashboard: python evalsflow.py card get {current.run_id}/end dashboard.html")
+        print(f"Dashboard: {mfclient.script_command('evalsflow.py', 'card', 'get', f'{current.run_id}/end', 'dashboard.html')}")
 
 
 if __name__ == "__main__":

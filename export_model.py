@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from metaflow.exception import MetaflowNotFound
+from phototagger import mfclient  # first: it sets a user name and the datastore before Metaflow reads its configuration
 
-from phototagger import mfclient
+from metaflow.exception import MetaflowNotFound
 from phototagger.errors import UserError
 from phototagger.mfclient import FINETUNE_FLOW
 

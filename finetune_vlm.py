@@ -147,7 +147,7 @@ class FineTuneVLM(FlowSpec):
               f"train loss {last_train:.3f}, validation loss {last_eval}.")
         print(f"Stored as adapter_files ({size_mb:.1f} MB) in {current.pathspec}; checkpoints in {self.checkpoint_uri} "
               f"(cached in {self.checkpoint_dir}).")
-        print("Next: python promptcustommodels.py run")
+        print(f"Next: {mfclient.flow_command(mfclient.CUSTOM_PROMPT_FLOW, current.branch_name)}")
 
 
 if __name__ == "__main__":

@@ -146,7 +146,8 @@ class PromptCustomModels(FlowSpec):
     @step
     def end(self):
         """Print the summary, and fail clearly past the error budget."""
-        for line in run_summary_lines(self.models_eval, self.summaries, self.skipped_models, failed=bool(self.budget_errors)):
+        for line in run_summary_lines(self.models_eval, self.summaries, self.skipped_models, failed=bool(self.budget_errors),
+                                  branch=current.branch_name):
             print(line)
         raise_if_broken(self.budget_errors)
 

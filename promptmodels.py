@@ -2,6 +2,7 @@
 
     python promptmodels.py run                                       # all models of models.json
     python promptmodels.py run --models prior,knn                    # only some (keys or providers)
+    python promptmodels.py run --skip-unavailable                    # run those that can, skip those without a key
     python promptmodels.py --config model-list my_models.json run    # another model list
     python promptmodels.py --config prices my_prices.json run        # another price table
     python promptmodels.py --config prompts prompts/demo.json run    # several prompts side by side
@@ -17,14 +18,14 @@ from phototagger import mfdeploy  # first: it sets Metaflow's Argo defaults befo
 
 from metaflow import Config, FlowSpec, Parameter, card, current, package_sources, project, step, trigger_on_finish
 
-from phototagger.ingest.state import reference_photos
 from phototagger.output.run_card import render_run_card
 from phototagger.prompting import fanout
 from phototagger.prompting.batch import DEFAULT_CONCURRENCY, DEFAULT_MODEL_DEADLINE_S, PromptSettings, prompt_photos
 from phototagger.prompting.budget import DEFAULT_MAX_ERROR_SHARE, ErrorBudget, raise_if_broken
 from phototagger.prompting.providers import provider_class
 from phototagger.prompting.cache import make_cache
-from phototagger.prompting.configs import ModelSkipped, make_prompter, model_list_config, prompt_config, select_models, skipped_models
+from phototagger.prompting.configs import (SKIP_FLAG, ModelSkipped, baseline_history, check_unavailable, make_prompter, model_list_config, prompt_config,
+                                           select_models, unavailable_models)
 from phototagger.prompting.cost import load_prices, price_results
 from phototagger.prompting.summary import run_summary_lines
 from phototagger.prompting.variants import prompt_variants, variants_config
@@ -32,7 +33,7 @@ from phototagger.scoring.evals import model_key
 from phototagger.scoring.metrics import score_results, summarise
 from phototagger.scoring.vocabulary import Vocabulary, parse_file
 from phototagger import mfclient
-from phototagger.mfclient import CARD_TIMEOUT_S, UPDATE_FLOW, DatastoreBlobs, once_per_branch, scored_update_run
+from phototagger.mfclient import CARD_TIMEOUT_S, UPDATE_FLOW, once_per_branch, scored_update_run
 
 HERE = Path(__file__).resolve().parent  # the default Configs sit beside this file, wherever it is run from
 
@@ -48,8 +49,11 @@ class PromptModels(FlowSpec):
     1) Read the unseen batch (and, for the offline baselines, the tag counts and the keys of a
        bounded sample of earlier photos, never all of history) from the latest successful
        UpdatePhotos run of this branch, or the run given by --update-run, less any photo whose claim
-       another UpdatePhotos run holds (it is scored in that run's batch, once). Decide here which
-       models cannot run (no API key; a baseline on the first batch): they get no branch.
+       another UpdatePhotos run holds (it is scored in that run's batch, once). On a branch's first
+       batch the baselines learn from the batch's own keyworded photos instead, each photo left
+       out of its own answer (leave-one-out). Decide here which models cannot run (no API key, a
+       server that does not answer, nothing to learn from): the run fails naming them, unless
+       --skip-unavailable says to run without them.
     2) One branch per runnable model in models.json x prompt variant x shard of --shard-size photos:
        prompt every photo (bounded adaptive concurrency, a share of the model's, response cache,
        retries), score and price; the results are what EvaluationFlow reads.
@@ -87,6 +91,11 @@ class PromptModels(FlowSpec):
         help="Seconds a model gets for the whole batch; photos not answered by then are recorded as failed (class 'deadline').",
     )
     only_models = Parameter("models", default="", help="Comma-separated model keys or providers to run (e.g. prior,knn); default: all.")
+    skip_unavailable = Parameter(
+        SKIP_FLAG.lstrip("-"), default=False, type=bool, is_flag=True,
+        help="Run the models that can run and skip, with their reason, those that cannot (no key, no server); "
+             "without it such a model fails the run in start.",
+    )
     shard_size = Parameter(
         "shard-size", default=fanout.DEFAULT_SHARD_SIZE, type=int,
         help="Photos per task: a bigger batch is split into tasks of this many photos (bound them with run --max-workers).",
@@ -95,7 +104,8 @@ class PromptModels(FlowSpec):
     @step
     def start(self):
         """Find the UpdatePhotos run through the Metaflow client and take its unseen photos, tag counts and
-        reference sample keys; skip the models that cannot run here with their reason (`skipped_models`).
+        reference sample keys. A model that cannot run here (no key, its server not answering, nothing to learn
+        from) fails the run now with its fix, unless --skip-unavailable lists it in `skipped_models` instead.
         An empty batch is not an error: every model branch then has nothing to do and the run ends cleanly."""
         run = scored_update_run(current.branch_name, self.update_run)
         data = run.data  # each attribute read loads the artifact again: read each once
@@ -106,10 +116,14 @@ class PromptModels(FlowSpec):
         self.tag_stats, self.reference = data.tag_stats, data.reference
         self.batch_id = str(data.batch_id)
         self.batch_date = data.batch_date
+        self.learns_from_batch = not self.tag_stats["photos"]  # first batch: the baselines learn leave-one-out
+        keyworded = sum(1 for photo in self.photos.values() if photo.get("ground_truth_tags"))
         configured = select_models(self.model_list.to_dict(), self.only_models)
         self.prompt_variants = prompt_variants(self.prompt.text, self.prompts.to_dict())
-        self.skipped_models = skipped_models(configured, bool(self.tag_stats["photos"])) if self.photos else {}
+        can_learn = bool(self.tag_stats["photos"] or keyworded > 1)
+        self.skipped_models = unavailable_models(configured, can_learn) if self.photos else {}
         runnable = [e for e in configured if model_key(e["provider"], e["model"]) not in self.skipped_models] if self.photos else []
+        check_unavailable(self.skipped_models, runnable, self.skip_unavailable)
         for key, reason in self.skipped_models.items():
             print(f"Skipping {key}: {reason}")
         work = fanout.plan(runnable, self.prompt_variants, len(self.photos), self.shard_size, self.concurrency)
@@ -118,6 +132,10 @@ class PromptModels(FlowSpec):
         else:
             print(f"Prompting {len(runnable)} models with {len(self.prompt_variants)} prompts on {len(self.photos)} photos "
                   f"of batch {self.batch_id} ({self.batch_date}) in {len(work)} tasks.")
+            learners = [model_key(e["provider"], e["model"]) for e in runnable if provider_class(e["provider"]).learns_from_history]
+            if learners and self.learns_from_batch:
+                print(f"No earlier batch: {', '.join(learners)} learn from this batch's {keyworded} keyworded photos, "
+                      "each photo's answer from the others only (leave-one-out).")
         self.work = work or [None]  # a foreach needs one split: with nothing to run, one empty task
         self.next(self.prompt_model, foreach="work")
 
@@ -130,10 +148,9 @@ class PromptModels(FlowSpec):
         self.results, self.skip_reason = [], None
         if self.item:
             entry, photos = self.item["entry"], fanout.shard_photos(self.photos, self.item)
-            learns = provider_class(entry["provider"]).learns_from_history
-            history = reference_photos(DatastoreBlobs(UPDATE_FLOW), self.reference) if learns else []
+            history, tag_stats = baseline_history(entry, self.photos, self.learns_from_batch, self.reference, self.tag_stats)
             try:
-                prompter = make_prompter(entry, history, self.tag_stats)
+                prompter = make_prompter(entry, history, tag_stats)
             except ModelSkipped as exc:
                 self.skip_reason = str(exc)
                 print(f"Skipping {self.model_key}: {exc}")
@@ -166,7 +183,8 @@ class PromptModels(FlowSpec):
     def end(self):
         """Print what was prompted, the best model and what it cost, and show the same on the run's card;
         fail clearly if a model broke the error budget."""
-        lines = run_summary_lines(self.models_eval, self.summaries, self.skipped_models, failed=bool(self.budget_errors))
+        lines = run_summary_lines(self.models_eval, self.summaries, self.skipped_models, failed=bool(self.budget_errors),
+                                  branch=current.branch_name)
         for line in lines:
             print(line)
         self.html = render_run_card("PromptModels", lines)

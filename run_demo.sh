@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The quick baseline loop, offline, on the built-in demo photos (18 photos, three batches of 6):
 #   (UpdatePhotos -> PromptModels) x 3 -> EvaluationFlow
-# Each batch is scored with the earlier ones as history, as hourly runs would: on the first batch the
-# offline baselines (prior, knn) have nothing to learn from yet and are skipped, so the dashboard
-# shows the second and third batches. No key and no network are needed: models whose key is not
-# exported are skipped with one line. Every model runs with both prompts of prompts/demo.json.
+# Each batch is scored with the earlier ones as history, as hourly runs would; on the first batch the
+# offline baselines (prior, knn) learn from that batch itself, each photo's tags guessed from the other
+# photos only (leave-one-out). No key and no network are needed: models whose key is not exported are
+# skipped with one line (--skip-unavailable). Every model runs with both prompts of prompts/demo.json.
 # Each demo gets its own Metaflow project branch, so it never mixes with your own runs and can be
 # run again. Set up on first use: .venv from requirements.txt.
 #
@@ -19,8 +19,12 @@ for arg in "$@"; do
         *) echo "usage: $0 [--finetune]" >&2; exit 2 ;;
     esac
 done
+caller="$(pwd)"
 cd "$(dirname "$0")"
 source scripts/ensure_venv.sh
+# The commands printed at the end work from where the demo was started: `cd` to the project first when that is elsewhere.
+here="$(pwd)"
+[ "$caller" = "$here" ] && go="" || go="cd $here && "
 
 branch="demo$(date -u +%Y%m%d%H%M%S)"
 flow() { python "$1" --branch "$branch" run "${@:2}"; }
@@ -29,7 +33,7 @@ echo "== Photo Tagger demo on project branch test.$branch"
 for batch in 1 2 3; do
     echo "== Batch $batch"
     flow updatephotos.py --source demo --batch-size 6
-    python promptmodels.py --branch "$branch" --config prompts prompts/demo.json run  # two prompts side by side
+    python promptmodels.py --branch "$branch" --config prompts prompts/demo.json run --skip-unavailable  # two prompts side by side
 done
 if $finetune; then
     echo "== Fine-tune loop on a tiny random Qwen2.5-VL (CPU smoke run)"
@@ -50,9 +54,9 @@ PY
 )
 python evalsflow.py card get "$run_id/end" dashboard.html >/dev/null
 echo
-echo "== Done. The dashboard card of EvaluationFlow/$run_id is in $(pwd)/dashboard.html"
+echo "== Done. The dashboard card of EvaluationFlow/$run_id is in $here/dashboard.html"
 echo "   Open it in a browser, or write it again with:"
-echo "     .venv/bin/python evalsflow.py card get $run_id/end dashboard.html"
-echo "   or browse every card with: .venv/bin/python evalsflow.py card server"
+echo "     ${go}.venv/bin/python evalsflow.py card get $run_id/end dashboard.html"
+echo "   or browse every card with: ${go}.venv/bin/python evalsflow.py card server"
 echo "   Export the best model's tags of this demo (drop --dry-run to write them):"
-echo "     .venv/bin/python export_tags.py --branch $branch --dry-run"
+echo "     ${go}.venv/bin/python export_tags.py --branch $branch --dry-run"

@@ -76,13 +76,15 @@ def rows_by_model(evals: dict) -> dict[str, dict]:
 
 
 def test_baseline_loop_offline_on_demo_photos(flow_env):
-    run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
-    _, first_out = run_flow("promptmodels.py", flow_env)
-    assert "skipped" in first_out.lower()  # no key here, and no history yet for the baselines
+    first, _ = run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
+    first_prompted, first_out = run_flow("promptmodels.py", flow_env, skip_unavailable=True)
+    assert "skipping openai:gpt-4o-mini" in first_out.lower()  # no key here
+    assert "leave-one-out" in first_out  # no earlier batch: the baselines learn from this one, each photo left out
+    assert {len(rows) for rows in first_prompted.data.models_eval["results"].values()} == {len(first.data.unseen)}
     second, _ = run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
-    scored, _ = run_flow("promptmodels.py", flow_env)
+    scored, _ = run_flow("promptmodels.py", flow_env, skip_unavailable=True)
     third, _ = run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
-    run_flow("promptmodels.py", flow_env)
+    run_flow("promptmodels.py", flow_env, skip_unavailable=True)
     evals_run, out = run_flow("evalsflow.py", flow_env)
 
     assert not set(second.data.unseen) & set(third.data.unseen), "a second UpdatePhotos run repeats no photo"
@@ -97,12 +99,12 @@ def test_baseline_loop_offline_on_demo_photos(flow_env):
     rows = rows_by_model(evals)
     assert set(rows) == {"prior:tag-prior", "knn:jec"}
     batch_cols = [h for h in evals["headers"] if h.endswith(")") and "(" in h and h[-6:-1].count("-") == 1]
-    assert len(batch_cols) == 2, evals["headers"]
+    assert len(batch_cols) == 3, evals["headers"]
     assert [row[0] for row in evals["rows"]] == sorted(rows, key=lambda m: (-rows[m]["Paired score"], m))  # one row each
     for row in evals["rows"]:
         assert f'data-model="{row[0]}"' in html
     for model in rows:
-        assert rows[model]["Recall (all photos, exact) n"] == 12  # the two scored batches of 6 photos, every prompt one row
+        assert rows[model]["Recall (all photos, exact) n"] == 18  # the three batches of 6 photos (the first leave-one-out), every prompt one row
         assert rows[model]["Recall (all photos, exact) 95% low"] is None  # fewer than 30 photos: no interval
     configured = {f"{m['provider']}:{m['model']}" for m in json.loads((ROOT / "models.json").read_text())["models"]}
     assert set(evals_run.data.ranking["skipped"]) == configured - set(rows)  # no keys here: listed, with the reason
@@ -174,7 +176,7 @@ def test_baseline_loop_against_unsplash_and_openai_wire_formats(flow_env):
     assert all(r["recall"] == 100.0 and r["valid"] for r in results["openai:gpt-4o-mini"])
     evals, html = dashboard(evals_run)
     assert split_row_key(evals["rows"][0][0])[0] == "openai:gpt-4o-mini", "best model first"
-    assert "prior:tag-prior" in prompted.data.skipped_models  # first batch: nothing to learn from yet
+    assert len(results["prior:tag-prior"]) == 8  # first batch: the baselines learn from it, leave-one-out
 
     leaked = [
         where

@@ -15,6 +15,7 @@ from typing import Iterable, Iterator, Mapping, Optional, Sequence
 from metaflow import Flow, Run, namespace
 from metaflow.exception import MetaflowNotFound
 
+from phototagger.bootstrap import PROJECT_ROOT
 from phototagger.claims import DEFAULT_LEASE_S, Claims, ClaimStore, LocalClaimStore, RunState, S3ClaimStore
 from phototagger.errors import UserError
 
@@ -113,13 +114,30 @@ def config_file(config: str, default: str) -> str:
     return default
 
 
+def script_command(script: str, *args: str) -> str:
+    """`script` (a flow or tool of this project) with `args`, as a user can type it where they are: with
+    `.venv/bin/python` when this process runs from the project's .venv (a bare `python` may have no metaflow),
+    and the script's path from the working directory when that is not the project folder."""
+    venv_python = PROJECT_ROOT / ".venv" / "bin" / "python"
+    in_venv = venv_python.exists() and Path(sys.prefix).resolve() == (PROJECT_ROOT / ".venv").resolve()
+    return " ".join([_from_cwd(venv_python) if in_venv else "python", _from_cwd(PROJECT_ROOT / script), *args])
+
+
+def _from_cwd(path: Path) -> str:
+    """`path` relative to the working directory when it lies under it, else absolute."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def flow_command(flow_name: str, branch: Optional[str], command: str = "run") -> str:
     """The command line that runs `flow_name` on the full `branch`, for hints (`python updatephotos.py --branch x run`)."""
     kind, _, name = (branch or "").partition(".")
     if kind == "user" and branch != user_branch():
-        return f"METAFLOW_USER={name} python {SCRIPTS[flow_name]} {command}"
+        return f"METAFLOW_USER={name} {script_command(SCRIPTS[flow_name], command)}"
     options = flow_branch_args(branch) if branch else []
-    return " ".join(["python", SCRIPTS[flow_name], *options, command])
+    return script_command(SCRIPTS[flow_name], *options, command)
 
 
 def branch_tag(branch: str) -> str:

@@ -228,3 +228,33 @@ def test_prior_ranks_by_the_running_tag_counts_of_every_earlier_photo():
     prior = make_provider("prior", "tag-prior", history=[{"id": "a", "ground_truth_tags": ["cat"]}], tag_stats=stats)
 
     assert tags_of(prior.complete("ignored", "unused.jpg", photo_id="new")) == ["sea", "cat"]
+
+
+@pytest.mark.parametrize("provider, model", [("knn", "jec"), ("prior", "tag-prior")])
+def test_on_a_first_batch_the_baselines_learn_from_its_keyworded_photos_leave_one_out(tmp_path, monkeypatch, provider, model):
+    """One folder, no earlier batch: each keyworded photo is tagged from the others only (so a tag no other photo
+    has is never found, and the score is honest), and a photo without keywords gets the tags of those that have some."""
+    from phototagger.prompting.batch import PromptSettings, prompt_photos
+    from phototagger.prompting.configs import baseline_history, make_prompter
+    from phototagger.scoring.metrics import score_results
+
+    monkeypatch.setenv("PHOTOTAGGER_CACHE_DIR", str(tmp_path / "cache"))
+    batch = {}
+    for i, (rgb, own) in enumerate([(RED, "rose"), (RED, "poppy"), (GREEN, "fern"), (GREEN, "moss"), (RED, None)]):
+        batch[f"p{i}"] = {"id": f"p{i}", "image_url": save(noisy(rgb, i), tmp_path / f"p{i}.png"),
+                          "ground_truth_tags": [own, "red" if rgb == RED else "green"] if own else []}
+    entry = {"provider": provider, "model": model}
+    history, stats = baseline_history(entry, batch, True, None, {"photos": 0, "tags": {}, "sizes": {}})
+    prompter = make_prompter(entry, history, stats)
+    results = score_results(list(batch.values()), prompt_photos(prompter, list(batch.values()), "tag it",
+                                                                PromptSettings(progress=False)))
+
+    by_id = {r["photo_id"]: r for r in results}
+    assert all(r["error"] is None for r in results)
+    for photo_id in ("p0", "p1", "p2", "p3"):
+        own = batch[photo_id]["ground_truth_tags"][0]
+        assert own not in by_id[photo_id]["tags"], f"{photo_id} learnt its own tag {own!r} from itself"
+    assert by_id["p4"]["tags"] and by_id["p4"]["recall"] is None  # tagged, not scored: it has no keywords
+    if provider == "knn":
+        assert [by_id[p]["recall"] for p in ("p0", "p1", "p2", "p3")] == [50.0] * 4  # its colour from its twin, not its own tag
+        assert "red" in by_id["p4"]["tags"]

@@ -159,3 +159,28 @@ def test_s3_datastore_puts_the_cache_in_the_datastore_bucket(tmp_path):
     assert out["location"] == "s3://tagger-ci/metaflow/photo_tagger/response_cache"
     assert out["tags"] == ["cat", "pet"]
     assert len(out["keys"]) == 1 and out["keys"][0].startswith("metaflow/photo_tagger/response_cache/")
+
+
+def test_a_rerun_served_from_the_cache_keeps_the_latency_measured_when_the_answer_was_made(cache):
+    """The dashboard's latency is the model's: a rerun answered from the cache shows what the calls took, not 'n/a'
+    and not the microseconds of a cache read."""
+    from phototagger.prompting.batch import PromptSettings, prompt_photos
+    from phototagger.prompting.prompter import Prompter
+    from phototagger.prompting.providers import Answer, Provider, register_provider
+    from phototagger.scoring.metrics import summarise
+
+    @register_provider("slow-test-tagger")
+    class SlowTagger(Provider):
+        def complete(self, prompt_text, image, photo_id=None):
+            time.sleep(0.05)
+            return Answer('{"tags": ["cat"]}', 10, 3)
+
+    photos = [{"id": f"p{i}", "image_url": f"https://img.test/{i}.jpg", "ground_truth_tags": ["cat"]} for i in range(3)]
+    settings = PromptSettings(concurrency=1, progress=False)
+    made = prompt_photos(Prompter("slow-test-tagger", "m"), photos, "tag it", settings, cache=cache)
+    rerun = prompt_photos(Prompter("slow-test-tagger", "m"), photos, "tag it", settings, cache=cache)
+
+    assert [r["cached"] for r in made] == [False] * 3 and [r["cached"] for r in rerun] == [True] * 3
+    assert [r["latency_ms"] for r in rerun] == [r["latency_ms"] for r in made]
+    assert all(r["latency_ms"] >= 50 for r in rerun)
+    assert summarise(rerun)["avg_latency_ms"] == summarise(made)["avg_latency_ms"] >= 50

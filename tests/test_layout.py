@@ -1,4 +1,4 @@
-"""The library's wings import only the core and the wings below them in pipeline order (README: Layout)."""
+"""The library's wings import only the core and the wings below them in pipeline order (docs/internals.md: Layout)."""
 from __future__ import annotations
 
 import ast
@@ -48,7 +48,7 @@ def test_the_package_has_the_five_wings_over_a_flat_core():
     wings = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists())
     assert wings == sorted(set(RANK) - {"core"})
     core = sorted(p.stem for p in PACKAGE.glob("*.py"))
-    assert set(core) <= {"__init__", "blobs", "claims", "dependencies", "errors", "http", "images", "mfclient", "mfdeploy", "records", "redact"}, core
+    assert set(core) <= {"__init__", "blobs", "bootstrap", "claims", "dependencies", "errors", "http", "images", "mfclient", "mfdeploy", "records", "redact"}, core
 
 
 def test_relative_imports_are_not_used_so_the_rule_above_sees_every_import():

@@ -124,3 +124,66 @@ def test_tools_read_a_short_branch_name_as_the_flows_write_it():
     assert mfclient.user_branch().startswith("user.")
     assert mfclient.flow_argv(["f.py", "--branch", "test.demo1", "run"]) == ["f.py", "--branch", "demo1", "run"]
     assert mfclient.flow_argv(["f.py", "--branch=prod", "run"]) == ["f.py", "--production", "run"]
+
+
+def error_lines(output: str) -> list[str]:
+    """The lines of the Photo Tagger error a failed step printed: the message and its fix, without the log prefix."""
+    lines = [line.split(")] ", 1)[-1] for line in output.splitlines()]
+    start = lines.index("Photo Tagger:") + 1
+    return [line for line in lines[start:start + 4] if line.strip() and not line.startswith("Task failed")]
+
+
+def test_a_model_asked_for_without_its_key_fails_promptmodels_in_start_unless_told_to_skip_it(env):
+    assert run(env, "updatephotos.py", "--branch", "nokey", "run", "--source", "demo", "--batch-size", "3").returncode == 0
+    done = run(env, "promptmodels.py", "--branch", "nokey", "run", "--models", "openai:gpt-4o-mini,prior")
+    output = assert_user_error(done, "1 of the models asked for cannot run: openai:gpt-4o-mini: OpenAI key missing: export openai_api=",
+                               "--models prior:tag-prior", "--skip-unavailable")
+    assert len(error_lines(output)) == 2, error_lines(output)
+    assert "/prompt_model/" not in output, "failed in start: no model task ran"
+
+    skipped = run(env, "promptmodels.py", "--branch", "nokey", "run", "--models", "openai:gpt-4o-mini,prior", "--skip-unavailable")
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    assert "Skipping openai:gpt-4o-mini: OpenAI key missing" in skipped.stdout + skipped.stderr
+    assert "Prompted 1 of 2 models" in skipped.stdout + skipped.stderr
+
+    nothing = run(env, "promptmodels.py", "--branch", "nokey", "run", "--models", "openai:gpt-4o-mini", "--skip-unavailable")
+    assert_user_error(nothing, "No model can run: openai:gpt-4o-mini: OpenAI key missing")
+
+
+def test_an_unreachable_model_server_is_found_in_start_in_two_lines(env, tmp_path):
+    import socket
+
+    assert run(env, "updatephotos.py", "--branch", "noserver", "run", "--source", "demo", "--batch-size", "2").returncode == 0
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    models = tmp_path / "models.json"
+    models.write_text(json.dumps({"models": [{"provider": "openai-compatible", "model": "llava", "base_url": f"http://127.0.0.1:{port}/v1"}]}))
+    done = run(env, "promptmodels.py", "--branch", "noserver", "--config", "model-list", str(models), "run")
+    output = assert_user_error(done, f"openai-compatible:llava: OpenAI-compatible server at http://127.0.0.1:{port}/v1/ cannot be reached",
+                               "Connection refused", "--skip-unavailable")
+    assert len(error_lines(output)) == 2, error_lines(output)
+    assert "/prompt_model/" not in output and "/end/" not in output, "found in start, before any model task"
+
+
+def test_every_flow_and_tool_imports_phototagger_before_metaflow_so_root_and_other_directories_work():
+    """phototagger/bootstrap.py sets METAFLOW_USER (root is refused) and the datastore root; Metaflow reads both
+    once, when it is first imported, so a file that imports metaflow first runs without them."""
+    import ast
+
+    from phototagger import bootstrap
+
+    late = []
+    for path in sorted(set(ROOT.glob("*.py")) - {ROOT / "test_pipeline.py"}):
+        modules = [alias.name if isinstance(node, ast.Import) else node.module or ""
+                   for node in ast.parse(path.read_text()).body if isinstance(node, (ast.Import, ast.ImportFrom))
+                   for alias in node.names]
+        ours = next((i for i, m in enumerate(modules) if m.split(".")[0] == "phototagger"), None)
+        theirs = next((i for i, m in enumerate(modules) if m.split(".")[0] == "metaflow"), None)
+        if theirs is not None and (ours is None or ours > theirs):
+            late.append(path.name)
+    assert not late, f"import phototagger before metaflow in: {late}"
+    assert bootstrap.defaults({"USER": "root"}, Path("/srv/tagger")) == {
+        "METAFLOW_USER": "photo-tagger", "METAFLOW_DATASTORE_SYSROOT_LOCAL": "/srv/tagger",
+        "METAFLOW_CARD_LOCALROOT": "/srv/tagger/.metaflow/mf.cards"}
+    assert bootstrap.defaults({"USER": "ana", "METAFLOW_DATASTORE_SYSROOT_LOCAL": "/d", "METAFLOW_CARD_LOCALROOT": "/c"}) == {}

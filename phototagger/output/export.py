@@ -281,7 +281,7 @@ def tags_from_runs(model: str, branch: str, pathspec: str = "", listed: Sequence
         available = ", ".join(sorted(seen | set(listed))) or "none yet"
         raise ExportError(
             f"No successful {' or '.join(PROMPT_FLOWS)} run on branch {branch} holds {model}. Models available: "
-            f"{available}. Pick one with --model, run `python promptmodels.py run` with it, or tag a folder with --folder"
+            f"{available}. Pick one with --model, run `{mfclient.flow_command(mfclient.PROMPT_FLOW, branch)}` with it, or tag a folder with --folder"
         )
     return tags_from_models_eval(models_eval, model, run.pathspec)
 
@@ -325,8 +325,9 @@ def tags_from_folder(
     if provider == FINETUNED_PROVIDER:
         raise ExportError(
             f"{model} runs on a GPU with its adapter inside PromptCustomModels, not here: ingest the folder with "
-            f"`python updatephotos.py run --source folder:{folder}`, run `python promptcustommodels.py run`, then "
-            "`python export_tags.py` (it reads that run); or tag the folder now with another model via --model"
+            f"`{mfclient.script_command('updatephotos.py', 'run', '--source', f'folder:{folder}')}`, run "
+            f"`{mfclient.script_command('promptcustommodels.py', 'run')}`, then `{mfclient.script_command('export_tags.py')}` "
+            "(it reads that run); or tag the folder now with another model via --model"
         )
     source = resolve_source(f"folder:{folder}")
     photos = source.fetch(set(), sys.maxsize)

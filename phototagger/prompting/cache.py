@@ -9,6 +9,9 @@ a timeout, a cut-off or a refused answer is retried on the next run instead of b
 entry is checked when read: one that is not a stored answer (the wrong shape, or text that does
 not parse as one) is a miss, and the next successful answer overwrites it.
 
+A stored answer keeps the latency measured when the model made it, and a hit comes back with it (marked
+`cached`): a rerun served from the cache shows the model's latency, not the time of a cache read.
+
 Where it lives: `$PHOTOTAGGER_CACHE_DIR`, else `.phototagger_cache/responses` under the
 working directory; when Metaflow's configured datastore is S3 (deployed runs), under
 `<METAFLOW_DATASTORE_SYSROOT_S3>/photo_tagger/response_cache` through `metaflow.S3`, so every

@@ -1,8 +1,8 @@
 """The prompt flows' Configs: the model list (models.json) and the prompt file (prompt.txt).
 
 `select_models` reads and filters the model list, `make_prompter` turns one entry into a Prompter
-(or says why the model is skipped here), `skipped_models` says up front which entries cannot run
-(so they get no task), `prompt_config` is the Metaflow Config parser every flow that reads
+(or says why the model is skipped here), `unavailable_models` says up front which entries cannot run
+(so they get no task; `check_unavailable` fails the run unless the user said to skip them), `prompt_config` is the Metaflow Config parser every flow that reads
 prompt.txt shares (the prompt flows, PrepareVLMData, export_tags.py), and `model_list_config`
 checks models.json when the Config is read, so a mistake in it fails before the run starts.
 """
@@ -12,9 +12,10 @@ import json
 from typing import Any, Mapping, Optional, Sequence
 
 from phototagger.errors import UserError
-from phototagger.mfclient import config_file
+from phototagger.ingest.state import reference_photos
+from phototagger.mfclient import UPDATE_FLOW, DatastoreBlobs, config_file
 from phototagger.prompting.prompter import Prompter
-from phototagger.prompting.providers import MissingKeyError, known_providers, provider_class
+from phototagger.prompting.providers import MissingKeyError, ProviderError, known_providers, provider_class
 from phototagger.records import Photo
 from phototagger.scoring.evals import model_key
 
@@ -51,20 +52,54 @@ def make_prompter(entry: Mapping[str, Any], history: Sequence[Photo] = (), tag_s
         raise UserError(f"models.json entry {key}: unknown option ({exc})", "remove it, or see the provider's options in the README") from None
 
 
-def skipped_models(entries: Sequence[Mapping[str, Any]], has_history: bool) -> dict[str, str]:
-    """The entries that cannot run here, by model key, with the reason: decided before any model task
-    starts, so a model without a key costs no task. Baselines need only an earlier batch; the others
-    are built (which checks the key and base URL) and dropped."""
-    skipped = {}
+NO_KEYWORDS = "fewer than two photos with keywords to learn from, in this batch and none in an earlier one"
+
+
+def baseline_history(entry: Mapping[str, Any], photos: Mapping[str, Photo], learns_from_batch: bool,
+                     reference: Any, tag_stats: Mapping[str, Any]) -> tuple[list[Photo], Optional[Mapping[str, Any]]]:
+    """(history, tag counts) an offline baseline learns from: UpdatePhotos' sample of earlier batches and its
+    counts, or on a branch's first batch (`learns_from_batch`) that batch's own photos, which is honest because
+    a baseline never looks at the photo it is asked about (leave-one-out); nothing for the other providers."""
+    if not provider_class(entry["provider"]).learns_from_history:
+        return [], None
+    if learns_from_batch:
+        return list(photos.values()), None
+    return reference_photos(DatastoreBlobs(UPDATE_FLOW), reference), tag_stats
+
+
+def unavailable_models(entries: Sequence[Mapping[str, Any]], can_learn: bool, probe: bool = True) -> dict[str, str]:
+    """The entries that cannot run here, by model key, with the reason: decided in `start`, before any
+    model task. A baseline needs keyworded photos to learn from (`can_learn`); the others are built, which
+    checks the key and base URL, and with `probe` their server is asked once whether it is there."""
+    unavailable = {}
     for entry in entries:
         try:
             if not provider_class(entry["provider"]).learns_from_history:
-                make_prompter(entry)
-            elif not has_history:
-                raise ModelSkipped(NO_HISTORY_YET)
-        except ModelSkipped as exc:
-            skipped[model_key(entry["provider"], entry["model"])] = str(exc)
-    return skipped
+                prompter = make_prompter(entry)
+                if probe:
+                    prompter.backend.check_reachable()
+            elif not can_learn:
+                raise ModelSkipped(NO_KEYWORDS)
+        except (ModelSkipped, ProviderError) as exc:
+            unavailable[model_key(entry["provider"], entry["model"])] = str(exc)
+    return unavailable
+
+
+SKIP_FLAG = "--skip-unavailable"
+
+
+def check_unavailable(unavailable: Mapping[str, str], runnable: Sequence[Mapping[str, Any]], skip: bool) -> None:
+    """Raise UserError when a model asked for cannot run and the user did not pass --skip-unavailable, or
+    when no model can run at all: a prompt run never ends successfully having prompted nothing."""
+    listed = "; ".join(f"{key}: {reason}" for key, reason in unavailable.items())
+    if unavailable and not skip:
+        others = ",".join(model_key(e["provider"], e["model"]) for e in runnable)
+        only = f", run the others alone with --models {others}" if others else ""
+        raise UserError(f"{len(unavailable)} of the models asked for cannot run: {listed}",
+                        f"do what each one says{only}, or pass {SKIP_FLAG} to run without them")
+    if unavailable and not runnable:
+        raise UserError(f"No model can run: {listed}",
+                        "export a vendor key, start a model server (see the README's own-photos section), or give some photos keywords")
 
 
 def prompt_config(text: str) -> dict[str, str]:

@@ -3,21 +3,23 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
+from phototagger.mfclient import EVAL_FLOW, UPDATE_FLOW, flow_command
 from phototagger.scoring.evals import split_row_key
 from phototagger.scoring.metrics import Summary
 
 
 def run_summary_lines(
-    models_eval: Mapping[str, Any], summaries: Mapping[str, Summary], skipped: Mapping[str, str], failed: bool = False
+    models_eval: Mapping[str, Any], summaries: Mapping[str, Summary], skipped: Mapping[str, str], failed: bool = False,
+    branch: Optional[str] = None,
 ) -> list[str]:
     """Three lines for the end of a prompt flow: what ran, how the models rank, what it cost, and what to run
-    next unless the run `failed` (its error budget was broken, so there is nothing to evaluate yet)."""
+    next on the run's `branch` unless the run `failed` (its error budget was broken, so there is nothing to evaluate yet)."""
     photos, results = models_eval["photos"], models_eval["results"]
     if not photos:
         return [
             f"Batch {models_eval['batch_id']} ({models_eval['batch_date']}) had no new photos: nothing was prompted.",
             "Models: none run.",
-            "Next: ingest more photos with `python updatephotos.py run`.",
+            f"Next: ingest more photos with `{flow_command(UPDATE_FLOW, branch)}`.",
         ]
     skipped_text = f"; skipped {', '.join(skipped)} (reasons in skipped_models)" if skipped else ""
     ranked = sorted(summaries.items(), key=lambda kv: -(kv[1]["avg_recall"] if kv[1]["avg_recall"] is not None else -1))
@@ -35,7 +37,7 @@ def run_summary_lines(
         f"Prompted {len(ran)} of {len(ran) + len(skipped)} models{prompts_text} on {len(photos)} photos of batch {models_eval['batch_id']} ({models_eval['batch_date']}){skipped_text}.",
         f"Avg recall: {ranking}.",
         f"Cost ${cost:.4f} at list price; {cached} of {calls} answers from the cache."
-        + ("" if failed else " Next: python evalsflow.py run"),
+        + ("" if failed else f" Next: {flow_command(EVAL_FLOW, branch)}"),
     ]
 
 

@@ -546,7 +546,7 @@ def photo_scores(events: Iterable[EvalEvent]) -> dict[str, dict[str, ScoredPhoto
         scores[event["model_key"]][photo_ref(event.get("batch_id", ""), event["photo_id"])] = ScoredPhoto(
             recall=event.get("recall"), recall_lenient=event.get("recall_lenient"), precision=event.get("precision"),
             f1=event.get("f1"), error=event.get("error"),
-            latency_ms=None if event.get("cached") else event.get("latency_ms"),
+            latency_ms=event.get("latency_ms"),
             tags=[] if event.get("error") else normalise_tags(event.get("tags") or []),
             truth=normalise_tags(event.get("ground_truth_tags") or []))
     return dict(scores)

@@ -316,7 +316,7 @@ class EvalState:
     @property
     def sample(self) -> pd.DataFrame:
         """One row per (photo, model) for the sampled photos (SampleParts): SAMPLE_COLUMNS, scores as floats
-        (NaN where a model had none; latency NaN for a cached answer, as metrics leaves it out). For the
+        (NaN where a model had none; a cached answer keeps the latency measured when it was made). For the
         paired figures of two rows, `paired("recall")` gives one column per row key over the same photos."""
         return self.sample_parts.frame(self._blobs())
 
@@ -331,7 +331,7 @@ class EvalState:
             scores.setdefault(r.model_key, {})[photo_ref(r.batch_id, r.photo_id)] = ScoredPhoto(
                 recall=_num(r.recall), recall_lenient=_num(r.recall_lenient), precision=_num(r.precision), f1=_num(r.f1),
                 error=r.error if isinstance(r.error, str) else None,
-                latency_ms=None if r.cached else _num(r.latency_ms), tags=[], truth=[])
+                latency_ms=_num(r.latency_ms), tags=[], truth=[])
         return scores
 
     def ranking(self, skipped: Optional[dict[str, SkippedModel]] = None, sort_by: str = "recall") -> Ranking:

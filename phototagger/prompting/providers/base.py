@@ -89,6 +89,10 @@ class Provider:
     def supports_batching(self) -> bool:
         return type(self).complete_batch is not Provider.complete_batch
 
+    def check_reachable(self) -> None:
+        """Raise ProviderError("connection") when the model's server cannot be reached at all; a model that
+        runs in this process has nothing to reach. Called once in a prompt flow's `start`, before any task."""
+
     def settings(self) -> dict[str, Any]:
         """What, besides prompt and image, decides the answer (for cache keys); never a secret."""
         return {"provider": self.name, "model": self.model}

@@ -16,6 +16,8 @@ from types import ModuleType
 from typing import Any, Mapping, Optional
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
+
 from phototagger.http import (
     MAX_IMAGE_BYTES,
     DeadlineExceeded,
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_TOKENS = 300
+REACHABLE_TIMEOUT_S = 5.0  # the one-off check in `start`: a server that does not answer a GET in this is not there
 KEYLESS_PLACEHOLDER = "EMPTY"  # what vLLM's docs pass when the server wants no key
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 QUOTA_CODE = "insufficient_quota"  # OpenAI's code for an account without credit (sent with 429, or 200 by some gateways)
@@ -286,6 +289,19 @@ class ChatAPIProvider(Provider):
         log.warning("unexpected %s from %s", type(exc).__name__, where)
         return ProviderError("internal", f"{where} call failed with {type(exc).__name__}: {detail}", retryable=False)
 
+    def check_reachable(self) -> None:
+        """One GET of the base URL without retries: any HTTP answer (404 and 401 too) means a server is there;
+        a refused connection, an unknown host or no answer within REACHABLE_TIMEOUT_S means there is none."""
+        url = self._public_base_url()
+        fix = f"start it, or correct base_url in models.json or {self.base_url_env}"
+        try:
+            with httpx.Client(timeout=min(REACHABLE_TIMEOUT_S, self.timeout_s)) as client:
+                client.get(str(self._client.base_url))
+        except httpx.TimeoutException:
+            raise ProviderError("connection", f"{self.label} at {url} did not answer within {min(REACHABLE_TIMEOUT_S, self.timeout_s):g}s: {fix}") from None
+        except httpx.HTTPError as exc:
+            raise ProviderError("connection", f"{self.label} at {url} cannot be reached ({self.scrub(_transport_reason(exc))}): {fix}") from None
+
     # -- secrets and settings --------------------------------------------------------------
     def held_keys(self) -> tuple[str, ...]:
         return (self._key,) if self._key else ()
@@ -305,6 +321,16 @@ class ChatAPIProvider(Provider):
         if self.max_pixels:  # only where set, so the cache keys of every other chat model stay as they were
             settings["max_pixels"] = self.max_pixels
         return settings
+
+
+def _transport_reason(exc: Exception) -> str:
+    """The innermost reason of a connection failure ("[Errno 111] Connection refused")."""
+    for _ in range(10):  # a chain, not a cycle
+        inner = exc.__cause__ or exc.__context__
+        if inner is None:
+            break
+        exc = inner  # type: ignore[assignment]
+    return str(exc) or type(exc).__name__
 
 
 def _api_body(exc: Exception) -> Any:
