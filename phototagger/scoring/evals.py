@@ -59,7 +59,7 @@ COLUMNS = (
     Column("vs best", "vs_best", "versus", "vs_best", "n_paired",
            "paired difference from the best row in the sort metric, on the photos both answered"),
     Column("Error %", "error_pct", "percent", title="calls that failed after retries"),
-    Column("Avg Latency (ms)", "avg_latency_ms", "latency", title="per call not served from the cache"),
+    Column("Avg Latency (ms)", "avg_latency_ms", "latency", title="per answer, as measured when it was made (a rerun served from the cache keeps it)"),
     Column("Cost (USD)", "cost_usd", "cost"),
     Column("Avg Recall (exact)", "avg_recall", "", "avg_recall", "n_scored"),
     Column("Precision", "avg_precision", "", "avg_precision"),

@@ -89,7 +89,7 @@ class Summary(TypedDict):
     avg_f1: Optional[float]
     avg_precision_all: Optional[float]  # over all photos with ground truth, errors as 0, as avg_recall_all
     avg_f1_all: Optional[float]
-    avg_latency_ms: Optional[float]  # over calls that were not served from cache
+    avg_latency_ms: Optional[float]  # a cached answer counts the latency measured when it was made
     valid_pct: float
     prompt_tokens: int
     completion_tokens: int
@@ -249,7 +249,7 @@ class ScoredPhoto(TypedDict):
     precision: Optional[float]
     f1: Optional[float]
     error: Optional[str]
-    latency_ms: Optional[float]  # None when served from the cache
+    latency_ms: Optional[float]  # as measured when the answer was made (a cached answer keeps it); None if never timed
     tags: list[str]  # predicted, normalised
     truth: list[str]  # ground truth, normalised
 
@@ -331,7 +331,7 @@ class PhotoFigures:
     f1: Interval
     precision_all: Interval  # over photos with ground truth, a failed call as 0, as recall_all
     f1_all: Interval
-    p50_latency_ms: Optional[float]  # over calls not served from the cache
+    p50_latency_ms: Optional[float]  # over timed answers, cached ones with the latency measured when they were made
     p95_latency_ms: Optional[float]
 
 
