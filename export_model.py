@@ -66,7 +66,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"export_model.py: {exc.one_line()}", file=sys.stderr)
         return 1
     except MetaflowNotFound:
-        print(f"export_model.py: no run {args.run} in this datastore; pass --run FineTuneVLM/<id> of a run `python finetune_vlm.py run` made", file=sys.stderr)
+        print(f"export_model.py: no run {args.run} in this datastore; pass --run FineTuneVLM/<id> of a run "
+              f"`{mfclient.flow_command(FINETUNE_FLOW, mfclient.full_branch(args.branch))}` made", file=sys.stderr)
         return 1
     print(f"Adapter: {result.adapter_dir}")
     if result.merged_dir:

@@ -142,14 +142,17 @@ def test_export_of_a_base_model_that_is_not_here_offline_is_one_clear_line(expor
     assert not (tmp_path / "out").exists(), "nothing written before the base is found"
 
 
-def test_export_model_without_a_finetune_run_says_what_to_run(tmp_path):
+def test_export_model_without_a_finetune_run_says_what_to_run(tmp_path, monkeypatch):
+    from phototagger.mfclient import script_command
+
     env = {**os.environ, "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path), "METAFLOW_USER": "ci", "USER": "ci"}
     done = subprocess.run([sys.executable, str(ROOT / "export_model.py")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
+    monkeypatch.chdir(tmp_path)  # the command is printed as it can be typed in the directory the tool ran from
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         "export_model.py: no FineTuneVLM run on branch user.ci has trained an adapter yet; "
-        "run `python finetune_vlm.py run` first, or pass --run FineTuneVLM/<id>"]
+        f"run `{script_command('finetune_vlm.py', 'run')}` first, or pass --run FineTuneVLM/<id>"]
 
 
 def test_openai_compatible_max_pixels_sends_the_photo_as_training_loaded_it(tmp_path):
