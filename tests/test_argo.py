@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tarfile
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.fakes.kubernetes_server import FakeKubernetes
+from tests.fakes.moto_s3 import moto_s3
 
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "photo-tagger-ci"
@@ -32,52 +30,28 @@ IMAGES = {"PHOTO_TAGGER_IMAGE": "registry.example.org/photo-tagger:cpu", "PHOTO_
 FLOWS = ["updatephotos.py", "promptmodels.py", "prepare_vlm_data.py", "finetune_vlm.py", "promptcustommodels.py", "evalsflow.py"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def argo_env(tmp_path_factory):
-    moto = shutil.which("moto_server", path=str(Path(sys.executable).parent))
-    if moto is None:
-        pytest.fail("moto_server is missing: it comes with moto[server] in requirements.txt")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    env = dict(
-        {k: v for k, v in os.environ.items() if k not in ("METAFLOW_ARGO_WORKFLOWS_USE_SCHEDULES", SECRETS_ENV)},
-        AWS_ACCESS_KEY_ID="test",
-        AWS_SECRET_ACCESS_KEY="test",
-        AWS_DEFAULT_REGION="us-east-1",
-        METAFLOW_USER="ci",
-        METAFLOW_DEFAULT_DATASTORE="s3",
-        METAFLOW_DATASTORE_SYSROOT_S3=f"s3://{BUCKET}/metaflow",
-        METAFLOW_S3_ENDPOINT_URL=endpoint,
-        METAFLOW_KUBERNETES_NAMESPACE="default",
-        METAFLOW_ARGO_EVENTS_EVENT="metaflow-event",
-        METAFLOW_ARGO_EVENTS_EVENT_BUS="default",
-        METAFLOW_ARGO_EVENTS_EVENT_SOURCE="argo-events-webhook",
-        METAFLOW_ARGO_EVENTS_SERVICE_ACCOUNT="operate-workflow-sa",
-        METAFLOW_ARGO_EVENTS_WEBHOOK_URL="http://127.0.0.1:1/metaflow-event",
-        METAFLOW_HOME=str(tmp_path_factory.mktemp("mfhome")),
-        **IMAGES,  # the images built from docker/: without them (or an environment) a deployment is refused
-    )
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1")
-    for _ in range(100):
-        try:
-            s3.create_bucket(Bucket=BUCKET)
-            break
-        except Exception:
-            time.sleep(0.1)
-    yield env
-    proc.terminate()
-    proc.wait(timeout=10)
+    with moto_s3(BUCKET) as endpoint:
+        env = dict(
+            {k: v for k, v in os.environ.items() if k not in ("METAFLOW_ARGO_WORKFLOWS_USE_SCHEDULES", SECRETS_ENV)},
+            AWS_ACCESS_KEY_ID="test",
+            AWS_SECRET_ACCESS_KEY="test",
+            AWS_DEFAULT_REGION="us-east-1",
+            METAFLOW_USER="ci",
+            METAFLOW_DEFAULT_DATASTORE="s3",
+            METAFLOW_DATASTORE_SYSROOT_S3=f"s3://{BUCKET}/metaflow",
+            METAFLOW_S3_ENDPOINT_URL=endpoint,
+            METAFLOW_KUBERNETES_NAMESPACE="default",
+            METAFLOW_ARGO_EVENTS_EVENT="metaflow-event",
+            METAFLOW_ARGO_EVENTS_EVENT_BUS="default",
+            METAFLOW_ARGO_EVENTS_EVENT_SOURCE="argo-events-webhook",
+            METAFLOW_ARGO_EVENTS_SERVICE_ACCOUNT="operate-workflow-sa",
+            METAFLOW_ARGO_EVENTS_WEBHOOK_URL="http://127.0.0.1:1/metaflow-event",
+            METAFLOW_HOME=str(tmp_path_factory.mktemp("mfhome")),
+            **IMAGES,  # the images built from docker/: without them (or an environment) a deployment is refused
+        )
+        yield env
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,14 @@ so what one machine stores, another with an empty disk, no hub and no local copy
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.fakes.moto_s3 import moto_s3
 
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "photo-tagger-models"
@@ -22,31 +21,13 @@ BUCKET = "photo-tagger-models"
 
 @pytest.fixture(scope="module")
 def s3_env(tmp_path_factory):
-    moto = shutil.which("moto_server", path=str(Path(sys.executable).parent))
-    if moto is None:
-        pytest.fail("moto_server is missing: it comes with moto[server] in requirements.txt")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1")
-    for _ in range(100):
-        try:
-            s3.create_bucket(Bucket=BUCKET)
-            break
-        except Exception:
-            time.sleep(0.1)
-    yield {
-        **os.environ, "PYTHONPATH": str(ROOT), "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1", "METAFLOW_DEFAULT_DATASTORE": "s3", "METAFLOW_S3_ENDPOINT_URL": endpoint,
-        "METAFLOW_DATASTORE_SYSROOT_S3": f"s3://{BUCKET}/metaflow", "METAFLOW_HOME": str(tmp_path_factory.mktemp("mfhome")),
-        "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path_factory.mktemp("empty-hf-cache")),
-    }
-    server.terminate()
-    server.wait(timeout=10)
+    with moto_s3(BUCKET) as endpoint:
+        yield {
+            **os.environ, "PYTHONPATH": str(ROOT), "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1", "METAFLOW_DEFAULT_DATASTORE": "s3", "METAFLOW_S3_ENDPOINT_URL": endpoint,
+            "METAFLOW_DATASTORE_SYSROOT_S3": f"s3://{BUCKET}/metaflow", "METAFLOW_HOME": str(tmp_path_factory.mktemp("mfhome")),
+            "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path_factory.mktemp("empty-hf-cache")),
+        }
 
 
 def python(env: dict, cwd: Path, code: str, *args: str) -> str:
