@@ -292,13 +292,19 @@ class PodKiller(threading.Thread):
                 seen = newest
 
 
-@pytest.mark.timeout(900)  # four flows and two train attempts on a shared CPU: past pytest.ini's 300 s under load
-def test_a_killed_train_task_resumes_on_retry_from_the_datastore_not_the_lost_disk(flow_env, tmp_path):
+def tiny_base_and_dataset(flow_env: dict, tmp_path: Path) -> Path:
+    """A tiny random Qwen2.5-VL in `tmp_path` and a PrepareVLMData run over two demo batches: what a train task needs."""
     base = tmp_path / "tiny-qwen"
     subprocess.run([sys.executable, "-m", "phototagger.training.random_qwen", str(base), "--size", "tiny"], cwd=ROOT, check=True)
     run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
     run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
     run_flow("prepare_vlm_data.py", flow_env)
+    return base
+
+
+@pytest.mark.timeout(900)  # four flows and two train attempts on a shared CPU: past pytest.ini's 300 s under load
+def test_a_killed_train_task_resumes_on_retry_from_the_datastore_not_the_lost_disk(flow_env, tmp_path):
+    base = tiny_base_and_dataset(flow_env, tmp_path)
     cache = tmp_path / "pod-disk"
     killer = PodKiller(tmp_path, cache)
     killer.start()
@@ -331,11 +337,7 @@ def failed_run(start: Any, killer: PodKiller):
 
 @pytest.mark.timeout(1500)  # three runs, six train tasks, each loading torch and the tiny model on a shared CPU
 def test_a_resume_of_a_failed_resume_continues_from_the_newest_checkpoint(flow_env, tmp_path):
-    base = tmp_path / "tiny-qwen"
-    subprocess.run([sys.executable, "-m", "phototagger.training.random_qwen", str(base), "--size", "tiny"], cwd=ROOT, check=True)
-    run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
-    run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
-    run_flow("prepare_vlm_data.py", flow_env)
+    base = tiny_base_and_dataset(flow_env, tmp_path)
     cache = tmp_path / "pod-disk"
     runner = Runner(str(ROOT / "finetune_vlm.py"), show_output=False, env=flow_env, cwd=str(ROOT))
 
