@@ -54,9 +54,12 @@ def checked(convert: Callable[[Any], Any], local_only: bool = False) -> Callable
 
 def lease_seconds(value: Any) -> int:
     """A --claim-lease-seconds value: a whole number of seconds, at least 1."""
-    number = count(value)
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{value!r} is not a whole number of seconds") from None
     if number < 1:
-        raise UserError("a lease of 0 s gives every run's photos away at once", "pass a number of seconds, e.g. 300")
+        raise UserError(f"a lease of {number} s gives every run's photos away at once", "pass a number of seconds, e.g. 300 (the default)")
     return number
 
 

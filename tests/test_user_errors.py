@@ -187,3 +187,16 @@ def test_every_flow_and_tool_imports_phototagger_before_metaflow_so_root_and_oth
         "METAFLOW_USER": "photo-tagger", "METAFLOW_DATASTORE_SYSROOT_LOCAL": "/srv/tagger",
         "METAFLOW_CARD_LOCALROOT": "/srv/tagger/.metaflow/mf.cards"}
     assert bootstrap.defaults({"USER": "ana", "METAFLOW_DATASTORE_SYSROOT_LOCAL": "/d", "METAFLOW_CARD_LOCALROOT": "/c"}) == {}
+
+
+@pytest.mark.parametrize("value, line", [
+    ("0", "a lease of 0 s gives every run's photos away at once; pass a number of seconds, e.g. 300 (the default)"),
+    ("-5", "a lease of -5 s gives every run's photos away at once; pass a number of seconds, e.g. 300 (the default)"),
+    ("soon", "'soon' is not a whole number of seconds"),
+])
+def test_a_lease_below_one_second_names_the_default_not_the_batch_size_rule(value, line):
+    from phototagger.errors import UserError, lease_seconds
+
+    with pytest.raises(UserError) as raised:
+        lease_seconds(value)
+    assert raised.value.one_line() == line
