@@ -61,7 +61,7 @@ def test_table_has_every_model_row_best_first(dashboard):
     assert rendered == [escape(r[0]) for r in table["rows"]] * 2  # the ranking, then the same rows by batch
     assert rendered[:3] == ["openai:gpt-4o-mini", "knn:jec", "prior:tag-prior"]
     shown = [h for h in table["headers"] if f">{h}</th>" in page]
-    assert shown == [*card.CARD_HEADERS, *table["headers"][len(rank_events([]).table()["headers"]):]]
+    assert shown == [*(c.header for c in card.card_columns()), *table["headers"][len(rank_events([]).table()["headers"]):]]
     assert {"Paired score", "Precision (all photos)", "F1 (all photos)", "vs best", "Error %"} <= set(shown)
 
 
@@ -268,7 +268,7 @@ def test_drilldown_shows_the_photos_models_disagree_on_most_and_says_where_the_r
 
 def test_every_recall_figure_on_the_card_names_its_matching_rule(dashboard):
     _, _, page = dashboard
-    recall_headers = [h for h in card.CARD_HEADERS if "recall" in h.lower()]
+    recall_headers = [c.header for c in card.card_columns() if "recall" in c.header.lower()]
     assert recall_headers == ["Recall (all photos, exact)"]
     assert "Recall (all photos, exact) by batch" in page and "Its recall (all photos, exact)" in page
     assert "recall (exact &middot; lenient)" in page and ">100 &middot; 100</td>" in page  # the drill-down shows both
@@ -281,3 +281,18 @@ def test_a_folder_photo_is_shown_by_its_path_in_the_folder_not_its_id():
     events = [evals.make_event(result, photo, batch_id="1", batch_date="2026-05-01", source_flow="PromptModels", source_run="2")]
     page = card.render_dashboard(rank_events(events), events)
     assert re.findall(r'<div class="pid">([^<]+)</div>', page) == ["trip/rocket.jpg"]
+
+
+def test_a_new_column_is_one_entry_in_the_column_list_for_the_evals_table_and_the_card(monkeypatch):
+    from phototagger.scoring import ranking as rankings
+    monkeypatch.setattr(rankings, "COLUMNS", (*rankings.COLUMNS, rankings.Column("Precision (lenient)", "precision_lenient", "mean")))
+    events = [event("knn:jec", f"p{i}", "", ["cat", "pet"], ["cat", "pet"] if i % 2 else ["cats", "dog"]) for i in range(40)]
+    ranking = rank_events(events)
+    table = ranking.table()
+    cells = dict(zip(table["headers"], table["rows"][0]))
+    assert cells["Precision (lenient)"] == 75.0 and cells["Precision (lenient) n"] == 40
+    assert cells["Precision (lenient) 95% low"] < 75.0 < cells["Precision (lenient) 95% high"]
+    page = card.render_dashboard(ranking, events)
+    assert '<th>Cost (USD)</th><th>Precision (lenient)</th>' in page
+    row = re.search(r'<tr data-model="knn:jec">.*?</tr>', page, re.DOTALL).group(0)
+    assert re.findall(r"<td[^>]*>(.*?)</td>", row)[-1].startswith("75.0<span class=\"pm\">\u00b1")

@@ -21,7 +21,8 @@ from phototagger.http import LocalImage
 from phototagger.output.templating import TEMPLATES
 from phototagger.scoring.evals import EvalEvent, RowKey, batches_of, fold_events
 from phototagger.scoring.metrics import MIN_INTERVAL_N, Interval
-from phototagger.scoring.ranking import COLUMNS, Column, Ranking, RankingRow
+from phototagger.scoring import ranking as rankings
+from phototagger.scoring.ranking import Column, Ranking, RankingRow
 from phototagger.scoring.table import DRILLDOWN_BATCHES
 from phototagger.scoring.tags import normalise_tag
 
@@ -29,9 +30,13 @@ DEFAULT_TITLE = "Photo Tagger: model evaluation"
 DRILLDOWN_PHOTOS = 60
 """Photos shown per drill-down batch: those where the models disagree most, then those with errors. A
 5,000-photo batch shown whole was 35 MB of HTML and 37 s to open; the rest is in `photo_results`."""
-CARD_COLUMNS = [column for column in COLUMNS if column.show]
-"""The ranking table's columns before the batches: the COLUMNS the card shows (the rest are in the `evals` table)."""
-CARD_HEADERS = [column.header for column in CARD_COLUMNS]
+
+
+def card_columns() -> list[Column]:
+    """The ranking table's columns before the batches: the ranking.COLUMNS the card shows (all are in `evals`)."""
+    return [column for column in rankings.COLUMNS if column.show]
+
+
 SORT_NAMES = {"recall": "recall", "f1": "F1"}
 
 # Colours: one hue for recall deciles (light = low, strong = high), a categorical set for models.
@@ -253,14 +258,14 @@ def _cell(row: RankingRow, column: Column, ranking: Ranking) -> dict:
 
 
 def _table_rows(ranking: Ranking, colours: Mapping[str, str]) -> list[dict]:
-    """The ranking table in rank order: the model, then one cell per CARD_COLUMNS column after it."""
+    """The ranking table in rank order: the model, then one cell per card column (card_columns) after it."""
     out = []
     for rank, row in enumerate(ranking.rows, 1):
         out.append({"rank": rank, "key": str(row.key), "name": short_name(row.key.model), "variant": row.key.variant,
                     "colour": colours[str(row.key)],
                     "tied": row.tied_with_best, "behind": row.behind_best,
                     "versus_title": _versus_best(row, ranking.best, SORT_NAMES[ranking.sort_by])["title"],
-                    "cells": [_cell(row, column, ranking) for column in CARD_COLUMNS if column.show != "model"]})
+                    "cells": [_cell(row, column, ranking) for column in card_columns() if column.show != "model"]})
     return out
 
 
@@ -406,7 +411,7 @@ def render_dashboard(
         title=title,
         decile_colours=_decile_colours(),
         kpis=_kpis(ranking),
-        columns=CARD_COLUMNS,
+        columns=card_columns(),
         sort_name=SORT_NAMES[ranking.sort_by],
         comparisons=ranking.comparisons,
         min_n=MIN_INTERVAL_N,

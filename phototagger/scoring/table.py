@@ -177,7 +177,7 @@ class Tables:
         cells = _cells(photos, keys)
         batches = pd.DataFrame({"batch_id": photos["batch_id"].iloc[:1], "batch_date": photos["batch_date"].iloc[:1].fillna(""),
                                 "photos": [int(cells["calls"].max())] if len(cells) else [], "batches": 1, "part": part})
-        return cls(cells=cells, pairs=_pairs(photos, keys) if len(photos) else _pairs(photos, keys).iloc[:0],
+        return cls(cells=cells, pairs=_pairs(photos, keys),
                    errors=errors[[*KEYS, "batch_id", "error", "count", "example"]],
                    latency=_sums(latency[[*KEYS, "batch_id", "bucket", "answers"]], [*KEYS, "batch_id", "bucket"]),
                    batches=batches)
