@@ -9,10 +9,11 @@ from metaflow import Config, FlowSpec, Parameter, card, current, package_sources
 from phototagger import mfclient
 from phototagger.output import dashboard
 from phototagger.scoring import evals, metrics
-from phototagger.scoring.evalstate import GIVE_UP_S, STATE_VERSION, EvalState, FoldedRuns, photo_frame, to_parquet
-from phototagger.scoring.metrics import SORT_METRICS
+from phototagger.scoring.ranking import rank
+from phototagger.scoring.table import SORT_METRICS, STATE_VERSION, ScoreState, photo_frame, to_parquet
 from phototagger.scoring.vocabulary import Vocabulary, change_note, fingerprint, parse_file
-from phototagger.mfclient import CARD_TIMEOUT_S, PROMPT_FLOW, PROMPT_FLOWS, DatastoreBlobs, latest_successful_run, runs_of
+from phototagger.mfclient import (CARD_TIMEOUT_S, GIVE_UP_S, PROMPT_FLOW, PROMPT_FLOWS, DatastoreBlobs, FoldedRuns,
+                                  latest_successful_run, runs_of)
 from phototagger.output.thumbnails import thumbnails
 
 VOCABULARY = str(Path(__file__).resolve().with_name("vocabulary.json"))
@@ -28,8 +29,7 @@ VOCABULARY = str(Path(__file__).resolve().with_name("vocabulary.json"))
 class EvaluationFlow(FlowSpec):
     """Fold the prompt flows' per-photo results into one model ranking and render it as a card.
 
-    1) Load the state (`state`: totals per (model, prompt) row and batch, the newest batches' events, a score
-       sample), the skipped models and the list of folded runs from this flow's previous successful run
+    1) Load the state (`state`: tables of sums per (model, prompt) row and batch, scoring/table.py), the skipped models and the list of folded runs from this flow's previous successful run
        of the same project branch (or start empty with --rebuild).
     2) Read the `models_eval` artifact of each PromptModels and PromptCustomModels run not folded
        before, score its results under both matching rules with this flow's vocabulary, fold them
@@ -38,10 +38,10 @@ class EvaluationFlow(FlowSpec):
        `photo_results` (Parquet bytes): only this run's new rows. Each model skipped by a run
        (`skipped_models`) keeps the reason of its latest run.
     3) Rank the (model, prompt) rows in a paired order of --sort-by (docs/metrics.md), with 95% t-intervals and
-       Holm-corrected paired comparisons with the best one (from the state's score sample), store the ranking (`ranking`, the `evals` table of DESIGN.md,
+       Holm-corrected paired comparisons with the best one (from the sums over shared photos), store the ranking (`ranking`, the `evals` table of DESIGN.md,
        `per_tag`) and render the dashboard card: ranking, skipped models and error classes, recall vs
        latency chart, per-tag view and a capped per-photo drill-down.
-    What a run loads, computes and stores is bounded by the new runs (phototagger/scoring/evalstate.py);
+    What a run loads, computes and stores is bounded by the new runs and about a month of batch sums;
     the state holds scored totals, so a changed vocabulary scores the answers folded from then on, and
     --rebuild scores all history again under it.
     """
@@ -72,16 +72,20 @@ class EvaluationFlow(FlowSpec):
         previous = None if self.rebuild else latest_successful_run(current.flow_name, current.branch_name)
         if previous is None:
             mfclient.require_prompt_runs(current.branch_name)
-        stored = previous.data.state if previous and "state" in previous.data else None
+        try:
+            stored = previous.data.state if previous and "state" in previous.data else None
+        except (ImportError, AttributeError):  # a state of a scoring module since replaced
+            stored = None
         if previous is not None and getattr(stored, "version", 1) != STATE_VERSION:
             print(f"{previous.pathspec} scored under earlier definitions (docs/metrics.md): refolding all history once.")
             stored = None
-        self.state = stored or EvalState()
+        self.state = stored or ScoreState()
         self.folded_runs = previous.data.folded_runs if stored else FoldedRuns()
         carried = previous is not None and "skipped_models" in previous.data
         self.skipped_models = dict(previous.data.skipped_models) if carried else {}
-        months = f" and {len(self.state.closed)} closed months" if self.state.closed else ""
-        print(f"Starting from {len(self.state.dates)} batches{months}"
+        closed = len(self.state.closed.batches)
+        months = f" and {closed} closed months" if closed else ""
+        print(f"Starting from {len(self.state.open.batches)} batches{months}"
               + (f" of {previous.pathspec}." if previous else "."))
         self.vocabulary_fingerprint = fingerprint(self.vocabulary.to_dict())
         earlier = previous.data.vocabulary_fingerprint if previous and "vocabulary_fingerprint" in previous.data else None
@@ -120,7 +124,7 @@ class EvaluationFlow(FlowSpec):
             new_events += prompt_run.events
             self.skipped_models = evals.fold_skipped(self.skipped_models, prompt_run)
         new_events = metrics.rescore(evals.fold_events([], new_events), Vocabulary.from_dict(self.vocabulary.to_dict()))
-        self.state = self.state.attach(DatastoreBlobs(current.flow_name)).fold(new_events)
+        self.state = self.state.fold(new_events, DatastoreBlobs(current.flow_name))
         self.photo_results = to_parquet(photo_frame(new_events))
         self.next(self.end)
 
@@ -129,23 +133,22 @@ class EvaluationFlow(FlowSpec):
     def end(self):
         """Rank the models, store the ranking as `ranking` and as the `evals` table, fetch the thumbnails the
         drill-down shows, and render the dashboard into `html`, which the html card shows as it is."""
-        ranking = self.state.attach(DatastoreBlobs(current.flow_name)).ranking(skipped=self.skipped_models,
-                                                                                sort_by=self.sort_by)
+        recent = self.state.recent_events(DatastoreBlobs(current.flow_name))
+        ranking = rank(self.state, recent, skipped=self.skipped_models, sort_by=self.sort_by)
         self.ranking = ranking.to_dict()
         self.evals = ranking.table()
         self.per_tag = ranking.per_tag
-        thumbs = thumbnails(dashboard.drilldown_image_urls(self.state.events))
-        self.html = dashboard.render_dashboard(ranking, self.state.events, title=self.title, thumbs=thumbs)
+        thumbs = thumbnails(dashboard.drilldown_image_urls(recent))
+        self.html = dashboard.render_dashboard(ranking, recent, title=self.title, thumbs=thumbs)
         best = ranking.best
         if best:
-            headline = best.avg_f1_all if self.sort_by == "f1" else best.avg_recall_all
-            print(f"Best model: {best.key} ({self.sort_by} over all photos {headline:.1f}%, a failed call as 0; "
-                  f"precision {best.avg_precision_all:.1f}%, error {best.error_pct:.1f}%)")
+            print(f"Best model: {best.key} ({self.sort_by} over all photos {best.mean(self.sort_by + '_all'):.1f}%, "
+                  f"a failed call as 0; precision {best.mean('precision_all'):.1f}%, error {best.error_pct:.1f}%)")
             for row in ranking.rows[1:]:
                 verdict = ("behind beyond noise" if row.behind_best else "tied" if row.tied_with_best
                            else "not compared: too few shared photos")
                 if row.vs_best is not None:
-                    print(f"  {row.key}: {row.vs_best:+.1f} on {row.n_paired} shared photos, {verdict}")
+                    print(f"  {row.key}: {row.vs_best.mean:+.1f} on {row.vs_best.n} shared photos, {verdict}")
             if ranking.comparisons:
                 print(f"  (paired on the photos both answered; Holm-corrected over {ranking.comparisons} comparisons)")
         else:

@@ -22,7 +22,7 @@ from phototagger.prompting.budget import DEFAULT_MAX_ERROR_SHARE, ErrorBudget, r
 from phototagger.prompting.configs import prompt_config
 from phototagger.prompting.summary import run_summary_lines
 from phototagger.prompting.variants import prompt_variants, trained_variants, variants_config
-from phototagger.scoring.metrics import summarise
+from phototagger.scoring.table import summarise
 from phototagger.scoring.vocabulary import Vocabulary, parse_file
 from phototagger import mfclient
 from phototagger.mfclient import FINETUNE_FLOW, resolve_run

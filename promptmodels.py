@@ -30,7 +30,8 @@ from phototagger.prompting.cost import load_prices, price_results
 from phototagger.prompting.summary import run_summary_lines
 from phototagger.prompting.variants import prompt_variants, variants_config
 from phototagger.scoring.evals import model_key
-from phototagger.scoring.metrics import score_results, summarise
+from phototagger.scoring.metrics import score_results
+from phototagger.scoring.table import summarise
 from phototagger.scoring.vocabulary import Vocabulary, parse_file
 from phototagger import mfclient
 from phototagger.mfclient import CARD_TIMEOUT_S, UPDATE_FLOW, once_per_branch, scored_update_run

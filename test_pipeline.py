@@ -31,8 +31,8 @@ from metaflow import Runner
 
 from phototagger import mfclient
 from phototagger.scoring import evals
-from phototagger.scoring.evals import split_row_key
-from phototagger.scoring.evalstate import read_parquet
+from phototagger.scoring.evals import RowKey
+from phototagger.scoring.table import read_parquet
 from tests import flowrun
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.fakes.unsplash_server import FakeUnsplashServer, sample_photos
@@ -73,7 +73,7 @@ def dashboard(run) -> tuple[dict, str]:
 
 def by_model(rows: dict) -> dict:
     """Rows keyed "provider:model | variant@hash" by their model alone (each model ran on one prompt)."""
-    keyed = {split_row_key(key)[0]: value for key, value in rows.items()}
+    keyed = {RowKey.parse(key).model: value for key, value in rows.items()}
     assert len(keyed) == len(rows), f"a model ran on several prompts: {sorted(rows)}"
     return keyed
 
@@ -121,7 +121,7 @@ def test_baseline_loop_offline_on_demo_photos(flow_env):
 
     again, _ = run_flow("evalsflow.py", flow_env)
     assert again.data.folded_runs.runs == evals_run.data.folded_runs.runs, "nothing new to fold"
-    assert again.data.state.totals == evals_run.data.state.totals and again.data.evals == evals
+    assert again.data.state.open.cells.equals(evals_run.data.state.open.cells) and again.data.evals == evals
     assert read_parquet(again.data.photo_results).empty, "photo_results holds only the rows new in a run"
 
 
@@ -182,7 +182,7 @@ def test_baseline_loop_against_unsplash_and_openai_wire_formats(flow_env):
     assert len(vendor) == 3 and all(len(results[k]) == 8 for k in vendor)
     assert all(r["recall"] == 100.0 and r["valid"] for r in results["openai:gpt-4o-mini"])
     evals, html = dashboard(evals_run)
-    assert split_row_key(evals["rows"][0][0])[0] == "openai:gpt-4o-mini", "best model first"
+    assert RowKey.parse(evals["rows"][0][0]).model == "openai:gpt-4o-mini", "best model first"
     assert len(results["prior:tag-prior"]) == 8  # first batch: the baselines learn from it, leave-one-out
 
     leaked = [
@@ -244,7 +244,7 @@ def test_full_loop_puts_the_finetuned_model_on_the_dashboard_from_a_base_model_c
 
     assert len(list(custom["evaluate"])) == 2, "6 photos in shards of 3: two evaluate tasks"
     (key,) = custom.data.models_eval["results"]
-    assert key.startswith("finetuned:") and split_row_key(key)[1].startswith("default@"), "trained on prompt.txt"
+    assert key.startswith("finetuned:") and RowKey.parse(key).variant.startswith("default@"), "trained on prompt.txt"
     assert [r["photo_id"] for r in custom.data.models_eval["results"][key]] == runs.newest, "2 shards, joined in order"
     evals, html = dashboard(evals_run)
     assert key in [row[0] for row in evals["rows"]]

@@ -5,7 +5,7 @@
    (prior, knn), EvaluationFlow folds them. Per round and flow: wall time and the bytes the round added
    to the datastore (artifacts, metadata and cards). Figures at each K of `--ks` (mean of the rounds K-2..K) side by side,
    with the ratio of the largest K to the smallest.
-2. A year in-process: the EvalState of 8,760 hourly rounds x 30 photos x 2 models (bench/synthetic_evals),
+2. A year in-process: the ScoreState of 8,760 hourly rounds x 30 photos x 2 models (bench/synthetic_evals),
    then one hourly EvaluationFlow run's library work on it, in a child process: load the state,
    score the new batch with the vocabulary and fold it, write photo_results, rank, render the card, store the state. Its wall time
    and peak RAM (targets: < 60 s, < 2 GB).
@@ -96,19 +96,21 @@ def one_hourly_run(state_file: Path, hour: int, photos: int) -> None:
     """EvaluationFlow's library work for one run on a stored state (run in a child process for its peak RAM)."""
     from phototagger.output import dashboard
     from phototagger.scoring import metrics
-    from phototagger.scoring.evalstate import photo_frame, to_parquet
+    from phototagger.scoring.ranking import rank
+    from phototagger.scoring.table import photo_frame, to_parquet
     from phototagger.scoring.vocabulary import Vocabulary
 
     started = time.perf_counter()
-    store = pickle.loads(state_file.with_suffix(".store").read_bytes())  # the sample's and closed months' blobs
-    state = pickle.loads(state_file.read_bytes()).attach(store)
+    store = pickle.loads(state_file.with_suffix(".store").read_bytes())  # the batches' parts and closed months
+    state = pickle.loads(state_file.read_bytes())
     loaded, blob_bytes = time.perf_counter(), store.bytes_written
     new = metrics.rescore(batch_events(hour, photos), Vocabulary.from_file(ROOT / "vocabulary.json"))
-    state = state.fold(new)
+    state = state.fold(new, store)
     photo_results = to_parquet(photo_frame(new))
-    ranking = state.ranking()
+    recent = state.recent_events(store)
+    ranking = rank(state, recent)
     table = ranking.table()
-    html = dashboard.render_dashboard(ranking, state.events)
+    html = dashboard.render_dashboard(ranking, recent)
     stored = pickle.dumps(state)
     done = time.perf_counter()
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -125,9 +127,9 @@ def year_model(rounds: int, photos: int, work: Path) -> None:
     state_file.write_bytes(pickle.dumps(state))
     state_file.with_suffix(".store").write_bytes(pickle.dumps(store))
     print(f"\nyear model: state of {rounds - 1} rounds x {photos} photos x 2 models built in "
-          f"{time.perf_counter() - started:.0f} s, {state_file.stat().st_size / 1e6:.2f} MB: {len(state.dates)} batches "
-          f"on their own, {len(state.closed)} closed months and {len(state.sample_parts.parts)} sample parts in "
-          f"{store.bytes_written / 1e6:.2f} MB of blobs")
+          f"{time.perf_counter() - started:.0f} s, {state_file.stat().st_size / 1e6:.2f} MB: {len(state.open.batches)} "
+          f"batches on their own and {len(state.closed.batches)} closed months; {store.bytes_written / 1e6:.2f} MB of "
+          "blobs (each batch's part and each month's rows)")
     child = subprocess.run([sys.executable, __file__, "--one-run", str(state_file), "--hour", str(rounds - 1),
                             "--photos", str(photos)], capture_output=True, text=True, check=True)
     figures = json.loads(child.stdout.strip().splitlines()[-1])

@@ -3,10 +3,10 @@
 Builds `--batches` batches of bench/synthetic_evals events for four models (one failing a share of its calls,
 one joining late), ranks them with this checkout's scoring and with another checkout's (`--old`, e.g. a
 `git archive` of the commit before the paired ranking), and compares every figure per row: those whose
-definition did not change must be equal to the old one's 2 decimals (the old code rounded there); those that
-changed on purpose (docs/metrics.md) are listed with their old and new values for one row.
+definition did not change must be equal to 1e-9 and as the card shows them (one decimal); those that changed on
+purpose (CHANGED, docs/metrics.md) are listed with their old and new values.
 
-    git archive 1ed9763 | tar -x -C /tmp/scoring-before
+    mkdir /tmp/scoring-before && git archive 71b773d | tar -x -C /tmp/scoring-before   # before the scoring tables
     .venv/bin/python bench/scoring_old_vs_new.py --old /tmp/scoring-before
 """
 from __future__ import annotations
@@ -23,28 +23,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_evals import ROOT, batch_events  # noqa: E402
 
-UNCHANGED = ("avg_recall", "avg_recall_all", "avg_precision", "avg_f1", "avg_recall_lenient", "avg_recall_all_lenient",
-             "avg_latency_ms", "error_pct", "cost_usd", "valid_pct", "tags_per_photo", "p50_latency_ms",
-             "p95_latency_ms", "n_scored", "n_with_truth", "n_scored_lenient", "n_with_truth_lenient")
-CHANGED = ("order", "avg_recall_low", "avg_recall_high", "batch cells", "recall_vs_best", "tied_with_best")
+CHANGED = {"p50 Latency (ms)": "a latency histogram (buckets 2^(1/16) wide), not a sample",
+           "p95 Latency (ms)": "a latency histogram (buckets 2^(1/16) wide), not a sample"}
+"""Columns whose definition changed on purpose since the `--old` checkout (docs/metrics.md)."""
 MODELS = ("openai:gpt-4o-mini", "together:llama-vision", "knn:jec", "prior:tag-prior")
 
 FIGURES = """
 import json, pickle, sys
 sys.path.insert(0, sys.argv[1])
-from phototagger.scoring import evals
 events = pickle.load(open(sys.argv[2], "rb"))
-ranking = evals.rank_models(events)
-rows = {}
-for index, row in enumerate(ranking.rows):
-    figures = {name: getattr(row, name, None) for name in %r}
-    figures["order"] = index
-    figures["batch cells"] = {b: row.batches[b].avg_recall for b in sorted(row.batches)}
-    figures["recall_vs_best"] = getattr(row, "recall_vs_best", getattr(row, "vs_best", None))
-    figures["tied_with_best"] = row.tied_with_best
-    rows[row.key] = figures
-print(json.dumps(rows))
-""" % ((*UNCHANGED, "avg_recall_low", "avg_recall_high"),)
+try:
+    from phototagger.scoring.ranking import rank_events
+    table = rank_events(events).table()
+except ImportError:  # a checkout before the scoring tables
+    from phototagger.scoring import evals
+    table = evals.rank_models(events).table()
+print(json.dumps(table))
+"""
 
 
 def year(batches: int, photos: int) -> list[dict]:
@@ -79,32 +74,30 @@ def main() -> None:
         events = year(args.batches, args.photos)
         events_file.write_bytes(pickle.dumps(events))
         old, new = figures(args.old, events_file), figures(ROOT, events_file)
+    old_rows = {row[0]: dict(zip(old["headers"], row)) for row in old["rows"]}
+    new_rows = {row[0]: dict(zip(new["headers"], row)) for row in new["rows"]}
+    shared = [h for h in old["headers"] if h in new["headers"] and h not in CHANGED]
     compared = mismatched = 0
-    for key in sorted(old):
-        for name in UNCHANGED:
-            before, after = old[key][name], new[key][name]
-            after = round(after, 2) if isinstance(after, float) and name not in ("cost_usd",) else after
-            if name == "cost_usd":
-                before, after = round(before or 0.0, 6), round(after or 0.0, 6)
+    for key, before_row in old_rows.items():
+        for header in shared:
+            before, after = before_row[header], new_rows[key][header]
             compared += 1
-            if before != after:
+            if not _equal(before, after):
                 mismatched += 1
-                print(f"  DIFFERENT {key} {name}: old {before} new {after}")
-    print(f"{len(events):,} events, {len(old)} rows, {args.batches} batches: {compared} unchanged figures compared, "
-          f"{mismatched} different")
-    print("changed on purpose (docs/metrics.md), old -> new:")
-    for key in sorted(old):
-        print(f"  {key}: order {old[key]['order']} -> {new[key]['order']}; "
-              f"recall vs best {old[key]['recall_vs_best']} -> {new[key]['recall_vs_best']}; "
-              f"tied {old[key]['tied_with_best']} -> {new[key]['tied_with_best']}; "
-              f"Avg Recall interval [{old[key]['avg_recall_low']}, {old[key]['avg_recall_high']}] -> "
-              f"[{_r(new[key]['avg_recall_low'])}, {_r(new[key]['avg_recall_high'])}]")
-        cells = [b for b in old[key]["batch cells"] if old[key]["batch cells"][b] != _r(new[key]["batch cells"].get(b))]
-        print(f"    batch cells that differ (valid answers -> all photos): {len(cells)} of {len(old[key]['batch cells'])}")
+                print(f"  DIFFERENT {key} / {header}: old {before!r} new {after!r}")
+    print(f"{len(events):,} events, {len(old_rows)} rows, {args.batches} batches: {compared} figures in {len(shared)} "
+          f"columns compared (equal to 1e-9, and equal as the card shows them), {mismatched} different")
+    print(f"columns only in the old table: {[h for h in old['headers'] if h not in new['headers']]}")
+    print(f"columns only in the new table: {[h for h in new['headers'] if h not in old['headers']]}")
+    for header, why in CHANGED.items():
+        print(f"changed on purpose: {header}: {why}; old -> new: "
+              + "; ".join(f"{k} {old_rows[k].get(header)} -> {new_rows[k].get(header)}" for k in old_rows))
 
 
-def _r(value):
-    return None if value is None else round(value, 2)
+def _equal(before, after) -> bool:
+    if isinstance(before, float) and isinstance(after, float):
+        return abs(before - after) <= 1e-9 * max(1.0, abs(before)) and f"{before:.1f}" == f"{after:.1f}"
+    return before == after
 
 
 if __name__ == "__main__":

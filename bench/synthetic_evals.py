@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT))
 
 from phototagger.blobs import BlobStore  # noqa: E402
 from phototagger.scoring import evals  # noqa: E402
-from phototagger.scoring.evalstate import DRILLDOWN_BATCHES, EvalState, sample_rows  # noqa: E402
+from phototagger.scoring.table import ScoreState  # noqa: E402
 from phototagger.scoring.metrics import score_photo  # noqa: E402
 
 MODELS = ("knn:jec", "prior:tag-prior")
@@ -44,18 +44,11 @@ def batch_events(hour: int, photos: int, models=MODELS, image_dir: str = "") -> 
     return out
 
 
-def year_state(rounds: int, photos: int, store: BlobStore, models=MODELS) -> EvalState:
-    """The EvalState after `rounds` hourly batches, built as folding them one by one into `store` would leave it
-    (the closed months archived, Totals per batch of the others, the newest batches' events, the sample), but in
-    month-sized steps so a year takes seconds."""
-    state, chunk = EvalState(store=store), []
-    for hour in range(rounds):
-        events = batch_events(hour, photos, models)
-        state.dates[events[0]["batch_id"]] = events[0]["batch_date"]
-        state.totals.update(evals.batch_totals(events))
-        chunk += events
-        if len(chunk) >= 50_000 or hour == rounds - 1:
-            state.sample_parts = state.sample_parts.add(store, sample_rows(chunk))
-            chunk = []
-    state.events = [e for hour in range(max(0, rounds - DRILLDOWN_BATCHES), rounds) for e in batch_events(hour, photos, models)]
-    return state.archive()
+def year_state(rounds: int, photos: int, store: BlobStore, models=MODELS) -> ScoreState:
+    """The ScoreState after `rounds` hourly batches, folded a week at a time (as the hourly runs would leave it:
+    the closed months summed, the other batches on their own, every batch's part in `store`)."""
+    state = ScoreState()
+    for week in range(0, rounds, 168):
+        state = state.fold([e for hour in range(week, min(rounds, week + 168)) for e in batch_events(hour, photos, models)],
+                           store)
+    return state

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
@@ -334,3 +335,35 @@ def events_once_per_branch(prompt_run: Run, branch: str, events: list[Mapping]) 
     note = (f"{prompt_run.pathspec}: left out {len(events) - len(kept)} answers on {len(elsewhere)} photos that "
             f"another UpdatePhotos run delivered; they count once, in that run's batch.")
     return kept, note
+
+
+SETTLE_S = 3600.0
+"""A prompt run created more than this long ago, and ended, is settled: EvaluationFlow lists runs from the oldest
+unsettled one on (the margin covers a run that shows up late and clocks that differ)."""
+GIVE_UP_S = 7 * 24 * 3600.0
+"""A prompt run still going after this long no longer holds the horizon back: it is reported and never folded."""
+
+
+@dataclass
+class FoldedRuns:
+    """Which prompt runs EvaluationFlow has folded, bounded by the runs of the last hour or so, not of all time.
+
+    Every run created before `horizon` (unix seconds) is settled: folded, or given up on; `runs` holds the
+    ones folded since (pathspec -> created at). A run still going holds the horizon back, for up to GIVE_UP_S.
+    """
+
+    horizon: float = 0.0
+    runs: dict[str, float] = field(default_factory=dict)
+
+    def __contains__(self, pathspec: object) -> bool:
+        return pathspec in self.runs
+
+    def advance(self, listed: Mapping[str, float], folded: Iterable[str], pending: Iterable[str],
+                now: float) -> tuple[FoldedRuns, list[str]]:
+        """These runs once a collect has seen `listed` (every run created since `horizon`: pathspec -> created at),
+        folded `folded` and left `pending` (not ended) for later; and the pending runs it gives up on."""
+        pending = [p for p in pending if p in listed]
+        horizon = max(self.horizon, now - GIVE_UP_S, min([listed[p] for p in pending] + [now - SETTLE_S]))
+        done = set(self.runs) | set(folded)
+        given_up = sorted(p for p in pending if listed[p] < horizon)
+        return FoldedRuns(horizon=horizon, runs={p: t for p, t in listed.items() if p in done and t >= horizon}), given_up

@@ -14,7 +14,8 @@ from phototagger.prompting.cache import LocalCacheBackend, ResponseCache
 from phototagger.prompting.configs import ModelSkipped, make_prompter, prompt_config, select_models
 from phototagger.prompting.cost import load_prices, price_results
 from phototagger.prompting.summary import run_summary_lines
-from phototagger.scoring.metrics import score_results, summarise
+from phototagger.scoring.metrics import score_results
+from phototagger.scoring.table import summarise
 
 PRICES = {"fake:tagger": {"input_per_1m": 1.0, "output_per_1m": 2.0}}
 

@@ -144,7 +144,7 @@ def test_a_rerun_served_from_the_cache_keeps_the_latency_measured_when_the_answe
     from phototagger.prompting.batch import PromptSettings, prompt_photos
     from phototagger.prompting.prompter import Prompter
     from phototagger.prompting.providers import Answer, Provider, register_provider
-    from phototagger.scoring.metrics import summarise
+    from phototagger.scoring.table import summarise
 
     @register_provider("slow-test-tagger")
     class SlowTagger(Provider):

@@ -13,6 +13,7 @@ from markupsafe import escape
 from phototagger.output import thumbnails
 from phototagger.output import dashboard as card
 from phototagger.scoring import evals
+from phototagger.scoring.ranking import rank_events
 from phototagger.scoring.metrics import score_photo
 from tests.fakes.image_server import ImageServer
 
@@ -49,7 +50,7 @@ def dashboard(tmp_path):
         event("prior:tag-prior", "p-gone", missing, ["tree"], error="no_history"),
         event("together:<b>evil</b>", "p-cat", cat, ["cat", "pet"], error="rate_limited", latency=None),
     ]
-    ranking = evals.rank_models(events)
+    ranking = rank_events(events)
     thumbs = thumbnails.thumbnails(card.drilldown_image_urls(events))
     return ranking.table(), events, card.render_dashboard(ranking, events, title=f"Dash {EVIL}", thumbs=thumbs)
 
@@ -60,7 +61,7 @@ def test_table_has_every_model_row_best_first(dashboard):
     assert rendered == [escape(r[0]) for r in table["rows"]] * 2  # the ranking, then the same rows by batch
     assert rendered[:3] == ["openai:gpt-4o-mini", "knn:jec", "prior:tag-prior"]
     shown = [h for h in table["headers"] if f">{h}</th>" in page]
-    assert shown == [*card.CARD_HEADERS, *table["headers"][len(evals.FIXED_HEADERS):]]
+    assert shown == [*(c.header for c in card.card_columns()), *table["headers"][len(rank_events([]).table()["headers"]):]]
     assert {"Paired score", "Precision (all photos)", "F1 (all photos)", "vs best", "Error %"} <= set(shown)
 
 
@@ -86,7 +87,7 @@ def test_answer_and_model_name_with_script_and_quotes_render_as_text_everywhere(
     model, tag = 'openai:x"><script>alert("m")</script>', '\'"><script>alert("t")</script>'
     events = [event(model, "p1", "", ["cat"], ["cat", tag], latency=40),
               event("knn:jec", "p1", "", ["cat"], ["cat"], latency=4)]
-    page = card.render_dashboard(evals.rank_models(events), events)
+    page = card.render_dashboard(rank_events(events), events)
     assert "<script" not in page.lower()
     assert f'<tr data-model="{escape(model)}">' in page  # the attribute holds the name, it does not end early
     assert f'<span class="chip miss" title="not in ground truth">{escape(tag)}</span>' in page
@@ -157,33 +158,34 @@ def test_slow_image_source_delays_the_dashboard_only_by_the_budget(image_server)
 
 def test_drilldown_shows_newest_batches_only_and_says_so(tmp_path):
     events = [event("knn:jec", f"p{i}", "", ["cat"], ["cat"], batch=str(i), date=f"2024-05-0{i}") for i in range(1, 6)]
-    page = card.render_dashboard(evals.rank_models(events), events, drilldown_batches=2)
+    page = card.render_dashboard(rank_events(events), events, drilldown_batches=2)
     assert page.count('<details class="batch"') == 2
     assert '<details class="batch" open><summary>5 (05-05)' in page
     assert "3 older batches" in page
 
 
 def test_empty_dashboard_renders_with_hints():
-    page = card.render_dashboard(evals.rank_models([]), [])
+    page = card.render_dashboard(rank_events([]), [])
     assert "No model results yet" in page and "No photos yet" in page
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
 
 
 def test_means_show_plus_minus_with_the_interval_and_n_on_hover():
     events = [event("knn:jec", f"p{i}", "", ["cat", "pet"], ["cat", "pet"] if i % 2 else ["cat"]) for i in range(40)]
-    row = evals.rank_models(events).rows[0]
-    page = card.render_dashboard(evals.rank_models(events), events)
-    assert (row.avg_recall_all, row.n_with_truth) == (75.0, 40) and row.avg_recall_all_low < 75.0 < row.avg_recall_all_high
-    hover = f"95% interval {row.avg_recall_all_low:.1f} to {row.avg_recall_all_high:.1f} over n=40 photos"
+    ranking = rank_events(events)
+    page = card.render_dashboard(ranking, events)
+    recall = ranking.rows[0].figures["recall_all"]
+    assert (recall.mean, recall.n) == (75.0, 40) and recall.low < 75.0 < recall.high
+    hover = f"95% interval {recall.low:.1f} to {recall.high:.1f} over n=40 photos"
     assert (f'<td class="rec d7" title="{hover}">75.0'
-            f'<span class="pm">\u00b1{(row.avg_recall_all_high - row.avg_recall_all_low) / 2:.1f}</span></td>') in page
+            f'<span class="pm">\u00b1{(recall.high - recall.low) / 2:.1f}</span></td>') in page
     assert f'title="{hover}; recall decile 8 of 10">75.0' in page  # the batch cell
     assert f'<span class="mean" title="knn:jec: {hover}">' in page  # the batch's mean in the drill-down
 
 
 def test_fewer_photos_than_the_minimum_show_no_plus_minus():
     events = [event("knn:jec", f"p{i}", "", ["cat", "pet"], ["cat", "pet"] if i % 2 else ["cat"]) for i in range(10)]
-    page = card.render_dashboard(evals.rank_models(events), events)
+    page = card.render_dashboard(rank_events(events), events)
     assert '<td class="rec d7" title="no interval: n=10, fewer than 30 photos">75.0</td>' in page
 
 
@@ -192,7 +194,7 @@ def test_a_tie_at_the_top_is_marked_on_the_row_and_in_the_best_model_kpi():
     events = ([event("knn:jec", p, "", ["cat", "pet"], ["cat", "pet"]) for p in photos]
               + [event("prior:tag-prior", p, "", ["cat", "pet"], ["cat", "pet"] if i else ["cat"]) for i, p in enumerate(photos)]
               + [event("openai:gpt-4o-mini", p, "", ["cat", "pet"], ["dog"]) for p in photos])
-    page = card.render_dashboard(evals.rank_models(events), events)
+    page = card.render_dashboard(rank_events(events), events)
     assert '<div class="k">Best model (tie)</div><div class="v small name">knn:jec</div>' in page
     assert ("tied with prior:tag-prior; ahead of 1 row beyond noise (paired on the photos both answered; "
             "Holm-corrected over 3 pairwise comparisons)") in page
@@ -205,7 +207,7 @@ def test_a_tie_between_prompt_variants_names_the_tied_row_and_per_tag_has_a_colu
     photos = [f"p{i}" for i in range(40)]
     events = [event("openai:gpt-4o", p, "", ["cat", "pet"], ["cat", "pet"] if i or v == "default" else ["cat"],
                     variant=f"{v}@abc123") for v in ("default", "short") for i, p in enumerate(photos)]
-    page = card.render_dashboard(evals.rank_models(events), events)
+    page = card.render_dashboard(rank_events(events), events)
     assert '<div class="k">Best model (tie)</div><div class="v small name">openai:gpt-4o | default@abc123</div>' in page
     assert "tied with openai:gpt-4o | short@abc123 (paired" in page
     tied_row = re.search(r'<tr data-model="openai:gpt-4o \| short@abc123">.*?</tr>', page, re.DOTALL).group(0)
@@ -220,7 +222,7 @@ def test_skipped_models_are_listed_with_their_reason_and_errors_per_class_with_a
     events[2]["raw"] = "openai rejected the key (HTTP 401)"
     skipped = {"openai:gpt-4o": {"reason": "OPENAI key missing: export openai_api=...", "run": "PromptModels/4"},
                "prior:tag-prior": {"reason": "no earlier batch to learn from yet", "run": "PromptModels/4"}}
-    page = card.render_dashboard(evals.rank_models(events, skipped=skipped), events)
+    page = card.render_dashboard(rank_events(events, skipped=skipped), events)
     assert '<div class="k">Models</div><div class="v ">3</div><div class="note">1 ranked \u00b7 2 skipped</div>' in page
     for model, entry in skipped.items():
         assert (f'<td class="m">{model}</td>\n<td><span class="chip skip">skipped</span></td>\n'
@@ -232,7 +234,7 @@ def test_skipped_models_are_listed_with_their_reason_and_errors_per_class_with_a
 
 def test_per_tag_view_shows_recall_per_frequent_tag_and_over_predicted_tags():
     events = [event("knn:jec", f"p{i}", "", ["cat", "pet"] if i < 3 else ["tree"], ["cat", "sky"]) for i in range(4)]
-    page = card.render_dashboard(evals.rank_models(events), events)
+    page = card.render_dashboard(rank_events(events), events)
     section = page[page.index("<h2>What each model misses</h2>"):page.index("<h2>Per-photo results</h2>")]
     assert re.findall(r'<td class="tag">(\w+) <span class="n">\((\d+)\)</span>', section) == [
         ("cat", "3"), ("pet", "3"), ("tree", "1")]
@@ -245,7 +247,7 @@ def test_recall_vs_best_shows_the_paired_interval_itself():
     photos = [f"p{i}" for i in range(40)]
     events = ([event("knn:jec", p, "", ["cat", "pet"], ["cat", "pet"]) for p in photos]
               + [event("prior:tag-prior", p, "", ["cat", "pet"], ["cat"]) for p in photos])
-    page = card.render_dashboard(evals.rank_models(events), events)
+    page = card.render_dashboard(rank_events(events), events)
     assert ('title="recall minus knn:jec&#39;s on the n=40 photos both answered: 95% interval -50.0 to -50.0; behind the '
             'best beyond noise (Holm-corrected)">-50.0<span class="pm">[-50.0, -50.0] n=40</span></td>') in page
 
@@ -257,7 +259,7 @@ def test_drilldown_shows_the_photos_models_disagree_on_most_and_says_where_the_r
         events += [event("knn:jec", f"p{i:03d}", f"/img/{i:03d}.jpg", ["cat"], ["cat"]),
                    event("prior:tag-prior", f"p{i:03d}", f"/img/{i:03d}.jpg", ["cat"], ["dog"] if spread else ["cat"],
                          error="timeout" if i == 42 else None)]
-    page = card.render_dashboard(evals.rank_models(events), events, drilldown_photos=5)
+    page = card.render_dashboard(rank_events(events), events, drilldown_photos=5)
     shown = re.findall(r'<div class="pid">([^<]+)</div>', page)
     assert shown == ["007.jpg", "150.jpg", "042.jpg", "000.jpg", "001.jpg"]  # named by their path in the folder
     assert "showing 5 of 200 photos" in page and "photo_results" in page
@@ -266,7 +268,7 @@ def test_drilldown_shows_the_photos_models_disagree_on_most_and_says_where_the_r
 
 def test_every_recall_figure_on_the_card_names_its_matching_rule(dashboard):
     _, _, page = dashboard
-    recall_headers = [h for h in card.CARD_HEADERS if "recall" in h.lower()]
+    recall_headers = [c.header for c in card.card_columns() if "recall" in c.header.lower()]
     assert recall_headers == ["Recall (all photos, exact)"]
     assert "Recall (all photos, exact) by batch" in page and "Its recall (all photos, exact)" in page
     assert "recall (exact &middot; lenient)" in page and ">100 &middot; 100</td>" in page  # the drill-down shows both
@@ -277,5 +279,20 @@ def test_a_folder_photo_is_shown_by_its_path_in_the_folder_not_its_id():
               "valid": True, "latency_ms": 5.0, **score_photo(["rocket"], ["rocket"])}
     photo = {"id": "folder-1308794bd4e9e5ee", "name": "trip/rocket.jpg", "ground_truth_tags": ["rocket"], "image_url": "/lib/trip/rocket.jpg"}
     events = [evals.make_event(result, photo, batch_id="1", batch_date="2026-05-01", source_flow="PromptModels", source_run="2")]
-    page = card.render_dashboard(evals.rank_models(events), events)
+    page = card.render_dashboard(rank_events(events), events)
     assert re.findall(r'<div class="pid">([^<]+)</div>', page) == ["trip/rocket.jpg"]
+
+
+def test_a_new_column_is_one_entry_in_the_column_list_for_the_evals_table_and_the_card(monkeypatch):
+    from phototagger.scoring import ranking as rankings
+    monkeypatch.setattr(rankings, "COLUMNS", (*rankings.COLUMNS, rankings.Column("Precision (lenient)", "precision_lenient", "mean")))
+    events = [event("knn:jec", f"p{i}", "", ["cat", "pet"], ["cat", "pet"] if i % 2 else ["cats", "dog"]) for i in range(40)]
+    ranking = rank_events(events)
+    table = ranking.table()
+    cells = dict(zip(table["headers"], table["rows"][0]))
+    assert cells["Precision (lenient)"] == 75.0 and cells["Precision (lenient) n"] == 40
+    assert cells["Precision (lenient) 95% low"] < 75.0 < cells["Precision (lenient) 95% high"]
+    page = card.render_dashboard(ranking, events)
+    assert '<th>Cost (USD)</th><th>Precision (lenient)</th>' in page
+    row = re.search(r'<tr data-model="knn:jec">.*?</tr>', page, re.DOTALL).group(0)
+    assert re.findall(r"<td[^>]*>(.*?)</td>", row)[-1].startswith("75.0<span class=\"pm\">\u00b1")

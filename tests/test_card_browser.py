@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 from phototagger.output import thumbnails
 from phototagger.output import dashboard as card
 from phototagger.scoring import evals
+from phototagger.scoring.ranking import rank_events
 from phototagger.scoring.metrics import score_photo
 from scripts.screenshot_card import HeadlessChromium, check_card, find_chromium
 
@@ -97,7 +98,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     """The ranking table and the dashboard HTML file rendered from `realistic_events`."""
     root = tmp_path_factory.mktemp("dashboard")
     events = realistic_events(root)
-    ranking = evals.rank_models(events)
+    ranking = rank_events(events)
     table = ranking.table()
     path = root / "dashboard.html"
     thumbs = thumbnails.thumbnails(card.drilldown_image_urls(events))
@@ -188,7 +189,7 @@ def test_a_year_of_batch_columns_fits_1400_px_without_scrolling_sideways_and_nam
                 photo = {"id": f"d{day}", "image_url": "", "ground_truth_tags": truth}
                 events.append(evals.make_event(result, photo, batch_id=str(2000 + day), batch_date=date,
                                                source_flow="PromptModels", source_run="1"))
-    ranking = evals.rank_models(events)
+    ranking = rank_events(events)
     assert len(ranking.batches) >= 18
     path = tmp_path / "year.html"
     path.write_text(card.render_dashboard(ranking, events), encoding="utf-8")

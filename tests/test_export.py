@@ -13,7 +13,9 @@ from PIL import Image
 import export_tags
 from phototagger.errors import UserError
 from phototagger.output import export
-from phototagger.scoring.evals import BatchSummary, Ranking, RankingRow
+from phototagger.scoring.evals import RowKey
+from phototagger.scoring.metrics import Interval
+from phototagger.scoring.ranking import Ranking, RankingRow
 
 NS = {"rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#", "dc": "http://purl.org/dc/elements/1.1/"}
 MODEL = "knn:jec"
@@ -136,9 +138,10 @@ def test_a_model_missing_from_the_run_names_the_models_it_holds(batch):
 
 
 RANKING = Ranking(
-    rows=[RankingRow("knn:jec", 12.0, 41.5, 40.0, 0.0, 0.0, {"12345678": BatchSummary(41.5, 8)}),
-          RankingRow("prior:tag-prior", 1.0, 20.0, 20.0, 0.0, 0.0, {"12345678": BatchSummary(20.0, 8)})],
-    batches=[{"batch_id": "12345678", "batch_date": "2026-05-01", "label": "345678 (05-01)"}],
+    rows=[RankingRow(RowKey("knn:jec"), {"recall": Interval(41.5, None, None, 8)}, {"12345678": Interval(40.0, None, None, 8)}),
+          RankingRow(RowKey("prior:tag-prior"), {"recall": Interval(20.0, None, None, 8)},
+                     {"12345678": Interval(20.0, None, None, 8)})],
+    batches=[{"batch_id": "12345678", "batch_date": "2026-05-01", "label": "345678 (05-01)", "batches": 1}],
 )
 
 
@@ -149,21 +152,21 @@ def test_the_best_model_is_the_first_row_of_the_dashboard():
     assert export.dashboard_models(evals) == ["knn:jec", "prior:tag-prior"]
 
 
-OLD_EVALS = {  # the `evals` table of an EvaluationFlow run stored before the `ranking` artifact
+OLD_EVALS = {  # the `evals` table of an EvaluationFlow run stored before the recalls named their matching rule
     "headers": ["Model", "Avg Latency (ms)", "Avg Recall", "Recall (all photos)", "Error %", "Cost (USD)", "345678 (05-01)"],
     "rows": [["knn:jec", 12.0, 41.5, 40.0, 0.0, 0.0, "41.5 (8)"], ["prior:tag-prior", 1.0, 20.0, 20.0, 0.0, 0.0, "20.0 (8)"]],
 }
 
 
 @pytest.mark.parametrize("artifacts", [{"ranking": RANKING.to_dict(), "evals": RANKING.table()}, {"evals": OLD_EVALS}],
-                         ids=["ranking", "evals-only"])
-def test_the_dashboard_ranking_is_read_from_the_ranking_artifact_or_an_older_runs_evals_table(monkeypatch, artifacts):
+                         ids=["this-version", "older-headers"])
+def test_the_dashboard_ranking_is_read_from_the_evals_table_of_this_version_or_an_older_one(monkeypatch, artifacts):
     run = FakeRun("EvaluationFlow/3", 0, None, **artifacts)
     monkeypatch.setattr(export.mfclient, "latest_successful_run", lambda flow, branch: run)
     ranking = export.dashboard_ranking("user.me")
     assert export.choose_model(None, ranking, "user.me") == "knn:jec"
     assert export.dashboard_models(ranking) == ["knn:jec", "prior:tag-prior"]
-    assert [row.avg_recall for row in ranking.rows] == [41.5, 20.0]
+    assert [row.mean("recall") for row in ranking.rows] == [41.5, 20.0]
 
 
 def test_without_a_dashboard_the_error_says_how_to_get_one():

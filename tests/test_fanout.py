@@ -9,7 +9,9 @@ from phototagger.prompting.summary import run_summary_lines
 from phototagger.prompting import fanout
 from phototagger.prompting.variants import make_variant, prompt_variants, trained_variants, variants_config
 from phototagger.scoring import evals
-from phototagger.scoring.metrics import score_photo, summarise
+from phototagger.scoring.ranking import Ranking, rank_events
+from phototagger.scoring.metrics import score_photo
+from phototagger.scoring.table import summarise
 
 DEFAULT = make_variant("default", "Tag this photo. Answer {\"tags\": [...]}")
 SHORT = make_variant("short", "Tags as JSON.")
@@ -103,8 +105,8 @@ def test_the_join_puts_every_photo_once_in_photo_order_per_model_and_prompt_what
     assert sorted(results) == sorted(["prior:tag-prior", f"openai:gpt-4o-mini | {DEFAULT['id']}", f"openai:gpt-4o-mini | {SHORT['id']}"])
     for row, records in results.items():
         assert [r["photo_id"] for r in records] == ["p0", "p1", "p2", "p3", "p4"]
-        assert {r["prompt_variant"] for r in records} == {evals.split_row_key(row)[1] or None}
-    assert {evals.result_row_key(r) for records in results.values() for r in records} == set(results), "scoring reads the same rows"
+        assert {r["prompt_variant"] for r in records} == {evals.RowKey.parse(row).variant or None}
+    assert {str(evals.RowKey.of(r)) for records in results.values() for r in records} == set(results), "scoring reads the same rows"
 
 
 def test_a_skipped_model_is_listed_once_and_has_no_rows():
@@ -140,7 +142,7 @@ def test_evaluation_keeps_the_prompts_of_a_model_apart_as_rows():
     events = evals.events_from_models_eval({"batch_id": "1", "batch_date": "2024-05-06", "photos": batch, "results": results},
                                            "PromptModels", "3")
     assert len(evals.fold_events([], events)) == 4, "two photos x two prompts: none replaces another"
-    assert [(row.key, row.avg_recall) for row in evals.rank_models(events).rows] == [
+    assert [(str(row.key), row.mean("recall")) for row in rank_events(events).rows] == [
         (f"openai:gpt-4o-mini | {DEFAULT['id']}", 100.0), (f"openai:gpt-4o-mini | {SHORT['id']}", 0.0)]
 
 
@@ -150,7 +152,7 @@ def test_a_model_that_ignores_the_prompt_is_one_row_whatever_the_prompts():
     results, _ = fanout.join([{"item": i, "results": answered(i, batch), "skip_reason": None} for i in items], list(batch))
     events = evals.events_from_models_eval({"batch_id": "1", "batch_date": "2024-05-06", "photos": batch, "results": results},
                                            "PromptModels", "3")
-    assert [(row.key, row.n_with_truth) for row in evals.rank_models(events).rows] == [("prior:tag-prior", 2)]
+    assert [(str(row.key), row.figures["recall_all"].n) for row in rank_events(events).rows] == [("prior:tag-prior", 2)]
 
 
 def test_a_ranking_row_names_its_model_and_prompt_and_the_dashboard_shows_the_rows_in_rank_order():
@@ -166,12 +168,11 @@ def test_a_ranking_row_names_its_model_and_prompt_and_the_dashboard_shows_the_ro
     results, _ = fanout.join(outputs, list(batch))
     events = evals.events_from_models_eval({"batch_id": "1", "batch_date": "2024-05-06", "photos": batch, "results": results},
                                            "PromptModels", "3")
-    ranking = evals.rank_models(events)
-    assert [(row.model, row.prompt_variant, row.avg_recall) for row in ranking.rows[:2]] == [
+    ranking = rank_events(events)
+    assert [(row.key.model, row.key.variant, row.mean("recall")) for row in ranking.rows[:2]] == [
         ("openai:gpt-4o-mini", DEFAULT["id"], 100.0), ("together:llama", DEFAULT["id"], 50.0)]
-    assert ranking.best.key == f"openai:gpt-4o-mini | {DEFAULT['id']}"
-    assert evals.Ranking.from_dict(ranking.to_dict()) == ranking
-    assert [row.key for row in evals.Ranking.from_table(ranking.table()).rows] == [row.key for row in ranking.rows]
+    assert str(ranking.best.key) == f"openai:gpt-4o-mini | {DEFAULT['id']}"
+    assert [row.key for row in Ranking.from_table(ranking.table()).rows] == [row.key for row in ranking.rows]
     shown = re.findall(r'<tr data-model="([^"]+)"', render_dashboard(ranking, events))
     ranked = [f"openai:gpt-4o-mini | {DEFAULT['id']}", f"together:llama | {DEFAULT['id']}",
               f"openai:gpt-4o-mini | {SHORT['id']}", f"together:llama | {SHORT['id']}"]  # equal rows by name
@@ -179,7 +180,7 @@ def test_a_ranking_row_names_its_model_and_prompt_and_the_dashboard_shows_the_ro
 
 
 def test_the_dashboards_short_name_keeps_the_prompt_variant():
-    key = evals.row_key("together:meta-llama/Llama-4-Maverick-17B-128E-Instruct-FP8", SHORT["id"])
+    key = evals.RowKey("together:meta-llama/Llama-4-Maverick-17B-128E-Instruct-FP8", SHORT["id"])
     assert short_name(key) == f"together:Llama-4-Maverick-17B-1\u2026 | {SHORT['id']}"
     assert short_name("prior:tag-prior") == "prior:tag-prior"
 

@@ -2,9 +2,15 @@
 import numpy as np
 import pytest
 
-from phototagger.scoring.metrics import (MIN_INTERVAL_N, Interval, interval_of_sums, mean_interval, paired_difference,
-                                         per_tag, photo_figures, rescore, score_photo, score_results, summarise, Totals)
+from phototagger.scoring.metrics import MIN_INTERVAL_N, Interval, interval_of_sums, per_tag, rescore, score_photo, score_results
+from phototagger.scoring.ranking import rank_events
+from phototagger.scoring.table import summarise
 from phototagger.scoring.vocabulary import Vocabulary
+
+
+def mean_interval(values):
+    values = np.asarray(list(values), dtype=float)
+    return interval_of_sums(len(values), float(values.sum()), float((values ** 2).sum()))
 
 
 def test_recall_counts_ground_truth_tags_predicted_after_normalisation():
@@ -78,46 +84,54 @@ def test_interval_is_the_student_t_interval_and_sums_give_the_same():
     assert interval_of_sums(len(values), values.sum(), (values ** 2).sum()).low == pytest.approx(interval.low)
 
 
+def _event(photo, row, recall, tags=(), truth=("cat",), error=None, latency=100.0, batch="1"):
+    model, _, variant = row.partition(" | ")
+    provider, name = model.split(":")
+    return {"photo_id": photo, "batch_id": batch, "batch_date": "2024-05-01", "provider": provider, "model": name,
+            "prompt_variant": variant or None, "model_key": row, "recall": recall, "recall_lenient": recall,
+            "precision": recall, "f1": recall, "error": error, "valid": error is None, "latency_ms": latency,
+            "tags": list(tags), "ground_truth_tags": list(truth)}
+
+
 def test_paired_difference_sees_a_steady_gap_that_separate_intervals_overlap_on():
-    best = {f"p{i}": float(r) for i, r in enumerate(np.linspace(10, 100, 30))}
-    worse = {p: r - 8.0 for p, r in best.items()}
-    a, b = mean_interval(list(best.values())), mean_interval(list(worse.values()))
-    assert a.low < b.high  # on their own the two means look alike
-    gap = paired_difference(worse, best)
+    recalls = np.linspace(10, 100, 30)
+    ranking = rank_events([_event(f"p{i}", "a:best", r) for i, r in enumerate(recalls)]
+                          + [_event(f"p{i}", "b:worse", r - 8.0) for i, r in enumerate(recalls)])
+    best, worse = ranking.rows
+    assert best.figures["recall_all"].low < worse.figures["recall_all"].high  # on their own the two means look alike
+    gap = worse.vs_best
     assert gap.n == 30 and gap.mean == pytest.approx(-8.0) and gap.high < 0 and not gap.includes(0.0)
+    assert worse.behind_best and ranking.comparisons == 1
 
 
 def test_paired_difference_uses_only_the_photos_both_answered():
-    gap = paired_difference({"p1": 50.0, "p2": 0.0, "p3": 100.0}, {"p1": 50.0, "p3": 0.0, "p4": 100.0})
-    assert gap.n == 2 and gap.mean == 50.0
+    ranking = rank_events([_event("p1", "a:m", 50.0), _event("p2", "a:m", 0.0), _event("p3", "a:m", 100.0),
+                           _event("p1", "b:m", 50.0), _event("p3", "b:m", 0.0), _event("p4", "b:m", 100.0)])
+    assert ranking.rows[1].vs_best.n == 2 and ranking.rows[1].vs_best.mean == -50.0
 
 
-def _scored(recall, tags=(), truth=("cat",), error=None, latency=100.0):
-    return {"recall": recall, "recall_lenient": recall, "precision": recall, "f1": recall, "error": error, "latency_ms": latency,
-            "tags": list(tags), "truth": list(truth)}
-
-
-def test_photo_figures_give_precision_f1_and_latency_percentiles_and_totals_tags_per_photo():
-    photos = {"p1": _scored(100.0, ["cat", "pet"], latency=10.0), "p2": _scored(0.0, ["dog"], latency=20.0),
-              "p3": _scored(0.0, error="timeout", latency=None), "p4": _scored(None, ["sky"], truth=(), latency=30.0)}
-    figures = photo_figures(photos)
-    assert (figures.recall.mean, figures.recall.n) == (50.0, 2)
-    assert (figures.recall_all.mean, figures.recall_all.n) == (pytest.approx(100 / 3), 3)  # the timeout counts as 0
-    assert figures.precision.n == figures.f1.n == 2
-    assert (figures.recall_lenient.mean, figures.recall_lenient.n) == (50.0, 2)  # the same photos under the lenient rule
-    assert (figures.recall_all_lenient.mean, figures.recall_all_lenient.n) == (pytest.approx(100 / 3), 3)
-    assert (figures.f1_all.mean, figures.precision_all.n) == (pytest.approx(100 / 3), 3)
-    assert Totals.of(photos.values()).tags_per_photo == pytest.approx(4 / 3)  # (2 + 1 + 1) tags over the 3 valid answers
-    assert figures.p50_latency_ms == 20.0 and figures.p95_latency_ms == 29.0  # the timeout has no latency
+def test_figures_give_precision_f1_latency_percentiles_and_tags_per_photo():
+    events = [_event("p1", "knn:jec", 100.0, ["cat", "pet"], latency=10.0), _event("p2", "knn:jec", 0.0, ["dog"], latency=20.0),
+              _event("p3", "knn:jec", 0.0, error="timeout", latency=None),
+              _event("p4", "knn:jec", None, ["sky"], truth=(), latency=30.0)]
+    [row] = rank_events(events).rows
+    figures = row.figures
+    assert (figures["recall"].mean, figures["recall"].n) == (50.0, 2)
+    assert (figures["recall_all"].mean, figures["recall_all"].n) == (pytest.approx(100 / 3), 3)  # the timeout counts as 0
+    assert figures["precision"].n == figures["f1"].n == 2
+    assert (figures["recall_lenient"].mean, figures["recall_lenient"].n) == (50.0, 2)  # the same photos, lenient rule
+    assert (figures["recall_all_lenient"].mean, figures["recall_all_lenient"].n) == (pytest.approx(100 / 3), 3)
+    assert (figures["f1_all"].mean, figures["precision_all"].n) == (pytest.approx(100 / 3), 3)
+    assert row.tags_per_photo == pytest.approx(4 / 3)  # (2 + 1 + 1) tags over the 3 valid answers
+    assert figures["latency_ms"].n == 3  # the timeout has no latency
+    assert row.p50_latency_ms == pytest.approx(20.0, rel=0.022) and row.p95_latency_ms == pytest.approx(30.0, rel=0.022)
 
 
 def test_per_tag_view_shows_recall_on_frequent_tags_and_over_predicted_tags():
-    scores = {
-        "knn:jec": {"p1": _scored(50.0, ["cat", "sky"], ["cat", "pet"]), "p2": _scored(0.0, ["sky"], ["cat"]),
-                    "p3": _scored(0.0, ["sky"], ["tree"]), "p4": _scored(0.0, error="timeout", truth=["cat"])},
-        "prior:tag-prior": {"p1": _scored(100.0, ["cat", "pet"], ["cat", "pet"])},
-    }
-    view = per_tag(scores, top=2)
+    events = [_event("p1", "knn:jec", 50.0, ["cat", "sky"], ["cat", "pet"]), _event("p2", "knn:jec", 0.0, ["sky"], ["cat"]),
+              _event("p3", "knn:jec", 0.0, ["sky"], ["tree"]), _event("p4", "knn:jec", 0.0, error="timeout", truth=["cat"]),
+              _event("p1", "prior:tag-prior", 100.0, ["cat", "pet"], ["cat", "pet"])]
+    view = per_tag(events, top=2)
     assert view["tags"] == [{"tag": "cat", "photos": 3}, {"tag": "pet", "photos": 1}]
     assert view["recall"]["knn:jec"]["cat"] == {"recall": 50.0, "found": 1, "photos": 2}  # the timeout is not an answer
     assert view["recall"]["knn:jec"]["pet"] == {"recall": 0.0, "found": 0, "photos": 1}

@@ -23,7 +23,8 @@ from phototagger.prompting.budget import ErrorBudget, ErrorBudgetExceeded, raise
 from phototagger.prompting.cache import LocalCacheBackend, ResponseCache
 from phototagger.prompting.summary import run_summary_lines
 from phototagger.scoring.evals import events_from_models_eval
-from phototagger.scoring.metrics import score_results, summarise
+from phototagger.scoring.metrics import score_results
+from phototagger.scoring.table import summarise
 from phototagger.redact import MIN_SECRET_LEN, scrub
 from phototagger.prompting.prompter import Prompter, RetryPolicy
 from phototagger.prompting.providers import ProviderError

@@ -19,20 +19,24 @@ from markupsafe import Markup
 
 from phototagger.http import LocalImage
 from phototagger.output.templating import TEMPLATES
-from phototagger.scoring.evals import (
-    COLUMNS, Column, EvalEvent, Ranking, RankingRow, batches_of, fold_events, row_key, split_row_key,
-)
-from phototagger.scoring.metrics import MIN_INTERVAL_N
-from phototagger.scoring.evalstate import DRILLDOWN_BATCHES
+from phototagger.scoring.evals import EvalEvent, RowKey, batches_of, fold_events
+from phototagger.scoring.metrics import MIN_INTERVAL_N, Interval
+from phototagger.scoring import ranking as rankings
+from phototagger.scoring.ranking import Column, Ranking, RankingRow
+from phototagger.scoring.table import DRILLDOWN_BATCHES
 from phototagger.scoring.tags import normalise_tag
 
 DEFAULT_TITLE = "Photo Tagger: model evaluation"
 DRILLDOWN_PHOTOS = 60
 """Photos shown per drill-down batch: those where the models disagree most, then those with errors. A
 5,000-photo batch shown whole was 35 MB of HTML and 37 s to open; the rest is in `photo_results`."""
-CARD_COLUMNS = [column for column in COLUMNS if column.show]
-"""The ranking table's columns before the batches: the COLUMNS the card shows (the rest are in the `evals` table)."""
-CARD_HEADERS = [column.header for column in CARD_COLUMNS]
+
+
+def card_columns() -> list[Column]:
+    """The ranking table's columns before the batches: the ranking.COLUMNS the card shows (all are in `evals`)."""
+    return [column for column in rankings.COLUMNS if column.show]
+
+
 SORT_NAMES = {"recall": "recall", "f1": "F1"}
 
 # Colours: one hue for recall deciles (light = low, strong = high), a categorical set for models.
@@ -90,13 +94,13 @@ def _fmt_cost(usd: Optional[float]) -> str:
     return f"${usd:,.4f}" if usd < 1 else f"${usd:,.2f}"
 
 
-def short_name(model_key: str, limit: int = 32) -> str:
+def short_name(key: RowKey | str, limit: int = 32) -> str:
     """`provider:last-path-part` of a row's model, cut to `limit` characters, then its prompt variant whole, for tight places."""
-    model_part, variant = split_row_key(model_key)
-    provider, _, model = model_part.partition(":")
+    key = key if isinstance(key, RowKey) else RowKey.parse(key)
+    provider, _, model = key.model.partition(":")
     name = f"{provider}:{model.rsplit('/', 1)[-1]}" if model else provider
     name = name if len(name) <= limit else name[: limit - 1] + "\u2026"
-    return row_key(name, variant)
+    return str(RowKey(name, key.variant))
 
 
 TEMPLATES.filters.update(fmt=_fmt, latency=_fmt_latency, cost=_fmt_cost, decile=decile, short_name=short_name, pm=_pm)
@@ -183,17 +187,16 @@ def _kpis(ranking: Ranking) -> list[tuple[str, str, str, str]]:
     """(label, value, size class, note) per KPI tile."""
     best, tied = ranking.best, ranking.tied_with_best
     batches = sum(b.get("batches", 1) for b in ranking.batches)
-    ranked = {row.model for row in ranking.rows}
+    ranked = {row.key.model for row in ranking.rows}
     not_ranked = [m for m in ranking.skipped if m not in ranked]
     metric = SORT_NAMES[ranking.sort_by]
-    headline = (best.avg_f1_all, best.avg_f1_all_low, best.avg_f1_all_high) if best and ranking.sort_by == "f1" else \
-        (best.avg_recall_all, best.avg_recall_all_low, best.avg_recall_all_high) if best else (None, None, None)
+    headline = best.value(f"{ranking.sort_by}_all") if best else None
     return [
         ("Best model (tie)" if tied else "Best model", short_name(best.key) if best else "\u2013", "small name",
          _claims(ranking)),
-        (f"Its {metric} (all photos, exact)", f"{headline[0]:.1f}% {_pm(headline[1], headline[2])}" if best else "\u2013", "",
-         f"{_interval(headline[1], headline[2], best.n_with_truth)}; a failed call counts 0" if best else ""),
-        ("Its precision \u00b7 F1", f"{_fmt(best.avg_precision_all)} \u00b7 {_fmt(best.avg_f1_all)}" if best else "\u2013",
+        (f"Its {metric} (all photos, exact)", f"{headline.mean:.1f}% {_pm(headline.low, headline.high)}" if headline else "\u2013",
+         "", f"{_interval(headline.low, headline.high, headline.n)}; a failed call counts 0" if headline else ""),
+        ("Its precision \u00b7 F1", f"{_fmt(best.mean('precision_all'))} \u00b7 {_fmt(best.mean('f1_all'))}" if best else "\u2013",
          "", "over all photos with ground truth" if best else ""),
         ("Models", str(len(ranked) + len(not_ranked)), "",
          f"{len(ranked)} ranked \u00b7 {len(not_ranked)} skipped" if not_ranked else ""),
@@ -205,10 +208,10 @@ def _kpis(ranking: Ranking) -> list[tuple[str, str, str, str]]:
 
 def grouped_by_model(rows: Sequence[RankingRow]) -> list[RankingRow]:
     """`rows` (best first) with each model's prompt variants together: models in the order of their best row."""
-    first = {}
+    first: dict[str, int] = {}
     for index, row in enumerate(rows):
-        first.setdefault(row.model, index)
-    return sorted(rows, key=lambda row: first[row.model])
+        first.setdefault(row.key.model, index)
+    return sorted(rows, key=lambda row: first[row.key.model])
 
 
 def _versus_best(row: RankingRow, best: Optional[RankingRow], metric: str) -> dict:
@@ -216,26 +219,26 @@ def _versus_best(row: RankingRow, best: Optional[RankingRow], metric: str) -> di
     the point), and the verdict."""
     if best is None or row is best:
         return {"text": "best" if best is not None else "\u2013", "pm": "", "title": "", "cls": ""}
-    if row.vs_best is None:
+    versus = row.vs_best
+    if versus is None or versus.mean is None:
         return {"text": "\u2013", "pm": "", "cls": "", "title": f"no photo answered by both this row and {best.key}"}
-    if row.vs_best_low is None:
-        return {"text": _signed(row.vs_best), "pm": f"n={row.n_paired}", "cls": "",
-                "title": f"{row.n_paired} photos answered by both this row and {best.key}: fewer than {MIN_INTERVAL_N}, "
+    if versus.low is None or versus.high is None:
+        return {"text": _signed(versus.mean), "pm": f"n={versus.n}", "cls": "",
+                "title": f"{versus.n} photos answered by both this row and {best.key}: fewer than {MIN_INTERVAL_N}, "
                          "too few to compare"}
     verdict = ("behind the best beyond noise" if row.behind_best else
                "not distinguishable from the best: tied")
-    title = (f"{metric} minus {best.key}'s on the n={row.n_paired} photos both answered: 95% interval "
-             f"{_signed(row.vs_best_low)} to {_signed(row.vs_best_high)}; {verdict} (Holm-corrected)")
-    return {"text": _signed(row.vs_best), "pm": f"[{_signed(row.vs_best_low)}, {_signed(row.vs_best_high)}] n={row.n_paired:,}",
+    title = (f"{metric} minus {best.key}'s on the n={versus.n} photos both answered: 95% interval "
+             f"{_signed(versus.low)} to {_signed(versus.high)}; {verdict} (Holm-corrected)")
+    return {"text": _signed(versus.mean), "pm": f"[{_signed(versus.low)}, {_signed(versus.high)}] n={versus.n:,}",
             "title": title, "cls": "tiecell" if row.tied_with_best else ""}
 
 
 def _cell(row: RankingRow, column: Column, ranking: Ranking) -> dict:
     """One ranking-table cell as the template shows it: text, ± half the interval, hover, shading class."""
-    value = getattr(row, column.field)
-    n = getattr(row, column.n) if column.n else 0
-    low, high = (getattr(row, f"{column.interval}_low"), getattr(row, f"{column.interval}_high")) if column.interval \
-        else (None, None)
+    value = row.value(column.field)
+    figure = value if isinstance(value, Interval) else Interval(value, None, None, 0)
+    value, low, high, n = figure.mean, figure.low, figure.high, figure.n
     cell = {"text": "", "pm": "", "title": column.title, "cls": ""}
     if column.show == "versus":
         return _versus_best(row, ranking.best, SORT_NAMES[ranking.sort_by])
@@ -255,14 +258,14 @@ def _cell(row: RankingRow, column: Column, ranking: Ranking) -> dict:
 
 
 def _table_rows(ranking: Ranking, colours: Mapping[str, str]) -> list[dict]:
-    """The ranking table in rank order: the model, then one cell per CARD_COLUMNS column after it."""
+    """The ranking table in rank order: the model, then one cell per card column (card_columns) after it."""
     out = []
     for rank, row in enumerate(ranking.rows, 1):
-        model, variant = split_row_key(row.key)
-        out.append({"rank": rank, "key": row.key, "name": short_name(model), "variant": variant, "colour": colours[row.key],
+        out.append({"rank": rank, "key": str(row.key), "name": short_name(row.key.model), "variant": row.key.variant,
+                    "colour": colours[str(row.key)],
                     "tied": row.tied_with_best, "behind": row.behind_best,
                     "versus_title": _versus_best(row, ranking.best, SORT_NAMES[ranking.sort_by])["title"],
-                    "cells": [_cell(row, column, ranking) for column in CARD_COLUMNS if column.show != "model"]})
+                    "cells": [_cell(row, column, ranking) for column in card_columns() if column.show != "model"]})
     return out
 
 
@@ -271,9 +274,9 @@ def _batch_rows(ranking: Ranking, colours: Mapping[str, str]) -> list[dict]:
     out = []
     for row in ranking.rows:
         cells = [row.batches.get(b["batch_id"]) for b in ranking.batches]
-        model, variant = split_row_key(row.key)
-        out.append({"key": row.key, "name": short_name(model), "variant": variant, "colour": colours[row.key],
-                    "batches": [{"recall": cell.avg_recall, "n": cell.n, "pm": _pm(cell.low, cell.high),
+        out.append({"key": str(row.key), "name": short_name(row.key.model), "variant": row.key.variant,
+                    "colour": colours[str(row.key)],
+                    "batches": [{"recall": cell.mean, "n": cell.n, "pm": _pm(cell.low, cell.high),
                                  "title": _interval(cell.low, cell.high, cell.n)} if cell else None for cell in cells]})
     return out
 
@@ -281,13 +284,13 @@ def _batch_rows(ranking: Ranking, colours: Mapping[str, str]) -> list[dict]:
 def _model_status(ranking: Ranking) -> list[dict]:
     """One line per skipped model (with its latest run's reason) and per error class of a ranked model
     (with its count and one example message): what the ranking table alone does not say."""
-    ranked = {row.model for row in ranking.rows}
+    ranked = {row.key.model for row in ranking.rows}
     lines = [{"model": model, "kind": "skipped", "label": "skipped", "count": "",
               "detail": entry["reason"], "run": entry["run"], "also_ranked": model in ranked}
              for model, entry in ranking.skipped.items()]
     for row in ranking.rows:
         for error, seen in sorted(row.errors.items(), key=lambda item: (-item[1]["count"], item[0])):
-            lines.append({"model": row.key, "kind": "error", "label": error, "count": f"\u00d7{seen['count']}",
+            lines.append({"model": str(row.key), "kind": "error", "label": error, "count": f"\u00d7{seen['count']}",
                           "detail": seen["example"], "run": "", "also_ranked": False})
     return lines
 
@@ -297,7 +300,7 @@ def _per_tag(ranking: Ranking) -> Optional[dict]:
     view = ranking.per_tag
     if not view or not view["tags"]:
         return None
-    models = [row.key for row in grouped_by_model(ranking.rows) if row.key in view["recall"]]
+    models = [str(row.key) for row in grouped_by_model(ranking.rows) if str(row.key) in view["recall"]]
     rows = [{"tag": t["tag"], "photos": t["photos"],
              "cells": [{**view["recall"][m][t["tag"]], "model": m} for m in models]} for t in view["tags"]]
     over = [{"model": m, "tags": view["over_predicted"].get(m) or []} for m in models]
@@ -361,7 +364,7 @@ def _image_location(event: EvalEvent) -> str:
 
 def _batch_means(ranking: Ranking, batch_id: str) -> list[dict]:
     """Each row's mean recall on one batch with its interval, for the batch's drill-down header."""
-    return [{"model": row.key, "recall": cell.avg_recall, "pm": _pm(cell.low, cell.high), "n": cell.n,
+    return [{"model": str(row.key), "recall": cell.mean, "pm": _pm(cell.low, cell.high), "n": cell.n,
              "title": f"{row.key}: {_interval(cell.low, cell.high, cell.n)}"}
             for row in grouped_by_model(ranking.rows) if (cell := row.batches.get(batch_id)) is not None]
 
@@ -384,7 +387,7 @@ def _drilldown(events: list[EvalEvent], order: Mapping[str, int], max_batches: i
 
 def _plottable(row: RankingRow) -> bool:
     """A model is a point on the chart once it has both an avg latency and a recall."""
-    return row.avg_latency_ms is not None and row.avg_recall_all is not None
+    return row.mean("latency_ms") is not None and row.mean("recall_all") is not None
 
 
 def render_dashboard(
@@ -396,19 +399,19 @@ def render_dashboard(
     drilldown_batches: int = DRILLDOWN_BATCHES,
     drilldown_photos: int = DRILLDOWN_PHOTOS,
 ) -> str:
-    """The whole dashboard as one HTML document: `ranking` (EvalState.ranking or evals.rank_models) and the events of the newest
-    batches (EvalState.events), of which the drill-down shows up to `drilldown_photos` per batch.
+    """The whole dashboard as one HTML document: `ranking` (ranking.rank) and the events of the newest
+    batches (ScoreState.recent_events), of which the drill-down shows up to `drilldown_photos` per batch.
     `thumbs` maps image URLs to data URIs (thumbnails.thumbnails of drilldown_image_urls); a photo
     without one gets a placeholder."""
     events = fold_events([], events)
-    models = [row.key for row in ranking.rows]
+    models = [str(row.key) for row in ranking.rows]
     colours = {m: _MODEL_COLOURS[i % len(_MODEL_COLOURS)] for i, m in enumerate(models)}
-    points = [(row.key, row.avg_latency_ms, row.avg_recall_all) for row in ranking.rows if _plottable(row)]
+    points = [(str(row.key), row.mean("latency_ms"), row.mean("recall_all")) for row in ranking.rows if _plottable(row)]
     return TEMPLATES.get_template("dashboard.html.j2").render(
         title=title,
         decile_colours=_decile_colours(),
         kpis=_kpis(ranking),
-        columns=CARD_COLUMNS,
+        columns=card_columns(),
         sort_name=SORT_NAMES[ranking.sort_by],
         comparisons=ranking.comparisons,
         min_n=MIN_INTERVAL_N,
@@ -418,7 +421,7 @@ def render_dashboard(
         model_status=_model_status(ranking),
         per_tag=_per_tag(ranking),
         chart=_inline_svg(recall_latency_spec(points, colours)) if points else None,
-        not_plotted=[row.key for row in ranking.rows if not _plottable(row)],
+        not_plotted=[str(row.key) for row in ranking.rows if not _plottable(row)],
         batches=_drilldown(events, {m: i for i, m in enumerate(models)}, drilldown_batches, drilldown_photos,
                            thumbs or {}, ranking),
         older_batches=max(0, sum(b.get("batches", 1) for b in ranking.batches) - drilldown_batches),

@@ -42,7 +42,8 @@ from phototagger.prompting.batch import DEFAULT_CONCURRENCY, PromptSettings, pro
 from phototagger.prompting.cache import make_cache
 from phototagger.prompting.configs import ModelSkipped, make_prompter, select_models
 from phototagger.prompting.variants import DEFAULT_VARIANT
-from phototagger.scoring.evals import Ranking, model_key, split_row_key
+from phototagger.scoring.evals import RowKey, model_key
+from phototagger.scoring.ranking import Ranking
 from phototagger.scoring.tags import normalise_tag
 from phototagger.scoring.vocabulary import Vocabulary
 from phototagger.http import is_url
@@ -155,23 +156,20 @@ def choose_model(requested: Optional[str], ranking: Optional[Ranking], branch: s
             f"The dashboard of branch {branch} ranks no model with a recall yet: run promptmodels.py and "
             "evalsflow.py on photos with tags, or name one with --model provider:model"
         )
-    return ranking.best.key
+    return str(ranking.best.key)
 
 
 def dashboard_ranking(branch: str) -> Optional[Ranking]:
-    """The model ranking of the latest successful EvaluationFlow run of `branch`, None without one
-    (read from its `evals` table when the run is older than the `ranking` artifact)."""
+    """The model ranking of the latest successful EvaluationFlow run of `branch` (its `evals` table), None without one."""
     run = mfclient.latest_successful_run(DASHBOARD_FLOW, branch)
     if run is None:
         return None
     data = run.data  # a client Run lists its artifacts anew on every `.data`
-    if "ranking" in data:
-        return Ranking.from_dict(data.ranking)
     return Ranking.from_table(data.evals) if "evals" in data else None
 
 
 def dashboard_models(ranking: Optional[Ranking]) -> list[str]:
-    return [row.key for row in ranking.rows] if ranking is not None else []
+    return [str(row.key) for row in ranking.rows] if ranking is not None else []
 
 
 # -- tags from a prompt run -----------------------------------------------------------------------
@@ -192,8 +190,8 @@ def result_key(results: Mapping[str, Any], model: str) -> Optional[str]:
     its one row, or its row on the default prompt when it ran on several; None when it names none."""
     if model in results:
         return model
-    rows = [key for key in results if split_row_key(key)[0] == model]
-    default = [key for key in rows if split_row_key(key)[1].startswith(f"{DEFAULT_VARIANT}@")]
+    rows = [key for key in results if RowKey.parse(key).model == model]
+    default = [key for key in rows if RowKey.parse(key).variant.startswith(f"{DEFAULT_VARIANT}@")]
     return rows[0] if len(rows) == 1 else (default[0] if len(default) == 1 else None)
 
 
@@ -320,7 +318,7 @@ def tags_from_folder(
 ) -> TagSet:
     """Prompt `model` (a model key, or a dashboard row whose prompt variant `prompt_text` replaces) on every image
     under `folder` (the folder source's listing and ids) and keep its tags."""
-    model = split_row_key(model)[0]
+    model = RowKey.parse(model).model
     provider, _ = split_model_key(model)
     if provider == FINETUNED_PROVIDER:
         raise ExportError(
@@ -387,7 +385,7 @@ def write_sidecars(tagset: TagSet, options: ExportOptions) -> tuple[list[xmp.Sid
     """Merge each photo's tags into its sidecar; a sidecar that cannot be merged is reported, never clobbered."""
     changes, failures = [], []
     claimed: dict[Path, str] = {}
-    suggested_by = xmp.Suggestion("", split_row_key(tagset.model)[0], tagset.source)
+    suggested_by = xmp.Suggestion("", RowKey.parse(tagset.model).model, tagset.source)
     for photo in tagset.tagged:
         if not photo.tags:
             continue

@@ -3,7 +3,7 @@
 The table maps a model key ("provider:model", or "provider:*" for every model of a provider)
 to USD per one million input and output tokens. A model missing from the table gets no cost
 (None) rather than a made-up one; a free local model is listed with zero prices. Sums per model and batch are
-`metrics.summarise(...)["cost_usd"]`.
+`table.summarise(...)["cost_usd"]`.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, TypedDict
 from phototagger.prompting.providers import reads_prompt
 from phototagger.prompting.variants import PromptVariant
 from phototagger.records import ModelResult, Photo
-from phototagger.scoring.evals import model_key, row_key
+from phototagger.scoring.evals import RowKey, model_key
 
 DEFAULT_SHARD_SIZE = 500
 
@@ -86,7 +86,7 @@ def item_variant(item: WorkItem) -> Optional[str]:
 
 def item_row(item: WorkItem) -> str:
     """The ranking row the item's results go to: `provider:model | variant@hash`, or the model alone."""
-    return row_key(item_model(item), item_variant(item))
+    return str(RowKey(item_model(item), item_variant(item) or ""))
 
 
 def shard_photos(photos: Mapping[str, Photo], item: WorkItem) -> list[Photo]:

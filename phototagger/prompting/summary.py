@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional
 
 from phototagger.mfclient import EVAL_FLOW, UPDATE_FLOW, flow_command
-from phototagger.scoring.evals import split_row_key
-from phototagger.scoring.metrics import Summary
+from phototagger.scoring.evals import RowKey
+from phototagger.scoring.table import Summary
 
 
 def run_summary_lines(
@@ -30,8 +30,8 @@ def run_summary_lines(
     cached = sum(1 for rows in results.values() for r in rows if r.get("cached"))
     calls = sum(len(rows) for rows in results.values())
     cost = sum(s["cost_usd"] for s in summaries.values())
-    ran = {split_row_key(key)[0] for key in results}
-    prompts = {split_row_key(key)[1] for key in results}
+    ran = {RowKey.parse(key).model for key in results}
+    prompts = {RowKey.parse(key).variant for key in results}
     prompts_text = f" with {len(prompts)} prompts" if len(prompts) > 1 else ""
     return [
         f"Prompted {len(ran)} of {len(ran) + len(skipped)} models{prompts_text} on {len(photos)} photos of batch {models_eval['batch_id']} ({models_eval['batch_date']}){skipped_text}.",
