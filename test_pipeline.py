@@ -51,6 +51,7 @@ def private_env(root: Path) -> dict:
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "PHOTOTAGGER_ALLOW_PRIVATE_URLS": "1",  # the fake Unsplash serves its photos from 127.0.0.1
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),  # as tests/conftest.py: torch's threads stall on a shared CPU
         **{key: "" for key in KEYS},
     }
 
