@@ -99,6 +99,9 @@ def test_folding_run_by_run_equals_folding_at_once():
     at_once = rank_events(everything)
     assert ranked(state, store).to_dict() == at_once.to_dict()
     assert ranked(state, store).table() == at_once.table()
+    stored = pickle.loads(pickle.dumps(state))  # as Metaflow stores the `state` artifact
+    assert ranked(stored, store).to_dict() == at_once.to_dict()
+    assert ranked(stored.fold(batch(120), store), store).to_dict() == rank_events(everything + batch(120)).to_dict()
 
 
 def test_a_rerun_replaces_a_batch_on_its_own_or_in_a_closed_month_and_keeps_the_answers_it_did_not_redo():
