@@ -99,6 +99,9 @@ def test_folding_run_by_run_equals_folding_at_once():
     at_once = rank_events(everything)
     assert ranked(state, store).to_dict() == at_once.to_dict()
     assert ranked(state, store).table() == at_once.table()
+    stored = pickle.loads(pickle.dumps(state))  # as Metaflow stores the `state` artifact
+    assert ranked(stored, store).to_dict() == at_once.to_dict()
+    assert ranked(stored.fold(batch(120), store), store).to_dict() == rank_events(everything + batch(120)).to_dict()
 
 
 def test_a_rerun_replaces_a_batch_on_its_own_or_in_a_closed_month_and_keeps_the_answers_it_did_not_redo():
@@ -238,3 +241,20 @@ def test_prompt_variants_keep_their_own_rows_through_rollups_and_the_drilldown()
     page = render_dashboard(ranking, recent, drilldown_photos=5)
     assert sorted(set(re.findall(r'<tr data-model="([^"]+)"', page))) == keys, "every (model, prompt) row on the card"
     assert page.count("showing 5 of 30 photos") == DRILLDOWN_BATCHES
+
+
+def test_a_new_batch_of_a_month_already_partly_closed_stays_on_its_own_and_a_one_batch_month_is_a_month():
+    dates = ["2024-01-02", "2024-01-08", "2024-01-15", "2024-01-22", "2024-01-29"]  # five ISO weeks
+    dates += [f"2024-{1 + d // 31:02d}-{1 + d % 31:02d}T09:00:00" for d in range(29, 41)]  # the newest 12, to 02-10
+    store, state = MemoryBlobStore(), ScoreState()
+    for b, date in enumerate(dates):
+        state = state.fold([event(photo=f"b{b}-p{i}", batch=str(100 + b), date=date) for i in range(3)], store)
+    assert list(state.closed.batches["batch_id"]) == ["month:2024-01"] and state.closed.batches["batches"].tolist() == [1]
+    written = store.bytes_written
+    late = [event(photo=f"late-p{i}", batch="200", date="2024-01-31T12:00:00") for i in range(3)]
+    state = state.fold(late, store)
+    assert "200" in state.dates(), "a batch newer than its month's closed part is not a rerun of one of them"
+    assert store.bytes_written - written < 20_000, "the month's blob is not read and written again"
+    columns = {c["batch_id"]: c for c in ranked(state, store).batches}
+    assert columns["month:2024-01"]["label"] == "month 2024-01" and columns["month:2024-01"]["batches"] == 1
+    assert sum(c["batches"] for c in columns.values()) == len(dates) + 1

@@ -24,7 +24,7 @@ from phototagger.blobs import BlobStore, MemoryBlobStore
 from phototagger.scoring.evals import (NEWEST_BATCHES, WEEKLY_ROLLUPS, BatchInfo, EvalEvent, RowKey, SkippedModel,
                                        batch_label, batch_sort_key, columns, rollup_label)
 from phototagger.scoring.metrics import MIN_INTERVAL_N, Interval, PerTag, holm, interval_of_sums, per_tag
-from phototagger.scoring.table import KEYS, MEASURES, PAIR_KEYS, SORT_METRICS, ScoreState, Tables, percentile
+from phototagger.scoring.table import KEYS, MEASURES, PAIR_KEYS, SORT_METRICS, ScoreState, percentile
 
 @dataclass(frozen=True)
 class Column:
@@ -178,18 +178,17 @@ def _intervals(sums: Mapping[str, Any]) -> dict[str, Interval]:
     return {m: interval_of_sums(int(sums[f"{m}_n"]), float(sums[f"{m}_sum"]), float(sums[f"{m}_sq"])) for m in MEASURES}
 
 
-def _columns(tables: Tables, newest: int, weeks: int) -> tuple[list[BatchInfo], dict[str, str]]:
-    """The batch columns (closed months first, merged with a live column of the same key) and each batch's column."""
-    batch_rows = tables.batches
-    single = batch_rows[batch_rows["batches"] == 1]
-    closed = batch_rows[batch_rows["batches"] != 1]
-    _, column_of = columns(dict(zip(single["batch_id"], single["batch_date"])), newest, weeks)
-    rolled = tables.batches.assign(column=tables.batches["batch_id"].map(lambda b: column_of.get(b, b)))
-    rolled = rolled.assign(order=[batch_sort_key(b, d) for b, d in zip(rolled["batch_id"], rolled["batch_date"])])
+def _columns(state: ScoreState, newest: int, weeks: int) -> tuple[list[BatchInfo], dict[str, str]]:
+    """The batch columns, oldest first (a closed month merged with a live column of the same key), and the column
+    of each batch on its own."""
+    _, column_of = columns(state.dates(), newest, weeks)
+    batches = state.tables().batches
+    rolled = batches.assign(column=batches["batch_id"].map(lambda b: column_of.get(b, b)),
+                            order=[batch_sort_key(b, d) for b, d in zip(batches["batch_id"], batches["batch_date"])])
     infos = []
     for key, group in rolled.sort_values("order").groupby("column", sort=False):
         first = group.iloc[0]
-        own = len(group) == 1 and key == first["batch_id"] and key not in set(closed["batch_id"])
+        own = column_of.get(key) == key
         infos.append(BatchInfo(batch_id=key, batch_date=first["batch_date"], batches=int(group["batches"].sum()),
                                label=batch_label(key, first["batch_date"]) if own else rollup_label(key)))
     infos.sort(key=lambda b: (b["batch_date"], batch_sort_key(b["batch_id"], b["batch_date"])))
@@ -204,7 +203,7 @@ def rank(state: ScoreState, recent: Iterable[EvalEvent] = (), *, skipped: Option
     if sort_by not in SORT_METRICS:
         raise ValueError(f"unknown sort metric {sort_by!r}; choose one of {', '.join(SORT_METRICS)}")
     tables = state.tables()
-    infos, column_of = _columns(tables, newest, weeks)
+    infos, column_of = _columns(state, newest, weeks)
     by_column = tables.rollup(column_of)
     overall = tables.cells.sort_values("batch_id", kind="stable").drop(columns="batch_id").groupby(KEYS).sum()
     rows = []

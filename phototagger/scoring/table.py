@@ -138,8 +138,8 @@ def _pairs(photos: pd.DataFrame, keys: pd.DataFrame) -> pd.DataFrame:
                 **{f"{m}_{part}": float(out[k][p][i, j]) for k, m in enumerate(SORT_METRICS)
                    for p, part in ((1, "sum"), (2, "sq"))}}
                for i, a in enumerate(rows) for j, b in enumerate(rows) if i < j and out[0][0][i, j] > 0]
-    return pd.DataFrame(records, columns=[*PAIR_KEYS, "batch_id", "n",
-                                          *(f"{m}_{p}" for m in SORT_METRICS for p in ("sum", "sq"))])
+    sums = [f"{m}_{p}" for m in SORT_METRICS for p in ("sum", "sq")]
+    return pd.DataFrame(records, columns=[*PAIR_KEYS, "batch_id", "n", *sums]).astype({"n": "int64", **dict.fromkeys(sums, "float64")})
 
 
 def latency_bucket(latency_ms: pd.Series) -> pd.Series:
@@ -159,7 +159,8 @@ class Tables:
     pairs: pd.DataFrame
     errors: pd.DataFrame
     latency: pd.DataFrame
-    batches: pd.DataFrame  # batch_id, batch_date, photos (the most any row answered), batches (1, more rolled up), part
+    batches: pd.DataFrame  # batch_id, batch_date (a roll-up's oldest), newest_date, photos (the most any row answered),
+    # batches (1, more rolled up), part
 
     @classmethod
     def empty(cls) -> Tables:
@@ -175,7 +176,8 @@ class Tables:
         errors = pd.concat([keys, photos[["batch_id", "error", "raw"]]], axis=1)[failed(photos)].assign(count=1)
         errors["example"] = errors["raw"].fillna("").astype(str).str[:EXAMPLE_CHARS]
         cells = _cells(photos, keys)
-        batches = pd.DataFrame({"batch_id": photos["batch_id"].iloc[:1], "batch_date": photos["batch_date"].iloc[:1].fillna(""),
+        date = photos["batch_date"].iloc[:1].fillna("")
+        batches = pd.DataFrame({"batch_id": photos["batch_id"].iloc[:1], "batch_date": date, "newest_date": date,
                                 "photos": [int(cells["calls"].max())] if len(cells) else [], "batches": 1, "part": part})
         return cls(cells=cells, pairs=_pairs(photos, keys),
                    errors=errors[[*KEYS, "batch_id", "error", "count", "example"]],
@@ -184,6 +186,15 @@ class Tables:
 
     def frames(self) -> dict[str, pd.DataFrame]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __getstate__(self) -> dict[str, bytes]:
+        """Stored (the `state` artifact, a month's blob) as Parquet: a sixth of a pickled frame's bytes, the
+        latency histogram's a thirtieth."""
+        return {name: to_parquet(frame) for name, frame in self.frames().items()}
+
+    def __setstate__(self, stored: dict[str, bytes]) -> None:
+        for name, data in stored.items():
+            object.__setattr__(self, name, read_parquet(data))
 
     def concat(self, *others: Tables) -> Tables:
         return Tables(**{name: pd.concat([frame, *(o.frames()[name] for o in others)], ignore_index=True)
@@ -209,7 +220,8 @@ class Tables:
         errors = by_column(errors).sort_values("age", kind="stable").groupby([*KEYS, "batch_id", "error"], as_index=False) \
             .agg(count=("count", "sum"), example=("example", lambda s: next((e for e in s if e), "")))
         batches = by_column(dated.sort_values("order")).groupby("batch_id", as_index=False, sort=False).agg(
-            batch_date=("batch_date", "first"), photos=("photos", "sum"), batches=("batches", "sum"), part=("part", "last"))
+            batch_date=("batch_date", "first"), newest_date=("newest_date", "last"), photos=("photos", "sum"),
+            batches=("batches", "sum"), part=("part", "last"))
         return Tables(cells=_sums(by_column(self.cells), [*KEYS, "batch_id"]),
                       pairs=_sums(by_column(self.pairs), [*PAIR_KEYS, "batch_id"]), errors=errors,
                       latency=_sums(by_column(self.latency), [*KEYS, "batch_id", "bucket"]), batches=batches)
@@ -240,12 +252,12 @@ def _save_part(store: BlobStore, photos: pd.DataFrame) -> str:
 
 
 def _save_month(store: BlobStore, tables: Tables) -> str:
-    """A closed month's batch rows, as one blob (pickled frames: read back only by this package)."""
-    return store.save([pickle.dumps(tables.frames())])[0]
+    """A closed month's batch rows, as one blob (read back only by this package)."""
+    return store.save([pickle.dumps(tables)])[0]
 
 
 def _load_month(store: BlobStore, key: str) -> Tables:
-    return Tables(**pickle.loads(store.load([key])[0]))
+    return pickle.loads(store.load([key])[0])
 
 
 @dataclass(frozen=True)
@@ -271,10 +283,13 @@ class ScoreState:
             return self
         parts = dict(zip(self.open.batches["batch_id"], self.open.batches["part"]))
         closed = dict(zip(self.closed.batches["batch_id"], self.closed.batches["part"]))
+        newest = dict(zip(self.closed.batches["batch_id"], self.closed.batches["newest_date"]))
         fresh, months = [], {}
         for batch_id, answers in photos.groupby("batch_id", sort=False):
-            month = rollup_key(answers["batch_date"].fillna("").iloc[0])
-            month = month if batch_id not in parts and month in closed else None
+            date = answers["batch_date"].fillna("").iloc[0]
+            month = rollup_key(date)
+            # A batch not on its own is a closed month's when that month holds batches as new as it: a rerun of one.
+            month = month if batch_id not in parts and month in closed and date <= newest[month] else None
             if month and month not in months:
                 months[month] = _load_month(store, closed[month])
             old_parts = dict(zip(months[month].batches["batch_id"], months[month].batches["part"])) if month else parts
