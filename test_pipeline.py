@@ -9,6 +9,7 @@
    a resume of a failed resume continues from the newest checkpoint of either.
 5) A photographer's folder: ingest, a fake VLM, export, a review with exiftool, ingest again, scores against the review.
 The full loop runs on a base model cached once in the datastore, with no hub and no local copy.
+The fine-tune tests start from one set of UpdatePhotos and PrepareVLMData runs, made once and copied into each test's datastore.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import signal
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,20 +41,26 @@ ROOT = Path(__file__).resolve().parent
 KEYS = ("client_id", "openai_api", "togetherai_api")
 
 
-@pytest.fixture
-def flow_env(tmp_path, monkeypatch):
-    """A private datastore and response cache; no vendor key unless a test sets one."""
-    monkeypatch.setenv("USER", "ci")  # the client in this process needs a user name, even as root
+def private_env(root: Path) -> dict:
+    """A private datastore and response cache under `root`; no vendor key unless a test sets one."""
     return {
         "METAFLOW_USER": "ci",
         "USER": "ci",
-        "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path),
-        "PHOTOTAGGER_CACHE_DIR": str(tmp_path / "cache"),
+        "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(root),
+        "PHOTOTAGGER_CACHE_DIR": str(root / "cache"),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "PHOTOTAGGER_ALLOW_PRIVATE_URLS": "1",  # the fake Unsplash serves its photos from 127.0.0.1
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),  # as tests/conftest.py: torch's threads stall on a shared CPU
         **{key: "" for key in KEYS},
     }
+
+
+@pytest.fixture
+def flow_env(tmp_path, monkeypatch):
+    """A private datastore and response cache in the test's folder."""
+    monkeypatch.setenv("USER", "ci")  # the client in this process needs a user name, even as root
+    return private_env(tmp_path)
 
 
 def run_flow(flow_file: str, env: dict, **params):
@@ -215,18 +223,12 @@ def test_every_prompted_photo_reaches_the_dashboard_past_the_log_cap(flow_env):
 
 
 @pytest.mark.timeout(900)  # trains, then loads the tiny model once per shard, on a CPU
-def test_full_loop_puts_the_finetuned_model_on_the_dashboard_from_a_base_model_cached_in_the_datastore(flow_env, tmp_path):
-    # Built in a child process, as run_demo.sh does: torch imported after Metaflow's client has run in
-    # this process can trip over Metaflow's vendored typing_extensions.
-    base = tmp_path / "tiny-qwen"
-    subprocess.run([sys.executable, "-m", "phototagger.training.random_qwen", str(base), "--size", "tiny"], cwd=ROOT, check=True)
+def test_full_loop_puts_the_finetuned_model_on_the_dashboard_from_a_base_model_cached_in_the_datastore(flow_env, tmp_path, tiny_base_and_dataset):
+    base, runs = tiny_base_and_dataset
     # Cached once in the datastore, as the README says for clusters whose pods cannot reach the hub; then gone from disk.
     subprocess.run([sys.executable, "-m", "phototagger.training.base_models", "cache", str(base), "--name", "tiny-org/tiny-qwen"],
                    cwd=tmp_path, env={**os.environ, **flow_env, "PYTHONPATH": str(ROOT)}, check=True)
     shutil.rmtree(base)
-    first, _ = run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
-    newest, _ = run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
-    dataset, _ = run_flow("prepare_vlm_data.py", flow_env)
     trained, _ = run_flow(
         "finetune_vlm.py", flow_env, base_model="tiny-org/tiny-qwen", max_steps=2, batch_size=2, grad_accum=1, epochs=1,
         output_dir=str(tmp_path / "checkpoints"),
@@ -235,16 +237,16 @@ def test_full_loop_puts_the_finetuned_model_on_the_dashboard_from_a_base_model_c
     custom, _ = run_flow("promptcustommodels.py", flow_env, max_error_share=1.0, shard_size=3)
     evals_run, _ = run_flow("evalsflow.py", flow_env)
 
-    train_ids = {ex["photo_id"] for ex in dataset.data.train_examples + dataset.data.validation_examples}
-    assert train_ids and train_ids <= set(first.data.unseen), "only the earlier batch trains"
-    assert not train_ids & set(newest.data.unseen), "the newest batch is held out for evaluation"
+    assert runs.trained_on and runs.trained_on <= set(runs.first), "only the earlier batch trains"
+    assert not runs.trained_on & set(runs.newest), "the newest batch is held out for evaluation"
+    assert trained.data.finetune_meta["dataset_run"] == runs.dataset_run
     assert trained.data.adapter_files and trained.data.finetune_meta["base_model"] == "tiny-org/tiny-qwen"
     assert len(trained.data.finetune_meta["train_loss"]) >= 1
 
     assert len(list(custom["evaluate"])) == 2, "6 photos in shards of 3: two evaluate tasks"
     (key,) = custom.data.models_eval["results"]
     assert key.startswith("finetuned:") and RowKey.parse(key).variant.startswith("default@"), "trained on prompt.txt"
-    assert [r["photo_id"] for r in custom.data.models_eval["results"][key]] == list(newest.data.unseen), "2 shards, joined in order"
+    assert [r["photo_id"] for r in custom.data.models_eval["results"][key]] == runs.newest, "2 shards, joined in order"
     evals, html = dashboard(evals_run)
     assert key in [row[0] for row in evals["rows"]]
     assert f'data-model="{key}"' in html
@@ -292,24 +294,70 @@ class PodKiller(threading.Thread):
                 seen = newest
 
 
-def tiny_base_and_dataset(flow_env: dict, tmp_path: Path) -> Path:
-    """A tiny random Qwen2.5-VL in `tmp_path` and a PrepareVLMData run over two demo batches: what a train task needs."""
-    base = tmp_path / "tiny-qwen"
+@dataclass(frozen=True)
+class DatasetRuns:
+    """What a datastore copy holds: the photo ids of its two UpdatePhotos batches, and its PrepareVLMData run with
+    the photo ids it trains and validates on."""
+
+    first: list[str]
+    newest: list[str]
+    dataset_run: str
+    trained_on: set[str]
+
+
+@pytest.fixture(scope="module")
+def dataset_datastore(tmp_path_factory) -> tuple[Path, DatasetRuns]:
+    """Two demo UpdatePhotos batches and a PrepareVLMData run over them (what a train task needs), run once per
+    module in a datastore of their own; `tiny_base_and_dataset` copies it for each test instead of running them again."""
+    root = tmp_path_factory.mktemp("dataset-datastore")
+    env = private_env(root)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("USER", "ci")  # as flow_env: the client in this process needs a user name
+        first, _ = run_flow("updatephotos.py", env, source="demo", batch_size=6)
+        newest, _ = run_flow("updatephotos.py", env, source="demo", batch_size=6)
+        dataset, _ = run_flow("prepare_vlm_data.py", env)
+        trained_on = {ex["photo_id"] for ex in dataset.data.train_examples + dataset.data.validation_examples}
+        return root, DatasetRuns(list(first.data.unseen), list(newest.data.unseen), dataset.pathspec, trained_on)
+
+
+def copy_datastore(source: Path, dest: Path) -> None:
+    """Copy a local datastore's runs to `dest`, re-rooted: Metaflow records each task's datastore root in its
+    metadata (an artifact's location is ":root:<root>"), and the client reads the artifacts from there."""
+    shutil.copytree(source / ".metaflow", dest / ".metaflow", dirs_exist_ok=True)
+    old, new = json.dumps(str(source / ".metaflow"))[1:-1], json.dumps(str(dest / ".metaflow"))[1:-1]
+    for meta in (dest / ".metaflow").glob("*/*/*/*/_meta/*.json"):
+        text = meta.read_text()
+        if old in text:
+            meta.write_text(text.replace(old, new))
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen(tmp_path_factory) -> Path:
+    """A tiny random Qwen2.5-VL, built once per module in a child process, as run_demo.sh does: torch imported
+    after Metaflow's client has run in this process can trip over Metaflow's vendored typing_extensions."""
+    base = tmp_path_factory.mktemp("tiny-qwen-built") / "tiny-qwen"
     subprocess.run([sys.executable, "-m", "phototagger.training.random_qwen", str(base), "--size", "tiny"], cwd=ROOT, check=True)
-    run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
-    run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
-    run_flow("prepare_vlm_data.py", flow_env)
     return base
 
 
-@pytest.mark.timeout(900)  # four flows and two train attempts on a shared CPU: past pytest.ini's 300 s under load
-def test_a_killed_train_task_resumes_on_retry_from_the_datastore_not_the_lost_disk(flow_env, tmp_path):
-    base = tiny_base_and_dataset(flow_env, tmp_path)
+@pytest.fixture
+def tiny_base_and_dataset(flow_env, tmp_path, tiny_qwen, dataset_datastore) -> tuple[Path, DatasetRuns]:
+    """A copy of the tiny Qwen2.5-VL at `tmp_path/tiny-qwen` and the test's datastore holding two demo batches and a
+    PrepareVLMData run over them: the base model and the batches a FineTuneVLM run needs."""
+    source, runs = dataset_datastore
+    copy_datastore(source, tmp_path)
+    return shutil.copytree(tiny_qwen, tmp_path / "tiny-qwen"), runs
+
+
+@pytest.mark.timeout(900)  # two train attempts, each loading torch and the tiny model, on a shared CPU: past pytest.ini's 300 s under load
+def test_a_killed_train_task_resumes_on_retry_from_the_datastore_not_the_lost_disk(flow_env, tmp_path, tiny_base_and_dataset):
+    base, _ = tiny_base_and_dataset
     cache = tmp_path / "pod-disk"
     killer = PodKiller(tmp_path, cache)
     killer.start()
+    steps = 12  # the kill lands after step 2 or 4: the retry has steps of its own left to train
     trained, _ = run_flow(
-        "finetune_vlm.py", flow_env, base_model=str(base), max_steps=40, save_steps=2, batch_size=2, grad_accum=1,
+        "finetune_vlm.py", flow_env, base_model=str(base), max_steps=steps, save_steps=2, batch_size=2, grad_accum=1,
         quantize="none", output_dir=str(cache),
     )
     killer.done.set()
@@ -320,9 +368,9 @@ def test_a_killed_train_task_resumes_on_retry_from_the_datastore_not_the_lost_di
     assert task.current_attempt == 1
     training = trained.data.finetune_meta["training"]
     resumed_step = int(training["resumed_from"].rsplit("checkpoint-", 1)[1])
-    assert training["resumed_from"].startswith(str(cache)) and 2 <= resumed_step < 40
-    assert training["global_step"] == 40
-    assert [p["step"] for p in trained.data.finetune_meta["train_loss"]] == list(range(1, 41))
+    assert training["resumed_from"].startswith(str(cache)) and 2 <= resumed_step < steps
+    assert training["global_step"] == steps
+    assert [p["step"] for p in trained.data.finetune_meta["train_loss"]] == list(range(1, steps + 1))
 
 
 def failed_run(start: Any, killer: PodKiller):
@@ -336,13 +384,14 @@ def failed_run(start: Any, killer: PodKiller):
 
 
 @pytest.mark.timeout(1500)  # three runs, six train tasks, each loading torch and the tiny model on a shared CPU
-def test_a_resume_of_a_failed_resume_continues_from_the_newest_checkpoint(flow_env, tmp_path):
-    base = tiny_base_and_dataset(flow_env, tmp_path)
+def test_a_resume_of_a_failed_resume_continues_from_the_newest_checkpoint(flow_env, tmp_path, tiny_base_and_dataset):
+    base, _ = tiny_base_and_dataset
     cache = tmp_path / "pod-disk"
     runner = Runner(str(ROOT / "finetune_vlm.py"), show_output=False, env=flow_env, cwd=str(ROOT))
 
     first_killer, resume_killer = PodKiller(tmp_path, cache, kills=2), PodKiller(tmp_path, cache, kills=2)
-    first = failed_run(lambda: runner.run(base_model=str(base), max_steps=30, save_steps=2, batch_size=2, grad_accum=1,
+    steps = 20  # four kills, each after a newer checkpoint (every 2 steps): the last resume starts near step 8
+    first = failed_run(lambda: runner.run(base_model=str(base), max_steps=steps, save_steps=2, batch_size=2, grad_accum=1,
                                           quantize="none", output_dir=str(cache)), first_killer)
     resumed = failed_run(lambda: runner.resume(origin_run_id=first.id), resume_killer)
     newest = newest_stored_step(tmp_path)
@@ -353,9 +402,9 @@ def test_a_resume_of_a_failed_resume_continues_from_the_newest_checkpoint(flow_e
     assert len(first_killer.killed_at) == len(resume_killer.killed_at) == 2, "each failed run lost its task and its retry"
     training = finished.data.finetune_meta["training"]
     assert training["resumed_from"] == str(cache / f"checkpoint-{newest}"), "continued from the newest step, not from 0"
-    assert training["global_step"] == 30
-    steps = [p["step"] for p in finished.data.finetune_meta["train_loss"]]
-    assert steps == list(range(1, 31)), "the log history came back with the checkpoint: every step once"
+    assert training["global_step"] == steps
+    logged = [p["step"] for p in finished.data.finetune_meta["train_loss"]]
+    assert logged == list(range(1, steps + 1)), "the log history came back with the checkpoint: every step once"
 
 
 def test_a_model_past_its_error_budget_fails_the_run_but_keeps_every_record(flow_env):
@@ -505,14 +554,10 @@ def test_a_photo_delivered_twice_upstream_is_counted_once_by_promptmodels_and_ev
 
 
 @pytest.mark.timeout(900)  # trains, merges, serves and prompts the tiny model on a CPU
-def test_exported_model_served_by_transformers_serve_is_scored_beside_the_baselines(flow_env, tmp_path):
+def test_exported_model_served_by_transformers_serve_is_scored_beside_the_baselines(flow_env, tmp_path, tiny_base_and_dataset):
     from phototagger.training.export import transformers_server
 
-    base = tmp_path / "tiny-qwen"
-    subprocess.run([sys.executable, "-m", "phototagger.training.random_qwen", str(base), "--size", "tiny"], cwd=ROOT, check=True)
-    run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
-    newest, _ = run_flow("updatephotos.py", flow_env, source="demo", batch_size=6)
-    run_flow("prepare_vlm_data.py", flow_env)
+    base, runs = tiny_base_and_dataset
     trained, _ = run_flow("finetune_vlm.py", flow_env, base_model=str(base), quantize="none", max_steps=2, batch_size=2,
                           grad_accum=1, epochs=1, output_dir=str(tmp_path / "checkpoints"))
     out = tmp_path / "export"
@@ -535,7 +580,7 @@ def test_exported_model_served_by_transformers_serve_is_scored_beside_the_baseli
     key = f"openai-compatible:{name}"
     results = by_model(prompted.data.models_eval["results"])
     assert set(results) == {"prior:tag-prior", "knn:jec", key}
-    assert [r["photo_id"] for r in results[key]] == list(newest.data.unseen), "every photo once, answered by the server"
+    assert [r["photo_id"] for r in results[key]] == runs.newest, "every photo once, answered by the server"
     assert all(r["error"] in (None, "truncated", "unparseable") and r["raw"] for r in results[key]), [r["error"] for r in results[key]]
     evals, html = dashboard(evals_run)
     assert set(rows_by_model(evals)) == {"prior:tag-prior", "knn:jec", key}

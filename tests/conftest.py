@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,13 +11,19 @@ from PIL import Image
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Import torch's compiler stack before any test runs a flow through Metaflow's Runner.
+    """One OpenMP thread for torch, here and in every flow the tests start (they inherit the environment),
+    unless OMP_NUM_THREADS is set: the tiny models gain nothing from a second thread, and on a shared 2-core
+    machine torch's threads wait on each other for a descheduled one (a training step of the tiny Qwen took
+    twice as long with two threads beside two busy processes).
+
+    Then import torch's compiler stack before any test runs a flow through Metaflow's Runner.
 
     The Runner loads Metaflow's vendored typing_extensions, which re-patches `typing` so that torch's
     own typing_extensions objects fail when torch._dynamo is first imported afterwards ("TypeError: Type
     parameter ~_T1 without a default follows type parameter with a default"): without this, whether the
     fine-tuning tests pass depends on which test ran a flow first.
     """
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch._dynamo  # noqa: F401
 
 

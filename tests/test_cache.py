@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -15,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from phototagger.prompting.cache import LocalCacheBackend, ResponseCache, make_cache
+from tests.fakes.moto_s3 import moto_s3
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {"provider": "openai", "model": "gpt-4o-mini", "temperature": 0.0, "max_tokens": 300}
@@ -105,55 +104,33 @@ def test_default_directory_is_under_the_working_directory(tmp_path, monkeypatch)
     assert cache.location == str(tmp_path / ".phototagger_cache" / "responses")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_s3_datastore_puts_the_cache_in_the_datastore_bucket(tmp_path):
     """A deployed run (Metaflow datastore on S3) shares its cache through the datastore's storage.
 
     Metaflow reads its config at import, so this runs in a child process against a moto S3 server.
     """
-    moto = shutil.which("moto_server", path=str(Path(sys.executable).parent))
-    if moto is None:
-        pytest.fail("moto_server is missing: it comes with moto[server] in requirements.txt")
-    port = _free_port()
-    server = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if k != "PHOTOTAGGER_CACHE_DIR"}
-    env.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1",
-               METAFLOW_DEFAULT_DATASTORE="s3", METAFLOW_DATASTORE_SYSROOT_S3="s3://tagger-ci/metaflow",
-               METAFLOW_S3_ENDPOINT_URL=endpoint, METAFLOW_HOME=str(tmp_path), PYTHONPATH=str(ROOT))
-    env["CACHE_TEST_DATA"] = json.dumps({"settings": SETTINGS, "answer": ANSWER})
     script = textwrap.dedent(
-        f"""
+        """
         import json, os, boto3
         from phototagger.prompting.cache import make_cache
         data = json.loads(os.environ["CACHE_TEST_DATA"])
-        s3 = boto3.client("s3", endpoint_url="{endpoint}")
-        s3.create_bucket(Bucket="tagger-ci")
+        s3 = boto3.client("s3", endpoint_url=os.environ["METAFLOW_S3_ENDPOINT_URL"])
         cache = make_cache(True)
         key = cache.key(data["settings"], "p", "https://img/1.jpg")
         assert cache.get(key) is None
         cache.put(key, data["answer"])
         cache.put(key[::-1], dict(data["answer"], error="timeout"))
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket="tagger-ci")["Contents"]]
-        print(json.dumps({{"location": cache.location, "tags": cache.get(key)["tags"], "keys": keys}}))
+        print(json.dumps({"location": cache.location, "tags": cache.get(key)["tags"], "keys": keys}))
         """
     )
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+    with moto_s3("tagger-ci") as endpoint:
+        env = {k: v for k, v in os.environ.items() if k != "PHOTOTAGGER_CACHE_DIR"}
+        env.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1",
+                   METAFLOW_DEFAULT_DATASTORE="s3", METAFLOW_DATASTORE_SYSROOT_S3="s3://tagger-ci/metaflow",
+                   METAFLOW_S3_ENDPOINT_URL=endpoint, METAFLOW_HOME=str(tmp_path), PYTHONPATH=str(ROOT),
+                   CACHE_TEST_DATA=json.dumps({"settings": SETTINGS, "answer": ANSWER}))
         done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["location"] == "s3://tagger-ci/metaflow/photo_tagger/response_cache"

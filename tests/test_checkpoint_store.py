@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from metaflow.plugins.datastores.local_storage import LocalStorage
 
+from phototagger.training import checkpoint_store
 from phototagger.training.checkpoint_store import CheckpointStore
 
 PREFIX = "FineTuneVLM/checkpoints/7/train"
@@ -117,3 +118,10 @@ def test_a_cached_checkpoint_that_matches_is_not_fetched_again(storage, tmp_path
 
     assert pod.latest() == tmp_path / "pod-1" / "checkpoint-2"
     assert fetched == []
+
+
+def test_checkpoint_directories_are_named_as_the_trainer_names_them():
+    """The store spells out transformers' prefix so that it imports without transformers; the two must agree."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    assert checkpoint_store.PREFIX_CHECKPOINT_DIR == PREFIX_CHECKPOINT_DIR

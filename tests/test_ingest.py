@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +19,7 @@ from phototagger.ingest import batches, state
 from phototagger.output import run_card
 from phototagger.records import Photo
 from tests.fakes.bomb import bomb_png
+from tests.fakes.moto_s3 import moto_s3
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -180,32 +179,15 @@ def datastore_env(request, tmp_path):
     if request.param == "local":
         yield env
         return
-    import boto3
-
-    moto = Path(sys.executable).with_name("moto_server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     keys = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    s3 = boto3.client(
-        "s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
-    )
-    for _ in range(100):
-        try:
-            s3.create_bucket(Bucket="photo-tagger-claims")
-            break
-        except Exception:
-            time.sleep(0.1)
-    yield {
-        **env,
-        **keys,
-        "METAFLOW_DEFAULT_DATASTORE": "s3",
-        "METAFLOW_DATASTORE_SYSROOT_S3": "s3://photo-tagger-claims/metaflow",
-        "METAFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }
-    server.terminate()
-    server.wait(timeout=10)
+    with moto_s3("photo-tagger-claims") as endpoint:
+        yield {
+            **env,
+            **keys,
+            "METAFLOW_DEFAULT_DATASTORE": "s3",
+            "METAFLOW_DATASTORE_SYSROOT_S3": "s3://photo-tagger-claims/metaflow",
+            "METAFLOW_S3_ENDPOINT_URL": endpoint,
+        }
 
 
 @pytest.mark.parametrize("datastore_env", ["local", "s3"], indirect=True)

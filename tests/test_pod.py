@@ -125,10 +125,7 @@ def pods(tmp_path, monkeypatch, hooks):
 
 
 @pytest.mark.timeout(900)  # six flows, each packaged and unpacked, the fine-tune on the tiny model on a CPU
-def test_every_flow_runs_from_its_code_package_outside_the_checkout(pods, tmp_path):
-    base = tmp_path / "tiny-qwen"
-    subprocess.run([sys.executable, "-m", "phototagger.training.random_qwen", str(base), "--size", "tiny"], cwd=ROOT, check=True)
-
+def test_every_flow_runs_from_its_code_package_outside_the_checkout(pods, tmp_path, tiny_qwen_dir):
     first, _ = pods("updatephotos.py", light=True, source="demo", batch_size=4)
     newest, _ = pods("updatephotos.py", light=True, source="demo", batch_size=4)
     prompted, _ = pods(
@@ -136,7 +133,7 @@ def test_every_flow_runs_from_its_code_package_outside_the_checkout(pods, tmp_pa
     )
     dataset, _ = pods("prepare_vlm_data.py", light=True)
     trained, _ = pods(
-        "finetune_vlm.py", light=False, base_model=str(base), quantize="none", max_steps=1, batch_size=2, grad_accum=1,
+        "finetune_vlm.py", light=False, base_model=str(tiny_qwen_dir), quantize="none", max_steps=1, batch_size=2, grad_accum=1,
         epochs=1, output_dir=str(tmp_path / "checkpoints"),
     )
     custom, _ = pods("promptcustommodels.py", light=False, max_error_share=1.0, max_new_tokens=8)

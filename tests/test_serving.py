@@ -66,6 +66,12 @@ def demo_images() -> list[str]:
     return [photo_image(photo) for photo in DemoSource().fetch(set(), 100)]
 
 
+@pytest.fixture(scope="module")
+def merged_results(exported, demo_images) -> list[dict]:
+    """The merged model's answers to the demo photos from the in-process provider: what the adapter and the server must match."""
+    return finetuned(exported, base_model=str(exported.merged_dir)).prompt_batch(PROMPT, demo_images, [None] * len(demo_images))
+
+
 def finetuned(exported: export.ExportResult, **where) -> Prompter:
     """The in-process provider as PromptCustomModels runs it: batched greedy generation, the training pixel caps."""
     return Prompter("finetuned", "tiny", quantize="none", max_new_tokens=MAX_NEW_TOKENS, batch_size=6, **CAPS, **where)
@@ -107,9 +113,9 @@ def test_export_writes_the_adapter_with_its_training_metadata_and_a_16bit_merged
 
 
 @pytest.mark.timeout(600)  # builds and merges the adapter, or generates 18 answers twice, on a busy CPU
-def test_adapter_in_peft_and_merged_model_give_the_same_answers_greedily(exported, tiny_qwen_dir, demo_images):
+def test_adapter_in_peft_and_merged_model_give_the_same_answers_greedily(exported, tiny_qwen_dir, demo_images, merged_results):
     adapter = answers(finetuned(exported, adapter_path=str(exported.adapter_dir)), demo_images)
-    merged = answers(finetuned(exported, base_model=str(exported.merged_dir)), demo_images)
+    merged = [(r["raw"], r["tags"]) for r in merged_results]
     base = answers(finetuned(exported, base_model=str(tiny_qwen_dir)), demo_images)
 
     assert len(demo_images) == 18
@@ -119,8 +125,8 @@ def test_adapter_in_peft_and_merged_model_give_the_same_answers_greedily(exporte
 
 
 @pytest.mark.timeout(600)  # builds and merges the adapter, or generates 18 answers twice, on a busy CPU
-def test_merged_model_served_by_transformers_serve_answers_as_the_in_process_provider(exported, demo_images):
-    local = finetuned(exported, base_model=str(exported.merged_dir)).prompt_batch(PROMPT, demo_images, [None] * len(demo_images))
+def test_merged_model_served_by_transformers_serve_answers_as_the_in_process_provider(exported, demo_images, merged_results):
+    local = merged_results
     with export.transformers_server(exported.out_dir, exported.served_name) as base_url:
         entry = {**exported.models_entry, "base_url": base_url, "max_tokens": MAX_NEW_TOKENS}
         served = Prompter(entry.pop("provider"), entry.pop("model"), **entry)

@@ -1,6 +1,6 @@
 """Training checkpoints kept in Metaflow's datastore, so a retry on another machine resumes where a lost pod stopped.
 
-The Trainer writes each checkpoint to a local directory (the cache); `UploadCheckpoints` copies it
+The Trainer writes each checkpoint to a local directory (the cache); `train.UploadCheckpoints` copies it
 to the datastore right after (`datastore_dirs`: file by file, each named in a manifest with its
 size and sha256). A checkpoint is written into one of `keep` slots (the oldest is written over, as
 the Trainer's save_total_limit rotates its local copies), files first and its manifest last, so a
@@ -20,15 +20,15 @@ import logging
 from pathlib import Path
 from typing import Optional, TypedDict
 
-from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
 from phototagger.training import datastore_dirs
 from phototagger.training.datastore_dirs import BlobStorage, FileEntry
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "MANIFEST.json"
+# transformers' PREFIX_CHECKPOINT_DIR (its Trainer writes checkpoint-<step>), spelled out so that a pod restoring or
+# storing checkpoints does not import transformers (seconds of CPU) before it needs to; a test checks they agree.
+PREFIX_CHECKPOINT_DIR = "checkpoint"
 
 
 class Manifest(TypedDict):
@@ -103,14 +103,3 @@ class CheckpointStore:
 def _step(manifest: Optional[Manifest]) -> int:
     """The step a slot holds, -1 for an empty slot or one being written."""
     return -1 if not manifest or manifest["step"] is None else manifest["step"]
-
-
-class UploadCheckpoints(TrainerCallback):
-    """Stores each checkpoint in the datastore once the Trainer has written it."""
-
-    def __init__(self, store: CheckpointStore):
-        self.store = store
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            self.store.save(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")

@@ -21,7 +21,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from phototagger.training import vlm
-from phototagger.training.checkpoint_store import CheckpointStore, UploadCheckpoints
+from phototagger.training.checkpoint_store import PREFIX_CHECKPOINT_DIR, CheckpointStore
 from phototagger.images import load_image
 from phototagger.training.curate import example_image
 from phototagger.http import ImageFetchError
@@ -199,6 +199,17 @@ class PhotoChats(Dataset):
 
 
 # ---------------------------------------------------------------- trainer
+class UploadCheckpoints(TrainerCallback):
+    """Stores each checkpoint in the datastore once the Trainer has written it."""
+
+    def __init__(self, store: CheckpointStore):
+        self.store = store
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.store.save(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+
+
 def train_adapter(
     train_examples: Sequence[dict],
     validation_examples: Sequence[dict],
