@@ -258,3 +258,11 @@ def test_a_new_batch_of_a_month_already_partly_closed_stays_on_its_own_and_a_one
     columns = {c["batch_id"]: c for c in ranked(state, store).batches}
     assert columns["month:2024-01"]["label"] == "month 2024-01" and columns["month:2024-01"]["batches"] == 1
     assert sum(c["batches"] for c in columns.values()) == len(dates) + 1
+
+
+def test_a_rolled_up_column_starts_at_its_oldest_batch_whatever_its_batch_ids_sort_as():
+    store = MemoryBlobStore()
+    state = ScoreState().fold([event(photo="p1", batch="1000", date="2024-01-05"),
+                               event(photo="p2", batch="999", date="2024-01-02")], store)
+    [month] = state.open.rollup({"999": "month:2024-01", "1000": "month:2024-01"}).batches.to_dict("records")
+    assert (month["batch_date"], month["newest_date"], month["batches"]) == ("2024-01-02", "2024-01-05", 2)

@@ -144,8 +144,7 @@ def batches_of(events: Iterable[EvalEvent]) -> list[BatchInfo]:
     dates: dict[str, str] = {}
     for event in events:
         dates.setdefault(str(event.get("batch_id", "")), event.get("batch_date") or "")
-    ordered = sorted(dates.items(), key=lambda item: batch_sort_key(*item))
-    return [BatchInfo(batch_id=b, batch_date=d, label=batch_label(b, d)) for b, d in ordered]
+    return [BatchInfo(batch_id=b, batch_date=d, label=batch_label(b, d)) for b, d in ordered_batches(dates)]
 
 
 class SkippedModel(TypedDict):

@@ -24,7 +24,7 @@ from phototagger.blobs import BlobStore, MemoryBlobStore
 from phototagger.scoring.evals import (NEWEST_BATCHES, WEEKLY_ROLLUPS, BatchInfo, EvalEvent, RowKey, SkippedModel,
                                        batch_label, batch_sort_key, columns, rollup_label)
 from phototagger.scoring.metrics import MIN_INTERVAL_N, Interval, PerTag, holm, interval_of_sums, per_tag
-from phototagger.scoring.table import KEYS, MEASURES, PAIR_KEYS, SORT_METRICS, ScoreState, percentile
+from phototagger.scoring.table import KEYS, MEASURES, PAIR_KEYS, SORT_METRICS, ScoreState, figures, percentile
 
 @dataclass(frozen=True)
 class Column:
@@ -174,25 +174,13 @@ def _batch_cell(cell: Optional[Interval]) -> str:
     return f"{cell.mean:.1f} ({cell.n})" if cell.mean is not None else f"n/a ({cell.n})"
 
 
-def _intervals(sums: Mapping[str, Any]) -> dict[str, Interval]:
-    return {m: interval_of_sums(int(sums[f"{m}_n"]), float(sums[f"{m}_sum"]), float(sums[f"{m}_sq"])) for m in MEASURES}
-
-
-def _columns(state: ScoreState, newest: int, weeks: int) -> tuple[list[BatchInfo], dict[str, str]]:
-    """The batch columns, oldest first (a closed month merged with a live column of the same key), and the column
-    of each batch on its own."""
-    _, column_of = columns(state.dates(), newest, weeks)
-    batches = state.tables().batches
-    rolled = batches.assign(column=batches["batch_id"].map(lambda b: column_of.get(b, b)),
-                            order=[batch_sort_key(b, d) for b, d in zip(batches["batch_id"], batches["batch_date"])])
-    infos = []
-    for key, group in rolled.sort_values("order").groupby("column", sort=False):
-        first = group.iloc[0]
-        own = column_of.get(key) == key
-        infos.append(BatchInfo(batch_id=key, batch_date=first["batch_date"], batches=int(group["batches"].sum()),
-                               label=batch_label(key, first["batch_date"]) if own else rollup_label(key)))
-    infos.sort(key=lambda b: (b["batch_date"], batch_sort_key(b["batch_id"], b["batch_date"])))
-    return infos, column_of
+def _batch_columns(rolled: pd.DataFrame, column_of: Mapping[str, str]) -> list[BatchInfo]:
+    """The batch columns of the rolled-up `batches` table, oldest first: a batch with a column of its own is labelled
+    by its id and day, a roll-up (a week, a month, a closed month merged with a live one) by its key."""
+    infos = [BatchInfo(batch_id=key, batch_date=date, batches=int(n),
+                       label=batch_label(key, date) if column_of.get(key) == key else rollup_label(key))
+             for key, date, n in zip(rolled["batch_id"], rolled["batch_date"], rolled["batches"])]
+    return sorted(infos, key=lambda b: batch_sort_key(b["batch_id"], b["batch_date"]))
 
 
 def rank(state: ScoreState, recent: Iterable[EvalEvent] = (), *, skipped: Optional[Mapping[str, SkippedModel]] = None,
@@ -203,8 +191,9 @@ def rank(state: ScoreState, recent: Iterable[EvalEvent] = (), *, skipped: Option
     if sort_by not in SORT_METRICS:
         raise ValueError(f"unknown sort metric {sort_by!r}; choose one of {', '.join(SORT_METRICS)}")
     tables = state.tables()
-    infos, column_of = _columns(state, newest, weeks)
+    _, column_of = columns(state.dates(), newest, weeks)
     by_column = tables.rollup(column_of)
+    infos = _batch_columns(by_column.batches, column_of)
     overall = tables.cells.sort_values("batch_id", kind="stable").drop(columns="batch_id").groupby(KEYS).sum()
     rows = []
     for (model, variant), sums in overall.iterrows():
@@ -215,8 +204,8 @@ def rank(state: ScoreState, recent: Iterable[EvalEvent] = (), *, skipped: Option
         errors = errors.assign(order=errors["batch_id"].map({b["batch_id"]: i for i, b in enumerate(infos)}))
         calls, answered = int(sums["calls"]), int(sums["calls"] - sums["errors"])
         rows.append(RankingRow(
-            key=key, figures=_intervals(sums),
-            batches={c["batch_id"]: _intervals(c)["recall_all"] for _, c in cells.iterrows()},
+            key=key, figures=figures(sums),
+            batches={c["batch_id"]: figures(c)["recall_all"] for _, c in cells.iterrows()},
             error_pct=100.0 * sums["errors"] / calls if calls else 0.0,
             valid_pct=100.0 * sums["valid"] / calls if calls else 0.0, cost_usd=float(sums["cost_usd"]),
             tags_per_photo=float(sums["tags"]) / answered if answered else None,

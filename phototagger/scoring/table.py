@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from phototagger.blobs import BlobStore
-from phototagger.scoring.evals import (EvalEvent, RowKey, batch_sort_key, columns, is_closed_column, ordered_batches,
+from phototagger.scoring.metrics import Interval, interval_of_sums
+from phototagger.scoring.evals import (EvalEvent, RowKey, columns, is_closed_column, ordered_batches,
                                        rollup_key)
 
 KEYS = ["row_model", "row_variant"]  # a RowKey, in the tables
@@ -102,7 +103,8 @@ def _sums(values: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return values.sort_values(by, kind="stable").groupby(by, as_index=False, sort=True).sum()
 
 
-def _cells(photos: pd.DataFrame, keys: pd.DataFrame) -> pd.DataFrame:
+def _cells(photos: pd.DataFrame, keys: pd.DataFrame, values: Mapping[str, pd.Series]) -> pd.DataFrame:
+    """Per (row, batch): calls, errors, tokens, cost, and each measure's n, sum and sum of squares (`values`: measures)."""
     fails = failed(photos)
     data = {**keys, "batch_id": photos["batch_id"], "calls": 1, "errors": fails.astype(int),
             "valid": photos["valid"].fillna(False).astype(bool).astype(int),
@@ -110,17 +112,16 @@ def _cells(photos: pd.DataFrame, keys: pd.DataFrame) -> pd.DataFrame:
             "tags": [0 if bad or not isinstance(t, (list, np.ndarray)) else len(t) for t, bad in zip(photos["tags"], fails)],
             "prompt_tokens": photos["prompt_tokens"].fillna(0), "completion_tokens": photos["completion_tokens"].fillna(0),
             "cost_usd": photos["cost_usd"].fillna(0.0)}
-    for name, values in measures(photos).items():
-        data.update({f"{name}_n": values.notna().astype(int), f"{name}_sum": values.fillna(0.0),
-                     f"{name}_sq": values.fillna(0.0) ** 2})
+    for name, value in values.items():
+        data.update({f"{name}_n": value.notna().astype(int), f"{name}_sum": value.fillna(0.0),
+                     f"{name}_sq": value.fillna(0.0) ** 2})
     return _sums(pd.DataFrame(data), [*KEYS, "batch_id"])
 
 
-def _pairs(photos: pd.DataFrame, keys: pd.DataFrame) -> pd.DataFrame:
+def _pairs(photos: pd.DataFrame, keys: pd.DataFrame, values: Mapping[str, pd.Series]) -> pd.DataFrame:
     """Per pair of rows (the first before the second in RowKey order), their shared photos with ground truth and
-    the sums of their differences there, in each sort metric."""
+    the sums of their differences there, in each sort metric (`values`: measures)."""
     frame = pd.concat([keys, photos[["photo_id"]]], axis=1)
-    values = measures(photos)
     wide = {m: frame.assign(v=values[f"{m}_all"]).pivot(index="photo_id", columns=KEYS, values="v").sort_index(axis=1)
             for m in SORT_METRICS}
     rows = list(wide[SORT_METRICS[0]].columns)
@@ -169,17 +170,17 @@ class Tables:
     @classmethod
     def of_batch(cls, photos: pd.DataFrame, part: str) -> Tables:
         """The tables of one batch's answers (its part; `part` is its blob key)."""
-        keys = row_keys(photos)
+        keys, values = row_keys(photos), measures(photos)
         timed = photos["latency_ms"].notna()
         latency = pd.concat([keys[timed], photos.loc[timed, ["batch_id"]]], axis=1).assign(
             bucket=latency_bucket(photos.loc[timed, "latency_ms"]), answers=1)
         errors = pd.concat([keys, photos[["batch_id", "error", "raw"]]], axis=1)[failed(photos)].assign(count=1)
         errors["example"] = errors["raw"].fillna("").astype(str).str[:EXAMPLE_CHARS]
-        cells = _cells(photos, keys)
+        cells = _cells(photos, keys, values)
         date = photos["batch_date"].iloc[:1].fillna("")
         batches = pd.DataFrame({"batch_id": photos["batch_id"].iloc[:1], "batch_date": date, "newest_date": date,
                                 "photos": [int(cells["calls"].max())] if len(cells) else [], "batches": 1, "part": part})
-        return cls(cells=cells, pairs=_pairs(photos, keys),
+        return cls(cells=cells, pairs=_pairs(photos, keys, values),
                    errors=errors[[*KEYS, "batch_id", "error", "count", "example"]],
                    latency=_sums(latency[[*KEYS, "batch_id", "bucket", "answers"]], [*KEYS, "batch_id", "bucket"]),
                    batches=batches)
@@ -213,14 +214,13 @@ class Tables:
             frame = frame.sort_values("batch_id", kind="stable")
             return frame.assign(batch_id=frame["batch_id"].map(lambda b: column_of.get(b, b)))
 
-        dated = self.batches.assign(order=[batch_sort_key(b, d) for b, d in
-                                           zip(self.batches["batch_id"], self.batches["batch_date"])])
-        newest_first = dated.sort_values("order", ascending=False)["batch_id"].tolist()
+        dates = dict(zip(self.batches["batch_id"], self.batches["batch_date"]))
+        newest_first = [batch_id for batch_id, _ in reversed(ordered_batches(dates))]
         errors = self.errors.assign(age=self.errors["batch_id"].map({b: i for i, b in enumerate(newest_first)}))
         errors = by_column(errors).sort_values("age", kind="stable").groupby([*KEYS, "batch_id", "error"], as_index=False) \
             .agg(count=("count", "sum"), example=("example", lambda s: next((e for e in s if e), "")))
-        batches = by_column(dated.sort_values("order")).groupby("batch_id", as_index=False, sort=False).agg(
-            batch_date=("batch_date", "first"), newest_date=("newest_date", "last"), photos=("photos", "sum"),
+        batches = by_column(self.batches).groupby("batch_id", as_index=False).agg(
+            batch_date=("batch_date", "min"), newest_date=("newest_date", "max"), photos=("photos", "sum"),
             batches=("batches", "sum"), part=("part", "last"))
         return Tables(cells=_sums(by_column(self.cells), [*KEYS, "batch_id"]),
                       pairs=_sums(by_column(self.pairs), [*PAIR_KEYS, "batch_id"]), errors=errors,
@@ -249,6 +249,10 @@ def events_of(photos: pd.DataFrame) -> list[EvalEvent]:
 
 def _save_part(store: BlobStore, photos: pd.DataFrame) -> str:
     return store.save([to_parquet(photos)])[0]
+
+
+def _load_part(store: BlobStore, key: str) -> pd.DataFrame:
+    return read_parquet(store.load([key])[0])
 
 
 def _save_month(store: BlobStore, tables: Tables) -> str:
@@ -294,7 +298,7 @@ class ScoreState:
                 months[month] = _load_month(store, closed[month])
             old_parts = dict(zip(months[month].batches["batch_id"], months[month].batches["part"])) if month else parts
             part = old_parts.get(batch_id)
-            merged = pd.concat([read_parquet(store.load([part])[0]), answers], ignore_index=True) if part else answers
+            merged = pd.concat([_load_part(store, part), answers], ignore_index=True) if part else answers
             merged = merged.drop_duplicates(["photo_id", "model_key"], keep="last")
             merged = merged.sort_values(["photo_id", "model_key"], kind="stable").reset_index(drop=True)
             batch = Tables.of_batch(merged, _save_part(store, merged))
@@ -327,7 +331,7 @@ class ScoreState:
         """The answers of the newest `batches` batches, every row's: the drill-down and the per-tag view."""
         newest = [b for b, _ in ordered_batches(self.dates())[-batches:]] if batches else []
         parts = self.open.batches.set_index("batch_id")["part"]
-        return [e for b in newest for e in events_of(read_parquet(store.load([parts[b]])[0]))]
+        return [e for b in newest for e in events_of(_load_part(store, parts[b]))]
 
 
 class Summary(TypedDict):
@@ -356,23 +360,23 @@ class Summary(TypedDict):
     cost_usd: float
 
 
-def mean(cells: Mapping[str, Any], measure: str) -> Optional[float]:
-    n = cells[f"{measure}_n"]
-    return float(cells[f"{measure}_sum"]) / n if n else None
+def figures(sums: Mapping[str, Any]) -> dict[str, Interval]:
+    """Each measure's mean, 95% t-interval and n, from the sums of any span of batches (one `cells` row summed)."""
+    return {m: interval_of_sums(int(sums[f"{m}_n"]), float(sums[f"{m}_sum"]), float(sums[f"{m}_sq"])) for m in MEASURES}
 
 
 def summarise(results: Iterable[Mapping[str, Any]]) -> Summary:
     """The figures of one row's results (any number of batches)."""
     photos = photo_frame(results)
     photos["batch_id"] = ""
-    sums = _cells(photos, row_keys(photos).assign(row_model="", row_variant="")).sum(numeric_only=True) if len(photos) else \
-        pd.Series(0, index=Tables.empty().cells.columns)
+    sums = _cells(photos, row_keys(photos).assign(row_model="", row_variant=""), measures(photos)).sum(numeric_only=True) \
+        if len(photos) else pd.Series(0, index=Tables.empty().cells.columns)
     calls = int(sums["calls"])
     return Summary(
         photos=calls, scored=int(sums["recall_n"]), with_truth=int(sums["recall_all_n"]),
         no_ground_truth=int(sums["no_truth"]), errors=int(sums["errors"]),
         error_pct=100.0 * sums["errors"] / calls if calls else 0.0, valid_pct=100.0 * sums["valid"] / calls if calls else 0.0,
-        **{f"avg_{m}": mean(sums, m) for m in MEASURES},  # type: ignore[typeddict-item]
+        **{f"avg_{m}": figure.mean for m, figure in figures(sums).items()},  # type: ignore[typeddict-item]
         prompt_tokens=int(sums["prompt_tokens"]), completion_tokens=int(sums["completion_tokens"]),
         cost_usd=float(sums["cost_usd"]))
 
